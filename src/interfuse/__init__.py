@@ -1,0 +1,38 @@
+"""interfuse: interpretable multimodal deep learning.
+
+Every modality and every interaction between modalities gets its own block in the final layer of
+an MNL (multiple-norm-learning) head; lp-norm weights β over the blocks, learned through their
+closed-form group-norm regulariser, are the relevance scores. IterBN keeps interaction blocks from
+re-encoding lower-order signal. See Varshneya et al., *Interpretable Tensor Fusion*, IJCAI 2024.
+"""
+
+from .fusion import (
+    BatchCentering,
+    InteractionFactors,
+    IterBN,
+    MNLFusion,
+    Relevance,
+    VectorBatchNorm,
+    group_norm_regularizer,
+    optimal_beta,
+)
+from .model import FusionOutput, MultimodalModel
+from .terms import resolve_interactions, term_name
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchCentering",
+    "FusionOutput",
+    "InteractionFactors",
+    "IterBN",
+    "MNLFusion",
+    "MultimodalModel",
+    "Relevance",
+    "VectorBatchNorm",
+    "__version__",
+    "group_norm_regularizer",
+    "optimal_beta",
+    "resolve_interactions",
+    "term_name",
+]

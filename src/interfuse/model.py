@@ -1,0 +1,206 @@
+"""``MultimodalModel``: encoders → unimodal and interaction blocks → MNL head, with relevance.
+
+Data flow (SPEC §1): inputs ``{modality: x_m}`` → encoders ``h_m = f_m(x_m) ∈ R^{d_m}`` →
+unimodal blocks ``z_m = vBN(h_m)`` and interaction blocks ``z_S = vBN(:⊗_{m∈S} g_m:)`` with
+``g_m = center(P_m h_m) ∈ R^r`` → ``ŷ = Σ_t W_t z_t + b``. Relevance of each term comes from the
+norms of the ``W_t`` (see :mod:`interfuse.fusion.mnl`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .fusion.interactions import IterBN, InteractionFactors, outer_products
+from .fusion.mnl import MNLFusion, Relevance, check_p
+from .fusion.norm import VectorBatchNorm
+from .terms import InteractionSpec, Term, resolve_interactions, term_name, validate_modality_names
+
+_DIM_ATTRIBUTES = ("output_dim", "out_features", "out_dim")
+
+
+class FusionOutput(NamedTuple):
+    """What :class:`MultimodalModel` returns.
+
+    ``prediction``: ``(B, C)``; ``blocks``: ``{term name: (B, D_t)}`` as seen by the head;
+    ``embeddings``: ``{modality: (B, d_m)}`` encoder outputs.
+    """
+
+    prediction: Tensor
+    blocks: dict[str, Tensor]
+    embeddings: dict[str, Tensor]
+
+
+def encoder_output_dim(name: str, encoder: nn.Module) -> int:
+    """An encoder's output size, read from ``output_dim``/``out_features``/``out_dim``."""
+    for attribute in _DIM_ATTRIBUTES:
+        value = getattr(encoder, attribute, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(
+        f"cannot tell the output size of the encoder for modality {name!r} "
+        f"({type(encoder).__name__}); pass encoder_dims={{{name!r}: d}} or give the encoder an "
+        f"`output_dim` attribute"
+    )
+
+
+class MultimodalModel(nn.Module):
+    """Interpretable multimodal model: MNL fusion over unimodal and interaction terms.
+
+    Args:
+        encoders: ``{modality name: nn.Module}`` mapping ``x_m`` to ``(B, d_m)``; the declaration
+            order fixes the canonical order inside interaction terms.
+        interactions: ``"none"``, ``"pairs"``, ``"all"``, a maximal order, or a list of terms
+            (tuples of modality names or ``"a*b"`` strings).
+        rank: r, the size of each modality's interaction factor (a term of order k has r^k
+            coordinates).
+        num_outputs: C, outputs of the head.
+        p: lp-norm parameter (p ≥ 1) of the relevance weights and of :meth:`regularizer`.
+        iterbn: Wick-normalise interaction products (IterBN, with centred factors). ``False`` gives
+            the naive tensor fusion of uncentred affine factors, which suffers degree inflation.
+        vbn: vector-wise batch norm on every block. ``False`` feeds raw blocks to the head.
+        encoder_dims: output sizes of the encoders, if they lack an ``output_dim`` attribute.
+        momentum: momentum of all running statistics.
+        check_inputs: validate keys, batch sizes and finiteness of inputs on every forward pass.
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        interactions: InteractionSpec = "pairs",
+        rank: int = 8,
+        num_outputs: int = 1,
+        p: float = 2.0,
+        iterbn: bool = True,
+        vbn: bool = True,
+        encoder_dims: Mapping[str, int] | None = None,
+        momentum: float = 0.1,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.modalities = validate_modality_names(encoders)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"interaction rank must be an integer >= 1, got {rank!r}")
+        check_p(p)
+        dims = {
+            m: int(encoder_dims[m]) if encoder_dims and m in encoder_dims
+            else encoder_output_dim(m, encoders[m])
+            for m in self.modalities
+        }
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
+        self.interaction_terms: list[Term] = resolve_interactions(interactions, self.modalities)
+        self.terms: list[Term] = [(m,) for m in self.modalities] + self.interaction_terms
+        self.rank = rank
+        self.iterbn = iterbn
+        self.vbn = vbn
+        self.check_inputs = check_inputs
+
+        in_interactions = [m for m in self.modalities if any(m in t for t in self.interaction_terms)]
+        self.factors = InteractionFactors(
+            {m: dims[m] for m in in_interactions}, rank, center=iterbn, momentum=momentum
+        )
+        self.wick = IterBN(self.interaction_terms, rank, momentum) if iterbn else None
+        block_dims = {term_name(t): dims[t[0]] if len(t) == 1 else rank ** len(t) for t in self.terms}
+        self.norms = nn.ModuleDict(
+            {t: VectorBatchNorm(d, momentum=momentum) for t, d in block_dims.items()} if vbn else {}
+        )
+        self.head = MNLFusion(block_dims, num_outputs, p=p)
+
+    @property
+    def term_names(self) -> list[str]:
+        return [term_name(t) for t in self.terms]
+
+    @property
+    def p(self) -> float:
+        return self.head.p
+
+    def encode(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Encoder outputs ``{modality: (B, d_m)}``."""
+        if self.check_inputs:
+            self._validate(inputs)
+        embeddings = {}
+        batch = _batch_size(inputs)
+        for m, encoder in self.encoders.items():
+            h = encoder(inputs[m])
+            if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != batch:
+                shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+                raise ValueError(
+                    f"the encoder of modality {m!r} must return a (batch, features) tensor with "
+                    f"batch {batch}, got {shape}"
+                )
+            embeddings[m] = h
+        return embeddings
+
+    def fuse(self, embeddings: Mapping[str, Tensor]) -> FusionOutput:
+        """Blocks and prediction from encoder outputs ``{modality: (B, d_m)}``."""
+        raw: dict[str, Tensor] = {m: embeddings[m] for m in self.modalities}
+        if self.interaction_terms:
+            factors = self.factors(embeddings)
+            if self.wick is not None:
+                products = self.wick(factors)
+            else:
+                products = outer_products(factors, self.interaction_terms)
+            for t in self.interaction_terms:
+                raw[term_name(t)] = products[t].flatten(start_dim=1)
+        blocks = {t: self.norms[t](z) if self.vbn else z for t, z in raw.items()}
+        return FusionOutput(self.head(blocks), blocks, dict(embeddings))
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> FusionOutput:
+        return self.fuse(self.encode(inputs))
+
+    def regularizer(self, p: float | None = None) -> Tensor:
+        """Ω_p of the head's weight blocks; add ``λ·regularizer()`` to the task loss."""
+        return self.head.regularizer(p)
+
+    def relevance(self, p: float | None = None) -> Relevance:
+        """Relevance β and shares of every term (detached)."""
+        return self.head.relevance(p)
+
+    def _validate(self, inputs: Mapping[str, Tensor]) -> None:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                f"inputs must be a dict {{modality name: tensor}}, got {type(inputs).__name__}"
+            )
+        missing = [m for m in self.modalities if m not in inputs]
+        unknown = [k for k in inputs if k not in self.modalities]
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing modalities {missing}")
+            if unknown:
+                parts.append(f"unknown modalities {unknown}")
+            raise ValueError(f"{'; '.join(parts)}; the model expects {list(self.modalities)}")
+        sizes = {}
+        for m in self.modalities:
+            x = inputs[m]
+            if not isinstance(x, Tensor):
+                raise TypeError(f"modality {m!r}: expected a torch.Tensor, got {type(x).__name__}")
+            if x.dim() == 0:
+                raise ValueError(f"modality {m!r}: expected a batch, got a scalar tensor")
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(f"modality {m!r}: input has {bad} non-finite values (NaN or inf)")
+            sizes[m] = x.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"modalities have different batch sizes: {sizes}")
+        batch = next(iter(sizes.values()))
+        if batch == 0:
+            raise ValueError("empty batch: every modality has 0 samples")
+        if self.training and batch < 2:
+            raise ValueError(
+                "a batch of 1 sample cannot be used in training mode (batch statistics are "
+                "undefined); use batches of >= 2 samples or call model.eval() for inference"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"modalities={list(self.modalities)}, interactions={self.term_names[len(self.modalities):]}, "
+            f"rank={self.rank}, iterbn={self.iterbn}, vbn={self.vbn}"
+        )
+
+
+def _batch_size(inputs: Mapping[str, Tensor]) -> int:
+    return next(iter(inputs.values())).shape[0]

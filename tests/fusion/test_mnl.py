@@ -1,0 +1,121 @@
+"""MNL head: closed-form β and Ω_p against a numerical optimiser, relevance, gradients."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from interfuse.fusion.mnl import MNLFusion, group_norm_regularizer, optimal_beta
+
+P_VALUES = [1.0, 4.0 / 3.0, 2.0, 3.0]
+
+
+def numerical_minimum(a: np.ndarray, p: float) -> tuple[np.ndarray, float]:
+    """min Σ a_t² / β_t  s.t.  β ≥ 0, ‖β‖_p ≤ 1, solved by SLSQP from several starts."""
+    best = None
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        start = rng.uniform(0.1, 1.0, size=a.size)
+        start /= np.linalg.norm(start, ord=p)
+        res = minimize(
+            lambda b: np.sum(a**2 / b),
+            start,
+            method="SLSQP",
+            bounds=[(1e-9, 1.0)] * a.size,
+            constraints=[{"type": "ineq", "fun": lambda b: 1.0 - np.sum(b**p)}],
+            options={"ftol": 1e-14, "maxiter": 2000},
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    return best.x, float(best.fun)
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_closed_form_beta_matches_numerical_optimum(p):
+    a = np.array([1.3, 0.7, 0.2, 2.1, 0.05])
+    beta_numeric, value_numeric = numerical_minimum(a, p)
+    beta = optimal_beta(torch.tensor(a, dtype=torch.float64), p).numpy()
+    omega = group_norm_regularizer(torch.tensor(a, dtype=torch.float64), p).item()
+    assert np.sum(beta**p) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(beta, beta_numeric, rtol=2e-3, atol=2e-4)
+    assert omega == pytest.approx(value_numeric, rel=1e-6)
+    # The closed form is feasible and attains Ω_p, so nothing feasible can do better.
+    assert np.sum(a**2 / beta) == pytest.approx(omega, rel=1e-10)
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_regularizer_has_gradient(p):
+    head = MNLFusion({"a": 3, "b": 5, "a*b": 9}, num_outputs=2, p=p).double()
+    with torch.no_grad():
+        head.blocks["b"].weight.zero_()  # a zero block must not produce NaN gradients
+    omega = head.regularizer()
+    omega.backward()
+    for name, block in head.blocks.items():
+        assert block.weight.grad is not None, name
+        assert torch.isfinite(block.weight.grad).all(), name
+    assert head.blocks["a"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_regularizer_gradcheck(p):
+    weights = [torch.randn(2, d, dtype=torch.float64, requires_grad=True) for d in (3, 4, 6)]
+
+    def omega(*ws):
+        norms = torch.stack([torch.linalg.vector_norm(w) for w in ws])
+        return group_norm_regularizer(norms, p)
+
+    assert torch.autograd.gradcheck(omega, weights)
+
+
+def test_relevance_beta_and_shares():
+    head = MNLFusion({"x": 4, "y": 4, "x*y": 16}, num_outputs=1, p=3.0).double()
+    with torch.no_grad():
+        head.blocks["x"].weight.fill_(1.0)  # norm 2
+        head.blocks["y"].weight.fill_(0.5)  # norm 1
+        head.blocks["x*y"].weight.zero_()
+    rel = head.relevance()
+    beta = np.array([rel.beta[t] for t in ("x", "y", "x*y")])
+    assert np.sum(beta**3) == pytest.approx(1.0)
+    assert sum(rel.shares.values()) == pytest.approx(1.0)
+    assert rel.shares["x*y"] == 0.0
+    # β_t ∝ a_t^{2/(p+1)} = a_t^{1/2}: ratio of x to y is sqrt(2).
+    assert rel.beta["x"] / rel.beta["y"] == pytest.approx(np.sqrt(2.0))
+    assert rel.ranking() == ["x", "y", "x*y"]
+    assert "x*y" in rel.table()
+
+
+def test_relevance_p1_shares_equal_beta():
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=2, p=1.0)
+    rel = head.relevance()
+    for t in rel.beta:
+        assert rel.beta[t] == pytest.approx(rel.shares[t])
+
+
+def test_relevance_is_detached_and_on_cpu():
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=2)
+    rel = head.relevance()
+    assert all(isinstance(v, float) for v in rel.beta.values())
+
+
+def test_forward_is_sum_of_blocks():
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=4)
+    za, zb = torch.randn(5, 2), torch.randn(5, 3)
+    expected = za @ head.blocks["a"].weight.T + zb @ head.blocks["b"].weight.T + head.bias
+    torch.testing.assert_close(head({"a": za, "b": zb}), expected)
+
+
+@pytest.mark.parametrize("p", [0.5, float("nan"), float("inf"), -1.0])
+def test_invalid_p_is_rejected(p):
+    with pytest.raises(ValueError, match="p must be"):
+        MNLFusion({"a": 2}, num_outputs=1, p=p)
+    head = MNLFusion({"a": 2}, num_outputs=1)
+    with pytest.raises(ValueError, match="p must be"):
+        head.relevance(p)
+    with pytest.raises(ValueError, match="p must be"):
+        head.regularizer(p)
+
+
+def test_missing_block_is_named():
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=1)
+    with pytest.raises(ValueError, match="'b'"):
+        head({"a": torch.randn(4, 2)})

@@ -1,0 +1,225 @@
+"""MultimodalModel end to end: gradients, invariances, switches, validation, scale."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from interfuse import MultimodalModel
+
+
+def linear_encoders(dims, out=4, dtype=torch.float32):
+    return {m: nn.Linear(d, out).to(dtype) for m, d in dims.items()}
+
+
+def make_inputs(dims, n=16, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(n, d, generator=gen, dtype=dtype) for m, d in dims.items()}
+
+
+def test_forward_shapes_and_blocks():
+    dims = {"video": 5, "audio": 3, "text": 7}
+    model = MultimodalModel(linear_encoders(dims), interactions="all", rank=3, num_outputs=2)
+    out = model(make_inputs(dims))
+    assert out.prediction.shape == (16, 2)
+    assert model.term_names == [
+        "video", "audio", "text", "video*audio", "video*text", "audio*text", "video*audio*text",
+    ]
+    assert out.blocks["video*audio*text"].shape == (16, 27)
+    assert out.blocks["text"].shape == (16, 4)
+    assert set(out.embeddings) == set(dims)
+    # vBN: every block leaves with zero mean and unit mean squared norm in training mode.
+    for name, z in out.blocks.items():
+        assert z.mean(0).abs().max().item() < 1e-5, name
+        assert z.pow(2).sum(1).mean().item() == pytest.approx(1.0, abs=1e-3), name
+    rel = model.relevance()
+    assert list(rel.shares) == model.term_names
+    assert sum(rel.shares.values()) == pytest.approx(1.0)
+
+
+def test_gradcheck_through_whole_model():
+    dims = {"a": 3, "b": 2, "c": 2}
+    model = MultimodalModel(
+        linear_encoders(dims, out=3, dtype=torch.float64), interactions="all", rank=2, num_outputs=2
+    ).double()
+    inputs = make_inputs(dims, n=6, dtype=torch.float64)
+    tensors = tuple(inputs[m].requires_grad_() for m in dims)
+
+    def prediction(*xs):
+        return model(dict(zip(dims, xs))).prediction
+
+    assert torch.autograd.gradcheck(prediction, tensors, eps=1e-6, atol=1e-6)
+    # And with respect to every parameter, through IterBN's batch moments and vBN.
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for _, p in model.named_parameters())
+
+    def loss(*ps):
+        out = torch.func.functional_call(model, dict(zip(names, ps)), (inputs,))
+        return out.prediction.pow(2).mean()
+
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-6)
+
+
+def _permute_interaction_weight(weight, term_from, term_to, rank):
+    """Re-index a head block trained on term_from's axis order for term_to's axis order."""
+    k = len(term_from)
+    if k == 1:
+        return weight
+    w = weight.reshape(weight.shape[0], *([rank] * k))
+    axes = [0] + [1 + term_from.index(m) for m in term_to]
+    return w.permute(axes).reshape(weight.shape[0], -1)
+
+
+@pytest.mark.parametrize("iterbn", [True, False])
+def test_relevance_invariant_to_modality_order_and_names(iterbn):
+    dims = {"a": 3, "b": 4, "c": 2}
+    rank = 2
+    first = MultimodalModel(linear_encoders(dims), interactions="all", rank=rank, iterbn=iterbn)
+    order = ["c", "a", "b"]
+    rename = {"a": "x", "b": "y", "c": "z"}
+    second = MultimodalModel(
+        {rename[m]: linear_encoders({m: dims[m]})[m] for m in order},
+        interactions="all",
+        rank=rank,
+        iterbn=iterbn,
+    )
+    # Same initial weights, mapped by name and with interaction axes permuted.
+    with torch.no_grad():
+        for m in dims:
+            second.encoders[rename[m]].load_state_dict(first.encoders[m].state_dict())
+            second.factors.projections[rename[m]].load_state_dict(
+                first.factors.projections[m].state_dict()
+            )
+        for term in first.terms:
+            new_term = tuple(rename[m] for m in sorted(term, key=order.index))
+            weight = first.head.blocks["*".join(term)].weight
+            old_in_new_names = tuple(rename[m] for m in term)
+            second.head.blocks["*".join(new_term)].weight.copy_(
+                _permute_interaction_weight(weight, old_in_new_names, new_term, rank)
+            )
+        second.head.bias.copy_(first.head.bias)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (first, second)]
+    target_gen = torch.Generator().manual_seed(1)
+    for step in range(15):
+        inputs = make_inputs(dims, n=32, seed=step)
+        target = torch.randn(32, 1, generator=target_gen)
+        for model, opt, x in zip(
+            (first, second), opts, (inputs, {rename[m]: inputs[m] for m in order})
+        ):
+            opt.zero_grad()
+            loss = (model(x).prediction - target).pow(2).mean() + 0.05 * model.regularizer()
+            loss.backward()
+            opt.step()
+    rel_first, rel_second = first.relevance(), second.relevance()
+    for term in first.terms:
+        new_name = "*".join(rename[m] for m in sorted(term, key=order.index))
+        assert rel_second.shares[new_name] == pytest.approx(rel_first.shares["*".join(term)], abs=1e-5)
+
+
+def test_switches_change_the_blocks():
+    dims = {"a": 3, "b": 3}
+    plain = MultimodalModel(linear_encoders(dims), rank=2, iterbn=False, vbn=False)
+    assert plain.wick is None and len(plain.norms) == 0
+    out = plain(make_inputs(dims))
+    # Without IterBN the factors are uncentred, so the raw product block has a non-zero mean.
+    assert out.blocks["a*b"].mean(0).abs().max().item() > 1e-3
+    g = plain.factors(out.embeddings)
+    torch.testing.assert_close(
+        out.blocks["a*b"], torch.einsum("ni,nj->nij", g["a"], g["b"]).flatten(1)
+    )
+
+
+def test_eval_mode_accepts_a_single_sample():
+    dims = {"a": 3, "b": 2}
+    model = MultimodalModel(linear_encoders(dims), interactions="pairs", rank=2)
+    model(make_inputs(dims, n=8))
+    model.eval()
+    assert model(make_inputs(dims, n=1)).prediction.shape == (1, 1)
+
+
+def test_six_modalities_all_interactions_up_to_order_three():
+    dims = {f"m{i}": 4 + i for i in range(6)}
+    model = MultimodalModel(linear_encoders(dims), interactions=3, rank=4, num_outputs=3)
+    assert len(model.terms) == 6 + 15 + 20
+    out = model(make_inputs(dims, n=32))
+    loss = out.prediction.square().mean() + model.regularizer()
+    loss.backward()
+    assert out.blocks["m0*m1*m2"].shape == (32, 64)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.fixture
+def small_model():
+    dims = {"video": 3, "text": 2}
+    return MultimodalModel(linear_encoders(dims), rank=2), dims
+
+
+def test_missing_and_unknown_modalities_are_named(small_model):
+    model, dims = small_model
+    inputs = make_inputs(dims)
+    with pytest.raises(ValueError, match=r"missing modalities \['text'\]"):
+        model({"video": inputs["video"]})
+    with pytest.raises(ValueError, match=r"unknown modalities \['smell'\]"):
+        model({**inputs, "smell": inputs["text"]})
+
+
+def test_batch_size_mismatch_is_reported(small_model):
+    model, dims = small_model
+    inputs = make_inputs(dims)
+    inputs["text"] = inputs["text"][:5]
+    with pytest.raises(ValueError, match="different batch sizes.*'text': 5"):
+        model(inputs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_reported(small_model, bad):
+    model, dims = small_model
+    inputs = make_inputs(dims)
+    inputs["video"][3, 1] = bad
+    with pytest.raises(ValueError, match="modality 'video'.*non-finite"):
+        model(inputs)
+
+
+def test_other_bad_inputs(small_model):
+    model, dims = small_model
+    with pytest.raises(TypeError, match="dict"):
+        model([torch.randn(4, 3), torch.randn(4, 2)])
+    with pytest.raises(TypeError, match="modality 'text'.*torch.Tensor"):
+        model({"video": torch.randn(4, 3), "text": [[1.0, 2.0]] * 4})
+    with pytest.raises(ValueError, match="batch of 1"):
+        model(make_inputs(dims, n=1))
+    with pytest.raises(ValueError, match="empty batch"):
+        model(make_inputs(dims, n=0))
+
+
+def test_bad_encoder_output_is_reported():
+    model = MultimodalModel({"a": nn.Identity()}, encoder_dims={"a": 3}, rank=2)
+    with pytest.raises(ValueError, match="encoder of modality 'a'"):
+        model({"a": torch.randn(4, 3, 2)})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"p": 0.9}, "p must be"),
+        ({"rank": 0}, "rank must be"),
+        ({"interactions": ["a*c"]}, "unknown modality 'c'"),
+        ({"interactions": ["a*b", "b*a"]}, "listed twice"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultimodalModel(linear_encoders({"a": 2, "b": 2}), **kwargs)
+
+
+def test_unknown_encoder_width_is_reported():
+    with pytest.raises(ValueError, match="output size of the encoder for modality 'a'"):
+        MultimodalModel({"a": nn.Sequential(nn.Linear(2, 3), nn.ReLU())})
+
+
+def test_all_pairs_terms_present_for_many_modalities():
+    dims = {f"m{i}": 2 for i in range(4)}
+    model = MultimodalModel(linear_encoders(dims), interactions="pairs", rank=2)
+    expected = ["*".join(c) for c in itertools.combinations(dims, 2)]
+    assert model.term_names[4:] == expected
