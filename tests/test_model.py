@@ -24,7 +24,13 @@ def test_forward_shapes_and_blocks():
     out = model(make_inputs(dims))
     assert out.prediction.shape == (16, 2)
     assert model.term_names == [
-        "video", "audio", "text", "video*audio", "video*text", "audio*text", "video*audio*text",
+        "video",
+        "audio",
+        "text",
+        "video*audio",
+        "video*text",
+        "audio*text",
+        "video*audio*text",
     ]
     assert out.blocks["video*audio*text"].shape == (16, 27)
     assert out.blocks["text"].shape == (16, 4)
@@ -114,7 +120,9 @@ def test_relevance_invariant_to_modality_order_and_names(iterbn):
     rel_first, rel_second = first.relevance(), second.relevance()
     for term in first.terms:
         new_name = "*".join(rename[m] for m in sorted(term, key=order.index))
-        assert rel_second.shares[new_name] == pytest.approx(rel_first.shares["*".join(term)], abs=1e-5)
+        assert rel_second.shares[new_name] == pytest.approx(
+            rel_first.shares["*".join(term)], abs=1e-5
+        )
 
 
 def test_switches_change_the_blocks():

@@ -25,7 +25,10 @@ def test_named_specifications():
 def test_explicit_terms_are_canonicalised_and_sorted():
     terms = resolve_interactions(["text*video*audio", ("text", "video")], MODS)
     assert terms == [("video", "text"), ("video", "audio", "text")]
-    assert resolve_interactions("text*audio,video*text", MODS) == [("video", "text"), ("audio", "text")]
+    assert resolve_interactions("text*audio,video*text", MODS) == [
+        ("video", "text"),
+        ("audio", "text"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ closed-form group-norm regulariser, are the relevance scores. IterBN keeps inter
 re-encoding lower-order signal. See Varshneya et al., *Interpretable Tensor Fusion*, IJCAI 2024.
 """
 
+from .encoders import MLP, SequenceCNN
 from .fusion import (
     BatchCentering,
     InteractionFactors,
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchCentering",
     "FusionOutput",
+    "MLP",
+    "SequenceCNN",
     "InteractionFactors",
     "IterBN",
     "MNLFusion",

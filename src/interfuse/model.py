@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .fusion.interactions import IterBN, InteractionFactors, outer_products
+from .fusion.interactions import InteractionFactors, IterBN, outer_products
 from .fusion.mnl import MNLFusion, Relevance, check_p
 from .fusion.norm import VectorBatchNorm
 from .terms import InteractionSpec, Term, resolve_interactions, term_name, validate_modality_names
@@ -86,7 +86,8 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"interaction rank must be an integer >= 1, got {rank!r}")
         check_p(p)
         dims = {
-            m: int(encoder_dims[m]) if encoder_dims and m in encoder_dims
+            m: int(encoder_dims[m])
+            if encoder_dims and m in encoder_dims
             else encoder_output_dim(m, encoders[m])
             for m in self.modalities
         }
@@ -98,12 +99,16 @@ class MultimodalModel(nn.Module):
         self.vbn = vbn
         self.check_inputs = check_inputs
 
-        in_interactions = [m for m in self.modalities if any(m in t for t in self.interaction_terms)]
+        in_interactions = [
+            m for m in self.modalities if any(m in t for t in self.interaction_terms)
+        ]
         self.factors = InteractionFactors(
             {m: dims[m] for m in in_interactions}, rank, center=iterbn, momentum=momentum
         )
         self.wick = IterBN(self.interaction_terms, rank, momentum) if iterbn else None
-        block_dims = {term_name(t): dims[t[0]] if len(t) == 1 else rank ** len(t) for t in self.terms}
+        block_dims = {
+            term_name(t): dims[t[0]] if len(t) == 1 else rank ** len(t) for t in self.terms
+        }
         self.norms = nn.ModuleDict(
             {t: VectorBatchNorm(d, momentum=momentum) for t, d in block_dims.items()} if vbn else {}
         )
@@ -197,7 +202,8 @@ class MultimodalModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"modalities={list(self.modalities)}, interactions={self.term_names[len(self.modalities):]}, "
+            f"modalities={list(self.modalities)}, "
+            f"interactions={self.term_names[len(self.modalities) :]}, "
             f"rank={self.rank}, iterbn={self.iterbn}, vbn={self.vbn}"
         )
 

@@ -14,7 +14,7 @@ from typing import Union
 from torch import nn
 
 Term = tuple[str, ...]
-InteractionSpec = Union[str, int, Iterable[Union[str, Sequence[str]]], None]
+InteractionSpec = Union[str, int, Iterable[Union[str, Sequence[str]]], None]  # noqa: UP007 (runtime alias, Python 3.10)
 
 TERM_SEPARATOR = "*"
 _RESERVED = frozenset(dir(nn.ModuleDict())) | {""}
@@ -40,7 +40,9 @@ def validate_modality_names(names: Iterable[str]) -> tuple[str, ...]:
                 f"('{TERM_SEPARATOR}' joins modality names in interaction term names)"
             )
         if name in _RESERVED:
-            raise ValueError(f"modality name {name!r} is reserved (it is an nn.ModuleDict attribute)")
+            raise ValueError(
+                f"modality name {name!r} is reserved (it is an nn.ModuleDict attribute)"
+            )
         if name in seen:
             raise ValueError(f"modality {name!r} is declared twice")
         seen.add(name)
@@ -114,6 +116,4 @@ def _all_terms(modalities: Sequence[str], lowest: int, highest: int) -> list[Ter
 
 def nonempty_subsets(term: Term) -> list[Term]:
     """All non-empty sub-terms of ``term`` (order preserved), smallest first."""
-    return [
-        tuple(c) for k in range(1, len(term) + 1) for c in itertools.combinations(term, k)
-    ]
+    return [tuple(c) for k in range(1, len(term) + 1) for c in itertools.combinations(term, k)]

@@ -62,7 +62,9 @@ def test_vbn_rejects_batch_of_one_in_training_and_wrong_width():
 
 
 def test_centering_train_and_eval():
-    x = torch.randn(50, 3, dtype=torch.float64) + torch.tensor([1.0, -2.0, 5.0], dtype=torch.float64)
+    x = torch.randn(50, 3, dtype=torch.float64) + torch.tensor(
+        [1.0, -2.0, 5.0], dtype=torch.float64
+    )
     c = BatchCentering(3, momentum=1.0).double()
     out = c(x)
     torch.testing.assert_close(out.mean(0), torch.zeros(3, dtype=torch.float64))

@@ -133,7 +133,8 @@ class IterBN(nn.Module):
         self.num_batches_tracked.zero_()
 
     def moments(self, products: Mapping[Term, Tensor]) -> dict[Term, Tensor]:
-        """``E[T_R]`` for every sub-term: batch means (training, updating running means) or running means."""
+        """``E[T_R]`` for every sub-term: batch means in training (updating the running means),
+        running means in evaluation."""
         if not self.training:
             return {s: getattr(self, self._buffer(s)) for s in self.subterms}
         means = {s: products[s].mean(dim=0) for s in self.subterms}

@@ -144,7 +144,9 @@ class MNLFusion(nn.Module):
         return f"terms={self.term_names}, num_outputs={self.num_outputs}, p={self.p:g}"
 
 
-def relevance_from_norms(names: Sequence[str], norms: Sequence[float] | Tensor, p: float) -> Relevance:
+def relevance_from_norms(
+    names: Sequence[str], norms: Sequence[float] | Tensor, p: float
+) -> Relevance:
     """:class:`Relevance` from block norms ``‖W_t‖_F`` (e.g. read from a saved checkpoint)."""
     p = check_p(p)
     beta = optimal_beta(torch.as_tensor(norms, dtype=torch.float64), p)

@@ -1,0 +1,79 @@
+"""A learning task: split data, what to predict, and default encoders for each modality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .batching import TensorData, split_indices
+from .synthetic import SyntheticData
+
+TaskKind = Literal["classification", "regression"]
+
+
+@dataclass
+class TaskData:
+    """Train/validation/test splits plus everything needed to build a model for them.
+
+    ``encoders`` maps each modality to an encoder specification understood by
+    :func:`interfuse.train.config.build_encoder` (e.g. ``{"type": "sequence_cnn"}``).
+    """
+
+    name: str
+    task: TaskKind
+    train: TensorData
+    val: TensorData
+    test: TensorData
+    encoders: dict[str, dict[str, Any]]
+    num_classes: int | None = None
+    ground_truth: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.task == "classification" and (self.num_classes is None or self.num_classes < 2):
+            raise ValueError("a classification task needs num_classes >= 2")
+        for split in ("val", "test"):
+            if getattr(self, split).modalities != self.train.modalities:
+                raise ValueError(f"the {split} split has different modalities than train")
+        if set(self.encoders) != set(self.train.modalities):
+            raise ValueError(
+                f"encoder specifications {sorted(self.encoders)} do not match the modalities "
+                f"{self.train.modalities}"
+            )
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.train.modalities
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.task == "classification" else 1
+
+
+def synthetic_task(
+    data: SyntheticData,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    name: str = "motif",
+) -> TaskData:
+    """Wrap generated DNA data as a classification task with one CNN per modality."""
+    one_hot = {m: torch.from_numpy(x) for m, x in data.one_hot().items()}
+    labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+    full = TensorData(one_hot, labels)
+    train, val, test = split_indices(len(full), fractions, seed=seed, stratify=data.labels)
+    return TaskData(
+        name=name,
+        task="classification",
+        train=full.subset(train),
+        val=full.subset(val),
+        test=full.subset(test),
+        encoders={m: {"type": "sequence_cnn"} for m in data.modalities},
+        num_classes=2,
+        ground_truth=data.ground_truth.to_dict(),
+        info={"motifs": list(data.motifs), "n": len(data)},
+    )

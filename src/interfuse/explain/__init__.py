@@ -1,0 +1,27 @@
+"""Explanations of multimodal models: cooperative games over modalities and run reports."""
+
+from interfuse.explain.games import (
+    coalition_values,
+    inverse_mobius,
+    mobius_transform,
+    shapley_values,
+)
+from interfuse.explain.report import (
+    fidelity,
+    load_run,
+    relevance_table,
+    render_comparison,
+    render_report,
+)
+
+__all__ = [
+    "coalition_values",
+    "fidelity",
+    "inverse_mobius",
+    "load_run",
+    "mobius_transform",
+    "relevance_table",
+    "render_comparison",
+    "render_report",
+    "shapley_values",
+]

@@ -1,0 +1,358 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from interfuse.explain.report import (
+    RunRecord,
+    fidelity,
+    load_run,
+    plot_history,
+    plot_relevance,
+    relevance_table,
+    render_comparison,
+    render_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHARES = {"m0": 0.55, "m1": 0.3, "m2": 0.1, "m3": 0.01, "m0*m1": 0.03, "m0*m1*m2": 0.01}
+TRUTH = {"m0": 0.565, "m1": 0.302, "m2": 0.133, "m3": 0.0}
+
+
+def make_results(shares=SHARES, truth=TRUTH, dataset="motif", test_accuracy=0.96):
+    results = {
+        "relevance": dict(shares),
+        "relevance_beta": {t: round(1.5 * v, 6) for t, v in shares.items()},
+        "p": 2.0,
+        "metrics": {
+            "val": {"accuracy": 0.97, "loss": 0.1},
+            "test": {"accuracy": test_accuracy, "loss": 0.125, "macro_f1": 0.955},
+        },
+        "best_epoch": 7,
+        "epochs_run": 10,
+        "train_seconds": 41.2,
+        "config": {"dataset": dataset, "interactions": "pairs", "rank": 8, "iterbn": True},
+    }
+    if truth is not None:
+        results["ground_truth"] = {
+            "term_shares": dict(truth),
+            "bayes_accuracy": 0.986,
+            "relevant_terms": ["m0", "m1", "m2"],
+        }
+    return results
+
+
+def write_run(folder, results=None, epochs=4, shares=SHARES):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(make_results() if results is None else results))
+    if epochs:
+        with open(folder / "history.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(
+                ["epoch", "train_loss", "val_loss", "val_accuracy"] + [f"share:{t}" for t in shares]
+            )
+            for e in range(1, epochs + 1):
+                writer.writerow([e, 1 / e, 1.2 / e, 1 - 0.4 / e] + [v for v in shares.values()])
+    return folder
+
+
+def assert_png(path, min_bytes=5_000):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > min_bytes
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def no_temp_files(folder):
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- load_run
+
+
+def test_load_run(tmp_path):
+    run = load_run(write_run(tmp_path / "run"))
+    assert isinstance(run, RunRecord)
+    assert run.path == tmp_path / "run"
+    assert run.results["relevance"] == SHARES
+    assert len(run.history) == 4
+    assert run.history[0]["epoch"] == 1.0
+    assert run.history[1]["share:m0*m1"] == pytest.approx(0.03)
+    assert run.history[3]["val_loss"] == pytest.approx(0.3)
+
+
+def test_load_run_without_history(tmp_path):
+    run = load_run(write_run(tmp_path / "run", epochs=0))
+    assert run.history == []
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_run(tmp_path / "nowhere")
+
+
+def test_missing_results_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        load_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"relevance": {"m0": 1.0}', "[1, 2]", '{"metrics": {}}', '{"relevance": {"m0": "big"}}'],
+    ids=["broken-json", "not-an-object", "no-relevance", "non-numeric-share"],
+)
+def test_invalid_results_is_named(tmp_path, content):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(ValueError, match="results.json"):
+        load_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "train_loss,val_loss\n1.0,2.0\n",
+        "epoch,val_loss\n1,0.5\n2,0.4,0.3\n",
+        "epoch,val_loss\n1,abc\n",
+        "epoch,val_loss,val_loss\n1,2,3\n",
+    ],
+    ids=["empty", "no-epoch", "ragged-row", "not-a-number", "duplicate-column"],
+)
+def test_malformed_history_is_named(tmp_path, content):
+    write_run(tmp_path, epochs=0)
+    (tmp_path / "history.csv").write_text(content)
+    with pytest.raises(ValueError, match="history.csv"):
+        load_run(tmp_path)
+
+
+def test_undecodable_history_is_named(tmp_path):
+    write_run(tmp_path, epochs=0)
+    (tmp_path / "history.csv").write_bytes(b"epoch,val_loss\n1,\xff\xfe\n")
+    with pytest.raises(ValueError, match="history.csv"):
+        load_run(tmp_path)
+
+
+def test_history_blank_cells_are_nan(tmp_path):
+    write_run(tmp_path, epochs=0)
+    (tmp_path / "history.csv").write_text("epoch,val_loss\n1,\n2,0.5\n")
+    history = load_run(tmp_path).history
+    assert math.isnan(history[0]["val_loss"]) and history[1]["val_loss"] == 0.5
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_relevance_table_sorted_with_kinds():
+    table = relevance_table({"a": 0.2, "a*b": 0.1, "b": 0.6, "a*b*c": 0.1})
+    lines = table.strip().splitlines()
+    assert lines[0] == "| term | kind | share |"
+    assert lines[2] == "| `b` | unimodal | 0.600 |"
+    assert lines[3] == "| `a` | unimodal | 0.200 |"
+    assert lines[4] == "| `a*b` | interaction 2-way | 0.100 |"
+    assert lines[5] == "| `a*b*c` | interaction 3-way | 0.100 |"
+    assert "β" not in table and "ground truth" not in table
+
+
+def test_relevance_table_with_beta_and_truth():
+    table = relevance_table({"a": 0.7, "a*b": 0.3}, beta={"a": 0.919, "a*b": 0.394}, truth={"a": 1})
+    lines = table.strip().splitlines()
+    assert lines[0] == "| term | kind | share | β | ground truth |"
+    assert lines[1] == "| --- | --- | ---: | ---: | ---: |"
+    assert lines[2] == "| `a` | unimodal | 0.700 | 0.919 | 1.000 |"
+    assert lines[3] == "| `a*b` | interaction 2-way | 0.300 | 0.394 | 0.000 |"
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def test_fidelity_matching_ranking():
+    shares = {"m0": 0.5, "m1": 0.3, "m2": 0.2, "m3": 0.0}
+    scores = fidelity(shares, TRUTH)
+    assert scores["spearman"] == pytest.approx(1.0)
+    assert scores["l1"] == pytest.approx(0.065 + 0.002 + 0.067)
+    assert scores["leakage"] == 0.0
+    assert scores["interaction_share"] == 0.0
+
+
+def test_fidelity_reversed_ranking_and_leakage():
+    shares = {"m0": 0.1, "m1": 0.2, "m2": 0.3, "m0*m1": 0.4}
+    truth = {"m0": 0.6, "m1": 0.3, "m2": 0.1}  # m0*m1 missing: truth 0
+    scores = fidelity(shares, truth)
+    assert scores["spearman"] == pytest.approx(-1.0)
+    assert scores["leakage"] == pytest.approx(0.4)
+    assert scores["interaction_share"] == pytest.approx(0.4)
+    assert scores["l1"] == pytest.approx(0.5 + 0.1 + 0.2 + 0.4)
+
+
+def test_fidelity_counts_truth_terms_missing_from_model():
+    scores = fidelity({"a": 0.6, "b": 0.4}, {"a": 0.5, "b": 0.3, "a*b": 0.2})
+    assert scores["l1"] == pytest.approx(0.1 + 0.1 + 0.2)
+    assert scores["leakage"] == 0.0
+    assert scores["interaction_share"] == 0.0
+
+
+def test_fidelity_spearman_ties_use_average_ranks():
+    # ranks x = (1, 2.5, 2.5, 4), y = (1, 2, 3, 4): r = 4.5 / sqrt(4.5 * 5)
+    shares = {"a": 0.1, "b": 0.2, "c": 0.2, "d": 0.5}
+    truth = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
+    assert fidelity(shares, truth)["spearman"] == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+
+
+@pytest.mark.parametrize(
+    "shares, truth",
+    [
+        ({"a": 0.9, "a*b": 0.1}, {"a": 1.0}),  # one unimodal term
+        ({"a": 0.5, "b": 0.5}, {"a": 0.7, "b": 0.3}),  # constant shares
+        ({"a": 0.6, "b": 0.4}, {"a": 0.0}),  # constant truth
+    ],
+)
+def test_fidelity_spearman_undefined(shares, truth):
+    assert math.isnan(fidelity(shares, truth)["spearman"])
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plot_relevance(tmp_path):
+    path = plot_relevance(SHARES, tmp_path / "rel.png", truth=TRUTH, title="t")
+    assert path == tmp_path / "rel.png"
+    assert_png(path)
+    assert no_temp_files(tmp_path)
+
+
+def test_plot_relevance_many_terms_grows_the_figure(tmp_path):
+    many = {f"m{i}" if i < 10 else f"m{i - 10}*m{i - 9}": 1 / 30 for i in range(30)}
+    small = imread(plot_relevance(SHARES, tmp_path / "small.png"))
+    big = imread(plot_relevance(many, tmp_path / "big.png"))
+    assert big.shape[0] > 2 * small.shape[0]
+
+
+def test_plot_relevance_rejects_empty(tmp_path):
+    with pytest.raises(ValueError):
+        plot_relevance({}, tmp_path / "x.png")
+
+
+def test_plot_history(tmp_path):
+    history = load_run(write_run(tmp_path / "run")).history
+    assert_png(plot_history(history, tmp_path / "hist.png"))
+    assert plot_history([], tmp_path / "empty.png") is None
+    assert not (tmp_path / "empty.png").exists()
+
+
+def test_plot_history_without_val_columns(tmp_path):
+    history = [{"epoch": e, "share:a": 0.5, "share:a*b": 0.5} for e in (1, 2, 3)]
+    assert_png(plot_history(history, tmp_path / "hist.png"), min_bytes=2_000)
+
+
+def test_plots_do_not_open_pyplot_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plot_relevance(SHARES, tmp_path / "rel.png")
+    plot_history([{"epoch": 1, "share:a": 1.0, "val_loss": 0.5}], tmp_path / "h.png")
+    assert plt.get_fignums() == before
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_render_report(tmp_path):
+    run = write_run(tmp_path / "run")
+    report = render_report(run)
+    assert report == run / "report.md"
+    assert_png(run / "relevance.png")
+    assert_png(run / "history.png")
+    assert no_temp_files(run)
+
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# ") and "motif" in text.splitlines()[0]
+    for term in SHARES:
+        assert f"`{term}`" in text
+    for number in ["0.550", "0.300", "0.100", "0.010", "0.825", "0.565", "0.133"]:
+        assert number in text  # shares, β and ground truth
+    assert "interaction 2-way" in text and "interaction 3-way" in text
+    assert "p = 2.0" in text
+    # metrics, val and test side by side; Bayes comparison
+    assert "| accuracy | 0.9700 | 0.9600 |" in text
+    assert "| macro_f1 | — | 0.9550 |" in text
+    assert "0.9860" in text and "Bayes" in text
+    # fidelity section with the values of fidelity()
+    scores = fidelity(SHARES, TRUTH)
+    assert f"| `leakage` | {scores['leakage']:.3f} |" in text
+    assert f"| `l1` | {scores['l1']:.3f} |" in text
+    assert f"| `spearman` | {scores['spearman']:.3f} |" in text
+    assert f"| `interaction_share` | {0.04:.3f} |" in text
+    # images and configuration
+    assert "![relevance](relevance.png)" in text
+    assert "![history](history.png)" in text
+    assert "| `rank` | 8 |" in text and "| `iterbn` | true |" in text
+
+
+def test_render_report_minimal_run(tmp_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"relevance": {"x": 0.75, "x*y": 0.25}}))
+    text = render_report(run).read_text(encoding="utf-8")
+    assert "`x*y`" in text and "0.750" in text
+    assert "history" not in text.lower().split("## relevance")[1]
+    assert "Fidelity" not in text and "Bayes" not in text
+    assert not (run / "history.png").exists()
+    assert_png(run / "relevance.png", min_bytes=2_000)
+
+
+def test_render_report_overwrites(tmp_path):
+    run = write_run(tmp_path / "run")
+    render_report(run)
+    results = make_results(dataset="second")
+    (run / "results.json").write_text(json.dumps(results))
+    assert "second" in render_report(run).read_text(encoding="utf-8")
+    assert no_temp_files(run)
+
+
+def test_render_comparison(tmp_path):
+    on = write_run(tmp_path / "on")
+    off_shares = {"m0": 0.4, "m1": 0.3, "m2": 0.2, "m3": 0.1}
+    off = write_run(
+        tmp_path / "off",
+        results=make_results(shares=off_shares, test_accuracy=0.9),
+        shares=off_shares,
+    )
+    out = tmp_path / "cmp" / "nested"
+    md = render_comparison({"IterBN+vBN on": on, "off": str(off)}, out)
+    assert md == out / "comparison.md"
+    assert_png(out / "comparison.png")
+    assert no_temp_files(out)
+
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert "| term | IterBN+vBN on | off | ground truth |" in lines
+    assert "| `m0` | 0.550 | 0.400 | 0.565 |" in lines
+    assert "| `m0*m1` | 0.030 | — | 0.000 |" in lines  # the off run has no interactions
+    assert "| interaction share (total) | 0.040 | 0.000 | 0.000 |" in lines
+    assert "| test accuracy | 0.9600 | 0.9000 | 0.9860 (Bayes) |" in lines
+    for term in SHARES:
+        assert any(line.startswith(f"| `{term}` |") for line in lines)
+
+
+def test_render_comparison_without_truth(tmp_path):
+    a = write_run(tmp_path / "a", results=make_results(truth=None), epochs=0)
+    md = render_comparison({"a": a}, tmp_path)
+    assert "ground truth" not in md.read_text(encoding="utf-8")
+
+
+def test_render_comparison_errors(tmp_path):
+    with pytest.raises(ValueError):
+        render_comparison({}, tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        render_comparison({"x": tmp_path / "missing"}, tmp_path)
+
+
+def test_png_pixels_are_not_blank(tmp_path):
+    image = imread(plot_relevance(SHARES, tmp_path / "rel.png", truth=TRUTH))
+    assert np.ptp(image[..., :3]) > 0.5

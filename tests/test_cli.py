@@ -1,0 +1,116 @@
+"""The command line: a small training run, report re-rendering, and one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from interfuse.cli import main
+
+TINY = ["--n", "300", "--epochs", "2", "--length", "40", "--quiet"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_help_explains_every_option():
+    result = run("train", "--help")
+    assert result.exit_code == 0
+    for option in (
+        "--probs",
+        "--xor",
+        "--xor-prob",
+        "--interactions",
+        "--rank",
+        "--p",
+        "--lam",
+        "--no-iterbn",
+        "--no-vbn",
+        "--epochs",
+        "--seed",
+        "--out",
+        "--resume",
+    ):
+        assert option in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run("train", "--probs", "0.9,0", "--interactions", "m0*m1", *TINY, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_train_writes_the_run_folder(tiny_run):
+    out, output = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["relevance"]) == {"m0", "m1", "m0*m1"}
+    assert results["config"]["interactions"] == ["m0*m1"]
+    assert "m0*m1" in output and "report:" in output
+
+
+def test_report_rerenders(tiny_run):
+    out, _ = tiny_run
+    (out / "report.md").unlink()
+    result = run("report", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").exists()
+
+
+def test_resume_of_a_corrupt_checkpoint_fails_cleanly(tiny_run):
+    out, _ = tiny_run
+    before = (out / "results.json").read_bytes()
+    last = out / "last.safetensors"
+    original = last.read_bytes()
+    last.write_bytes(original[: len(original) // 2])
+    try:
+        result = run(
+            "train",
+            "--probs",
+            "0.9,0",
+            "--interactions",
+            "m0*m1",
+            *TINY,
+            "--out",
+            str(out),
+            "--resume",
+        )
+    finally:
+        last.write_bytes(original)
+    assert result.exit_code != 0
+    assert "corrupt or truncated" in result.output and "Traceback" not in result.output
+    assert (out / "results.json").read_bytes() == before  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--probs", "0.9,1.5"], "m1"),
+        (["--probs", "0,0", "--xor", "0,5"], "out of range"),
+        (["--probs", "0.9,abc"], "comma-separated numbers"),
+        (["--p", "0.5"], "p must be >= 1"),
+        (["--interactions", "m0*m9"], "unknown modality 'm9'"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = run("train", *TINY, "--out", str(out), *args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()  # nothing written for bad input
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = run("train", *TINY, "--out", str(blocker / "run"))
+    assert result.exit_code != 0 and "cannot create output folder" in result.output
+
+
+def test_report_of_missing_folder(tmp_path):
+    result = run("report", str(tmp_path / "nope"))
+    assert result.exit_code != 0 and "nope" in result.output

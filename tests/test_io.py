@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import pytest
+
+from interfuse import io as iio
+from interfuse.io import atomic_write_bytes, atomic_write_text
+
+
+def test_write_text_and_bytes(tmp_path):
+    assert atomic_write_text(tmp_path / "a.md", "héllo\n") == tmp_path / "a.md"
+    assert (tmp_path / "a.md").read_bytes() == "héllo\n".encode()
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01\x02")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01\x02"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "b.bin"]
+
+
+def test_overwrite_replaces_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "report.md"
+    for i in range(3):
+        atomic_write_text(target, f"version {i}")
+    assert target.read_text() == "version 2"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_text_is_written_without_newline_translation(tmp_path):
+    atomic_write_text(tmp_path / "x.txt", "a\r\nb\n")
+    assert (tmp_path / "x.txt").read_bytes() == b"a\r\nb\n"
+
+
+@pytest.mark.parametrize("fail_in", ["fsync", "replace"])
+def test_failure_keeps_old_file_and_removes_temp(tmp_path, monkeypatch, fail_in):
+    target = tmp_path / "results.md"
+    target.write_text("old")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(iio.os, fail_in, boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_text(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
+
+
+def test_bad_data_keeps_old_file(tmp_path):
+    target = tmp_path / "plot.png"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_missing_parent_directory_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        atomic_write_text(tmp_path / "nope" / "a.txt", "x")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_permissions(tmp_path):
+    new = atomic_write_text(tmp_path / "new.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+
+    existing = tmp_path / "existing.txt"
+    existing.write_text("old")
+    existing.chmod(0o640)
+    atomic_write_text(existing, "new")
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640

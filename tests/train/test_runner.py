@@ -1,0 +1,105 @@
+"""End to end on the seed's DNA experiment (seeded): relevance finds the ground truth."""
+
+import json
+
+import pytest
+import torch
+
+from interfuse.data.synthetic import make_motif_data, make_xor_data
+from interfuse.data.task import synthetic_task
+from interfuse.train.checkpoint import load_checkpoint
+from interfuse.train.config import TrainConfig
+from interfuse.train.runner import RunFolderError, fit
+
+
+def interaction_share(shares):
+    return sum(s for t, s in shares.items() if "*" in t)
+
+
+@pytest.fixture(scope="module")
+def motif_run(tmp_path_factory):
+    data = make_motif_data([0.9, 0.6, 0.3, 0.0], n=6000, seed=0)
+    out = tmp_path_factory.mktemp("motif")
+    results = fit(synthetic_task(data, seed=0), TrainConfig(seed=0), out, progress=False)
+    return results, out, data.ground_truth
+
+
+def test_motif_relevance_follows_insertion_probability(motif_run):
+    results, _, _ = motif_run
+    shares = results["relevance"]
+    assert shares["m0"] > shares["m1"] > shares["m2"] > shares["m3"]
+    assert shares["m3"] < 0.05  # the irrelevant source
+
+
+def test_motif_accuracy_close_to_bayes_optimal(motif_run):
+    results, _, truth = motif_run
+    assert results["metrics"]["test"]["accuracy"] >= truth.bayes_accuracy - 0.02
+
+
+def test_no_degree_inflation_with_iterbn(motif_run):
+    results, _, _ = motif_run
+    assert interaction_share(results["relevance"]) < 0.1
+
+
+def test_run_folder_contents(motif_run):
+    results, out, _ = motif_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["relevance"] == pytest.approx(results["relevance"])
+    assert set(on_disk) >= {"relevance", "relevance_beta", "metrics", "ground_truth", "config"}
+    assert set(on_disk["metrics"]) >= {"val", "test"}
+    for name in ("report.md", "relevance.png", "history.csv", "config.json", "best.safetensors"):
+        assert (out / name).stat().st_size > 0, name
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert "share:m0*m1" in header and "val_loss" in header
+    # The best checkpoint rebuilds the model the results were computed with.
+    _, meta, _ = load_checkpoint(out / "best.safetensors")
+    assert meta["state"]["best_epoch"] == results["best_epoch"]
+
+
+def test_refuses_to_overwrite_a_finished_run(motif_run):
+    _, out, _ = motif_run
+    data = make_motif_data([0.5, 0.0], n=200, seed=0)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        fit(synthetic_task(data), TrainConfig(epochs=1), out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def xor_task():
+    return synthetic_task(make_xor_data(3, pair=(0, 1), n=4000, seed=0), seed=0, name="xor")
+
+
+def test_xor_interaction_dominates(xor_task, tmp_path):
+    results = fit(xor_task, TrainConfig(seed=0), tmp_path, progress=False, report=False)
+    shares = results["relevance"]
+    assert max(shares, key=shares.get) == "m0*m1"
+    assert results["metrics"]["test"]["accuracy"] > 0.9
+
+
+def test_xor_needs_interactions(xor_task, tmp_path):
+    config = TrainConfig(seed=0, interactions="none", epochs=8)
+    results = fit(xor_task, config, tmp_path, progress=False, report=False)
+    assert results["metrics"]["test"]["accuracy"] < 0.6  # chance is 0.5
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+    task = synthetic_task(make_motif_data([0.9, 0.0], n=600, seed=1), seed=1)
+    config = TrainConfig(epochs=4, patience=10, seed=1, batch_size=64)
+    straight = tmp_path / "straight"
+    fit(task, config, straight, progress=False, report=False)
+    # "Kill" after two epochs: train a run limited to 2 epochs, then resume it with 4.
+    interrupted = tmp_path / "interrupted"
+    fit(
+        task,
+        TrainConfig(**{**config.to_dict(), "epochs": 2}),
+        interrupted,
+        progress=False,
+        report=False,
+    )
+    fit(task, config, interrupted, resume=True, progress=False, report=False)
+    for name in ("last.safetensors", "best.safetensors"):
+        a, meta_a, _ = load_checkpoint(straight / name)
+        b, meta_b, _ = load_checkpoint(interrupted / name)
+        assert meta_a["state"]["best_epoch"] == meta_b["state"]["best_epoch"]
+        assert meta_b["state"]["epoch"] == 4
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
