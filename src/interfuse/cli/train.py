@@ -1,15 +1,7 @@
-"""The ``interfuse`` command line: ``demo``, ``train`` and ``report``.
-
-A layer on top of the library: it parses options, builds data and a :class:`TrainConfig`, calls
-:func:`interfuse.train.runner.fit`, and prints results. Errors the user can fix are printed as one
-line and exit with status 1.
-"""
+"""``interfuse train`` and ``interfuse demo``: the seed's DNA experiment and single runs."""
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,78 +9,9 @@ from typing import Any
 
 import click
 
+from .app import float_list, main, parse_interactions, print_run, quiet_lightning, user_errors
+
 DEFAULT_PROBS = "0.9,0.6,0.3,0.0"
-
-
-def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's validation errors into one-line CLI errors (exit status 1)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, PermissionError) as error:
-            raise click.ClickException(str(error)) from None
-
-    return wrapper
-
-
-def _quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _float_list(text: str, option: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated numbers, got {text!r}", param_hint=option
-        ) from None
-
-
-def _parse_interactions(text: str) -> str | int | list[str]:
-    if text in ("none", "pairs", "all"):
-        return text
-    if text.isdigit():
-        return int(text)
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _print_run(title: str, results: dict[str, Any], out: Path) -> None:
-    from .fusion.mnl import Relevance
-
-    test = results["metrics"]["test"]
-    truth = results.get("ground_truth") or {}
-    line = (
-        f"test accuracy {test['accuracy']:.3f}"
-        if "accuracy" in test
-        else (f"test loss {test['loss']:.4f}")
-    )
-    if "bayes_accuracy" in truth:
-        line += f" (Bayes-optimal {truth['bayes_accuracy']:.3f})"
-    click.echo(
-        f"\n== {title}: {line}; best epoch {results['best_epoch']} of "
-        f"{results['epochs_run']}, {results['train_seconds']:.0f} s"
-    )
-    relevance = Relevance(
-        p=results["p"], beta=results["relevance_beta"], shares=results["relevance"]
-    )
-    click.echo(relevance.table())
-    if truth.get("term_shares"):
-        expected = ", ".join(f"{t} {s:.3f}" for t, s in truth["term_shares"].items() if s > 0)
-        click.echo(f"ground-truth shares: {expected}")
-    click.echo(f"report: {out / 'report.md'}")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="interfuse")
-def main() -> None:
-    """interfuse: interpretable multimodal deep learning.
-
-    Trains MNL fusion models whose final layer has one block per modality and per interaction
-    between modalities, and reports how much each block contributes (its relevance share).
-    """
 
 
 def _synthetic_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,8 +133,8 @@ def _synthetic_task(
     seed: int,
     name: str = "motif",
 ):
-    from .data.synthetic import make_synthetic
-    from .data.task import synthetic_task
+    from ..data.synthetic import make_synthetic
+    from ..data.task import synthetic_task
 
     pair = None
     if xor is not None:
@@ -223,7 +146,7 @@ def _synthetic_task(
             ) from None
         pair = (i, j)
     data = make_synthetic(
-        _float_list(probs, "--probs"),
+        float_list(probs, "--probs"),
         xor_pair=pair,
         xor_prob=xor_prob,
         n=n,
@@ -248,10 +171,10 @@ def _train_config(
     patience: int,
     seed: int,
 ):
-    from .train.config import TrainConfig
+    from ..train.config import TrainConfig
 
     return TrainConfig(
-        interactions=_parse_interactions(interactions),
+        interactions=parse_interactions(interactions),
         rank=rank,
         p=p,
         lam=lam,
@@ -286,7 +209,7 @@ def _train_config(
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def train(
     dataset: str,
     probs: str,
@@ -313,11 +236,11 @@ def train(
     config = _train_config(**model_options)
     data_seed = config.seed if data_seed is None else data_seed
     task = _synthetic_task(probs, xor, xor_prob, n, length, motif_length, data_seed, dataset)
-    _quiet_lightning()
-    from .train.runner import fit
+    quiet_lightning()
+    from ..train.runner import fit
 
     results = fit(task, config, out, resume=resume, overwrite=overwrite, progress=not quiet)
-    _print_run(dataset, results, out)
+    print_run(dataset, results, out)
 
 
 @main.command()
@@ -337,7 +260,7 @@ def train(
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of data and training.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None:
     """Run the seed's DNA experiment: find relevant modalities and an XOR interaction.
 
@@ -345,11 +268,11 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
     (b) XOR data, 3 modalities: m0 XOR m1 defines the label, m2 is a distractor.
     Both use pairwise interactions. Takes about a minute on 2 CPU cores.
     """
-    from .explain.report import render_comparison
-    from .train.config import TrainConfig
-    from .train.runner import fit
+    from ..explain.report import render_comparison
+    from ..train.config import TrainConfig
+    from ..train.runner import fit
 
-    _quiet_lightning()
+    quiet_lightning()
     started = time.perf_counter()
     experiments = {
         "motif": (
@@ -365,7 +288,7 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
             probs, xor, 1.0, 6000 if name == "motif" else 4000, 100, 7, seed, name
         )
         results = fit(task, TrainConfig(seed=seed), out / name, overwrite=True, progress=not quiet)
-        _print_run(title, results, out / name)
+        print_run(title, results, out / name)
         summary[name] = results
     if compare_normalisation:
         task = _synthetic_task(DEFAULT_PROBS, None, 1.0, 6000, 100, 7, seed, "motif")
@@ -376,7 +299,7 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
             overwrite=True,
             progress=not quiet,
         )
-        _print_run(
+        print_run(
             "motif data without IterBN/vBN (degree inflation)",
             results,
             out / "motif-no-normalisation",
@@ -393,20 +316,3 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
             f"{inter_off:.3f} (the data has no true interaction). Comparison: {path}"
         )
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; reports under {out}/")
-
-
-@main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@_user_errors
-def report(run_dir: Path) -> None:
-    """Re-render RUN_DIR/report.md and its figures from a finished run's files."""
-    from .explain.report import load_run, render_report
-
-    path = render_report(run_dir)
-    results = load_run(run_dir).results
-    click.echo(json.dumps(results["relevance"], indent=2))
-    click.echo(f"report: {path}")
-
-
-if __name__ == "__main__":
-    main()

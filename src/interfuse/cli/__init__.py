@@ -1,0 +1,11 @@
+"""The ``interfuse`` command line: one module per group of commands, all on :data:`main`.
+
+A layer on top of the library: commands parse options, build data and a
+:class:`~interfuse.train.config.TrainConfig`, call :func:`interfuse.train.runner.fit`, and print
+results. Errors the user can fix are printed as one line and exit with status 1.
+"""
+
+from . import report, train  # noqa: F401  (importing registers the commands on `main`)
+from .app import main
+
+__all__ = ["main"]

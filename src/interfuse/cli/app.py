@@ -1,0 +1,82 @@
+"""The ``interfuse`` command group and helpers shared by its commands."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's validation errors into one-line CLI errors (exit status 1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError, PermissionError) as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+def quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def float_list(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated numbers, got {text!r}", param_hint=option
+        ) from None
+
+
+def parse_interactions(text: str) -> str | int | list[str]:
+    if text in ("none", "pairs", "all"):
+        return text
+    if text.isdigit():
+        return int(text)
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def print_run(title: str, results: dict[str, Any], out: Path) -> None:
+    from ..fusion.mnl import Relevance
+
+    test = results["metrics"]["test"]
+    truth = results.get("ground_truth") or {}
+    line = (
+        f"test accuracy {test['accuracy']:.3f}"
+        if "accuracy" in test
+        else (f"test loss {test['loss']:.4f}")
+    )
+    if "bayes_accuracy" in truth:
+        line += f" (Bayes-optimal {truth['bayes_accuracy']:.3f})"
+    click.echo(
+        f"\n== {title}: {line}; best epoch {results['best_epoch']} of "
+        f"{results['epochs_run']}, {results['train_seconds']:.0f} s"
+    )
+    relevance = Relevance(
+        p=results["p"], beta=results["relevance_beta"], shares=results["relevance"]
+    )
+    click.echo(relevance.table())
+    if truth.get("term_shares"):
+        expected = ", ".join(f"{t} {s:.3f}" for t, s in truth["term_shares"].items() if s > 0)
+        click.echo(f"ground-truth shares: {expected}")
+    click.echo(f"report: {out / 'report.md'}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="interfuse")
+def main() -> None:
+    """interfuse: interpretable multimodal deep learning.
+
+    Trains MNL fusion models whose final layer has one block per modality and per interaction
+    between modalities, and reports how much each block contributes (its relevance share).
+    """
