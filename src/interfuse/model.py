@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .fusion.interactions import InteractionFactors, IterBN, outer_products
+from .fusion.interactions import InteractionFactors, IterBN, outer_products, term_presence
 from .fusion.mnl import MNLFusion, Relevance, check_p
 from .fusion.norm import VectorBatchNorm
 from .terms import InteractionSpec, Term, resolve_interactions, term_name, validate_modality_names
@@ -26,12 +26,14 @@ class FusionOutput(NamedTuple):
     """What :class:`MultimodalModel` returns.
 
     ``prediction``: ``(B, C)``; ``blocks``: ``{term name: (B, D_t)}`` as seen by the head;
-    ``embeddings``: ``{modality: (B, d_m)}`` encoder outputs.
+    ``embeddings``: ``{modality: (B, d_m)}`` encoder outputs; ``present``: ``{modality: bool (B,)}``
+    when some modality was missing for some sample, else ``None``.
     """
 
     prediction: Tensor
     blocks: dict[str, Tensor]
     embeddings: dict[str, Tensor]
+    present: dict[str, Tensor] | None = None
 
 
 def encoder_output_dim(name: str, encoder: nn.Module) -> int:
@@ -91,6 +93,7 @@ class MultimodalModel(nn.Module):
             else encoder_output_dim(m, encoders[m])
             for m in self.modalities
         }
+        self._dims = dims
         self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
         self.interaction_terms: list[Term] = resolve_interactions(interactions, self.modalities)
         self.terms: list[Term] = [(m,) for m in self.modalities] + self.interaction_terms
@@ -122,39 +125,71 @@ class MultimodalModel(nn.Module):
     def p(self) -> float:
         return self.head.p
 
-    def encode(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Encoder outputs ``{modality: (B, d_m)}``."""
+    def encode(
+        self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None
+    ) -> dict[str, Tensor]:
+        """Encoder outputs ``{modality: (B, d_m)}``; rows of missing samples are 0.
+
+        A modality missing for the whole batch (absent from ``inputs``, mask ``False``) is not
+        encoded at all. Inputs of missing samples never reach the encoder (they are zeroed
+        first), so they may hold anything, NaN included.
+        """
+        present = self.presence(inputs, masks)
         if self.check_inputs:
-            self._validate(inputs)
-        embeddings = {}
+            self._validate(inputs, present)
         batch = _batch_size(inputs)
+        embeddings = {}
         for m, encoder in self.encoders.items():
-            h = encoder(inputs[m])
+            if m not in inputs:
+                embeddings[m] = self.head.blocks[m].weight.new_zeros(batch, self._dims[m])
+                continue
+            x = inputs[m]
+            keep = present.get(m) if present else None
+            if keep is not None:
+                x = torch.where(keep.reshape(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
+            h = encoder(x)
             if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != batch:
                 shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
                 raise ValueError(
                     f"the encoder of modality {m!r} must return a (batch, features) tensor with "
                     f"batch {batch}, got {shape}"
                 )
-            embeddings[m] = h
+            embeddings[m] = h if keep is None else torch.where(keep[:, None], h, 0.0)
         return embeddings
 
-    def fuse(self, embeddings: Mapping[str, Tensor]) -> FusionOutput:
-        """Blocks and prediction from encoder outputs ``{modality: (B, d_m)}``."""
-        raw: dict[str, Tensor] = {m: embeddings[m] for m in self.modalities}
+    def fuse(
+        self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> FusionOutput:
+        """Blocks and prediction from encoder outputs ``{modality: (B, d_m)}``.
+
+        ``masks`` (``{m: bool (B,)}``, True = present; see :meth:`presence`) replace the block of
+        a missing modality, and of every interaction containing it, by its expectation 0; batch
+        statistics then use present samples only (SPEC §1.10).
+        """
+        raw: dict[Term, Tensor] = {(m,): embeddings[m] for m in self.modalities}
         if self.interaction_terms:
-            factors = self.factors(embeddings)
+            factors = self.factors(embeddings, masks)
             if self.wick is not None:
-                products = self.wick(factors)
+                products = self.wick(factors, masks)
             else:
                 products = outer_products(factors, self.interaction_terms)
             for t in self.interaction_terms:
-                raw[term_name(t)] = products[t].flatten(start_dim=1)
-        blocks = {t: self.norms[t](z) if self.vbn else z for t, z in raw.items()}
-        return FusionOutput(self.head(blocks), blocks, dict(embeddings))
+                raw[t] = products[t].flatten(start_dim=1)
+        blocks = {}
+        for t, z in raw.items():
+            name = term_name(t)
+            present = term_presence(t, masks)
+            if self.vbn:
+                z = self.norms[name](z, present)
+            blocks[name] = z if present is None else torch.where(present[:, None], z, 0.0)
+        return FusionOutput(self.head(blocks), blocks, dict(embeddings), masks)
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> FusionOutput:
-        return self.fuse(self.encode(inputs))
+    def forward(
+        self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None
+    ) -> FusionOutput:
+        """Predict from ``{modality: x_m}``; see :meth:`presence` for missing modalities."""
+        present = self.presence(inputs, masks)
+        return self.fuse(self.encode(inputs, present), present)
 
     def regularizer(self, p: float | None = None) -> Tensor:
         """Ω_p of the head's weight blocks; add ``λ·regularizer()`` to the task loss."""
@@ -164,33 +199,78 @@ class MultimodalModel(nn.Module):
         """Relevance β and shares of every term (detached)."""
         return self.head.relevance(p)
 
-    def _validate(self, inputs: Mapping[str, Tensor]) -> None:
+    def presence(
+        self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None
+    ) -> dict[str, Tensor] | None:
+        """Per-sample presence ``{m: bool (B,)}`` of every modality, or ``None`` if all present.
+
+        ``masks[m]`` is a bool tensor of shape ``(B,)`` (True = present) or a Python bool for the
+        whole batch. A modality may be left out of ``inputs`` only if its mask says it is
+        missing for every sample.
+        """
         if not isinstance(inputs, Mapping):
             raise TypeError(
                 f"inputs must be a dict {{modality name: tensor}}, got {type(inputs).__name__}"
             )
-        missing = [m for m in self.modalities if m not in inputs]
         unknown = [k for k in inputs if k not in self.modalities]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing modalities {missing}")
-            if unknown:
-                parts.append(f"unknown modalities {unknown}")
+        unknown += [k for k in (masks or {}) if k not in self.modalities and k not in unknown]
+        not_given = [m for m in self.modalities if m not in inputs]
+        undeclared = [m for m in not_given if m not in (masks or {})]
+        if unknown or undeclared:
+            parts = [f"unknown modalities {unknown}"] if unknown else []
+            if undeclared:
+                parts.append(
+                    f"missing modalities {undeclared} (pass masks={{name: False}} to mark a "
+                    f"modality as missing for the whole batch)"
+                )
             raise ValueError(f"{'; '.join(parts)}; the model expects {list(self.modalities)}")
-        sizes = {}
+        if not inputs:
+            raise ValueError("no modality is present in the inputs; at least one is needed")
+        if not masks:
+            return None
+        first = next(iter(inputs.values()))
+        batch, device = _batch_size(inputs), first.device
+        present = {}
         for m in self.modalities:
-            x = inputs[m]
+            mask = masks.get(m, True)
+            if isinstance(mask, bool):
+                mask = torch.full((batch,), mask, dtype=torch.bool, device=device)
+            elif not isinstance(mask, Tensor) or mask.shape != (batch,) or mask.dtype != torch.bool:
+                described = (
+                    f"{mask.dtype} tensor of shape {tuple(mask.shape)}"
+                    if isinstance(mask, Tensor)
+                    else type(mask).__name__
+                )
+                raise ValueError(
+                    f"mask of modality {m!r} must be a bool tensor of shape ({batch},) or a "
+                    f"Python bool, got {described}"
+                )
+            if m not in inputs and bool(mask.any()):
+                raise ValueError(
+                    f"modality {m!r} is marked present for some samples but not in the inputs"
+                )
+            present[m] = mask.to(device)
+        return present
+
+    def _validate(self, inputs: Mapping[str, Tensor], present: Mapping[str, Tensor] | None) -> None:
+        sizes = {}
+        for m, x in inputs.items():
             if not isinstance(x, Tensor):
                 raise TypeError(f"modality {m!r}: expected a torch.Tensor, got {type(x).__name__}")
             if x.dim() == 0:
                 raise ValueError(f"modality {m!r}: expected a batch, got a scalar tensor")
-            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                bad = int((~torch.isfinite(x)).sum())
-                raise ValueError(f"modality {m!r}: input has {bad} non-finite values (NaN or inf)")
             sizes[m] = x.shape[0]
         if len(set(sizes.values())) > 1:
             raise ValueError(f"modalities have different batch sizes: {sizes}")
+        for m, x in inputs.items():
+            if x.is_floating_point():
+                rows = x if not present else x[present[m]]
+                if not bool(torch.isfinite(rows).all()):
+                    bad = int((~torch.isfinite(rows)).sum())
+                    raise ValueError(
+                        f"modality {m!r}: input has {bad} non-finite values (NaN or inf) in "
+                        f"present samples"
+                    )
         batch = next(iter(sizes.values()))
         if batch == 0:
             raise ValueError("empty batch: every modality has 0 samples")

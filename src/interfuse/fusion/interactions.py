@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..terms import Term, nonempty_subsets, term_name
-from .norm import BatchCentering
+from .norm import BatchCentering, masked_mean
 
 # One einsum letter per modality of a term; the batch axis uses the last letter.
 _AXES = string.ascii_letters[:-1]
@@ -54,11 +54,15 @@ class InteractionFactors(nn.Module):
             {m: BatchCentering(rank, momentum) for m in dims} if center else {}
         )
 
-    def forward(self, embeddings: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def forward(
+        self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """``{m: (B, d_m)}`` → ``{m: (B, r)}``; centring statistics skip samples masked out."""
         factors = {}
         for m, projection in self.projections.items():
             g = projection(embeddings[m])
-            factors[m] = self.centering[m](g) if self.center else g
+            present = masks.get(m) if masks else None
+            factors[m] = self.centering[m](g, present) if self.center else g
         return factors
 
     def extra_repr(self) -> str:
@@ -88,6 +92,19 @@ def outer_products(factors: Mapping[str, Tensor], terms: Sequence[Term]) -> dict
         for sub in nonempty_subsets(term):
             product(sub)
     return products
+
+
+def term_presence(term: Term, masks: Mapping[str, Tensor] | None) -> Tensor | None:
+    """Samples where every modality of ``term`` is present (``None``: all of them)."""
+    if not masks:
+        return None
+    present = [masks[m] for m in term if m in masks]
+    if not present:
+        return None
+    result = present[0]
+    for p in present[1:]:
+        result = result & p
+    return result
 
 
 def _placement(outer: Term, part: Term, rest: Term) -> str:
@@ -132,28 +149,43 @@ class IterBN(nn.Module):
             getattr(self, self._buffer(s)).zero_()
         self.num_batches_tracked.zero_()
 
-    def moments(self, products: Mapping[Term, Tensor]) -> dict[Term, Tensor]:
-        """``E[T_R]`` for every sub-term: batch means in training (updating the running means),
-        running means in evaluation."""
-        if not self.training:
-            return {s: getattr(self, self._buffer(s)) for s in self.subterms}
-        means = {s: products[s].mean(dim=0) for s in self.subterms}
-        with torch.no_grad():
-            for s, mean in means.items():
-                running = getattr(self, self._buffer(s))
+    def moments(
+        self, products: Mapping[Term, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> dict[Term, Tensor]:
+        """``E[T_R]`` for every sub-term R.
+
+        Training: batch means over the samples where every modality of R is present (updating
+        the running means); evaluation, or fewer than 2 such samples: the running means.
+        """
+        means = {}
+        for s in self.subterms:
+            running = getattr(self, self._buffer(s))
+            present = term_presence(s, masks)
+            n = products[s].shape[0] if present is None else int(present.sum())
+            if not self.training or n < 2:
+                means[s] = running
+                continue
+            mean, _ = masked_mean(products[s], present)
+            with torch.no_grad():
                 running.lerp_(mean.detach().to(running.dtype), self.momentum)
+            means[s] = mean
+        if self.training:
             self.num_batches_tracked += 1
         return means
 
-    def forward(self, factors: Mapping[str, Tensor]) -> dict[Term, Tensor]:
-        if self.training:
+    def forward(
+        self, factors: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> dict[Term, Tensor]:
+        """Wick products ``{term: (B, r, …, r)}``; ``masks`` (``{m: bool (B,)}``, True = present)
+        restrict every moment to the samples where its modalities are present."""
+        if self.training and masks is None:
             batch = next(iter(factors.values())).shape[0]
             if batch < 2:
                 raise ValueError(
                     f"IterBN needs a batch of at least 2 samples in training mode, got {batch}"
                 )
         products = outer_products(factors, self.terms)
-        means = self.moments(products)
+        means = self.moments(products, masks)
         wick: dict[Term, Tensor] = {}
         for s in self.subterms:  # sorted by order, so every :T_{S∖R}: is ready when needed
             value = products[s] - means[s]

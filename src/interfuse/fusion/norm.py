@@ -21,6 +21,33 @@ def _check_batch(x: Tensor, name: str) -> None:
         )
 
 
+def masked_mean(x: Tensor, present: Tensor | None) -> tuple[Tensor, int]:
+    """Mean over the batch axis of the samples where ``present`` (bool, ``(B,)``) is true.
+
+    Returns ``(mean, count)``; ``present=None`` means every sample.
+    """
+    if present is None:
+        return x.mean(dim=0), x.shape[0]
+    count = int(present.sum())
+    weights = present.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return (x * weights).sum(dim=0) / max(count, 1), count
+
+
+def use_batch_statistics(module: nn.Module, x: Tensor, present: Tensor | None) -> bool:
+    """Training mode with enough present samples for batch statistics.
+
+    Without a mask a training batch of < 2 samples is an error. With a mask, fewer than 2 present
+    samples fall back to the running statistics (which are then not updated), so a batch in
+    which a modality is (almost) entirely missing still trains the other terms.
+    """
+    if not module.training:
+        return False
+    if present is None:
+        _check_batch(x, type(module).__name__)
+        return True
+    return int(present.sum()) >= 2
+
+
 class BatchCentering(nn.Module):
     """``x ↦ x − E[x]`` per feature: batch mean in training, running mean in evaluation.
 
@@ -43,11 +70,11 @@ class BatchCentering(nn.Module):
         self.running_mean.zero_()
         self.num_batches_tracked.zero_()
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
+    def forward(self, x: Tensor, present: Tensor | None = None) -> Tensor:
+        """Centre ``x``; statistics use only the samples where ``present`` is true."""
+        if not use_batch_statistics(self, x, present):
             return x - self.running_mean
-        _check_batch(x, type(self).__name__)
-        mean = x.mean(dim=0)
+        mean, _ = masked_mean(x, present)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
             self.num_batches_tracked += 1
@@ -90,20 +117,19 @@ class VectorBatchNorm(nn.Module):
         self.running_sq_norm.fill_(float(self.num_features))
         self.num_batches_tracked.zero_()
 
-    def forward(self, u: Tensor) -> Tensor:
+    def forward(self, u: Tensor, present: Tensor | None = None) -> Tensor:
+        """Normalise ``u``; statistics use only the samples where ``present`` is true."""
         flat = u.reshape(u.shape[0], -1)
         if flat.shape[1] != self.num_features:
             raise ValueError(
                 f"VectorBatchNorm expects {self.num_features} features per sample, got "
                 f"{flat.shape[1]} (input shape {tuple(u.shape)})"
             )
-        if self.training:
-            _check_batch(u, type(self).__name__)
-            mean = flat.mean(dim=0)
+        if use_batch_statistics(self, u, present):
+            mean, n = masked_mean(flat, present)
             centred = flat - mean
-            sq_norm = centred.pow(2).sum(dim=1).mean()
+            sq_norm, _ = masked_mean(centred.pow(2).sum(dim=1), present)
             with torch.no_grad():
-                n = flat.shape[0]
                 unbiased = sq_norm.detach() * n / (n - 1)
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
                 self.running_sq_norm.lerp_(unbiased.to(self.running_sq_norm.dtype), self.momentum)
