@@ -1,4 +1,4 @@
-"""Missing modalities (SPEC §1.10): masked blocks become their expectation 0, statistics skip them."""
+"""Missing modalities (SPEC §1.10): masked blocks become 0, statistics skip missing samples."""
 
 import copy
 
