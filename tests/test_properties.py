@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from interfuse import MultimodalModel
+from interfuse.terms import RESERVED_MODALITY_NAMES
 
 NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=6)
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -15,9 +16,7 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 def models_and_batches(draw):
     names = draw(
         st.lists(
-            NAMES.filter(
-                lambda n: n not in {"keys", "items", "values", "update", "pop", "clear", "training"}
-            ),
+            NAMES.filter(lambda n: n not in RESERVED_MODALITY_NAMES),
             min_size=1,
             max_size=4,
             unique=True,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 
 class SequenceCNN(nn.Module):
@@ -82,3 +84,78 @@ class MLP(nn.Module):
                 f"MLP expects input of shape (batch, {self.input_dim}), got {tuple(x.shape)}"
             )
         return self.layers(x)
+
+
+class SequenceGRU(nn.Module):
+    """GRU over front zero-padded feature sequences ``(B, T, input_dim) → (B, output_dim)``.
+
+    Lengths are derived from the padding (the MultiBench convention: padding rows are all zero
+    and come first): a sequence starts at its first row with a non-zero entry and runs to the
+    end, so zero rows after that point count as data. The valid rows are moved to the front,
+    packed (``pack_padded_sequence``) so the GRU never reads padding, and the last layer's final
+    hidden state (both directions if ``bidirectional``) is projected to ``output_dim``. An
+    all-zero sequence has length 0: its hidden state is taken as zeros, so its output is the
+    projection's bias.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: int = 64,
+        output_dim: int = 32,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("input_dim", input_dim),
+            ("hidden", hidden),
+            ("output_dim", output_dim),
+            ("num_layers", num_layers),
+        ):
+            if value < 1:
+                raise ValueError(f"SequenceGRU: {name} must be >= 1, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"SequenceGRU: dropout must be in [0, 1), got {dropout}")
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.gru = nn.GRU(
+            input_dim,
+            hidden,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.directions = 2 if bidirectional else 1
+        self.project = nn.Linear(hidden * self.directions, output_dim)
+
+    @staticmethod
+    def lengths(x: Tensor) -> Tensor:
+        """Valid length of each front-padded sequence: ``T`` minus the leading all-zero rows."""
+        nonzero = (x != 0).any(dim=-1)  # (B, T)
+        first = torch.where(nonzero.any(dim=1), nonzero.int().argmax(dim=1), x.shape[1])
+        return x.shape[1] - first
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[2] != self.input_dim:
+            raise ValueError(
+                f"SequenceGRU expects input of shape (batch, time, {self.input_dim}), "
+                f"got {tuple(x.shape)}"
+            )
+        batch, steps, _ = x.shape
+        lengths = self.lengths(x)
+        # Shift every sequence so its valid rows come first (row t reads x[start + t]).
+        start = (steps - lengths).unsqueeze(1)
+        index = torch.arange(steps, device=x.device).unsqueeze(0) + start
+        valid = index < steps
+        index = index.clamp(max=steps - 1).unsqueeze(-1).expand(-1, -1, x.shape[2])
+        shifted = x.gather(1, index) * valid.unsqueeze(-1).to(x.dtype)
+        packed = pack_padded_sequence(
+            shifted, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, h_n = self.gru(packed)  # (layers * directions, B, hidden)
+        last = h_n[-self.directions :].transpose(0, 1).reshape(batch, -1)
+        last = last * (lengths > 0).unsqueeze(1).to(last.dtype)
+        return self.project(last)

@@ -17,7 +17,8 @@ Term = tuple[str, ...]
 InteractionSpec = Union[str, int, Iterable[Union[str, Sequence[str]]], None]  # noqa: UP007 (runtime alias, Python 3.10)
 
 TERM_SEPARATOR = "*"
-_RESERVED = frozenset(dir(nn.ModuleDict())) | {""}
+RESERVED_MODALITY_NAMES = frozenset(dir(nn.ModuleDict())) | {""}
+"""Names that cannot be modality names: attributes of nn.ModuleDict (e.g. "keys", "to")."""
 
 
 def term_name(term: Sequence[str]) -> str:
@@ -39,7 +40,7 @@ def validate_modality_names(names: Iterable[str]) -> tuple[str, ...]:
                 f"modality name {name!r} may not contain '{TERM_SEPARATOR}' or '.' "
                 f"('{TERM_SEPARATOR}' joins modality names in interaction term names)"
             )
-        if name in _RESERVED:
+        if name in RESERVED_MODALITY_NAMES:
             raise ValueError(
                 f"modality name {name!r} is reserved (it is an nn.ModuleDict attribute)"
             )

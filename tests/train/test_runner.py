@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from interfuse.data.synthetic import make_motif_data, make_xor_data
+from interfuse.data.synthetic import make_motif_data
 from interfuse.data.task import synthetic_task
 from interfuse.train.checkpoint import load_checkpoint
 from interfuse.train.config import TrainConfig
@@ -17,11 +17,9 @@ def interaction_share(shares):
 
 
 @pytest.fixture(scope="module")
-def motif_run(tmp_path_factory):
-    data = make_motif_data([0.9, 0.6, 0.3, 0.0], n=6000, seed=0)
-    out = tmp_path_factory.mktemp("motif")
-    results = fit(synthetic_task(data, seed=0), TrainConfig(seed=0), out, progress=False)
-    return results, out, data.ground_truth
+def motif_run(motif_demo_run):
+    task, results, out = motif_demo_run
+    return results, out, task.ground_truth
 
 
 def test_motif_relevance_follows_insertion_probability(motif_run):
@@ -33,7 +31,7 @@ def test_motif_relevance_follows_insertion_probability(motif_run):
 
 def test_motif_accuracy_close_to_bayes_optimal(motif_run):
     results, _, truth = motif_run
-    assert results["metrics"]["test"]["accuracy"] >= truth.bayes_accuracy - 0.02
+    assert results["metrics"]["test"]["accuracy"] >= truth["bayes_accuracy"] - 0.02
 
 
 def test_no_degree_inflation_with_iterbn(motif_run):
@@ -64,12 +62,12 @@ def test_refuses_to_overwrite_a_finished_run(motif_run):
 
 
 @pytest.fixture(scope="module")
-def xor_task():
-    return synthetic_task(make_xor_data(3, pair=(0, 1), n=4000, seed=0), seed=0, name="xor")
+def xor_task(xor_demo_run):
+    return xor_demo_run[0]
 
 
-def test_xor_interaction_dominates(xor_task, tmp_path):
-    results = fit(xor_task, TrainConfig(seed=0), tmp_path, progress=False, report=False)
+def test_xor_interaction_dominates(xor_demo_run):
+    results = xor_demo_run[1]
     shares = results["relevance"]
     assert max(shares, key=shares.get) == "m0*m1"
     assert results["metrics"]["test"]["accuracy"] > 0.9

@@ -62,10 +62,13 @@ def print_run(title: str, results: dict[str, Any], out: Path) -> None:
         f"\n== {title}: {line}; best epoch {results['best_epoch']} of "
         f"{results['epochs_run']}, {results['train_seconds']:.0f} s"
     )
-    relevance = Relevance(
-        p=results["p"], beta=results["relevance_beta"], shares=results["relevance"]
-    )
-    click.echo(relevance.table())
+    if results.get("relevance") is not None:
+        relevance = Relevance(
+            p=results["p"], beta=results["relevance_beta"], shares=results["relevance"]
+        )
+        click.echo(relevance.table())
+    else:
+        click.echo("no built-in relevance (baseline); post-hoc: interfuse explain " + str(out))
     if truth.get("term_shares"):
         expected = ", ".join(f"{t} {s:.3f}" for t, s in truth["term_shares"].items() if s > 0)
         click.echo(f"ground-truth shares: {expected}")

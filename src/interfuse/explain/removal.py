@@ -1,0 +1,197 @@
+"""The one operator behind every post-hoc explanation: predict with some modalities removed.
+
+A trained model ``f`` is evaluated with only the modalities of a coalition ``S`` present; every
+other modality ``m ∉ S`` is replaced by a baseline. Three baselines (``method``):
+
+* ``"mask"``: the model's own missing-modality path, ``model.fuse(h, masks)`` with
+  ``masks[m] = False`` (a :class:`~interfuse.MultimodalModel` replaces the block of ``m`` and of
+  every interaction containing ``m`` by its expectation 0; SPEC §1.10);
+* ``"embedding"``: the encoder output ``h_m`` is replaced by its training mean ``E[h_m]``
+  (models with ``encode``/``fuse``);
+* ``"input"``: the raw input ``x_m`` is replaced by its training mean ``E[x_m]`` (any model;
+  the mean of categorical inputs such as token ids means little, and a mean one-hot sequence is
+  off the data manifold, so prefer the other two where the model allows).
+
+``"auto"`` picks the first of these the model supports. With ``mask``/``embedding`` the encoders
+run once per sample; each coalition then costs only a pass through the fusion part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..data.batching import TensorData
+
+Method = Literal["auto", "mask", "embedding", "input"]
+METHODS: tuple[str, ...] = ("mask", "embedding", "input")
+
+
+def has_encode_fuse(model: nn.Module) -> bool:
+    """The model splits into per-modality encoders (``encode``) and a fusion part (``fuse``)."""
+    return callable(getattr(model, "encode", None)) and callable(getattr(model, "fuse", None))
+
+
+def supports_masks(model: nn.Module) -> bool:
+    """``model.fuse`` takes per-sample presence ``masks`` (a missing-modality path)."""
+    if not has_encode_fuse(model):
+        return False
+    try:
+        return "masks" in inspect.signature(model.fuse).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_method(model: nn.Module, method: str = "auto") -> str:
+    """``"auto"`` → ``"mask"``, ``"embedding"`` or ``"input"``, whichever the model supports
+    first; an explicit choice is checked."""
+    if method == "auto":
+        if supports_masks(model):
+            return "mask"
+        return "embedding" if has_encode_fuse(model) else "input"
+    if method not in METHODS:
+        raise ValueError(f"unknown removal method {method!r}; choose auto, {', '.join(METHODS)}")
+    if method == "mask" and not supports_masks(model):
+        raise ValueError(
+            f"{type(model).__name__} has no missing-modality path (fuse(embeddings, masks)); "
+            f"use method='embedding' or 'input'"
+        )
+    if method == "embedding" and not has_encode_fuse(model):
+        raise ValueError(
+            f"{type(model).__name__} has no encode/fuse split (e.g. early fusion); use "
+            f"method='input'"
+        )
+    return method
+
+
+def model_modalities(model: nn.Module) -> tuple[str, ...]:
+    modalities = getattr(model, "modalities", None)
+    if not modalities:
+        raise ValueError(
+            f"{type(model).__name__} does not list its modalities (a `modalities` attribute)"
+        )
+    return tuple(modalities)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` and no gradients inside; the previous mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class ModalityRemoval:
+    """Predictions of a trained model with a subset of its modalities removed.
+
+    Args:
+        model: a trained model with a ``modalities`` attribute whose output has ``.prediction``.
+        reference: data the baselines are averaged over (the training split); not needed for
+            ``method="mask"``.
+        method: ``"auto"``, ``"mask"``, ``"embedding"`` or ``"input"`` (module docstring).
+        batch_size: samples per forward pass.
+
+    Usage: ``reps = removal.representations(data)`` once, then
+    ``removal.predict_from(reps, present={"a", "b"})`` per coalition.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reference: TensorData | None = None,
+        method: Method | str = "auto",
+        batch_size: int = 1024,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.modalities = model_modalities(model)
+        self.method = resolve_method(model, method)
+        self.batch_size = batch_size
+        self.baseline: dict[str, Tensor] = {}
+        if self.method in ("embedding", "input"):
+            if reference is None:
+                raise ValueError(
+                    f"method={self.method!r} replaces modalities by their mean over reference "
+                    f"data; pass reference=<training split>"
+                )
+            reps = self.representations(reference)
+            self.baseline = {m: reps[m].double().mean(dim=0).to(reps[m].dtype) for m in reps}
+
+    @property
+    def device(self) -> torch.device:
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    @property
+    def uses_fusion_only(self) -> bool:
+        """Coalitions are evaluated on encoder outputs (the encoders run once per sample)."""
+        return self.method in ("mask", "embedding")
+
+    def representations(self, data: TensorData) -> dict[str, Tensor]:
+        """What the operator replaces, for every sample of ``data`` (on the CPU): encoder outputs
+        ``{m: (N, d_m)}`` for ``mask``/``embedding``, the raw inputs for ``input``."""
+        missing = [m for m in self.modalities if m not in data.inputs]
+        if missing:
+            raise ValueError(f"the data lack modalities {missing} of the model")
+        if not self.uses_fusion_only:
+            return {m: data.inputs[m] for m in self.modalities}
+        parts: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        with evaluation_mode(self.model):
+            for index in torch.arange(len(data)).split(self.batch_size):
+                batch = {m: data.inputs[m][index].to(self.device) for m in self.modalities}
+                embeddings = self.model.encode(batch)
+                for m in self.modalities:
+                    parts[m].append(embeddings[m].detach().cpu())
+        return {m: torch.cat(parts[m]) for m in self.modalities}
+
+    def predict_from(
+        self, representations: Mapping[str, Tensor], present: Iterable[str] | None = None
+    ) -> Tensor:
+        """Predictions ``(N, C)`` with only the ``present`` modalities (default: all) kept."""
+        present = set(self.modalities if present is None else present)
+        unknown = present - set(self.modalities)
+        if unknown:
+            raise ValueError(
+                f"unknown modalities {sorted(unknown)}; the model has {self.modalities}"
+            )
+        absent = [m for m in self.modalities if m not in present]
+        n = len(next(iter(representations.values())))
+        outputs = []
+        with evaluation_mode(self.model):
+            for index in torch.arange(n).split(self.batch_size):
+                batch = {m: representations[m][index].to(self.device) for m in self.modalities}
+                outputs.append(self._forward(batch, absent).detach().cpu())
+        return torch.cat(outputs)
+
+    def predict(self, data: TensorData, present: Iterable[str] | None = None) -> Tensor:
+        """Predictions on ``data`` with only the ``present`` modalities kept."""
+        return self.predict_from(self.representations(data), present)
+
+    def _forward(self, batch: dict[str, Tensor], absent: list[str]) -> Tensor:
+        b = len(next(iter(batch.values())))
+        if self.method == "mask":
+            if not absent:
+                return self.model.fuse(batch).prediction
+            masks = {
+                m: torch.full((b,), m not in absent, dtype=torch.bool, device=self.device)
+                for m in self.modalities
+            }
+            for m in absent:  # as encode() leaves them: missing rows are 0
+                batch[m] = torch.zeros_like(batch[m])
+            return self.model.fuse(batch, masks).prediction
+        for m in absent:
+            mean = self.baseline[m].to(self.device)
+            batch[m] = mean.expand(b, *mean.shape)
+        if self.method == "embedding":
+            return self.model.fuse(batch).prediction
+        return self.model(batch).prediction

@@ -1,0 +1,177 @@
+"""MultiBench affect files (MOSI, MOSEI, MUStARD, UR-FUNNY): safe loading, checks, training."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from interfuse.data.affect import AFFECT_DATASETS, load_affect
+from interfuse.data.arrays import sequence_lengths
+from interfuse.data.registry import load_dataset
+from interfuse.train.config import TrainConfig
+from interfuse.train.runner import fit
+
+SIZES = {"train": 24, "valid": 8, "test": 8}
+STEPS = 6
+
+
+def affect_split(rng, n, dims, regression):
+    """Random front zero-padded sequences in the MultiBench layout; sample 0 is all zeros."""
+    lengths = rng.integers(1, STEPS + 1, n)
+    lengths[0] = 0
+    data_rows = np.arange(STEPS)[None, :] >= (STEPS - lengths)[:, None]
+    split = {}
+    for m, d in dims.items():
+        x = rng.normal(size=(n, STEPS, d)).astype(np.float32)
+        x[~data_rows] = 0.0
+        split[m] = x
+    if regression:
+        labels = np.round(rng.uniform(-3, 3, (n, 1)), 1)
+        labels[1] = 0.0
+    else:
+        labels = rng.integers(0, 2, (n, 1)).astype(np.float64)
+        labels[:2] = [[0.0], [1.0]]
+    split["labels"] = labels
+    split["id"] = np.array([f"clip{i}" for i in range(n)], dtype=object)
+    return split
+
+
+def affect_data(name, seed=0):
+    spec = AFFECT_DATASETS[name]
+    rng = np.random.default_rng(seed)
+    return {s: affect_split(rng, n, spec.dims, spec.task == "regression") for s, n in SIZES.items()}
+
+
+def write_pickle(path, data):
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    return path
+
+
+@pytest.mark.parametrize("name", list(AFFECT_DATASETS))
+def test_load_train_and_write_results(tmp_path, name):
+    path = write_pickle(tmp_path / f"{name}.pkl", affect_data(name))
+    task = load_dataset(name, path=path, hidden=8, output_dim=4)
+    spec = AFFECT_DATASETS[name]
+    assert task.modalities == ["vision", "audio", "text"]
+    assert {m: e["input_dim"] for m, e in task.encoders.items()} == spec.dims
+    assert {e["type"] for e in task.encoders.values()} == {"sequence_gru"}
+    assert (len(task.train), len(task.val), len(task.test)) == (24, 8, 8)
+    assert task.task == spec.task
+    config = TrainConfig(epochs=1, batch_size=8, rank=2, seed=0)
+    results = fit(task, config, tmp_path / "run", progress=False, report=False)
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(on_disk["relevance"]) == {
+        "vision",
+        "audio",
+        "text",
+        "vision*audio",
+        "vision*text",
+        "audio*text",
+    }
+    test = results["metrics"]["test"]
+    if spec.task == "regression":
+        assert task.metrics == "sentiment"
+        assert {"mae", "pearson", "acc2_nonzero", "f1_with_zero", "acc7"} <= set(test)
+    else:
+        assert task.num_classes == 2 and task.class_names == list(spec.class_names)
+        assert {"accuracy", "macro_f1"} <= set(test)
+
+
+def test_pickle_npz_and_folder_give_the_same_task(tmp_path):
+    data = affect_data("mosi")
+    from_pickle = load_affect("mosi", write_pickle(tmp_path / "mosi.pkl", data))
+    npz = tmp_path / "mosi.npz"
+    np.savez(
+        npz, **{f"{s}/{k}": v for s, split in data.items() for k, v in split.items() if k != "id"}
+    )
+    folder = tmp_path / "mosi"
+    folder.mkdir()
+    for s, split in data.items():
+        np.savez(folder / f"{s}.npz", **{k: v for k, v in split.items() if k != "id"})
+    for other in (load_affect("mosi", npz), load_affect("mosi", folder)):
+        for split in ("train", "val", "test"):
+            a, b = getattr(from_pickle, split), getattr(other, split)
+            np.testing.assert_array_equal(a.targets.numpy(), b.targets.numpy())
+            for m in a.inputs:
+                np.testing.assert_array_equal(a.inputs[m].numpy(), b.inputs[m].numpy())
+
+
+def test_standardisation_keeps_padding_and_uses_train_only(tmp_path):
+    data = affect_data("mosi")
+    data["train"]["audio"] *= 50.0
+    task = load_affect("mosi", write_pickle(tmp_path / "mosi.pkl", data))
+    for split, key in (("train", "train"), ("val", "valid"), ("test", "test")):
+        for m in ("vision", "audio", "text"):
+            x = getattr(task, split).inputs[m].numpy()
+            np.testing.assert_array_equal(sequence_lengths(x), sequence_lengths(data[key][m]))
+    audio = task.train.inputs["audio"].numpy()
+    rows = audio[np.arange(STEPS)[None] >= STEPS - sequence_lengths(audio)[:, None]]
+    np.testing.assert_allclose(rows.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(rows.std(axis=0), 1.0, atol=1e-4)
+    assert np.abs(task.val.inputs["audio"].numpy()).mean() < 0.1  # val scaled by train stats
+
+
+def test_wrong_feature_size_names_split_modality_and_shape(tmp_path):
+    path = write_pickle(tmp_path / "mosei.pkl", affect_data("mosei"))
+    with pytest.raises(ValueError) as info:
+        load_affect("mosi", path)
+    message = str(info.value)
+    assert "split 'train'" in message and "modality 'vision'" in message
+    assert "(24, 6, 35)" in message and "(N, T, 20)" in message and "match mosei" in message
+
+
+def test_missing_pieces_are_named(tmp_path):
+    data = affect_data("mosi")
+    del data["valid"]["audio"]
+    with pytest.raises(ValueError, match="split 'val' has no 'audio' array"):
+        load_affect("mosi", write_pickle(tmp_path / "a.pkl", data))
+    data = affect_data("mosi")
+    del data["test"]
+    with pytest.raises(ValueError, match="no 'test' split"):
+        load_affect("mosi", write_pickle(tmp_path / "b.pkl", data))
+    with pytest.raises(FileNotFoundError, match="README"):
+        load_affect("mosi", tmp_path / "absent.pkl")
+
+
+def test_labels_are_checked_and_binarised(tmp_path):
+    data = affect_data("mosi")
+    data["train"]["labels"][3] = 4.0
+    with pytest.raises(ValueError, match=r"split 'train'.*\[-3, 3\]"):
+        load_affect("mosi", write_pickle(tmp_path / "a.pkl", data))
+    data = affect_data("mosi")
+    data["test"]["labels"] = data["test"]["labels"][:5]
+    with pytest.raises(ValueError, match="split 'test'.*one numeric label per sample"):
+        load_affect("mosi", write_pickle(tmp_path / "b.pkl", data))
+    data = affect_data("mustard")
+    for split in data.values():
+        split["labels"] = np.where(split["labels"] > 0, 1.0, -1.0)  # -1/1 encoding
+    task = load_affect("mustard", write_pickle(tmp_path / "c.pkl", data))
+    expected = (data["train"]["labels"].ravel() > 0).astype(np.int64)
+    np.testing.assert_array_equal(task.train.targets.numpy(), expected)
+
+
+def test_non_finite_values_become_zero_and_are_counted(tmp_path):
+    data = affect_data("mosi")
+    data["train"]["audio"][2, -1, 0] = -np.inf
+    data["test"]["audio"][3, -1, 1] = np.nan
+    task = load_affect("mosi", write_pickle(tmp_path / "a.pkl", data), standardize=False)
+    assert task.info["nonfinite_replaced"] == {"audio": 2}
+    assert task.train.inputs["audio"][2, -1, 0] == 0.0
+
+
+def test_malicious_affect_pickle_is_refused(tmp_path):
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    data = affect_data("mosi")
+    data["train"]["id"] = Payload()
+    path = write_pickle(tmp_path / "evil.pkl", data)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
+        load_dataset("mosi", path=path)
+    assert not marker.exists()

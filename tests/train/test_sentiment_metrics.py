@@ -1,0 +1,49 @@
+"""Sentiment metrics (CMU-MOSI/MOSEI convention) and metric-set selection."""
+
+import math
+
+import pytest
+import torch
+
+from interfuse.train.metrics import compute_metrics, sentiment_metrics
+
+
+def test_sentiment_metrics_by_hand():
+    labels = torch.tensor([2.0, -1.0, 0.0, 0.5, -2.5, 3.0])
+    preds = torch.tensor([1.0, 0.5, -0.2, 2.5, -2.6, 3.7])
+    m = sentiment_metrics(preds, labels)
+    # non-zero: 5 samples (label 0 dropped); signs agree except sample 1 (-1 vs 0.5)
+    assert m["acc2_nonzero"] == pytest.approx(4 / 5)
+    # with zero: label >= 0 vs pred >= 0; disagree on samples 1 and 2 (0 >= 0 but -0.2 < 0)
+    assert m["acc2_with_zero"] == pytest.approx(4 / 6)
+    # weighted F1, non-zero: positives {0,3,5} all found, plus false positive 1;
+    # negatives {1,4}: tp 1, fn 1 -> F1_pos = 6/7, F1_neg = 2/3, weights 3/5 and 2/5
+    assert m["f1_nonzero"] == pytest.approx(3 / 5 * 6 / 7 + 2 / 5 * 2 / 3)
+    # acc7: round half to even and clip: labels [2,-1,0,0,-2,3], preds [1,0,-0,2,-3,3]
+    assert m["acc7"] == pytest.approx(2 / 6)
+
+
+def test_sentiment_metrics_edge_cases():
+    m = sentiment_metrics(torch.tensor([0.3, -0.1]), torch.tensor([0.0, 0.0]))
+    assert math.isnan(m["acc2_nonzero"]) and math.isnan(m["f1_nonzero"])
+    assert m["acc2_with_zero"] == pytest.approx(0.5)
+
+
+def test_metric_sets():
+    preds, labels = torch.randn(8, 1), torch.randn(8)
+    default = compute_metrics("regression", preds, labels)
+    assert set(default) == {"loss", "mae", "pearson"}
+    sentiment = compute_metrics("regression", preds, labels, "sentiment")
+    assert set(sentiment) == set(default) | {
+        "acc2_nonzero",
+        "f1_nonzero",
+        "acc2_with_zero",
+        "f1_with_zero",
+        "acc7",
+    }
+    with pytest.raises(ValueError, match="regression"):
+        compute_metrics(
+            "classification", torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), "sentiment"
+        )
+    with pytest.raises(ValueError, match="unknown metric set"):
+        compute_metrics("regression", preds, labels, "nope")
