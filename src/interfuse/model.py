@@ -262,7 +262,13 @@ class MultimodalModel(nn.Module):
             sizes[m] = x.shape[0]
         if len(set(sizes.values())) > 1:
             raise ValueError(f"modalities have different batch sizes: {sizes}")
+        dtype = next(self.head.parameters()).dtype
         for m, x in inputs.items():
+            if x.is_floating_point() and x.dtype != dtype:
+                raise ValueError(
+                    f"modality {m!r}: input dtype {x.dtype} differs from the model's {dtype}; "
+                    f"convert the input (e.g. x.to({dtype})) or the model"
+                )
             if x.is_floating_point():
                 rows = x if not present else x[present[m]]
                 if not bool(torch.isfinite(rows).all()):

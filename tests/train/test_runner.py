@@ -39,6 +39,23 @@ def test_no_degree_inflation_with_iterbn(motif_run):
     assert interaction_share(results["relevance"]) < 0.1
 
 
+def test_missing_modalities_degrade_gracefully(motif_run):
+    results, out, _ = motif_run
+    missing = {k: v["accuracy"] for k, v in results["missing_modalities"].items()}
+    assert set(missing) == {"none", "m0", "m1", "m2", "m3"} | {
+        f"m{i}*m{j}" for i in range(4) for j in range(i + 1, 4)
+    }
+    assert abs(missing["m3"] - missing["none"]) < 0.01  # the irrelevant source
+    # Without m0 the Bayes-optimal accuracy is 1 - 0.5 * 0.4 * 0.7 = 0.86: close, not chance.
+    assert 0.8 < missing["m0"] < missing["none"] - 0.05
+    assert "Missing modalities at test time" in (out / "report.md").read_text()
+
+
+def test_modality_dropout_rejected_for_baselines():
+    with pytest.raises(ValueError, match="missing-modality path"):
+        TrainConfig(model="late", modality_dropout=0.2)
+
+
 def test_run_folder_contents(motif_run):
     results, out, _ = motif_run
     on_disk = json.loads((out / "results.json").read_text())
@@ -79,9 +96,12 @@ def test_xor_needs_interactions(xor_task, tmp_path):
     assert results["metrics"]["test"]["accuracy"] < 0.6  # chance is 0.5
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("modality_dropout", [0.0, 0.3])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, modality_dropout):
     task = synthetic_task(make_motif_data([0.9, 0.0], n=600, seed=1), seed=1)
-    config = TrainConfig(epochs=4, patience=10, seed=1, batch_size=64)
+    config = TrainConfig(
+        epochs=4, patience=10, seed=1, batch_size=64, modality_dropout=modality_dropout
+    )
     straight = tmp_path / "straight"
     fit(task, config, straight, progress=False, report=False)
     # "Kill" after two epochs: train a run limited to 2 epochs, then resume it with 4.

@@ -54,6 +54,23 @@ class TaskData:
                 f"encoder specifications {sorted(self.encoders)} do not match the modalities "
                 f"{self.train.modalities}"
             )
+        for split in ("train", "val", "test"):
+            self._check_targets(split, getattr(self, split).targets)
+
+    def _check_targets(self, split: str, targets: torch.Tensor) -> None:
+        if self.task == "classification":
+            if targets.is_floating_point() or targets.dtype == torch.bool:
+                raise ValueError(
+                    f"{split} labels must be integer class indices for classification, got "
+                    f"{targets.dtype}"
+                )
+            if len(targets) and (targets.min() < 0 or targets.max() >= self.num_classes):
+                raise ValueError(
+                    f"{split} labels must lie in 0..{self.num_classes - 1}, found values from "
+                    f"{int(targets.min())} to {int(targets.max())}"
+                )
+        elif not bool(torch.isfinite(targets.double()).all()):
+            raise ValueError(f"{split} targets contain non-finite values (NaN or inf)")
 
     @property
     def modalities(self) -> list[str]:

@@ -444,6 +444,8 @@ def render_report(run_dir: str | Path) -> Path:
             "folder for post-hoc relevance (ablation, Shapley, Möbius, EMAP).\n"
         )
     parts += ["## Metrics\n", _metrics_section(results)]
+    if results.get("missing_modalities"):
+        parts += ["## Missing modalities at test time\n", _missing_section(results)]
     if truth is not None and shares is not None:
         parts += ["## Fidelity to the ground truth\n", _fidelity_section(shares, truth)]
     if (folder / EXPLAIN_REPORT).exists():
@@ -457,6 +459,23 @@ def render_report(run_dir: str | Path) -> Path:
     if config:
         parts += ["## Configuration\n", _config_table(config)]
     return atomic_write_text(folder / "report.md", "\n".join(parts))
+
+
+def _missing_section(results: Mapping[str, Any]) -> str:
+    """Test metrics with each modality (and pair) missing, through the model's mask path."""
+    rows_by_set: Mapping[str, Mapping[str, float]] = results["missing_modalities"]
+    names = [k for k in next(iter(rows_by_set.values())) if k in ("accuracy", "loss", "mae")]
+    rows = [
+        ["none" if missing == "none" else _code(missing)]
+        + [_fmt(metrics.get(name), 4) for name in names]
+        for missing, metrics in rows_by_set.items()
+    ]
+    intro = (
+        "Each row drops the named modalities for every test sample: their blocks, and those of "
+        "every interaction containing them, are replaced by their expectation (SPEC §1.10). "
+        "Train with `--modality-dropout P` to make the model robust to this.\n"
+    )
+    return intro + "\n" + _markdown_table(["missing", *names], rows, "l" + "r" * len(names))
 
 
 def _metrics_section(results: Mapping[str, Any]) -> str:

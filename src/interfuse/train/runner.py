@@ -270,6 +270,9 @@ def finish(run: _Run, report: bool = True) -> dict[str, Any]:
         "config": {"dataset": run.data.name, **run.config.to_dict(), **run.data.info},
         "model": run.description,
     }
+    missing = missing_modality_metrics(run.model, run.data)
+    if missing is not None:
+        results["missing_modalities"] = missing
     if run.data.ground_truth is not None:
         results["ground_truth"] = run.data.ground_truth
     atomic_write_text(run.out / "results.json", json.dumps(results, indent=2) + "\n")
@@ -279,3 +282,20 @@ def finish(run: _Run, report: bool = True) -> dict[str, Any]:
 
         render_report(run.out)
     return results
+
+
+def missing_modality_metrics(
+    model: nn.Module, data: TaskData, max_order: int = 2
+) -> dict[str, dict[str, float]] | None:
+    """Test metrics with no modality missing (``"none"``) and with each set of up to
+    ``max_order`` modalities missing for every sample, through the model's own missing-modality
+    path; ``None`` for models without one (the baselines)."""
+    from ..explain.ablation import modality_ablation
+    from ..explain.removal import ModalityRemoval, supports_masks
+
+    if not supports_masks(model) or len(data.modalities) < 2:
+        return None
+    removal = ModalityRemoval(model, method="mask")
+    order = min(max_order, len(data.modalities) - 1)  # keep at least one modality
+    ablation = modality_ablation(removal, data.test, data.task, order, data.metrics)
+    return {"none": ablation.full, **ablation.removed}
