@@ -114,3 +114,20 @@ def test_unwritable_out(tmp_path):
 def test_report_of_missing_folder(tmp_path):
     result = run("report", str(tmp_path / "nope"))
     assert result.exit_code != 0 and "nope" in result.output
+
+
+def test_resume_with_other_modalities_names_the_difference(tiny_run):
+    out, _ = tiny_run
+    result = run(
+        "train",
+        "--probs",
+        "0.9,0,0",
+        "--interactions",
+        "m0*m1",
+        *TINY,
+        "--out",
+        str(out),
+        "--resume",
+    )
+    assert result.exit_code != 0
+    assert "modalities" in result.output and "['m0', 'm1', 'm2']" in result.output

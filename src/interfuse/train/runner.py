@@ -134,10 +134,17 @@ class _Run:
         }
         if resume:
             model_state, header, self.optimizer_state = load_checkpoint(out / LAST)
-            if header.get("model") != self.description:
+            saved = header.get("model") or {}
+            if saved != self.description:
+                differs = sorted(
+                    k
+                    for k in set(saved) | set(self.description)
+                    if saved.get(k) != self.description.get(k)
+                )
                 raise CheckpointError(
-                    f"{out / LAST} was written for a different model or data "
-                    f"(modalities {header.get('model', {}).get('modalities')}); "
+                    f"{out / LAST} was written for a different model or data: "
+                    f"{', '.join(differs)} differ (checkpoint modalities "
+                    f"{saved.get('modalities')}, now {self.description['modalities']}); "
                     f"resume with the same dataset and options"
                 )
             self.model: MultimodalModel | nn.Module = build_model(self.description)
