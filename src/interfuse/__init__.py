@@ -17,6 +17,7 @@ from .fusion import (
     group_norm_regularizer,
     optimal_beta,
 )
+from .inference import Prediction, predict
 from .model import FusionOutput, MultimodalModel
 from .terms import resolve_interactions, term_name
 
@@ -31,11 +32,13 @@ __all__ = [
     "IterBN",
     "MNLFusion",
     "MultimodalModel",
+    "Prediction",
     "Relevance",
     "VectorBatchNorm",
     "__version__",
     "group_norm_regularizer",
     "optimal_beta",
+    "predict",
     "resolve_interactions",
     "term_name",
 ]

@@ -1,0 +1,110 @@
+"""Prediction with any subset of modalities, saying which were missing for which sample."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+ArrayLike = np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model outputs ``(N, C)`` and, per modality, which samples were missing (``(N,)`` bool)."""
+
+    outputs: Tensor
+    missing: dict[str, Tensor]
+
+    def missing_counts(self) -> dict[str, int]:
+        """Number of samples each modality was missing for (only modalities missing somewhere)."""
+        counts = {m: int(mask.sum()) for m, mask in self.missing.items()}
+        return {m: c for m, c in counts.items() if c > 0}
+
+    def missing_names(self) -> list[str]:
+        """For every sample, the missing modalities joined by ``+`` (``""`` if none)."""
+        names = list(self.missing)
+        table = torch.stack([self.missing[m] for m in names], dim=1).tolist()
+        return ["+".join(m for m, gone in zip(names, row) if gone) for row in table]
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    inputs: Mapping[str, ArrayLike],
+    masks: Mapping[str, ArrayLike | bool] | None = None,
+    batch_size: int = 1024,
+) -> Prediction:
+    """Predict with a trained model from whatever modalities are available.
+
+    A modality is missing for a sample when it is absent from ``inputs`` (all samples), when
+    ``masks[m]`` is False for it, or when its input row is entirely NaN (the convention for
+    files). Missing blocks take their expected value (SPEC §1.10); the model runs in eval mode.
+    """
+    modalities = list(model.modalities)
+    unknown = [k for k in inputs if k not in modalities]
+    if unknown:
+        raise ValueError(f"unknown modalities {unknown}; the model expects {modalities}")
+    if not inputs:
+        raise ValueError(f"no modality given; the model expects some of {modalities}")
+    dtype = next(model.parameters()).dtype
+    tensors = {m: _as_tensor(m, x, dtype) for m, x in inputs.items()}
+    sizes = {m: x.shape[0] for m, x in tensors.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"modalities have different numbers of samples: {sizes}")
+    n = next(iter(sizes.values()))
+    present: dict[str, Tensor] = {}
+    for m in modalities:
+        if m not in tensors:
+            keep = torch.zeros(n, dtype=torch.bool)
+        else:
+            x = tensors[m]
+            keep = (
+                ~torch.isnan(x.reshape(n, -1)).all(dim=1)
+                if x.is_floating_point()
+                else (torch.ones(n, dtype=torch.bool))
+            )
+        if masks is not None and m in masks:
+            keep = keep & _as_mask(m, masks[m], n)
+        present[m] = keep
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = []
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            batch = {m: x[rows].to(device) for m, x in tensors.items()}
+            batch_masks = {m: keep[rows].to(device) for m, keep in present.items()}
+            outputs.append(model(batch, masks=batch_masks).prediction.cpu())
+    finally:
+        model.train(was_training)
+    return Prediction(torch.cat(outputs), {m: ~keep for m, keep in present.items()})
+
+
+def _as_tensor(name: str, x: ArrayLike, dtype: torch.dtype) -> Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise ValueError(f"modality {name!r}: object arrays are not supported")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"modality {name!r}: expected a numpy array or tensor, got {type(x).__name__}"
+        )
+    if x.dim() == 0:
+        raise ValueError(f"modality {name!r}: expected an array of samples, got a scalar")
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
+    if isinstance(mask, bool):
+        return torch.full((n,), mask, dtype=torch.bool)
+    mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+    if mask.shape != (n,):
+        raise ValueError(
+            f"mask of modality {name!r} must have shape ({n},), got {tuple(mask.shape)}"
+        )
+    return mask.to(torch.bool)

@@ -1,0 +1,86 @@
+"""Prediction with any subset of modalities, from Python and from the command line."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from interfuse import MultimodalModel
+from interfuse.cli import main
+from interfuse.inference import predict
+
+
+def trained_model():
+    torch.manual_seed(0)
+    model = MultimodalModel(
+        {m: torch.nn.Linear(3, 4) for m in ("a", "b")},
+        encoder_dims={"a": 4, "b": 4},
+        rank=2,
+        num_outputs=2,
+    )
+    model({m: torch.randn(16, 3) for m in ("a", "b")})  # running statistics
+    return model
+
+
+def test_missing_by_absence_nan_rows_and_masks():
+    model = trained_model()
+    a = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    a[1] = np.nan
+    result = predict(model, {"a": a}, masks={"a": np.array([1, 1, 1, 0, 1], dtype=bool)})
+    assert result.outputs.shape == (5, 2)
+    assert result.missing["b"].all()
+    assert result.missing["a"].tolist() == [False, True, False, True, False]
+    assert result.missing_counts() == {"a": 2, "b": 5}
+    assert result.missing_names()[1] == "a+b" and result.missing_names()[0] == "b"
+    # Identical to the model's own missing-modality path.
+    masks = {"a": ~result.missing["a"], "b": False}
+    expected = model.eval()({"a": torch.from_numpy(np.nan_to_num(a))}, masks=masks).prediction
+    torch.testing.assert_close(result.outputs, expected)
+
+
+def test_bad_prediction_inputs():
+    model = trained_model()
+    with pytest.raises(ValueError, match=r"unknown modalities \['c'\]"):
+        predict(model, {"c": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        predict(model, {"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
+    with pytest.raises(ValueError, match="no modality given"):
+        predict(model, {})
+
+
+def test_cli_predict_writes_csv(tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    trained = runner.invoke(
+        main,
+        [
+            "train",
+            "--probs",
+            "0.9,0",
+            "--n",
+            "300",
+            "--epochs",
+            "1",
+            "--length",
+            "40",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    data = tmp_path / "new.npz"
+    m0 = np.zeros((4, 4, 40), dtype=np.float32)
+    m0[:, 0, :] = 1.0  # all 'A'
+    m0[2] = np.nan
+    np.savez(data, m0=m0)
+    result = runner.invoke(main, ["predict", str(out), str(data)])
+    assert result.exit_code == 0, result.output
+    assert "m1 (4 of 4)" in result.output and "m0 (1 of 4)" in result.output
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 4 and rows[2]["missing"] == "m0+m1" and rows[0]["missing"] == "m1"
+    assert set(rows[0]) == {"sample", "prediction", "p0", "p1", "missing"}
+    bad = runner.invoke(main, ["predict", str(out), str(tmp_path / "none.npz")])
+    assert bad.exit_code != 0 and "not found" in bad.output
