@@ -149,8 +149,7 @@ def _synthetic_task(
     seed: int,
     name: str = "motif",
 ):
-    from ..data.synthetic import make_synthetic
-    from ..data.task import synthetic_task
+    from ..data.registry import load_motif
 
     pair = None
     if xor is not None:
@@ -161,7 +160,7 @@ def _synthetic_task(
                 f"expected two indices I,J, got {xor!r}", param_hint="--xor"
             ) from None
         pair = (i, j)
-    data = make_synthetic(
+    return load_motif(
         float_list(probs, "--probs"),
         xor_pair=pair,
         xor_prob=xor_prob,
@@ -169,8 +168,8 @@ def _synthetic_task(
         length=length,
         motif_length=motif_length,
         seed=seed,
+        name=name,
     )
-    return synthetic_task(data, seed=seed, name=name)
 
 
 def _train_config(interactions: str, no_iterbn: bool, no_vbn: bool, **options: Any):

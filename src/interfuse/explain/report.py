@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from interfuse.explain.coalitions import spearman
 from interfuse.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -224,32 +225,11 @@ def fidelity(shares: Mapping[str, float], truth_shares: Mapping[str, float]) -> 
     truth = {t: float(truth_shares.get(t, 0.0)) for t in terms}
     unimodal = [t for t in shares if _SEPARATOR not in t]
     return {
-        "spearman": _spearman([share[t] for t in unimodal], [truth[t] for t in unimodal]),
+        "spearman": spearman([share[t] for t in unimodal], [truth[t] for t in unimodal]),
         "l1": float(sum(abs(share[t] - truth[t]) for t in terms)),
         "leakage": float(sum(share[t] for t in terms if truth[t] == 0.0)),
         "interaction_share": float(sum(share[t] for t in terms if _SEPARATOR in t)),
     }
-
-
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    if len(x) < 2:
-        return math.nan
-    rx, ry = _average_ranks(np.asarray(x, float)), _average_ranks(np.asarray(y, float))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return math.nan if denominator == 0.0 else float(rx @ ry) / denominator
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks; tied values share the mean of the ranks they span."""
-    order = np.argsort(x, kind="stable")
-    ordered = x[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    ranks = np.empty(len(x))
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return ranks
 
 
 # --------------------------------------------------------------------------- plots
