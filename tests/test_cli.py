@@ -131,3 +131,28 @@ def test_resume_with_other_modalities_names_the_difference(tiny_run):
     )
     assert result.exit_code != 0
     assert "modalities" in result.output and "['m0', 'm1', 'm2']" in result.output
+
+
+def test_every_command_runs_in_a_fresh_interpreter(tmp_path):
+    """Import cycles only show when a command is the first thing a process imports, so each
+    command runs in its own process (cheaply: up to its first user error)."""
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "missing")
+    commands = [
+        (["train", "--dataset", "imagenet", "--out", missing], "unknown dataset"),
+        (["report", missing], "not found"),
+        (["explain", missing], "not found"),
+        (["predict", missing, missing + ".npz"], "not found"),
+        (["convert", missing + ".pkl", missing + ".npz"], "not found"),
+        (["datasets"], "motif"),
+        (["demo", "--help"], "Usage"),
+    ]
+    for args, expected in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "interfuse", *args], capture_output=True, text=True, timeout=120
+        )
+        output = result.stdout + result.stderr
+        assert "Traceback" not in output, (args, output[-2000:])
+        assert expected in output, (args, output[-2000:])

@@ -14,9 +14,9 @@ from interfuse.explain.coalitions import (
     interaction_indices,
     parse_coalition,
     performance_game,
-    spearman,
 )
 from interfuse.explain.games import mobius_transform, shapley_values
+from interfuse.explain.ranks import spearman
 
 PLAYERS = ("text", "audio", "video", "eeg")
 

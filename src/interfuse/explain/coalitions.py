@@ -22,10 +22,8 @@ approach to the concept of interaction among players in cooperative games, Int. 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.batching import TensorData
@@ -108,28 +106,6 @@ def interaction_indices(
             continue
         result[t] = float(sum(d / (len(s) - len(t) + 1) for s, d in dividends.items() if t <= s))
     return result
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN for < 2 items or a constant side."""
-    if len(x) != len(y):
-        raise ValueError(f"spearman: {len(x)} vs {len(y)} values")
-    if len(x) < 2:
-        return math.nan
-    rx, ry = _average_ranks(np.asarray(x, float)), _average_ranks(np.asarray(y, float))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return math.nan if denominator == 0.0 else float(rx @ ry) / denominator
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    for value in np.unique(x):
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
 
 
 def game_summary(

@@ -31,10 +31,10 @@ from .coalitions import (
     coalition_name,
     interaction_indices,
     performance_game,
-    spearman,
 )
 from .emap import emap, emap_cost, subsample
 from .games import MAX_PLAYERS, mobius_transform, shapley_values
+from .ranks import spearman
 from .removal import ModalityRemoval, has_encode_fuse, model_modalities, resolve_method
 
 METHOD_COLUMNS = ("builtin", "ablation", "shapley", "mobius")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from interfuse.explain.coalitions import spearman
+from interfuse.explain.ranks import spearman
 from interfuse.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
