@@ -1,0 +1,384 @@
+"""Fidelity suite: do the learned relevance shares match the known ground truth?
+
+Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
+game (``GroundTruth.term_shares``). For every configuration and seed we train with
+``interfuse.train.runner.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
+rank 8, p = 2, λ = 0.05, early stopping on validation) and compare the shares of the selected model
+with the truth using ``interfuse.explain.report.fidelity`` (Spearman ρ over unimodal terms, L1,
+leakage, interaction share), plus test accuracy vs the Bayes-optimal accuracy, the entropy of the
+shares, the number of terms with share > 0.01 and the number of *relevant* terms (truth > 0) that
+the model drops (share < 0.01).
+
+Experiments (seed s generates the data, the split and the initialisation):
+
+* ``main``: motif data with 3, 4 and 6 modalities, XOR, mixed (motif + XOR pair with q < 1), and a
+  *redundant* configuration where ``m1`` is an exact copy of ``m0`` (Shapley splits their credit
+  equally; a sparsity-inducing norm need not), at p = 2 and p = 1;
+* ``inflation``: motif data without any true interaction, interactions on, IterBN+vBN on vs off;
+* ``p``: the p sweep (p = 1, 4/3, 2, 4) on the 6-modality configuration, which has a weak but
+  relevant modality (m3, p_m = 0.1, true share 0.046) and two irrelevant ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._common import (
+    environment,
+    fmt,
+    load_average,
+    markdown_table,
+    mean_std,
+    pm,
+    quiet_lightning,
+    set_threads,
+    write_results,
+)
+
+SUITE = "fidelity"
+
+SCALE_SETTINGS: dict[str, dict[str, Any]] = {
+    # n: samples per data set; epochs: maximal epochs (early stopping, patience 5)
+    "full": {"seeds": 5, "n": 4000, "epochs": 20},
+    "quick": {"seeds": 2, "n": 1000, "epochs": 3},
+    "tiny": {"seeds": 1, "n": 200, "epochs": 1, "only": ["motif3", "mixed", "IterBN+vBN off"]},
+}
+
+DROP_THRESHOLD = 0.01
+
+
+@dataclass(frozen=True)
+class Dataset:
+    title: str
+    make: Callable[[int, int], Any]  # (n, seed) -> SyntheticData
+
+
+def _motif(probs: list[float]) -> Callable[[int, int], Any]:
+    def make(n: int, seed: int) -> Any:
+        from interfuse.data import make_motif_data
+
+        return make_motif_data(probs, n=n, seed=seed)
+
+    return make
+
+
+def _xor(n: int, seed: int) -> Any:
+    from interfuse.data import make_xor_data
+
+    return make_xor_data(3, (0, 1), n=n, seed=seed)
+
+
+def _mixed(n: int, seed: int) -> Any:
+    from interfuse.data import make_synthetic
+
+    return make_synthetic([0.5, 0.0, 0.0, 0.0], xor_pair=(1, 2), xor_prob=0.8, n=n, seed=seed)
+
+
+REDUNDANT_SOURCES = {"m0": "a", "m1": "a", "m2": "b", "m3": "c"}
+REDUNDANT_PROBS = {"a": 0.8, "b": 0.4, "c": 0.0}
+
+
+def _redundant(n: int, seed: int) -> Any:
+    """Motif data (0.8, -, 0.4, 0) where m1 is an exact copy of m0, with its Shapley truth."""
+    from interfuse.data import make_motif_data
+    from interfuse.explain.games import coalition_values, shapley_values
+
+    data = make_motif_data([0.8, 0.0, 0.4, 0.0], n=n, seed=seed)
+    data.codes["m1"] = data.codes["m0"].copy()
+    names = list(REDUNDANT_SOURCES)
+
+    def information(coalition: frozenset[str]) -> float:
+        sources = {REDUNDANT_SOURCES[m] for m in coalition}
+        return 1.0 - math.prod(1.0 - REDUNDANT_PROBS[s] for s in sources)
+
+    phi = shapley_values(coalition_values(information, names), names)
+    total = sum(phi.values())
+    shares = {m: v / total for m, v in phi.items()}
+    truth = dataclasses.replace(
+        data.ground_truth,
+        probs={m: REDUNDANT_PROBS[REDUNDANT_SOURCES[m]] for m in names},
+        modality_shares=shares,
+        term_shares=dict(shares),
+        relevant_terms=tuple(m for m in names if shares[m] > 1e-12),
+        information=None,
+    )
+    return dataclasses.replace(data, ground_truth=truth)
+
+
+DATASETS: dict[str, Dataset] = {
+    "motif3": Dataset("motif, p = (0.8, 0.4, 0)", _motif([0.8, 0.4, 0.0])),
+    "motif4": Dataset("motif (demo), p = (0.9, 0.6, 0.3, 0)", _motif([0.9, 0.6, 0.3, 0.0])),
+    "motif6": Dataset(
+        "motif, p = (0.8, 0.5, 0.3, 0.1, 0, 0)", _motif([0.8, 0.5, 0.3, 0.1, 0.0, 0.0])
+    ),
+    "xor": Dataset("XOR m0*m1, m2 distractor", _xor),
+    "mixed": Dataset("m0 p = 0.5, XOR m1*m2 with q = 0.8, m3 noise", _mixed),
+    "redundant": Dataset("m1 = copy of m0 (0.8), m2 0.4, m3 0", _redundant),
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    group: str
+    label: str
+    dataset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        return self.dataset, tuple(sorted(self.overrides.items()))
+
+
+EXPERIMENTS = [
+    Experiment("main", "motif3", "motif3"),
+    Experiment("main", "motif4", "motif4"),
+    Experiment("main", "motif6", "motif6"),
+    Experiment("main", "xor", "xor"),
+    Experiment("main", "mixed", "mixed"),
+    Experiment("main", "redundant", "redundant"),
+    Experiment("main", "redundant, p=1", "redundant", {"p": 1.0}),
+    Experiment("inflation", "IterBN+vBN on", "motif4"),
+    Experiment("inflation", "IterBN+vBN off", "motif4", {"iterbn": False, "vbn": False}),
+    Experiment("p", "p=1", "motif6", {"p": 1.0}),
+    Experiment("p", "p=4/3", "motif6", {"p": 4.0 / 3.0}),
+    Experiment("p", "p=2", "motif6"),
+    Experiment("p", "p=4", "motif6", {"p": 4.0}),
+]
+
+METRICS = (
+    "spearman",
+    "l1",
+    "leakage",
+    "interaction_share",
+    "test_accuracy",
+    "bayes_accuracy",
+    "accuracy_gap",
+    "entropy_bits",
+    "terms_above_0.01",
+    "relevant_dropped",
+)
+
+
+def share_metrics(shares: dict[str, float], truth: dict[str, float]) -> dict[str, float]:
+    """``fidelity`` plus entropy, support size and dropped relevant terms."""
+    from interfuse.explain.report import fidelity
+
+    metrics = fidelity(shares, truth)
+    positive = [s for s in shares.values() if s > 0]
+    metrics["entropy_bits"] = -sum(s * math.log2(s) for s in positive)
+    metrics["terms_above_0.01"] = float(sum(s > DROP_THRESHOLD for s in shares.values()))
+    metrics["relevant_dropped"] = float(
+        sum(shares.get(t, 0.0) < DROP_THRESHOLD for t, v in truth.items() if v > 0)
+    )
+    return metrics
+
+
+def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[str, Any]) -> dict:
+    from interfuse.data import synthetic_task
+    from interfuse.train.config import TrainConfig
+
+    from .training import train_once
+
+    data = DATASETS[dataset].make(settings["n"], seed)
+    task = synthetic_task(data, seed=seed, name=dataset)
+    config = TrainConfig(epochs=settings["epochs"], seed=seed, **overrides)
+    started = time.perf_counter()
+    results = train_once(task, config)
+    seconds = time.perf_counter() - started
+    truth = data.ground_truth
+    shares = {t: float(s) for t, s in results["relevance"].items()}
+    metrics = share_metrics(shares, truth.term_shares)
+    accuracy = results["metrics"]["test"]["accuracy"]
+    metrics.update(
+        test_accuracy=accuracy,
+        bayes_accuracy=truth.bayes_accuracy,
+        accuracy_gap=truth.bayes_accuracy - accuracy,
+    )
+    return {
+        "seed": seed,
+        "metrics": metrics,
+        "shares": shares,
+        "truth": dict(truth.term_shares),
+        "epochs_run": results["epochs_run"],
+        "best_epoch": results["best_epoch"],
+        "seconds": round(seconds, 2),
+        "load": load_average(),
+    }
+
+
+def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
+    quiet_lightning()
+    threads = set_threads(threads)
+    settings = SCALE_SETTINGS[scale]
+    env = environment(threads)
+    started = time.perf_counter()
+    cache: dict[Any, list[dict]] = {}
+    only = settings.get("only")
+    experiments_run = [
+        e for e in EXPERIMENTS if only is None or e.label in only or e.dataset in only
+    ]
+    for experiment in experiments_run:
+        if experiment.key in cache:
+            continue
+        runs = []
+        for seed in range(settings["seeds"]):
+            record = run_one(experiment.dataset, experiment.overrides, seed, settings)
+            runs.append(record)
+            m = record["metrics"]
+            print(
+                f"[fidelity] {experiment.dataset} {experiment.overrides or ''} seed {seed}: "
+                f"rho {fmt(m['spearman'], 2)} L1 {m['l1']:.2f} leak {m['leakage']:.3f} "
+                f"inter {m['interaction_share']:.3f} acc {m['test_accuracy']:.3f} "
+                f"({record['seconds']:.1f} s, load {record['load'][0]})",
+                file=sys.stderr,
+                flush=True,
+            )
+        cache[experiment.key] = runs
+
+    experiments = []
+    for experiment in experiments_run:
+        runs = cache[experiment.key]
+        summary = {k: mean_std(r["metrics"][k] for r in runs) for k in METRICS}
+        terms = list(runs[0]["shares"])
+        mean_shares = {t: mean_std(r["shares"][t] for r in runs) for t in terms}
+        experiments.append(
+            {
+                "group": experiment.group,
+                "label": experiment.label,
+                "dataset": experiment.dataset,
+                "dataset_title": DATASETS[experiment.dataset].title,
+                "overrides": experiment.overrides,
+                "summary": summary,
+                "mean_shares": mean_shares,
+                "truth": runs[0]["truth"],
+                "runs": runs,
+            }
+        )
+    payload = {
+        "suite": SUITE,
+        "scale": scale,
+        "settings": {
+            **settings,
+            "train_config": "TrainConfig defaults (pairs, rank 8, p 2, lam 0.05, batch 128, "
+            "lr 3e-3, patience 5) unless overridden",
+            "drop_threshold": DROP_THRESHOLD,
+        },
+        "environment": env,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "experiments": experiments,
+    }
+    tables = render(payload)
+    print(tables)
+    path = write_results(out_dir, SUITE, scale, payload, tables)
+    print(f"\nwrote {path}", file=sys.stderr)
+    return payload
+
+
+def _find(payload: dict, group: str) -> list[dict]:
+    return [e for e in payload["experiments"] if e["group"] == group]
+
+
+def render(payload: dict[str, Any]) -> str:
+    s = payload["settings"]
+    parts = [
+        f"### Relevance fidelity ({s['seeds']} seeds, n = {s['n']}, ≤ {s['epochs']} epochs; "
+        "mean ± std)\n",
+        markdown_table(
+            [
+                "configuration",
+                "Spearman ρ",
+                "L1 to truth",
+                "leakage",
+                "interaction share",
+                "test acc",
+                "Bayes acc",
+                "relevant dropped",
+            ],
+            [
+                [
+                    e["label"]
+                    if e["label"] != e["dataset"]
+                    else f"{e['label']}: {e['dataset_title']}",
+                    pm(e["summary"]["spearman"], 2),
+                    pm(e["summary"]["l1"]),
+                    pm(e["summary"]["leakage"]),
+                    pm(e["summary"]["interaction_share"]),
+                    pm(e["summary"]["test_accuracy"]),
+                    fmt(e["summary"]["bayes_accuracy"]["mean"]),
+                    pm(e["summary"]["relevant_dropped"], 1),
+                ]
+                for e in _find(payload, "main")
+            ],
+        ),
+        "\n\n#### Mean shares vs ground truth (share mean ± std / truth)\n",
+        markdown_table(
+            ["configuration", "shares"],
+            [
+                [e["label"], _share_cell(e)]
+                for e in _find(payload, "main") + _find(payload, "inflation")[1:]
+            ],
+        ),
+        "\n\n### Degree inflation: motif data (0.9, 0.6, 0.3, 0), no true interaction, pairs on\n",
+        markdown_table(
+            ["normalisation", "interaction share", "leakage", "L1", "Spearman ρ", "test acc"],
+            [
+                [
+                    e["label"],
+                    pm(e["summary"]["interaction_share"]),
+                    pm(e["summary"]["leakage"]),
+                    pm(e["summary"]["l1"]),
+                    pm(e["summary"]["spearman"], 2),
+                    pm(e["summary"]["test_accuracy"]),
+                ]
+                for e in _find(payload, "inflation")
+            ],
+        ),
+        "\n\n### p sweep on motif (0.8, 0.5, 0.3, 0.1, 0, 0): sparsity of the shares\n",
+        markdown_table(
+            [
+                "p",
+                "entropy (bits)",
+                "terms > 0.01",
+                "share m3 (truth 0.046)",
+                "relevant dropped",
+                "leakage",
+                "L1",
+                "Spearman ρ",
+                "test acc",
+            ],
+            [
+                [
+                    e["label"],
+                    pm(e["summary"]["entropy_bits"], 2),
+                    pm(e["summary"]["terms_above_0.01"], 1),
+                    pm(e["mean_shares"].get("m3", {}), 3),
+                    pm(e["summary"]["relevant_dropped"], 1),
+                    pm(e["summary"]["leakage"]),
+                    pm(e["summary"]["l1"]),
+                    pm(e["summary"]["spearman"], 2),
+                    pm(e["summary"]["test_accuracy"]),
+                ]
+                for e in _find(payload, "p")
+            ],
+        ),
+    ]
+    return "".join(parts) + "\n"
+
+
+def _share_cell(experiment: dict) -> str:
+    shares, truth = experiment["mean_shares"], experiment["truth"]
+    ordered = sorted(shares, key=lambda t: -shares[t]["mean"])
+    shown = [t for t in ordered if shares[t]["mean"] >= 0.02 or truth.get(t, 0) > 0]
+    rest = [t for t in ordered if t not in shown]
+    cells = [
+        f"{t} {shares[t]['mean']:.2f}±{shares[t]['std']:.2f}/{truth.get(t, 0):.2f}" for t in shown
+    ]
+    if rest:
+        cells.append(f"others ({len(rest)}) {sum(shares[t]['mean'] for t in rest):.2f}/0")
+    return "; ".join(cells)

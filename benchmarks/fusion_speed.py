@@ -1,0 +1,700 @@
+"""Speed and memory of the fusion head: ours vs a linear floor vs a naive Wick implementation.
+
+One training step (forward + backward of cross-entropy + λ·regulariser, grads w.r.t. parameters
+and w.r.t. the encoder outputs) on a batch of ``BATCH`` random encoder outputs
+(``ENCODER_DIM`` features per modality; encoders = identity, ``encoder_dims`` given), for
+
+* ``ours``: ``MultimodalModel.fuse`` — factors → IterBN → vBN → MNL head (train mode);
+* ``floor``: one ``nn.Linear`` over a ready-made input with the same total feature count D as all
+  of our blocks together (input requires grad, as our blocks do), + λ‖W‖²: the cost of the head
+  alone, a lower bound for any implementation;
+* ``naive``: :class:`NaiveFusion` below — the same math written straightforwardly, with a
+  per-term recursive Wick product that recomputes every raw product, every moment E[T_R] and
+  every lower-order Wick product for each term (nothing shared). It is checked to give the same
+  prediction as ours.
+
+Times are process CPU time (one torch thread; on this shared machine CPU time leaves out the
+time spent waiting for a core), wall time is recorded beside it.
+
+Grid: M = 2…6 modalities, rank r ∈ {4, 8, 16}, maximal interaction order K = 1…4 (K ≤ M;
+K = 1 means no interactions), all terms up to order K. Configurations whose total block size D
+exceeds ``FEATURE_BUDGET`` (2^18 = 262,144 features, 256 MiB per float32 activation of the batch)
+are skipped and listed: the two beyond it, M=5 r=16 K=4 (371,360 features) and M=6 r=16 K=4
+(1,068,992), would take ~25 s and over a minute per step of ours here, and several GiB.
+Times are medians of interleaved repetitions (implementations alternate, so load changes hit all
+of them alike); ratios are medians of per-repetition ratios.
+
+Peak memory: each configuration runs in a fresh subprocess with glibc's mmap threshold fixed at
+64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer is returned to the OS when freed and
+the resident set tracks live memory; the peak RSS (``VmHWM``, reset through
+``/proc/self/clear_refs``) during one step, minus the RSS just before it, is the step's peak
+extra memory (activations, gradients, temporaries; inputs and parameters excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._common import (
+    ROOT,
+    environment,
+    fmt,
+    load_average,
+    markdown_table,
+    median,
+    set_threads,
+    write_results,
+)
+
+SUITE = "speed"
+FEATURE_BUDGET = 2**18
+BATCH = 256
+ENCODER_DIM = 32
+NUM_OUTPUTS = 2
+LAM = 0.05
+IMPLEMENTATIONS = ("floor", "ours", "naive")
+
+SCALE_SETTINGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "modalities": [2, 3, 4, 5, 6],
+        "ranks": [4, 8, 16],
+        "orders": [1, 2, 3, 4],
+        "budget_s": 1.5,  # timing budget per configuration and implementation
+        "min_reps": 4,
+        "max_reps": 40,
+        "passes": 2,
+        "memory": "all",
+        "profile": [(4, 8, 2), (4, 16, 3), (6, 8, 4)],
+        "api_overhead": [(4, 8, 2)],
+    },
+    "quick": {
+        "modalities": [2, 4, 6],
+        "ranks": [4, 8],
+        "orders": [1, 2, 3],
+        "budget_s": 0.15,
+        "min_reps": 3,
+        "max_reps": 11,
+        "memory": "some",
+        "profile": [(4, 8, 2)],
+        "api_overhead": [(4, 8, 2)],
+    },
+    "tiny": {
+        "modalities": [2],
+        "ranks": [4],
+        "orders": [1, 2],
+        "budget_s": 0.01,
+        "min_reps": 2,
+        "max_reps": 3,
+        "memory": "one",
+        "profile": [(2, 4, 2)],
+        "api_overhead": [(2, 4, 2)],
+    },
+}
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def modality_names(m: int) -> list[str]:
+    return [f"m{i}" for i in range(m)]
+
+
+def total_features(m: int, r: int, k: int) -> int:
+    """D = Σ_m d_m + Σ_{2 ≤ |S| ≤ K} r^|S| over all terms S of M modalities."""
+    return m * ENCODER_DIM + sum(math.comb(m, j) * r**j for j in range(2, min(k, m) + 1))
+
+
+def grid(settings: dict[str, Any]) -> tuple[list[tuple[int, int, int]], list[dict[str, Any]]]:
+    run, skipped = [], []
+    for m, r, k in itertools.product(settings["modalities"], settings["ranks"], settings["orders"]):
+        if k > m:
+            continue  # order K > M is the same model as K = M
+        if k == 1 and r != settings["ranks"][0]:
+            continue  # no interactions: the rank plays no role, measure once
+        features = total_features(m, r, k)
+        if features > FEATURE_BUDGET:
+            skipped.append({"M": m, "r": r, "K": k, "features": features, "why": "feature budget"})
+            continue
+        run.append((m, r, k))
+    return run, skipped
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+def _placement(outer: tuple[str, ...], part: tuple[str, ...], rest: tuple[str, ...]) -> str:
+    letters = {m: "abcdefghij"[i] for i, m in enumerate(outer)}
+    p = "".join(letters[m] for m in part)
+    q = "".join(letters[m] for m in rest)
+    return f"{p},z{q}->z{''.join(letters[m] for m in outer)}"
+
+
+def _proper_subsets(term: tuple[str, ...]) -> list[tuple[str, ...]]:
+    return [c for j in range(1, len(term)) for c in itertools.combinations(term, j)]
+
+
+def make_naive(
+    modalities: list[str], terms: list[tuple[str, ...]], rank: int, num_outputs: int
+) -> Any:
+    """A straightforward implementation of the same model (see the module docstring)."""
+    import torch
+    from torch import nn
+
+    class NaiveFusion(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.modalities = modalities
+            self.terms = terms
+            used = [m for m in modalities if any(m in t for t in terms)]
+            self.projections = nn.ModuleDict(
+                {m: nn.Linear(ENCODER_DIM, rank, bias=False) for m in used}
+            )
+            dims = {m: ENCODER_DIM for m in modalities} | {
+                "*".join(t): rank ** len(t) for t in terms
+            }
+            self.head = nn.ModuleDict(
+                {name: nn.Linear(d, num_outputs, bias=False) for name, d in dims.items()}
+            )
+            self.bias = nn.Parameter(torch.zeros(num_outputs))
+
+        def raw(self, term: tuple[str, ...], g: dict[str, Any]) -> Any:
+            """T_S, recomputed on every call."""
+            value = g[term[0]]
+            for i, m in enumerate(term[1:], start=1):
+                value = torch.einsum(
+                    f"z{'abcdefghij'[:i]},z{'abcdefghij'[i]}->z{'abcdefghij'[: i + 1]}",
+                    value,
+                    g[m],
+                )
+            return value
+
+        def wick(self, term: tuple[str, ...], g: dict[str, Any]) -> Any:
+            """:T_S: = T_S − E[T_S] − Σ_{∅≠R⊊S} E[T_R] ⊗ :T_{S∖R}:, recursively, no sharing."""
+            raw = self.raw(term, g)
+            value = raw - raw.mean(dim=0)
+            for part in _proper_subsets(term):
+                rest = tuple(m for m in term if m not in part)
+                moment = self.raw(part, g).mean(dim=0)
+                value = value - torch.einsum(
+                    _placement(term, part, rest), moment, self.wick(rest, g)
+                )
+            return value
+
+        @staticmethod
+        def vbn(u: Any) -> Any:
+            flat = u.reshape(u.shape[0], -1)
+            centred = flat - flat.mean(dim=0)
+            return centred / torch.sqrt(centred.pow(2).sum(dim=1).mean() + 1e-5)
+
+        def forward(self, embeddings: dict[str, Any]) -> Any:
+            g = {}
+            for m, projection in self.projections.items():
+                h = projection(embeddings[m])
+                g[m] = h - h.mean(dim=0)
+            out = self.bias
+            for m in self.modalities:
+                out = out + self.head[m](self.vbn(embeddings[m]))
+            for t in self.terms:
+                out = out + self.head["*".join(t)](self.vbn(self.wick(t, g)))
+            return out
+
+        def regularizer(self) -> Any:
+            norms = torch.stack([torch.linalg.vector_norm(b.weight) for b in self.head.values()])
+            return norms.pow(4 / 3).sum().pow(1.5)  # Ω_2: q = 4/3
+
+    return NaiveFusion()
+
+
+def build(m: int, r: int, k: int, seed: int = 0) -> dict[str, Any]:
+    """The three implementations of one configuration, with shared inputs and weights."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from interfuse import MultimodalModel
+
+    torch.manual_seed(seed)
+    names = modality_names(m)
+    model = MultimodalModel(
+        {n: nn.Identity() for n in names},
+        interactions=k if k > 1 else "none",
+        rank=r,
+        num_outputs=NUM_OUTPUTS,
+        p=2.0,
+        encoder_dims={n: ENCODER_DIM for n in names},
+    ).train()
+    terms = list(model.interaction_terms)
+    naive = make_naive(names, terms, r, NUM_OUTPUTS).train()
+    with torch.no_grad():
+        for n, projection in naive.projections.items():
+            projection.weight.copy_(model.factors.projections[n].weight)
+        for name, block in naive.head.items():
+            block.weight.copy_(model.head.blocks[name].weight)
+        naive.bias.copy_(model.head.bias)
+    features = sum(b.in_features for b in model.head.blocks.values())
+    assert features == total_features(m, r, k), (features, total_features(m, r, k))
+    floor = nn.Linear(features, NUM_OUTPUTS)
+    embeddings = {n: torch.randn(BATCH, ENCODER_DIM, requires_grad=True) for n in names}
+    x = torch.randn(BATCH, features, requires_grad=True)
+    y = torch.randint(0, NUM_OUTPUTS, (BATCH,))
+
+    def clear(module: nn.Module) -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        for e in embeddings.values():
+            e.grad = None
+
+    def clear_all() -> None:
+        for module in (floor, model, naive):
+            clear(module)
+
+    def step_floor() -> None:
+        clear(floor)
+        loss = F.cross_entropy(floor(x), y) + LAM * floor.weight.square().sum()
+        loss.backward()
+
+    def step_ours() -> None:
+        clear(model)
+        out = model.fuse(embeddings)
+        loss = F.cross_entropy(out.prediction, y) + LAM * model.regularizer()
+        loss.backward()
+
+    def step_ours_forward() -> None:  # the public path: input validation + identity encoders
+        clear(model)
+        out = model(embeddings)
+        loss = F.cross_entropy(out.prediction, y) + LAM * model.regularizer()
+        loss.backward()
+
+    def step_naive() -> None:
+        clear(naive)
+        loss = F.cross_entropy(naive(embeddings), y) + LAM * naive.regularizer()
+        loss.backward()
+
+    def agreement() -> float:
+        with torch.no_grad():
+            a = model.fuse(embeddings).prediction
+            b = naive(embeddings)
+        return float((a - b).abs().max() / (a.abs().max() + 1e-12))
+
+    return {
+        "steps": {"floor": step_floor, "ours": step_ours, "naive": step_naive},
+        "ours_forward": step_ours_forward,
+        "model": model,
+        "features": features,
+        "terms": len(model.terms),
+        "agreement": agreement,
+        "clear": clear_all,
+        "embeddings": embeddings,
+        "y": y,
+    }
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _seconds(fn: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved_times(
+    steps: dict[str, Callable[[], None]], budget_s: float, min_reps: int, max_reps: int
+) -> dict[str, dict[str, list[float]]]:
+    """Warm up, then time ``reps`` rounds; each round runs every step once, in rotating order.
+
+    Returns ``{"cpu": {name: [s, ...]}, "wall": {...}}``. With one torch thread the process CPU
+    time is the cost of the step without the time spent waiting for a core that other processes
+    hold (this machine is shared), so it is the headline figure; wall time is kept beside it.
+    """
+    names = list(steps)
+    first = {n: _seconds(steps[n])[0] for n in names}  # warm-up (allocator, autograd caches)
+    second = {n: _seconds(steps[n])[0] for n in names} if max(first.values()) < 1.0 else first
+    per_round = sum(second.values())
+    reps = int(min(max_reps, max(min_reps, budget_s * len(names) / max(per_round, 1e-9))))
+    times: dict[str, dict[str, list[float]]] = {"cpu": {n: [] for n in names}}
+    times["wall"] = {n: [] for n in names}
+    gc.collect()
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for n in order:
+            wall, cpu = _seconds(steps[n])
+            times["wall"][n].append(wall)
+            times["cpu"][n].append(cpu)
+    return times
+
+
+def ratio_median(a: list[float], b: list[float]) -> float:
+    return median([x / y for x, y in zip(a, b) if y > 0])
+
+
+# --------------------------------------------------------------------------- memory probe
+
+
+def _status_kib(field: str) -> int:
+    text = open("/proc/self/status").read()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
+
+
+def probe_memory(m: int, r: int, k: int, threads: int) -> dict[str, Any]:
+    """In a fresh process (see the module docstring): peak extra RSS of one step per impl."""
+    import torch
+
+    torch.set_num_threads(threads)
+    built = build(m, r, k)
+    out: dict[str, Any] = {}
+    for name, step in built["steps"].items():
+        step()  # warm-up; everything it allocates is released again (mmap threshold)
+        built["clear"]()  # gradients are part of what a step allocates
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = _status_kib("VmRSS")
+        step()
+        out[name] = max(0, _status_kib("VmHWM") - before) / 1024  # MiB
+    return out
+
+
+def memory_in_subprocess(m: int, r: int, k: int, threads: int) -> dict[str, Any]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, "-m", "benchmarks.fusion_speed", "--probe", f"{m},{r},{k}"]
+    command += ["--threads", str(threads)]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout"}
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def profile_ours(m: int, r: int, k: int, steps: int = 3) -> dict[str, Any]:
+    """Where one step of ours spends its time: stage timings and the top operators."""
+    from torch.nn import functional as F
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    built = build(m, r, k)
+    model, embeddings, y = built["model"], built["embeddings"], built["y"]
+    for _ in range(2):
+        built["steps"]["ours"]()
+        built["steps"]["floor"]()
+
+    def count_ops(fn: Callable[[], None]) -> tuple[int, list[dict[str, Any]]]:
+        # the first profiled steps absorb the profiler's start-up cost: record after a warm-up
+        with profile(
+            activities=[ProfilerActivity.CPU],
+            schedule=schedule(wait=1, warmup=1, active=steps, repeat=1),
+        ) as prof:
+            for _ in range(steps + 2):
+                fn()
+                prof.step()
+        events = prof.key_averages()
+        top_level = [e for e in events if e.key.startswith("aten::")]
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+        table = [
+            {
+                "op": "Python/framework time between operators"
+                if e.key.startswith("ProfilerStep")
+                else e.key,
+                "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                "share": e.self_cpu_time_total / total,
+                "calls_per_step": e.count / steps,
+            }
+            for e in top
+        ]
+        return round(sum(e.count for e in top_level) / steps), table
+
+    ours_ops, ours_top = count_ops(built["steps"]["ours"])
+    floor_ops, _ = count_ops(built["steps"]["floor"])
+
+    # stage timings (forward of each stage, backward as a whole), medians of interleaved reps
+    stages: dict[str, list[float]] = {
+        "factors": [],
+        "iterbn": [],
+        "vbn": [],
+        "head+loss": [],
+        "backward": [],
+    }
+    from interfuse.terms import term_name
+
+    for _ in range(max(5, steps * 3)):
+        model.zero_grad(set_to_none=True)
+        t0 = time.process_time()
+        factors = model.factors(embeddings) if model.interaction_terms else {}
+        t1 = time.process_time()
+        products = model.wick(factors) if model.interaction_terms else {}
+        raw = {(n,): embeddings[n] for n in model.modalities}
+        raw.update({t: products[t].flatten(start_dim=1) for t in model.interaction_terms})
+        t2 = time.process_time()
+        blocks = {term_name(t): model.norms[term_name(t)](z) for t, z in raw.items()}
+        t3 = time.process_time()
+        loss = F.cross_entropy(model.head(blocks), y) + LAM * model.regularizer()
+        t4 = time.process_time()
+        loss.backward()
+        t5 = time.process_time()
+        for key, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]):
+            stages[key].append(b - a)
+    stage_ms = {key: median(v) * 1e3 for key, v in stages.items()}
+    return {
+        "config": {"M": m, "r": r, "K": k, "features": built["features"]},
+        "aten_ops_per_step": {"ours": ours_ops, "floor": floor_ops},
+        "top_ops_ours": ours_top,
+        "stage_ms": stage_ms,
+    }
+
+
+def api_overhead(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """``model(inputs)`` (validation + identity encoders) vs ``model.fuse(embeddings)``."""
+    built = build(m, r, k)
+    model = built["model"]
+    steps = {"fuse": built["steps"]["ours"], "forward": built["ours_forward"]}
+
+    def unchecked() -> None:
+        model.check_inputs = False
+        try:
+            built["ours_forward"]()
+        finally:
+            model.check_inputs = True
+
+    steps["forward_unchecked"] = unchecked
+    times = interleaved_times(steps, settings["budget_s"] * 2, settings["min_reps"], 61)["cpu"]
+    return {
+        "config": {"M": m, "r": r, "K": k},
+        "median_ms": {n: median(t) * 1e3 for n, t in times.items()},
+        "forward_over_fuse": ratio_median(times["forward"], times["fuse"]),
+        "reps": len(times["fuse"]),
+    }
+
+
+# --------------------------------------------------------------------------- suite
+
+
+def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
+    threads = set_threads(threads)
+    settings = SCALE_SETTINGS[scale]
+    env = environment(threads)
+    started = time.perf_counter()
+    configs, skipped = grid(settings)
+    passes = settings.get("passes", 1)
+    collected: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for pass_index in range(passes):
+        # several passes over the grid, minutes apart: a burst of load from other processes
+        # on this shared machine then spoils only part of a configuration's repetitions
+        for m, r, k in configs:
+            built = build(m, r, k)
+            entry = collected.setdefault(
+                (m, r, k),
+                {
+                    "agreement": built["agreement"](),
+                    "cpu": {n: [] for n in IMPLEMENTATIONS},
+                    "wall": {n: [] for n in IMPLEMENTATIONS},
+                    "loads": [],
+                },
+            )
+            measured = interleaved_times(
+                built["steps"],
+                settings["budget_s"] / passes,
+                max(2, settings["min_reps"] // passes),
+                max(2, settings["max_reps"] // passes),
+            )
+            for kind in ("cpu", "wall"):
+                for n in IMPLEMENTATIONS:
+                    entry[kind][n] += measured[kind][n]
+            entry["loads"].append(load_average())
+            del built
+            gc.collect()
+            print(
+                f"[speed] pass {pass_index + 1}/{passes} M={m} r={r} K={k}: ours "
+                f"{median(measured['cpu']['ours']) * 1e3:.2f} ms (load {load_average()[0]})",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = []
+    for index, (m, r, k) in enumerate(configs):
+        measured = collected[(m, r, k)]
+        agreement = measured["agreement"]
+        times = measured["cpu"]
+        row: dict[str, Any] = {
+            "M": m,
+            "r": r,
+            "K": k,
+            "features": total_features(m, r, k),
+            "reps": len(times["ours"]),
+            "median_ms": {n: median(t) * 1e3 for n, t in times.items()},
+            "median_wall_ms": {n: median(t) * 1e3 for n, t in measured["wall"].items()},
+            "ours_over_floor": ratio_median(times["ours"], times["floor"]),
+            "naive_over_ours": ratio_median(times["naive"], times["ours"]),
+            "ours_over_floor_wall": ratio_median(
+                measured["wall"]["ours"], measured["wall"]["floor"]
+            ),
+            "naive_relative_difference": agreement,
+            "load": measured["loads"][-1],
+            "loads": measured["loads"],
+        }
+        measure = settings["memory"] == "all" or (
+            settings["memory"] == "some" and k in (1, max(settings["orders"]))
+        )
+        if settings["memory"] == "one":
+            measure = index == len(configs) - 1
+        if measure:
+            row["peak_extra_mib"] = memory_in_subprocess(m, r, k, threads)
+        rows.append(row)
+        med = row["median_ms"]
+        print(
+            f"[speed] M={m} r={r} K={k} D={row['features']}: floor {med['floor']:.2f} ms, "
+            f"ours {med['ours']:.2f} ms (x{row['ours_over_floor']:.1f}), naive "
+            f"{med['naive']:.2f} ms (x{row['naive_over_ours']:.1f} ours), "
+            f"mem {row.get('peak_extra_mib', '-')}, load {row['load'][0]}",
+            file=sys.stderr,
+            flush=True,
+        )
+    profiles = [profile_ours(*c) for c in settings["profile"]]
+    overhead = [api_overhead(*c, settings) for c in settings["api_overhead"]]
+    payload = {
+        "suite": SUITE,
+        "scale": scale,
+        "settings": {
+            **{k: v for k, v in settings.items() if k not in ("profile", "api_overhead")},
+            "batch": BATCH,
+            "encoder_dim": ENCODER_DIM,
+            "num_outputs": NUM_OUTPUTS,
+            "feature_budget": FEATURE_BUDGET,
+            "p": 2.0,
+            "lam": LAM,
+        },
+        "environment": env,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+        "skipped": skipped,
+        "profiles": profiles,
+        "api_overhead": overhead,
+    }
+    tables = render(payload)
+    print(tables)
+    path = write_results(out_dir, SUITE, scale, payload, tables)
+    print(f"\nwrote {path}", file=sys.stderr)
+    return payload
+
+
+def render(payload: dict[str, Any]) -> str:
+    s = payload["settings"]
+    has_memory = any("peak_extra_mib" in r for r in payload["rows"])
+
+    def mem(row: dict, name: str) -> str:
+        value = row.get("peak_extra_mib", {})
+        if "error" in value:
+            return "error"
+        return fmt(value.get(name), 1) if name in value else "—"
+
+    header = [
+        "M",
+        "r",
+        "K",
+        "features D",
+        "floor ms",
+        "ours ms",
+        "naive ms",
+        "ours / floor",
+        "naive / ours",
+    ]
+    if has_memory:
+        header += ["floor MiB", "ours MiB", "naive MiB"]
+    rows = []
+    for row in payload["rows"]:
+        med = row["median_ms"]
+        cells = [
+            row["M"],
+            row["r"] if row["K"] > 1 else "—",
+            row["K"],
+            row["features"],
+            fmt(med["floor"], 2),
+            fmt(med["ours"], 2),
+            fmt(med["naive"], 2),
+            fmt(row["ours_over_floor"], 1),
+            fmt(row["naive_over_ours"], 1),
+        ]
+        if has_memory:
+            cells += [mem(row, "floor"), mem(row, "ours"), mem(row, "naive")]
+        rows.append(cells)
+    parts = [
+        f"### Fusion head, one training step (forward + backward), batch {s['batch']}, "
+        f"d_m = {s['encoder_dim']}, torch threads {payload['environment']['torch_threads']}: "
+        "median CPU ms, median per-repetition ratios, peak extra MiB\n",
+        markdown_table(header, rows),
+    ]
+    if payload["skipped"]:
+        listed = ", ".join(
+            f"M={x['M']} r={x['r']} K={x['K']} (D={x['features']})" for x in payload["skipped"]
+        )
+        parts.append(f"\n\nSkipped (D > {s['feature_budget']} features): {listed}")
+    worst = max((r["naive_relative_difference"] for r in payload["rows"]), default=math.nan)
+    parts.append(
+        f"\n\nNaive and ours agree: max relative difference of the predictions {worst:.1e}."
+    )
+    for p in payload["profiles"]:
+        c = p["config"]
+        parts.append(
+            f"\n\n#### Profile of ours, M={c['M']} r={c['r']} K={c['K']} (D={c['features']}): "
+            f"{p['aten_ops_per_step']['ours']} aten ops per step (floor: "
+            f"{p['aten_ops_per_step']['floor']})\n\n"
+        )
+        parts.append(
+            "Stage medians (CPU ms; forward per stage, backward as a whole): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in p["stage_ms"].items())
+            + "\n\n"
+        )
+        parts.append("Top operators by self CPU time under torch.profiler (shares only: the ")
+        parts.append("profiler inflates absolute times of large configurations):\n\n")
+        parts.append(
+            markdown_table(
+                ["operator", "share of self CPU time (profiled)", "calls / step"],
+                [
+                    [
+                        o["op"],
+                        fmt(o["share"], 2),
+                        fmt(o["calls_per_step"], 0),
+                    ]
+                    for o in p["top_ops_ours"]
+                ],
+            )
+        )
+    for o in payload["api_overhead"]:
+        c = o["config"]
+        med = o["median_ms"]
+        parts.append(
+            f"\n\nPublic path M={c['M']} r={c['r']} K={c['K']}: model(inputs) {med['forward']:.2f} "
+            f"ms vs model.fuse {med['fuse']:.2f} ms (x{o['forward_over_fuse']:.2f}); with "
+            f"check_inputs=False {med['forward_unchecked']:.2f} ms."
+        )
+    return "".join(parts) + "\n"
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="memory probe (internal)")
+    parser.add_argument("--probe", required=True, help="M,r,K")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    m, r, k = (int(v) for v in args.probe.split(","))
+    print(json.dumps(probe_memory(m, r, k, args.threads)))
+
+
+if __name__ == "__main__":
+    _main()

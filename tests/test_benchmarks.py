@@ -1,0 +1,114 @@
+"""The benchmark suites run end to end on tiny settings and write well-formed tables and JSON.
+
+This checks the outputs, not performance: ``python -m benchmarks all --scale tiny`` in a fresh
+interpreter (as a user would run it), one thread, results in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ("fidelity", "accuracy", "speed", "throughput")
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "all", "--scale", "tiny", "--threads", "1"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, done.stdout
+
+
+def _load(out: Path, suite: str) -> dict:
+    # strict JSON: NaN/inf must have been written as null
+    return json.loads(
+        (out / f"{suite}-tiny.json").read_text(encoding="utf-8"),
+        parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"),
+    )
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_every_suite_writes_json_and_markdown(tiny_results: tuple[Path, str]) -> None:
+    out, stdout = tiny_results
+    for suite in SUITES:
+        data = _load(out, suite)
+        assert data["suite"] == suite and data["scale"] == "tiny"
+        env = data["environment"]
+        for key in ("date", "nproc", "cpu", "torch", "torch_threads", "load_start", "load_end"):
+            assert key in env, (suite, key)
+        assert len(env["load_start"]) == 3
+        table = (out / f"{suite}-tiny.md").read_text(encoding="utf-8")
+        assert table.startswith("<!-- python -m benchmarks")
+        assert "\n| " in table and "|---" in table
+    assert stdout.count("### ") >= len(SUITES)  # every suite printed its tables
+
+
+def test_fidelity_records_metrics_per_seed(tiny_results: tuple[Path, str]) -> None:
+    data = _load(tiny_results[0], "fidelity")
+    assert data["experiments"]
+    for experiment in data["experiments"]:
+        truth = experiment["truth"]
+        assert abs(sum(truth.values()) - 1) < 1e-6
+        for run in experiment["runs"]:
+            assert abs(sum(run["shares"].values()) - 1) < 1e-4
+            metrics = run["metrics"]
+            assert 0 <= metrics["leakage"] <= 1 + 1e-9
+            assert 0 <= metrics["l1"] <= 2 + 1e-9
+            assert 0 <= metrics["test_accuracy"] <= 1
+        assert experiment["summary"]["l1"]["n"] == len(experiment["runs"])
+
+
+def test_accuracy_reports_every_model_or_why_not(tiny_results: tuple[Path, str]) -> None:
+    data = _load(tiny_results[0], "accuracy")
+    assert "motif4" in {d["name"] for d in data["datasets"]}
+    for dataset in data["datasets"]:
+        models = dataset["models"]
+        assert {"intense", "mnl", "early", "late", "tfn", "lmf", "unimodal"} <= set(models)
+        for name, entry in models.items():
+            assert entry["runs"] or entry["skipped"], (dataset["name"], name)
+        assert models["intense"]["runs"] and models["unimodal"]["runs"]
+        assert (
+            models["unimodal"]["runs"][0]["modality"]
+            in models["unimodal"]["runs"][0]["per_modality"]
+        )
+
+
+def test_speed_rows_and_memory(tiny_results: tuple[Path, str]) -> None:
+    data = _load(tiny_results[0], "speed")
+    assert data["rows"]
+    for row in data["rows"]:
+        assert set(row["median_ms"]) == {"floor", "ours", "naive"}
+        assert all(_is_number(v) and v > 0 for v in row["median_ms"].values())
+        assert _is_number(row["ours_over_floor"]) and row["naive_relative_difference"] < 1e-4
+    measured = [r["peak_extra_mib"] for r in data["rows"] if "peak_extra_mib" in r]
+    assert measured and all("error" not in m for m in measured), measured
+    assert data["profiles"][0]["top_ops_ours"]
+
+
+def test_throughput_variants(tiny_results: tuple[Path, str]) -> None:
+    data = _load(tiny_results[0], "throughput")
+    result = data["results"][0]
+    for variant in ("fit", "bare", "bare+val+ckpt", "data only"):
+        assert _is_number(result["samples_per_s"][variant]) and result["samples_per_s"][variant] > 0
+    assert all(_is_number(v) for v in result["step_breakdown_ms"].values())
