@@ -108,7 +108,9 @@ class MultimodalModel(nn.Module):
         self.factors = InteractionFactors(
             {m: dims[m] for m in in_interactions}, rank, center=iterbn, momentum=momentum
         )
-        self.wick = IterBN(self.interaction_terms, rank, momentum) if iterbn else None
+        self.wick = (
+            IterBN(self.interaction_terms, rank, momentum, centred_factors=True) if iterbn else None
+        )
         block_dims = {
             term_name(t): dims[t[0]] if len(t) == 1 else rank ** len(t) for t in self.terms
         }

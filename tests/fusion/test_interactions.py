@@ -202,3 +202,15 @@ def test_invalid_rank():
         IterBN([("a", "b")], rank=0)
     with pytest.raises(ValueError, match="rank"):
         InteractionFactors({"a": 3}, rank=0)
+
+
+def test_centred_shortcut_is_exact_for_centred_factors():
+    f = random_factors(n=20, r=2, seed=8, centred=True)
+    general = IterBN(ALL_TERMS, rank=2, momentum=1.0).double()
+    shortcut = IterBN(ALL_TERMS, rank=2, momentum=1.0, centred_factors=True).double()
+    for mode in ("train", "eval"):
+        general.train(mode == "train")
+        shortcut.train(mode == "train")
+        a, b = general(f), shortcut(f)
+        for term in ALL_TERMS:
+            torch.testing.assert_close(a[term], b[term], rtol=0, atol=1e-12, msg=(mode, term))
