@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,25 +45,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
 def git_revision() -> str:
     """``<commit>`` or ``<commit>+dirty`` (read-only git commands), or ``unknown``."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -176,6 +168,21 @@ def round_floats(x: Any, digits: int = 5) -> Any:
     if isinstance(x, (list, tuple)):
         return [round_floats(v, digits) for v in x]
     return x
+
+
+def publish(
+    out_dir: str | Path,
+    suite: str,
+    scale: str,
+    payload: dict[str, Any],
+    render: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Print the suite's tables, write its JSON and markdown, and return the payload."""
+    tables = render(payload)
+    print(tables)
+    path = write_results(out_dir, suite, scale, payload, tables)
+    print(f"\nwrote {path}", file=sys.stderr)
+    return payload
 
 
 def write_results(

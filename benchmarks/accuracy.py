@@ -33,9 +33,9 @@ from ._common import (
     markdown_table,
     mean_std,
     pm,
+    publish,
     quiet_lightning,
     set_threads,
-    write_results,
 )
 
 SUITE = "accuracy"
@@ -290,11 +290,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         },
         "datasets": datasets,
     }
-    tables = render(payload)
-    print(tables)
-    path = write_results(out_dir, SUITE, scale, payload, tables)
-    print(f"\nwrote {path}", file=sys.stderr)
-    return payload
+    return publish(out_dir, SUITE, scale, payload, render)
 
 
 def render(payload: dict[str, Any]) -> str:

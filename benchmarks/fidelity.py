@@ -36,9 +36,9 @@ from ._common import (
     markdown_table,
     mean_std,
     pm,
+    publish,
     quiet_lightning,
     set_threads,
-    write_results,
 )
 
 SUITE = "fidelity"
@@ -273,11 +273,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "experiments": experiments,
     }
-    tables = render(payload)
-    print(tables)
-    path = write_results(out_dir, SUITE, scale, payload, tables)
-    print(f"\nwrote {path}", file=sys.stderr)
-    return payload
+    return publish(out_dir, SUITE, scale, payload, render)
 
 
 def _find(payload: dict, group: str) -> list[dict]:

@@ -53,8 +53,8 @@ from ._common import (
     load_average,
     markdown_table,
     median,
+    publish,
     set_threads,
-    write_results,
 )
 
 SUITE = "speed"
@@ -587,11 +587,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "profiles": profiles,
         "api_overhead": overhead,
     }
-    tables = render(payload)
-    print(tables)
-    path = write_results(out_dir, SUITE, scale, payload, tables)
-    print(f"\nwrote {path}", file=sys.stderr)
-    return payload
+    return publish(out_dir, SUITE, scale, payload, render)
 
 
 def render(payload: dict[str, Any]) -> str:

@@ -35,9 +35,9 @@ from ._common import (
     load_average,
     markdown_table,
     median,
+    publish,
     quiet_lightning,
     set_threads,
-    write_results,
 )
 
 SUITE = "throughput"
@@ -282,11 +282,7 @@ def run(scale: str, out_dir: str, threads: int = 2) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "results": results,
     }
-    tables = render(payload)
-    print(tables)
-    path = write_results(out_dir, SUITE, scale, payload, tables)
-    print(f"\nwrote {path}", file=sys.stderr)
-    return payload
+    return publish(out_dir, SUITE, scale, payload, render)
 
 
 def render(payload: dict[str, Any]) -> str:
