@@ -48,6 +48,28 @@ class SequenceCNN(nn.Module):
         return self.project(features)
 
 
+def feedforward(
+    in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0
+) -> nn.Sequential:
+    """``Linear → ReLU (→ Dropout)`` per hidden size, then a final ``Linear``."""
+    if in_features < 1 or out_features < 1 or any(h < 1 for h in hidden):
+        raise ValueError(
+            f"layer sizes must be >= 1, got in={in_features}, hidden={tuple(hidden)}, "
+            f"out={out_features}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
 class MLP(nn.Module):
     """Multi-layer perceptron for feature vectors ``(B, input_dim) → (B, output_dim)``."""
 
@@ -59,24 +81,9 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if input_dim < 1 or output_dim < 1 or any(h < 1 for h in hidden):
-            raise ValueError(
-                f"MLP: all layer sizes must be >= 1, got input_dim={input_dim}, "
-                f"hidden={tuple(hidden)}, output_dim={output_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
         self.input_dim = input_dim
         self.output_dim = output_dim
-        layers: list[nn.Module] = []
-        width = input_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, output_dim))
-        self.layers = nn.Sequential(*layers)
+        self.layers = feedforward(input_dim, hidden, output_dim, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.input_dim:

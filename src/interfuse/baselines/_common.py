@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from ..encoders import feedforward
 from ..model import FusionOutput, encoder_output_dim
 from ..terms import validate_modality_names
 
@@ -14,22 +15,8 @@ def mlp_head(
     in_features: int, hidden: Sequence[int], out_features: int, dropout: float
 ) -> nn.Module:
     """``Linear`` when ``hidden`` is empty, else ``Linear → ReLU (→ Dropout)`` per hidden size."""
-    if in_features < 1 or out_features < 1 or any(h < 1 for h in hidden):
-        raise ValueError(
-            f"layer sizes must be >= 1, got in={in_features}, hidden={tuple(hidden)}, "
-            f"out={out_features}"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers) if len(layers) > 1 else layers[0]
+    net = feedforward(in_features, hidden, out_features, dropout)
+    return net if len(net) > 1 else net[0]
 
 
 def reject_masks(masks: Mapping[str, Tensor | bool] | None, owner: str) -> None:
