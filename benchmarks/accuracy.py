@@ -1,6 +1,6 @@
 """Accuracy suite: our model vs fusion baselines and the best unimodal model, same protocol.
 
-Every model is trained by ``interfuse.train.runner.fit`` with the same ``TrainConfig`` (same
+Every model is trained by ``interfuse.train.fit`` with the same ``TrainConfig`` (same
 encoders from the task, same optimiser, epochs, early stopping on validation, seeds) and only
 ``TrainConfig.model`` (and ``interactions``) changing:
 
@@ -18,13 +18,14 @@ the registry are optional: what is missing is detected at start and reported as 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import sys
 import time
 import traceback
 from typing import Any
+
+from interfuse.models import MODELS as REGISTERED_MODELS
 
 from ._common import (
     environment,
@@ -46,14 +47,12 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
     "tiny": {"seeds": 1, "n": 160, "epochs": 1, "mfeat_epochs": 1, "synthetic": ["motif4"]},
 }
 
-MODELS = ("intense", "mnl", "early", "late", "tfn", "lmf")
+MODELS = tuple(REGISTERED_MODELS.names())
+"""Every registered model (``interfuse.models.MODELS``); a new baseline joins the table."""
 MODEL_TITLES = {
+    **{name: f"{name}: {REGISTERED_MODELS.get(name).summary}" for name in MODELS},
     "intense": "ours (pairs, IterBN+vBN)",
     "mnl": "ours, no interactions (MNL)",
-    "early": "early fusion",
-    "late": "late fusion",
-    "tfn": "TFN",
-    "lmf": "LMF",
     "unimodal": "best unimodal (ours on 1 modality, picked on val)",
 }
 
@@ -77,25 +76,8 @@ SYNTHETIC = {
 
 
 def detect() -> dict[str, Any]:
-    """What the library offers right now: model selection and the data registry."""
-    from interfuse.train.config import TrainConfig
-
-    found: dict[str, Any] = {"messages": []}
-    field_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if "model" in field_names:
-        config_module = importlib.import_module("interfuse.train.config")
-        names = getattr(config_module, "MODEL_NAMES", MODELS)
-        found["models"] = [m for m in MODELS if m in names]
-        missing = [m for m in MODELS if m not in names]
-        if missing:
-            found["messages"].append(f"TrainConfig.model does not offer {missing}: skipped")
-    else:
-        found["models"] = ["intense", "mnl"]
-        found["messages"].append(
-            "TrainConfig has no `model` field (baselines not merged yet): early/late/TFN/LMF "
-            "skipped; 'mnl' = interactions='none'"
-        )
-    found["model_field"] = "model" in field_names
+    """What the library offers right now: the registered models and the data registry."""
+    found: dict[str, Any] = {"messages": [], "models": list(MODELS), "model_field": True}
     try:
         registry = importlib.import_module("interfuse.data.registry")
         found["registry"] = registry
@@ -132,7 +114,7 @@ def tfn_rank(num_modalities: int, rank: int = 8) -> int:
 def make_config(
     model: str, epochs: int, seed: int, model_field: bool, num_modalities: int = 2
 ) -> Any:
-    from interfuse.train.config import TrainConfig
+    from interfuse.train import TrainConfig
 
     kwargs: dict[str, Any] = {"epochs": epochs, "seed": seed}
     if model == "tfn":
@@ -176,14 +158,14 @@ def run_dataset(
                 traceback.print_exc(limit=2, file=sys.stderr)
                 continue
             seconds = time.perf_counter() - started
-            test = out["metrics"]["test"]
+            test = out.metrics["test"]
             entry["runs"].append(
                 {
                     "seed": seed,
                     "test_accuracy": test.get("accuracy"),
                     "test_macro_f1": test.get("macro_f1"),
-                    "val_accuracy": out["metrics"]["val"].get("accuracy"),
-                    "epochs_run": out.get("epochs_run"),
+                    "val_accuracy": out.metrics["val"].get("accuracy"),
+                    "epochs_run": out.epochs_run,
                     "rank": config.rank,
                     "seconds": round(seconds, 2),
                     "load": load_average(),
@@ -201,8 +183,8 @@ def run_dataset(
             config = make_config("mnl", epochs, seed, found["model_field"])
             out = train_once(single_modality(task, modality), config)
             per_modality[modality] = {
-                "val_accuracy": out["metrics"]["val"]["accuracy"],
-                "test_accuracy": out["metrics"]["test"]["accuracy"],
+                "val_accuracy": out.metrics["val"]["accuracy"],
+                "test_accuracy": out.metrics["test"]["accuracy"],
             }
         best = max(per_modality, key=lambda m: per_modality[m]["val_accuracy"])
         results["unimodal"]["runs"].append(

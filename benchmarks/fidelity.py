@@ -2,9 +2,9 @@
 
 Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
 game (``GroundTruth.term_shares``). For every configuration and seed we train with
-``interfuse.train.runner.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
+``interfuse.train.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
 rank 8, p = 2, λ = 0.05, early stopping on validation) and compare the shares of the selected model
-with the truth using ``interfuse.explain.report.fidelity`` (Spearman ρ over unimodal terms, L1,
+with the truth using ``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1,
 leakage, interaction share), plus test accuracy vs the Bayes-optimal accuracy, the entropy of the
 shares, the number of terms with share > 0.01 and the number of *relevant* terms (truth > 0) that
 the model drops (share < 0.01).
@@ -87,7 +87,7 @@ REDUNDANT_PROBS = {"a": 0.8, "b": 0.4, "c": 0.0}
 def _redundant(n: int, seed: int) -> Any:
     """Motif data (0.8, -, 0.4, 0) where m1 is an exact copy of m0, with its Shapley truth."""
     from interfuse.data import make_motif_data
-    from interfuse.explain.games import coalition_values, shapley_values
+    from interfuse.games import coalition_values, shapley_values
 
     data = make_motif_data([0.8, 0.0, 0.4, 0.0], n=n, seed=seed)
     data.codes["m1"] = data.codes["m0"].copy()
@@ -167,7 +167,7 @@ METRICS = (
 
 def share_metrics(shares: dict[str, float], truth: dict[str, float]) -> dict[str, float]:
     """``fidelity`` plus entropy, support size and dropped relevant terms."""
-    from interfuse.explain.report import fidelity
+    from interfuse.ranks import fidelity
 
     metrics = fidelity(shares, truth)
     positive = [s for s in shares.values() if s > 0]
@@ -181,7 +181,7 @@ def share_metrics(shares: dict[str, float], truth: dict[str, float]) -> dict[str
 
 def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[str, Any]) -> dict:
     from interfuse.data import synthetic_task
-    from interfuse.train.config import TrainConfig
+    from interfuse.train import TrainConfig
 
     from .training import train_once
 
@@ -192,9 +192,9 @@ def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[s
     results = train_once(task, config)
     seconds = time.perf_counter() - started
     truth = data.ground_truth
-    shares = {t: float(s) for t, s in results["relevance"].items()}
+    shares = {t: float(s) for t, s in results.relevance.shares.items()}
     metrics = share_metrics(shares, truth.term_shares)
-    accuracy = results["metrics"]["test"]["accuracy"]
+    accuracy = results.metrics["test"]["accuracy"]
     metrics.update(
         test_accuracy=accuracy,
         bayes_accuracy=truth.bayes_accuracy,
@@ -205,8 +205,8 @@ def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[s
         "metrics": metrics,
         "shares": shares,
         "truth": dict(truth.term_shares),
-        "epochs_run": results["epochs_run"],
-        "best_epoch": results["best_epoch"],
+        "epochs_run": results.epochs_run,
+        "best_epoch": results.best_epoch,
         "seconds": round(seconds, 2),
         "load": load_average(),
     }

@@ -5,7 +5,7 @@ Data: ``make_motif_data([0.9, 0.6, 0.3, 0.0], n=6000)`` split 70/15/15 (4200 tra
 defaults (pairs, rank 8, batch 128, AdamW). Samples/s count training samples per second of
 training, data loading included (``batch_loader``, the same loader ``fit`` uses). Variants:
 
-* ``fit``: ``interfuse.train.runner.fit`` (Lightning; per epoch also validation, relevance, two
+* ``fit``: ``interfuse.train.fit`` (Lightning; per epoch also validation, relevance, two
   checkpoints and the history file): samples / ``train_seconds``; ``fit, marginal epoch``: the
   same without fit's fixed cost, from the difference to a 1-epoch ``fit``;
 * ``bare``: a plain loop over the same model, loader, optimiser (``FusionModule``'s AdamW groups)
@@ -58,11 +58,11 @@ def make_task(n: int) -> Any:
 
 def build(task: Any, config: Any, check_inputs: bool = True) -> tuple[Any, Any]:
     """Model and optimiser exactly as ``fit`` builds them."""
-    from interfuse.train.config import build_model, model_description
+    from interfuse.models import build_model, model_spec
     from interfuse.train.module import FusionModule
 
     model = build_model(
-        model_description(task.encoders, config, task.num_outputs), seed=config.seed
+        model_spec(config.model, task.encoders, config, task.num_outputs), seed=config.seed
     )
     model.check_inputs = check_inputs
     module = FusionModule(model, task.task, config.lam, config.lr, config.weight_decay)
@@ -78,9 +78,10 @@ def bare_loop(
 ) -> tuple[float, float]:
     """(wall, CPU) seconds of ``epochs`` epochs of a plain loop (``per_epoch``: + fit's per-epoch
     work)."""
+    from interfuse.checkpoint import save_checkpoint
     from interfuse.data.batching import batch_loader
-    from interfuse.train.checkpoint import save_checkpoint
-    from interfuse.train.metrics import evaluate, task_loss
+    from interfuse.inference import evaluate
+    from interfuse.metrics import task_loss
 
     model, optimizer = build(task, config, check_inputs)
     model.train()
@@ -117,7 +118,7 @@ def fit_seconds(task: Any, config: Any) -> tuple[float, float, float]:
     started, cpu = time.perf_counter(), time.process_time()
     results = train_once(task, config)
     return (
-        float(results["train_seconds"]),
+        float(results.train_seconds),
         time.perf_counter() - started,
         time.process_time() - cpu,
     )
@@ -137,7 +138,7 @@ def data_only(task: Any, config: Any, epochs: int) -> tuple[float, float]:
 def breakdown(task: Any, config: Any) -> dict[str, float]:
     """Per-step medians (ms) of the stages of one instrumented bare epoch (after a warm-up one)."""
     from interfuse.data.batching import batch_loader
-    from interfuse.train.metrics import task_loss
+    from interfuse.metrics import task_loss
 
     model, optimizer = build(task, config)
     model.train()
@@ -190,7 +191,7 @@ def breakdown(task: Any, config: Any) -> dict[str, float]:
 
 
 def measure(task: Any, settings: dict[str, Any], threads: int) -> dict[str, Any]:
-    from interfuse.train.config import TrainConfig
+    from interfuse.train import TrainConfig
 
     set_threads(threads)
     epochs = settings["epochs"]

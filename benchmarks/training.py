@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from interfuse.data.task import TaskData
+from interfuse.results import RunResult
+from interfuse.train import fit
 
 
-def train_once(task: TaskData, config: Any) -> dict[str, Any]:
-    """``fit`` into a throw-away folder; returns ``results.json``'s content (no report)."""
-    from interfuse.train.runner import fit
-
+def train_once(task: TaskData, config: Any) -> RunResult:
+    """``fit`` into a throw-away folder (no report)."""
     with tempfile.TemporaryDirectory(prefix="interfuse-bench-") as tmp:
-        return fit(task, config, Path(tmp) / "run", progress=False, report=False, overwrite=True)
+        return fit(task, config, Path(tmp) / "run", progress=False, overwrite=True)
 
 
 def single_modality(task: TaskData, modality: str) -> TaskData:

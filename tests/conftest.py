@@ -18,7 +18,7 @@ def motif_demo_run(tmp_path_factory):
     """The demo's motif experiment, trained once per test session: (task, results, run folder)."""
     from interfuse.data.synthetic import make_motif_data
     from interfuse.data.task import synthetic_task
-    from interfuse.train.config import TrainConfig
+    from interfuse.train import TrainConfig
     from interfuse.train.runner import fit
 
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=6000, seed=0), seed=0)
@@ -31,7 +31,7 @@ def xor_demo_run(tmp_path_factory):
     """The demo's XOR experiment, trained once per test session: (task, results, run folder)."""
     from interfuse.data.synthetic import make_xor_data
     from interfuse.data.task import synthetic_task
-    from interfuse.train.config import TrainConfig
+    from interfuse.train import TrainConfig
     from interfuse.train.runner import fit
 
     task = synthetic_task(make_xor_data(3, pair=(0, 1), n=4000, seed=0), seed=0, name="xor")

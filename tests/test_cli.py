@@ -46,8 +46,9 @@ def tiny_run(tmp_path_factory):
 def test_train_writes_the_run_folder(tiny_run):
     out, output = tiny_run
     results = json.loads((out / "results.json").read_text())
-    assert set(results["relevance"]) == {"m0", "m1", "m0*m1"}
+    assert set(results["relevance"]["shares"]) == {"m0", "m1", "m0*m1"}
     assert results["config"]["interactions"] == ["m0*m1"]
+    assert results["model"]["options"]["interactions"] == ["m0*m1"]
     assert "m0*m1" in output and "report:" in output
 
 
@@ -87,7 +88,7 @@ def test_resume_of_a_corrupt_checkpoint_fails_cleanly(tiny_run):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--dataset", "imagenet"], "'imagenet' is not one of 'motif'"),
         (["--probs", "0.9,1.5"], "m1"),
         (["--probs", "0,0", "--xor", "0,5"], "out of range"),
         (["--probs", "0.9,abc"], "comma-separated numbers"),
@@ -141,7 +142,7 @@ def test_every_command_runs_in_a_fresh_interpreter(tmp_path):
 
     missing = str(tmp_path / "missing")
     commands = [
-        (["train", "--dataset", "imagenet", "--out", missing], "unknown dataset"),
+        (["train", "--dataset", "imagenet", "--out", missing], "is not one of"),
         (["report", missing], "not found"),
         (["explain", missing], "not found"),
         (["predict", missing, missing + ".npz"], "not found"),

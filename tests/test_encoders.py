@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from interfuse.encoders import MLP, SequenceCNN, SequenceGRU
-from interfuse.train.config import build_encoder
+from interfuse.encoders import MLP, SequenceCNN, SequenceGRU, build_encoder
 
 
 def one_hot(codes: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,6 @@ def test_cli_predict_writes_csv(tmp_path):
     assert "m1 (4 of 4)" in result.output and "m0 (1 of 4)" in result.output
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 4 and rows[2]["missing"] == "m0+m1" and rows[0]["missing"] == "m1"
-    assert set(rows[0]) == {"sample", "prediction", "p0", "p1", "missing"}
+    assert set(rows[0]) == {"sample", "prediction", "p(0)", "p(1)", "missing"}
     bad = runner.invoke(main, ["predict", str(out), str(tmp_path / "none.npz")])
     assert bad.exit_code != 0 and "not found" in bad.output

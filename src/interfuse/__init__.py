@@ -6,7 +6,8 @@ closed-form group-norm regulariser, are the relevance scores. IterBN keeps inter
 re-encoding lower-order signal. See Varshneya et al., *Interpretable Tensor Fusion*, IJCAI 2024.
 """
 
-from .encoders import MLP, SequenceCNN
+from . import baselines  # registers the baseline models
+from .encoders import ENCODERS, MLP, SequenceCNN, SequenceGRU, register_encoder
 from .fusion import (
     BatchCentering,
     InteractionFactors,
@@ -19,11 +20,26 @@ from .fusion import (
 )
 from .inference import Prediction, predict
 from .model import FusionOutput, MultimodalModel
+from .models import MODELS, ModelSpec, build_model, register_model
+from .results import RunResult
+from .run import Run, RunPrediction, load_run
 from .terms import resolve_interactions, term_name
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENCODERS",
+    "MODELS",
+    "ModelSpec",
+    "Run",
+    "RunPrediction",
+    "RunResult",
+    "SequenceGRU",
+    "baselines",
+    "build_model",
+    "load_run",
+    "register_encoder",
+    "register_model",
     "BatchCentering",
     "FusionOutput",
     "MLP",

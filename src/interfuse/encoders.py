@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from .registry import Registry
 
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+"""Encoders by name: ``build_encoder({"type": name, **kwargs})`` calls ``ENCODERS.get(name)``."""
+
+CUSTOM = "custom"
+"""Encoder type recorded for a user's ``nn.Module`` that is not registered by name."""
+
+
+def register_encoder(
+    name: str, *, replace: bool = False
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that makes an encoder class (or factory) buildable by name from a spec.
+
+    >>> @register_encoder("tiny")
+    ... class Tiny(nn.Linear):
+    ...     def __init__(self, input_dim: int, output_dim: int = 8) -> None:
+    ...         super().__init__(input_dim, output_dim)
+    ...         self.output_dim = output_dim
+    """
+    return ENCODERS.register(name, replace=replace)
+
+
+def build_encoder(spec: Mapping[str, Any], modality: str = "?") -> nn.Module:
+    """Instantiate an encoder from ``{"type": name, **kwargs}`` through :data:`ENCODERS`."""
+    kwargs = dict(spec)
+    kind = kwargs.pop("type", None)
+    if kind == CUSTOM:
+        raise ValueError(
+            f"modality {modality!r} was trained with a custom encoder "
+            f"({kwargs.get('class', 'an nn.Module')}) that is not registered by name; pass the "
+            f"module again (encoders={{{modality!r}: module}}) or register it with "
+            f"@register_encoder"
+        )
+    if kind not in ENCODERS:
+        raise ValueError(
+            f"modality {modality!r}: unknown encoder type {kind!r}; known: {ENCODERS.names()}"
+        )
+    try:
+        return ENCODERS.get(kind)(**kwargs)
+    except TypeError as error:
+        raise ValueError(
+            f"modality {modality!r}: bad options for encoder {kind!r}: {error}"
+        ) from None
+
+
+@register_encoder("sequence_cnn")
 class SequenceCNN(nn.Module):
     """1-D CNN for one-hot sequences ``(B, alphabet, L) → (B, output_dim)``.
 
@@ -70,6 +117,7 @@ def feedforward(
     return nn.Sequential(*layers)
 
 
+@register_encoder("mlp")
 class MLP(nn.Module):
     """Multi-layer perceptron for feature vectors ``(B, input_dim) → (B, output_dim)``."""
 
@@ -93,6 +141,7 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+@register_encoder("sequence_gru")
 class SequenceGRU(nn.Module):
     """GRU over front zero-padded feature sequences ``(B, T, input_dim) → (B, output_dim)``.
 

@@ -1,4 +1,5 @@
-"""Prediction with any subset of modalities, saying which were missing for which sample."""
+"""Model outputs and metrics: prediction with any subset of modalities (saying which were missing
+for which sample), and evaluation of a model on a split."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .data.batching import TensorData, batch_loader
+from .metrics import compute_metrics
 
 ArrayLike = np.ndarray | Tensor
 
@@ -42,7 +46,8 @@ def predict(
 
     A modality is missing for a sample when it is absent from ``inputs`` (all samples), when
     ``masks[m]`` is False for it, or when its input row is entirely NaN (the convention for
-    files). Missing blocks take their expected value (SPEC §1.10); the model runs in eval mode.
+    files). Missing blocks take their expected value (``docs/missing-modalities.md``); the model
+    runs in eval mode.
     """
     modalities = list(model.modalities)
     unknown = [k for k in inputs if k not in modalities]
@@ -108,3 +113,30 @@ def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
             f"mask of modality {name!r} must have shape ({n},), got {tuple(mask.shape)}"
         )
     return mask.to(torch.bool)
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Tensor:
+    """Outputs of ``model`` (eval mode, restored afterwards) for every sample of ``data``."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        outputs = [
+            model({m: x.to(device) for m, x in inputs.items()}).prediction.cpu()
+            for inputs, _ in batch_loader(data, batch_size, shuffle=False)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(
+    model: nn.Module,
+    data: TensorData,
+    task: str,
+    batch_size: int = 1024,
+    metric_set: str = "default",
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``data`` (see :func:`interfuse.metrics.compute_metrics`)."""
+    return compute_metrics(task, model_outputs(model, data, batch_size), data.targets, metric_set)

@@ -3,6 +3,7 @@ from a model description, and one epoch of training through ``fit``."""
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from interfuse.baselines import EarlyFusion, LateFusion, LowRankFusion, TensorFu
 from interfuse.data.synthetic import make_motif_data
 from interfuse.data.task import synthetic_task
 from interfuse.model import FusionOutput
-from interfuse.train.config import MODEL_NAMES, TrainConfig, build_model, model_description
-from interfuse.train.runner import fit
+from interfuse.models import MODELS, ModelSpec, build_model, model_spec
+from interfuse.train import TrainConfig, fit
 
 DIMS = {"video": 5, "audio": 3, "text": 7}
 
@@ -135,30 +136,41 @@ def test_baselines_reject_missing_modalities():
         model(x, masks={"video": torch.tensor([True, False, True, True, True, True])})
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_description_rebuilds_the_same_model(name):
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_rebuilds_from_its_spec_and_states_its_capabilities(name):
     specs = {m: {"type": "mlp", "input_dim": d, "output_dim": 4} for m, d in DIMS.items()}
     config = TrainConfig(model=name, rank=3)
-    description = model_description(
-        specs, config, 2, input_shapes={m: [d] for m, d in DIMS.items()}
+    spec = model_spec(name, specs, config, 2, input_shapes={m: [d] for m, d in DIMS.items()})
+    assert spec.model == name
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    a, b = build_model(spec, seed=0), build_model(spec, seed=1)
+    assert any(
+        not torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values())
     )
-    assert description["model"] == name
-    assert json.loads(json.dumps(description)) == description
-    a, b = build_model(description, seed=0), build_model(description, seed=0)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    again = build_model(spec, seed=0)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), again.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     a.eval()
-    assert a(inputs()).prediction.shape == (6, 2)
-    assert hasattr(a, "relevance") == (name in ("intense", "mnl"))
+    x = inputs()
+    assert a(x).prediction.shape == (6, 2)
+    entry = MODELS.get(name)
+    if entry.relevance:
+        assert set(a.relevance().shares) >= set(DIMS)
+    absent = torch.tensor([True, False, True, True, True, True])
+    if entry.masks:
+        a(x, masks={"video": absent})
+    else:
+        with pytest.raises(ValueError, match="missing-modality path"):
+            a(x, masks={"video": absent})
     if name == "mnl":
-        assert description["interactions"] == []
+        assert spec.options["interactions"] == []
 
 
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'gru'"):
         TrainConfig(model="gru")
-    with pytest.raises(ValueError, match="unknown model"):
-        build_model({"model": "gru", "modalities": ["a"], "encoders": {}, "num_outputs": 1})
+    with pytest.raises(ValueError, match="unknown model 'gru'"):
+        build_model(ModelSpec("gru", ("a",), {"a": {"type": "mlp", "input_dim": 2}}, 1))
 
 
 @pytest.fixture(scope="module")
@@ -169,26 +181,26 @@ def tiny_task():
 @pytest.mark.parametrize("name", ["mnl", "early", "late", "tfn", "lmf"])
 def test_each_baseline_trains_one_epoch_through_fit(tiny_task, tmp_path, name):
     config = TrainConfig(model=name, epochs=1, batch_size=32, rank=4, seed=0)
-    results = fit(tiny_task, config, tmp_path, progress=False)
-    assert results["epochs_run"] == 1
-    assert results["model"]["model"] == name
-    assert 0.0 <= results["metrics"]["test"]["accuracy"] <= 1.0
+    result = fit(tiny_task, config, tmp_path, progress=False)
+    assert result.epochs_run == 1
+    assert result.model["model"] == name
+    assert set(result.metrics["test"]) == {"loss", "accuracy", "macro_f1", "auroc", "auprc"}
+    assert math.isfinite(result.metrics["test"]["loss"])
     if name == "mnl":
-        assert set(results["relevance"]) == {"m0", "m1"}
+        assert set(result.relevance.shares) == {"m0", "m1"}
     else:
-        assert results["relevance"] is None
+        assert result.relevance is None
         on_disk = json.loads((tmp_path / "results.json").read_text())
         assert on_disk["relevance"] is None
-        assert "no built-in relevance" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "best.safetensors").exists()
 
 
 def test_fit_resumes_a_baseline(tiny_task, tmp_path):
     config = TrainConfig(model="late", epochs=1, batch_size=32, seed=0)
-    fit(tiny_task, config, tmp_path, progress=False, report=False)
+    fit(tiny_task, config, tmp_path, progress=False)
     more = TrainConfig(model="late", epochs=2, batch_size=32, seed=0)
-    results = fit(tiny_task, more, tmp_path, resume=True, progress=False, report=False)
-    assert results["epochs_run"] == 2
+    result = fit(tiny_task, more, tmp_path, resume=True, progress=False)
+    assert result.epochs_run == 2
 
 
 def test_all_pairs_of_baselines_share_the_encoders_protocol():

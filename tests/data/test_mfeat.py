@@ -8,7 +8,7 @@ import pytest
 from interfuse.data import mfeat
 from interfuse.data.mfeat import VIEWS, load_mfeat, mfeat_arrays, mfeat_files
 from interfuse.data.registry import dataset_info
-from interfuse.train.config import TrainConfig
+from interfuse.train import TrainConfig
 from interfuse.train.runner import fit
 
 
@@ -59,9 +59,9 @@ def test_split_is_fixed_stratified_and_standardised_on_train():
 def test_short_training_learns_the_digits(tmp_path):
     task = load_mfeat(seed=0, views=["pixel", "morph"])
     config = TrainConfig(interactions="none", epochs=4, lr=3e-3, lam=0.01, seed=0)
-    results = fit(task, config, tmp_path, progress=False, report=False)
-    assert results["metrics"]["test"]["accuracy"] > 0.9
-    assert set(results["relevance"]) == {"pixel", "morph"}
+    results = fit(task, config, tmp_path, progress=False)
+    assert results.metrics["test"]["accuracy"] > 0.9
+    assert set(results.relevance.shares) == {"pixel", "morph"}
 
 
 def test_missing_wheel_says_how_to_install(monkeypatch):

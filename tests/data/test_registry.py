@@ -11,7 +11,7 @@ from interfuse.cli import main
 from interfuse.data import from_arrays, list_datasets, load_dataset
 from interfuse.data.arrays import load_npz_dataset
 from interfuse.data.registry import (
-    _REGISTRY,
+    DATASETS,
     DatasetInfo,
     ModalityInfo,
     dataset_info,
@@ -71,7 +71,7 @@ def test_register_a_custom_dataset():
         with pytest.raises(ValueError, match="already registered"):
             register_dataset(info)
     finally:
-        _REGISTRY.pop("toy-test")
+        DATASETS.remove("toy-test")
 
 
 def test_from_arrays_defaults():
@@ -158,19 +158,20 @@ def test_cli_trains_on_an_npz(tmp_path):
     )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results["relevance"]) == {"tab", "seq", "tab*seq"}
-    assert results["config"]["dataset"] == "npz"
+    assert set(results["relevance"]["shares"]) == {"tab", "seq", "tab*seq"}
+    assert results["dataset"] == "npz"
+    assert results["data"]["source"]["path"] == str(path.resolve())
     assert "test metrics: loss=" in result.output
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--dataset", "imagenet"], "'imagenet' is not one of 'motif'"),
         (["--dataset", "mfeat", "--probs", "0.5"], "--probs: only for --dataset motif"),
         (["--data-path", "x.npz"], "--data-path does not apply to --dataset motif"),
         (["--dataset", "mosi"], "needs a data file"),
-        (["--dataset", "npz", "--data-path", "nowhere.npz"], "not found: nowhere.npz"),
+        (["--dataset", "npz", "--data-path", "nowhere.npz"], "data file not found: "),
     ],
 )
 def test_cli_dataset_errors(tmp_path, args, message):

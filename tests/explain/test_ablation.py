@@ -10,10 +10,10 @@ from interfuse.baselines import EarlyFusion, LateFusion
 from interfuse.data.batching import TensorData
 from interfuse.explain.ablation import ablation_from_coalitions, modality_ablation
 from interfuse.explain.coalitions import all_coalitions, coalition_metrics, performance_game
-from interfuse.explain.games import shapley_values
 from interfuse.explain.removal import ModalityRemoval, resolve_method
+from interfuse.games import shapley_values
+from interfuse.metrics import compute_metrics
 from interfuse.model import FusionOutput
-from interfuse.train.metrics import compute_metrics
 
 DIMS = {"a": 3, "b": 4, "c": 2}
 

@@ -2,11 +2,14 @@
 report linked, baselines supported, clear errors."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
+from interfuse import load_run
 from interfuse.cli import main
+from interfuse.inference import evaluate
 
 TINY = ["--probs", "0.9,0,0", "--n", "300", "--epochs", "2", "--length", "40", "--quiet"]
 
@@ -41,42 +44,33 @@ def test_explain_writes_files_and_links_them(runs):
     assert "coalitions:" in output  # the progress bar
     assert "EMAP accuracy gap" in output
     explanation = strict_json((out / "explain.json").read_text())
-    assert explanation["method"] == "mask"
-    assert set(explanation["terms"]) == {"m0", "m1", "m2", "m0*m1", "m0*m2", "m1*m2"}
+    assert explanation["removal"] == "mask"
+    assert explanation["terms"] == ["m0", "m1", "m2", "m0*m1", "m0*m2", "m1*m2"]
     assert len(explanation["coalitions"]) == 8
-    assert explanation["emap"]["n_samples"] == 16
-    assert explanation["terms"]["m0"]["truth"] == pytest.approx(1.0)
+    assert explanation["explanations"]["emap"]["details"]["n_samples"] == 16
+    assert explanation["truth"]["m0"] == pytest.approx(1.0)
     markdown = (out / "explain.md").read_text()
     assert "Spearman" in markdown and "EMAP" in markdown and "missing-modality" in markdown
     assert "[explain.md](explain.md)" in (out / "report.md").read_text()
 
 
 def test_explain_rebuilds_the_training_data_exactly(runs):
-    from interfuse.train.metrics import evaluate
-    from interfuse.train.restore import load_trained_model, rebuild_task
-
-    out = runs / "intense"
-    results = json.loads((out / "results.json").read_text())
-    task = rebuild_task(results["config"])
-    model, _ = load_trained_model(out)
-    test = evaluate(model, task.test, task.task)
-    assert test == pytest.approx(results["metrics"]["test"])
+    run_ = load_run(runs / "intense")
+    task = run_.load_data()
+    test = evaluate(run_.model, task.test, task.task)
+    assert test == pytest.approx(run_.result.metrics["test"])
 
 
-def test_rebuild_through_the_dataset_registry():
-    from interfuse.train.restore import rebuild_task
-
-    options = {"probs": [0.9, 0.0], "n": 120, "length": 30, "seed": 3}
-    task = rebuild_task({"load": {"dataset": "motif", "options": options}})
-    direct = rebuild_task(
-        {
-            "synthetic": {**options, "xor_pair": None, "motif_length": 7},
-            "split": {"seed": 3, "fractions": [0.7, 0.15, 0.15]},
-        }
-    )
-    for m in ("m0", "m1"):
-        assert (task.test.inputs[m] == direct.test.inputs[m]).all()
-    assert (task.test.targets == direct.test.targets).all()
+def test_a_moved_run_folder_explains_reports_and_predicts(runs, tmp_path):
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(runs / "intense", moved)
+    for args in (
+        ("explain", moved, "--emap-samples", "0", "--quiet"),
+        ("report", moved),
+    ):
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+    assert load_run(moved).result == load_run(runs / "intense").result
 
 
 def test_explain_a_baseline_without_builtin_relevance(runs):
@@ -84,24 +78,23 @@ def test_explain_a_baseline_without_builtin_relevance(runs):
     result = run("explain", out, "--emap-samples", "8", "--quiet", "--method", "input")
     assert result.exit_code == 0, result.output
     explanation = strict_json((out / "explain.json").read_text())
-    assert explanation["method"] == "input"
-    assert all("builtin" not in pair for pair in explanation["spearman"]["unimodal"])
-    assert explanation["terms"]["m0"]["builtin"] is None
+    assert explanation["removal"] == "input"
+    assert all("builtin" not in pair for pair in explanation["agreement"]["unimodal"])
+    assert explanation["explanations"]["builtin"]["scores"]["m0"] is None
     assert "no built-in relevance" in (out / "report.md").read_text()
 
 
 def test_explain_errors_are_one_line(runs, tmp_path):
     result = run("explain", tmp_path / "nothing")
-    assert result.exit_code == 1 and "results.json" in result.output
+    assert result.exit_code == 1 and "run folder not found" in result.output
     out = runs / "late"
     result = run("explain", out, "--method", "mask", "--quiet")
     assert result.exit_code == 1 and "no missing-modality path" in result.output
-    # a run whose results lack the generator settings cannot be rebuilt
+    # a run folder of the previous version: a clear message, not a traceback
     old = tmp_path / "old"
-    old.mkdir()
-    results = json.loads((runs / "intense" / "results.json").read_text())
-    del results["config"]["synthetic"]
+    shutil.copytree(runs / "intense", old)
+    results = json.loads((old / "results.json").read_text())
+    del results["schema"]
     (old / "results.json").write_text(json.dumps(results))
-    (old / "best.safetensors").write_bytes((runs / "intense" / "best.safetensors").read_bytes())
     result = run("explain", old, "--quiet")
-    assert result.exit_code == 1 and "cannot rebuild the data" in result.output
+    assert result.exit_code == 1 and "made by an older version" in result.output

@@ -15,8 +15,8 @@ from interfuse.explain.coalitions import (
     parse_coalition,
     performance_game,
 )
-from interfuse.explain.games import mobius_transform, shapley_values
-from interfuse.explain.ranks import spearman
+from interfuse.games import mobius_transform, shapley_values
+from interfuse.ranks import spearman
 
 PLAYERS = ("text", "audio", "video", "eeg")
 

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from interfuse.explain.games import (
+from interfuse.games import (
     MAX_PLAYERS,
     coalition_values,
     inverse_mobius,

@@ -3,14 +3,14 @@ Shapley values rank the unimodal terms alike (and like the ground truth)."""
 
 import pytest
 
+from interfuse import load_run
 from interfuse.explain.posthoc import explain_model
-from interfuse.train.restore import load_trained_model
 
 
 @pytest.fixture(scope="module")
 def motif_explained(motif_demo_run):
     task, _, out = motif_demo_run
-    model, _ = load_trained_model(out)
+    model = load_run(out).model
     return explain_model(
         model,
         task.test,
@@ -25,14 +25,14 @@ def motif_explained(motif_demo_run):
     "pair", ["builtin~ablation", "builtin~shapley", "ablation~shapley", "shapley~truth"]
 )
 def test_unimodal_rankings_agree(motif_explained, pair):
-    assert motif_explained["spearman"]["unimodal"][pair] >= 0.8
+    assert motif_explained.agreement["unimodal"][pair] >= 0.8
 
 
 def test_shapley_orders_modalities_by_insertion_probability(motif_explained):
-    phi = motif_explained["shapley"]
+    phi = motif_explained.column("shapley")
     assert phi["m0"] > phi["m1"] > phi["m2"] > phi["m3"]
     assert abs(phi["m3"]) < 0.01  # the irrelevant source
 
 
 def test_little_accuracy_depends_on_interactions(motif_explained):
-    assert abs(motif_explained["emap"]["accuracy_gap"]) < 0.05
+    assert abs(motif_explained.explanations["emap"].details["accuracy_gap"]) < 0.05

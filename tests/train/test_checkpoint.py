@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from interfuse.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def trained_pieces():

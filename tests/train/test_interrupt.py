@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from interfuse.train.checkpoint import load_checkpoint
+from interfuse.checkpoint import load_checkpoint
 
 ARGS = [
     "--probs",

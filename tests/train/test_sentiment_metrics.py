@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from interfuse.train.metrics import compute_metrics, sentiment_metrics
+from interfuse.metrics import compute_metrics, sentiment_metrics
 
 
 def test_sentiment_metrics_by_hand():
@@ -32,7 +32,7 @@ def test_sentiment_metrics_edge_cases():
 def test_metric_sets():
     preds, labels = torch.randn(8, 1), torch.randn(8)
     default = compute_metrics("regression", preds, labels)
-    assert set(default) == {"loss", "mae", "pearson"}
+    assert set(default) == {"loss", "mae", "rmse", "r2", "pearson"}
     sentiment = compute_metrics("regression", preds, labels, "sentiment")
     assert set(sentiment) == set(default) | {
         "acc2_nonzero",

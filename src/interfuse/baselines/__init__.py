@@ -1,9 +1,12 @@
-"""Fusion baselines (SPEC §6): early and late fusion, TFN and LMF, trained like our model.
+"""Fusion baselines: early and late fusion, TFN and LMF, trained like our model.
 
 None of them has a built-in ``relevance()``; explain them post hoc with :mod:`interfuse.explain`
-(modality ablation, Shapley/Möbius values over modalities, EMAP). The remaining baselines of the
-SPEC are configurations of :class:`interfuse.MultimodalModel`: MNL without interactions
-(``interactions="none"``) and our model without IterBN/vBN (degree inflation).
+(modality ablation, Shapley/Möbius values over modalities, EMAP). Two more baselines are
+configurations of :class:`interfuse.MultimodalModel`: MNL without interactions (model ``mnl``)
+and our model without IterBN/vBN (degree inflation; ``iterbn=False, vbn=False``).
+
+Each file registers its model with :func:`interfuse.models.register_model`; a new baseline is
+one new file here plus its import below.
 """
 
 from .early import EarlyFusion

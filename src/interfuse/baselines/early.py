@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import FusionOutput
+from ..models import ModelSpec, register_model
 from ..terms import validate_modality_names
 from ._common import check_inputs, mlp_head, reject_masks
 
@@ -83,3 +84,21 @@ class EarlyFusion(nn.Module):
         reject_masks(masks, type(self).__name__)
         z = self.flatten(inputs)
         return FusionOutput(self.head(z), {"inputs": z}, {})
+
+
+def _early_options(config, modalities, shapes):
+    if set(shapes) != set(modalities):
+        raise ValueError("early fusion needs the per-sample input shape of every modality")
+    return {"input_shapes": {m: [int(s) for s in shapes[m]] for m in modalities}, "hidden": [128]}
+
+
+@register_model(
+    "early",
+    summary="flattened inputs concatenated → MLP (no built-in relevance)",
+    options=_early_options,
+)
+def _build_early(spec: ModelSpec, encoders: dict[str, nn.Module]) -> nn.Module:
+    shapes = spec.options["input_shapes"]
+    return EarlyFusion(
+        {m: shapes[m] for m in spec.modalities}, spec.num_outputs, hidden=spec.options["hidden"]
+    )

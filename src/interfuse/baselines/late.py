@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import FusionOutput
+from ..models import ModelSpec, register_model
 from ._common import EncoderFusion, mlp_head
 
 
@@ -41,3 +42,12 @@ class LateFusion(EncoderFusion):
         """``(B, Σ d_m)`` concatenation → head; ``blocks = {"concat": z}``."""
         z: Tensor = torch.cat(self._embeddings(embeddings), dim=1)
         return FusionOutput(self.head(z), {"concat": z}, dict(embeddings))
+
+
+@register_model(
+    "late",
+    summary="encoder outputs concatenated → linear head (no built-in relevance)",
+    options=lambda config, modalities, shapes: {"hidden": []},
+)
+def _build_late(spec: ModelSpec, encoders: dict[str, nn.Module]) -> nn.Module:
+    return LateFusion(encoders, spec.num_outputs, hidden=spec.options["hidden"])

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import FusionOutput
+from ..models import ModelSpec, register_model
 from ._common import EncoderFusion, mlp_head
 
 
@@ -80,3 +81,18 @@ class LowRankFusion(EncoderFusion):
         assert product is not None
         fused = torch.einsum("brf,r->bf", product, self.rank_weights) + self.fusion_bias
         return FusionOutput(self.head(fused), {"lowrank": fused}, dict(embeddings))
+
+
+@register_model(
+    "lmf",
+    summary="low-rank multimodal fusion (--rank = rank)",
+    options=lambda config, modalities, shapes: {"rank": config.rank, "fused_dim": 32, "hidden": []},
+)
+def _build_lmf(spec: ModelSpec, encoders: dict[str, nn.Module]) -> nn.Module:
+    return LowRankFusion(
+        encoders,
+        spec.num_outputs,
+        rank=spec.options["rank"],
+        fused_dim=spec.options["fused_dim"],
+        hidden=spec.options["hidden"],
+    )

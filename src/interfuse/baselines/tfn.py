@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import FusionOutput
+from ..models import ModelSpec, register_model
 from ._common import EncoderFusion, mlp_head
 
 MAX_FUSED_DIM = 1_000_000
@@ -76,3 +77,17 @@ class TensorFusion(EncoderFusion):
         h = self._embeddings(embeddings)
         z = tensor_fusion([self.projections[m](x) for m, x in zip(self.modalities, h)])
         return FusionOutput(self.head(z), {"tensor": z}, dict(embeddings))
+
+
+@register_model(
+    "tfn",
+    summary="tensor fusion network, outer product of [P_m h_m; 1] (--rank = projected size)",
+    options=lambda config, modalities, shapes: {"rank": config.rank, "hidden": [64]},
+)
+def _build_tfn(spec: ModelSpec, encoders: dict[str, nn.Module]) -> nn.Module:
+    return TensorFusion(
+        encoders,
+        spec.num_outputs,
+        factor_dim=spec.options["rank"],
+        hidden=spec.options["hidden"],
+    )

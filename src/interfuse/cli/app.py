@@ -1,4 +1,4 @@
-"""The ``interfuse`` command group and helpers shared by its commands."""
+"""The ``interfuse`` command group, its error boundary, and helpers shared by its commands."""
 
 from __future__ import annotations
 
@@ -10,16 +10,27 @@ from typing import Any
 
 import click
 
+from ..results import RunResult
+from ..train import TrainingInterrupted
+
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's validation errors into one-line CLI errors (exit status 1)."""
+    """The error boundary: library errors the user can fix become one line and exit status 1
+    (validation errors, missing files, file-system errors with their path); an interrupted run
+    exits with 128 + the signal number."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except TrainingInterrupted as stop:
+            click.echo(f"Error: {stop}", err=True)
+            raise SystemExit(stop.exit_code) from None
         except (ValueError, FileNotFoundError, PermissionError) as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:
+            where = f" ({error.filename})" if error.filename else ""
+            raise click.ClickException(f"{error.strerror or error}{where}") from None
 
     return wrapper
 
@@ -46,31 +57,27 @@ def parse_interactions(text: str) -> str | int | list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def print_run(title: str, results: dict[str, Any], out: Path) -> None:
-    from ..fusion.mnl import Relevance
-
-    test = results["metrics"]["test"]
-    truth = results.get("ground_truth") or {}
+def print_run(title: str, result: RunResult, out: Path) -> None:
+    """A finished run in a few lines: test score, relevance table, ground truth, report path."""
+    test = result.metrics.get("test", {})
+    truth = result.ground_truth or {}
     line = (
         f"test accuracy {test['accuracy']:.3f}"
         if "accuracy" in test
-        else (f"test loss {test['loss']:.4f}")
+        else f"test loss {test['loss']:.4f}"
     )
     if "bayes_accuracy" in truth:
         line += f" (Bayes-optimal {truth['bayes_accuracy']:.3f})"
     click.echo(
-        f"\n== {title}: {line}; best epoch {results['best_epoch']} of "
-        f"{results['epochs_run']}, {results['train_seconds']:.0f} s"
+        f"\n== {title}: {line}; best epoch {result.best_epoch} of "
+        f"{result.epochs_run}, {result.train_seconds:.0f} s"
     )
-    if results.get("relevance") is not None:
-        relevance = Relevance(
-            p=results["p"], beta=results["relevance_beta"], shares=results["relevance"]
-        )
-        click.echo(relevance.table())
+    if result.relevance is not None:
+        click.echo(result.relevance.table())
     else:
         click.echo("no built-in relevance (baseline); post-hoc: interfuse explain " + str(out))
-    if truth.get("term_shares"):
-        expected = ", ".join(f"{t} {s:.3f}" for t, s in truth["term_shares"].items() if s > 0)
+    if result.truth_shares:
+        expected = ", ".join(f"{t} {s:.3f}" for t, s in result.truth_shares.items() if s > 0)
         click.echo(f"ground-truth shares: {expected}")
     click.echo(f"report: {out / 'report.md'}")
 

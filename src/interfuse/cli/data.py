@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..data.registry import dataset_info, list_datasets
+from ..data.safe_pickle import convert_pickle
 from .app import main, user_errors
 
 
@@ -19,8 +21,6 @@ def datasets() -> None:
 
     Train on one with: interfuse train --dataset NAME [--data-path FILE] --out DIR
     """
-    from ..data.registry import dataset_info, list_datasets
-
     for name in list_datasets():
         info = dataset_info(name)
         modalities = ", ".join(
@@ -50,8 +50,6 @@ def convert(source: Path, target: Path, overwrite: bool) -> None:
     atomically and is read later without pickle, e.g. interfuse train --dataset mosi
     --data-path TARGET.
     """
-    from ..data.safe_pickle import convert_pickle
-
     if target.exists() and not overwrite:
         raise click.ClickException(f"{target} exists; pass --overwrite to replace it")
     written, skipped = convert_pickle(source, target)

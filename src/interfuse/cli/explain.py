@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
 
+from ..explain import explain_model
+from ..io import atomic_write_text
+from ..report import agreement_summary, comparison_table, render_explanation, render_report
+from ..run import BEST, load_run, read_history
 from .app import main, user_errors
 
 EXPLAIN_JSON = "explain.json"
@@ -18,6 +19,14 @@ EXPLAIN_MD = "explain.md"
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--data-path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Raw data to explain on (.npz or folder): arrays named as the run's modalities plus "
+    "'labels', or split keys (train/..., test/...). Default: reload the run's registered "
+    "dataset (runs trained from Python on arrays need this option).",
+)
 @click.option(
     "--method",
     type=click.Choice(["auto", "mask", "embedding", "input"]),
@@ -37,13 +46,20 @@ EXPLAIN_MD = "explain.md"
     "--emap-samples",
     default=256,
     show_default=True,
+    type=click.IntRange(min=0),
     help="Test samples N for EMAP, which costs M·N² evaluations; 0 skips EMAP.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the EMAP subsample.")
-@click.option("--batch-size", default=1024, show_default=True, help="Samples per forward pass.")
+@click.option(
+    "--batch-size",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Samples per forward pass.",
+)
 @click.option(
     "--checkpoint",
-    default="best.safetensors",
+    default=BEST,
     show_default=True,
     help="Checkpoint file in RUN_DIR to explain.",
 )
@@ -51,6 +67,7 @@ EXPLAIN_MD = "explain.md"
 @user_errors
 def explain(
     run_dir: Path,
+    data_path: Path | None,
     method: str,
     metric: str,
     emap_samples: int,
@@ -61,31 +78,20 @@ def explain(
 ) -> None:
     """Compare RUN_DIR's built-in relevance with ablation, Shapley, Möbius and EMAP.
 
-    Loads the finished run (checkpoint + results.json), regenerates its data, evaluates the
-    model on the test split with every subset of modalities removed, and writes
-    RUN_DIR/explain.json and RUN_DIR/explain.md (linked from report.md).
+    Loads the run (model, preprocessing, results), its data (reloaded from the recorded source,
+    or --data-path), evaluates the model on the test split with every subset of modalities
+    removed, and writes RUN_DIR/explain.json and RUN_DIR/explain.md (linked from report.md).
 
     Example: interfuse explain runs/xor
     """
-    from ..explain.posthoc import explain_model, render_explanation
-    from ..explain.report import render_report
-    from ..io import atomic_write_text
-    from ..train.restore import load_trained_model, rebuild_task
-
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        raise FileNotFoundError(f"{results_file} not found: is {run_dir} a finished run?")
-    results = json.loads(results_file.read_text(encoding="utf-8"))
-    config = results.get("config") or {}
-    model, header = load_trained_model(run_dir, checkpoint)
-    task = rebuild_task(config)
-    if list(task.modalities) != list(model.modalities):
-        raise ValueError(
-            f"the rebuilt data have modalities {task.modalities}, the model {model.modalities}"
+    run = load_run(run_dir, checkpoint)
+    if run.result is None:
+        raise FileNotFoundError(
+            f"{run_dir / 'results.json'} not found: is {run_dir} a finished run?"
         )
-    truth = (results.get("ground_truth") or {}).get("term_shares")
+    task = run.load_data(data_path)
     explanation = explain_model(
-        model,
+        run.model,
         task.test,
         task.task,
         task.train,
@@ -94,46 +100,24 @@ def explain(
         emap_samples=emap_samples,
         seed=seed,
         batch_size=batch_size,
-        metric_set=getattr(task, "metrics", "default"),
-        ground_truth=truth,
+        metric_set=task.metrics,
+        ground_truth=run.result.truth_shares,
         progress=not quiet,
         log=click.echo,
     )
-    explanation["run"] = {"dir": str(run_dir), "checkpoint": checkpoint}
-    atomic_write_text(run_dir / EXPLAIN_JSON, json.dumps(_json_safe(explanation), indent=2) + "\n")
-    title = str(config.get("dataset", run_dir.name))
-    atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, title))
-    render_report(run_dir)  # adds the link to explain.md
-    _print_summary(explanation)
-    click.echo(f"explanations: {run_dir / EXPLAIN_MD} and {run_dir / EXPLAIN_JSON}")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf → null, so explain.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _print_summary(explanation: Mapping[str, Any]) -> None:
-    from ..explain.posthoc import comparison_table
-
+    explanation = replace(explanation, run={"dir": str(run_dir), "checkpoint": checkpoint})
+    atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
+    atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, run.result.dataset))
+    render_report(run.result, run_dir, read_history(run_dir))  # adds the link to explain.md
     click.echo("")
     click.echo(comparison_table(explanation))
-    agreement = explanation["spearman"]["unimodal"]
-    if agreement:
-        parts = [
-            f"{pair.replace('~', '/')} {'n/a' if math.isnan(rho) else format(rho, '.2f')}"
-            for pair, rho in agreement.items()
-        ]
-        click.echo("Spearman ρ over unimodal terms: " + ", ".join(parts))
-    result = explanation.get("emap")
-    if result and result.get("accuracy_gap") is not None:
+    summary = agreement_summary(explanation)
+    if summary:
+        click.echo(summary)
+    emap = explanation.explanations.get("emap")
+    if emap is not None and emap.details.get("accuracy_gap") is not None:
         click.echo(
-            f"EMAP accuracy gap (model − additive projection, {result['n_samples']} samples): "
-            f"{result['accuracy_gap']:+.4f}"
+            f"EMAP accuracy gap (model − additive projection, {emap.details['n_samples']} "
+            f"samples): {emap.details['accuracy_gap']:+.4f}"
         )
+    click.echo(f"explanations: {run_dir / EXPLAIN_MD} and {run_dir / EXPLAIN_JSON}")

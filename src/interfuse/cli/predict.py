@@ -1,4 +1,4 @@
-"""``interfuse predict``: predictions of a finished run for new data, any modalities missing."""
+"""``interfuse predict``: predictions of a finished run for new raw data, any modalities missing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from ..data.arrays import LABELS, read_arrays
+from ..io import atomic_write_text
+from ..run import BEST, load_run
 from .app import main, user_errors
 
 
@@ -23,53 +26,51 @@ from .app import main, user_errors
 )
 @click.option(
     "--checkpoint",
-    default="best.safetensors",
+    default=BEST,
     show_default=True,
     help="Checkpoint file in RUN_DIR to predict with.",
 )
 @user_errors
 def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> None:
-    """Predict with RUN_DIR's model for the samples in DATA (.npz).
+    """Predict with RUN_DIR's model for the samples in DATA (.npz or a folder of .npy files).
 
-    DATA holds one array per modality, named as in the run (a `labels` array is ignored).
-    Leave a modality out to mark it missing for every sample, or fill a sample's row with NaN
-    to mark it missing for that sample. The CSV lists, per sample, the prediction and the
+    DATA holds one raw array per modality, named as in the run; the run's own preprocessing
+    (standardisation with its training statistics) is applied, so give features as they were
+    given to training. Leave a modality out to mark it missing for every sample, or fill a
+    sample's row with NaN to mark it missing for that sample. A `labels` array, if present, is
+    used to report accuracy / loss. The CSV lists, per sample, the predicted class (with the
+    class labels of training) and its probabilities, or the predicted values, and the
     modalities that were missing.
     """
-    import numpy as np
-    import torch
-
-    from ..inference import predict as run_predict
-    from ..io import atomic_write_text
-    from ..train.restore import load_trained_model
-
-    if not data.is_file():
-        raise FileNotFoundError(f"data file {data} not found")
-    model, header = load_trained_model(run_dir, checkpoint)
-    try:
-        with np.load(data, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files if k != "labels"}
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{data}: not a readable .npz archive ({error})") from None
-    result = run_predict(model, arrays)
-    classification = header.get("task", {}).get("kind") == "classification"
-    outputs = result.outputs
+    run = load_run(run_dir, checkpoint)
+    arrays = read_arrays(data)
+    labels = arrays.pop(LABELS, None)
+    if not arrays:
+        raise ValueError(f"{data}: no modality arrays (expected some of {run.modalities})")
+    result = run.predict(arrays)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    if classification:
-        probabilities = torch.softmax(outputs, dim=1)
-        writer.writerow(
-            ["sample", "prediction", *[f"p{k}" for k in range(outputs.shape[1])], "missing"]
-        )
-        rows = zip(probabilities.argmax(1).tolist(), probabilities.tolist())
-        for i, ((label, probs), missing) in enumerate(zip(rows, result.missing_names())):
+    if result.labels is not None and result.probabilities is not None:
+        classes = run.preprocessor.classes or ()
+        writer.writerow(["sample", "prediction", *[f"p({c})" for c in classes], "missing"])
+        rows = zip(result.labels, result.probabilities.tolist(), result.missing_names())
+        for i, (label, probs, missing) in enumerate(rows):
             writer.writerow([i, label, *[f"{p:.6g}" for p in probs], missing])
     else:
+        outputs = result.outputs
         writer.writerow(["sample", *[f"y{k}" for k in range(outputs.shape[1])], "missing"])
         for i, (values, missing) in enumerate(zip(outputs.tolist(), result.missing_names())):
             writer.writerow([i, *[f"{v:.6g}" for v in values], missing])
     target = out or run_dir / "predictions.csv"
+    if target.is_dir():
+        raise ValueError(f"--out {target} is a folder; name a CSV file")
     atomic_write_text(target, buffer.getvalue())
+    n = len(result.outputs)
     counts = result.missing_counts()
-    summary = ", ".join(f"{m} ({c} of {len(outputs)})" for m, c in counts.items()) or "none"
-    click.echo(f"{len(outputs)} predictions written to {target}; missing modalities: {summary}")
+    summary = ", ".join(f"{m} ({c} of {n})" for m, c in counts.items()) or "none"
+    click.echo(f"{n} predictions written to {target}; missing modalities: {summary}")
+    if labels is not None:
+        metrics = run.evaluate(arrays, labels)
+        click.echo(
+            "metrics on DATA's labels: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )

@@ -1,12 +1,13 @@
-"""``interfuse report``: re-render a finished run's report."""
+"""``interfuse report``: re-render a finished run's report from its results."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from ..report import render_report
+from ..run import read_history, read_results
 from .app import main, user_errors
 
 
@@ -14,10 +15,9 @@ from .app import main, user_errors
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @user_errors
 def report(run_dir: Path) -> None:
-    """Re-render RUN_DIR/report.md and its figures from a finished run's files."""
-    from ..explain.report import load_run, render_report
-
-    path = render_report(run_dir)
-    results = load_run(run_dir).results
-    click.echo(json.dumps(results["relevance"], indent=2))
+    """Re-render RUN_DIR/report.md and its figures from results.json and history.csv."""
+    result = read_results(run_dir)
+    path = render_report(result, run_dir, read_history(run_dir))
+    if result.relevance is not None:
+        click.echo(result.relevance.table())
     click.echo(f"report: {path}")

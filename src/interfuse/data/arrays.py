@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .batching import TensorData, split_indices
+from .preprocess import Preprocessor, sequence_lengths
 from .task import TaskData, TaskKind
 
 __all__ = [
@@ -131,40 +132,6 @@ def group_splits(
 # -- preprocessing -------------------------------------------------------------------
 
 
-def sequence_lengths(x: np.ndarray) -> np.ndarray:
-    """Valid lengths of front zero-padded sequences ``(N, T, d)`` (as ``SequenceGRU`` sees them)."""
-    nonzero = (x != 0).any(axis=-1)
-    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), x.shape[1])
-    return x.shape[1] - first
-
-
-def _padding_mask(x: np.ndarray) -> np.ndarray | None:
-    """``(N, T)`` True for data rows of a sequence array, ``None`` for feature vectors."""
-    if x.ndim != 3:
-        return None
-    return np.arange(x.shape[1])[None, :] >= (x.shape[1] - sequence_lengths(x))[:, None]
-
-
-def _fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mask = _padding_mask(x)
-    rows = x.reshape(len(x), -1) if mask is None else x[mask]
-    if len(rows) == 0:
-        return np.zeros(rows.shape[1:], np.float64), np.ones(rows.shape[1:], np.float64)
-    mean = rows.mean(axis=0, dtype=np.float64)
-    std = rows.std(axis=0, dtype=np.float64)
-    return mean, np.where(std > 1e-12, std, 1.0)
-
-
-def _apply_scaler(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    mask = _padding_mask(x)
-    if mask is None:
-        shape = x.shape
-        return ((x.reshape(len(x), -1) - mean) / std).reshape(shape).astype(np.float32)
-    out = ((x - mean) / std).astype(np.float32)
-    out[~mask] = 0.0
-    return out
-
-
 def default_encoder(modality: str, sample_shape: tuple[int, ...]) -> dict[str, Any]:
     """MLP for ``(d,)`` samples, SequenceGRU for ``(T, d)`` samples."""
     if len(sample_shape) == 1:
@@ -255,33 +222,23 @@ def from_splits(
 
     train_labels = checked["train"][1]
     task = task or _infer_task(train_labels)
-    class_names: list[str] | None = None
+    classes = None
     if task == "classification":
         classes = np.unique(np.concatenate([checked[s][1] for s in SPLITS]))
         if len(classes) < 2:
             raise ValueError(f"{prefix}classification needs at least 2 classes, got {classes}")
-        class_names = [str(c) for c in classes]
-        targets = {
-            s: torch.from_numpy(np.searchsorted(classes, checked[s][1]).astype(np.int64))
-            for s in SPLITS
-        }
-    else:
-        if train_labels.dtype.kind not in "biuf":
-            raise ValueError(f"{prefix}regression needs numeric labels, got {train_labels.dtype}")
-        targets = {s: torch.from_numpy(checked[s][1].astype(np.float32)) for s in SPLITS}
-        for s in SPLITS:
-            if not torch.isfinite(targets[s]).all():
-                raise ValueError(f"{prefix}split {s!r}: labels contain NaN or infinite values")
-
-    scalers = {m: _fit_scaler(checked["train"][0][m]) for m in modalities} if standardize else {}
+    elif train_labels.dtype.kind not in "biuf":
+        raise ValueError(f"{prefix}regression needs numeric labels, got {train_labels.dtype}")
+    preprocessor = Preprocessor.fit(
+        task, {m: checked["train"][0][m] for m in modalities}, classes, standardize
+    )
     data = {}
     for s in SPLITS:
-        tensors = {}
-        for m in modalities:
-            x = checked[s][0][m]
-            x = _apply_scaler(x, *scalers[m]) if standardize else x.astype(np.float32)
-            tensors[m] = torch.from_numpy(np.ascontiguousarray(x))
-        data[s] = TensorData(tensors, targets[s])
+        where = f"{prefix}split {s!r}"
+        targets = preprocessor.encode_labels(checked[s][1], where)
+        if task == "regression" and not torch.isfinite(targets).all():
+            raise ValueError(f"{where}: labels contain NaN or infinite values")
+        data[s] = TensorData(preprocessor.transform(checked[s][0], where), targets)
 
     specs = dict(encoders or {})
     unknown = sorted(set(specs) - set(modalities))
@@ -296,14 +253,15 @@ def from_splits(
         val=data["val"],
         test=data["test"],
         encoders={m: specs[m] for m in modalities},
-        num_classes=len(class_names) if class_names else None,
+        num_classes=len(classes) if classes is not None else None,
         info={
             "split_sizes": {s: len(data[s]) for s in SPLITS},
             "standardized": standardize,
             **(info or {}),
         },
         metrics=metrics,
-        class_names=class_names,
+        class_names=list(preprocessor.classes) if preprocessor.classes else None,
+        preprocessor=preprocessor,
     )
 
 

@@ -13,12 +13,19 @@ and kinds, task, splits, class names, where the data comes from) and loaded by i
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .task import TaskData, TaskKind
+from ..registry import Registry
+from .affect import AFFECT_DATASETS, load_affect
+from .arrays import load_npz_dataset
+from .mfeat import VIEWS, load_mfeat, mfeat_files
+from .synthetic import make_synthetic
+from .task import TaskData, TaskKind, synthetic_task
 
 __all__ = [
     "DatasetInfo",
@@ -67,40 +74,57 @@ class DatasetInfo:
     train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, DatasetInfo] = {}
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(info: DatasetInfo, replace: bool = False) -> None:
     """Add ``info`` to the registry (``replace=True`` to redefine an existing name)."""
-    if info.name in _REGISTRY and not replace:
-        raise ValueError(f"dataset {info.name!r} is already registered")
-    _REGISTRY[info.name] = info
+    DATASETS.add(info.name, info, replace=replace)
 
 
 def list_datasets() -> list[str]:
     """Names of the registered datasets, in registration order."""
-    return list(_REGISTRY)
+    return DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``; ``ValueError`` for an unknown name."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return DATASETS.get(name)
 
 
-def load_dataset(name: str, **options: Any) -> TaskData:
-    """Load a registered dataset; ``options`` go to its loader (e.g. ``path``, ``seed``)."""
+def load_dataset(name: str, /, **options: Any) -> TaskData:
+    """Load a registered dataset; ``options`` go to its loader (e.g. ``path``, ``seed``).
+
+    The task records how to load it again (``source``: dataset, options with absolute paths, and
+    the SHA-256 of a data file) and carries the dataset's ``train_defaults``.
+    """
     info = dataset_info(name)
     if info.needs_path and options.get("path") is None:
         raise ValueError(f"dataset {name!r} needs a data file: pass path=... (--data-path)")
+    path = options.get("path")
+    if path is not None:
+        options["path"] = str(Path(path).expanduser().resolve())
     task = info.loader(**options)
-    # How to load these data again (e.g. to explain a finished run); paths as strings for JSON.
-    task.info["load"] = {
+    task.source = {
         "dataset": name,
         "options": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in options.items()},
+        "path": options.get("path"),
+        "sha256": file_digest(Path(options["path"])) if options.get("path") else None,
     }
+    task.train_defaults = dict(info.train_defaults)
     return task
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 # -- built-in datasets -------------------------------------------------------------------
@@ -109,7 +133,7 @@ def load_dataset(name: str, **options: Any) -> TaskData:
 def load_motif(
     probs: Sequence[float] = (0.9, 0.6, 0.3, 0.0),
     *,
-    xor_pair: tuple[int, int] | None = None,
+    xor_pair: Sequence[int] | None = None,
     xor_prob: float = 1.0,
     n: int = 6000,
     length: int = 100,
@@ -118,12 +142,9 @@ def load_motif(
     name: str = "motif",
 ) -> TaskData:
     """The synthetic DNA benchmark (see :mod:`interfuse.data.synthetic`) as a task."""
-    from .synthetic import make_synthetic
-    from .task import synthetic_task
-
     data = make_synthetic(
         probs,
-        xor_pair=xor_pair,
+        xor_pair=None if xor_pair is None else (int(xor_pair[0]), int(xor_pair[1])),
         xor_prob=xor_prob,
         n=n,
         length=length,
@@ -134,14 +155,10 @@ def load_motif(
 
 
 def _load_mfeat(seed: int = 0, path: str | os.PathLike[str] | None = None, **kw: Any) -> TaskData:
-    from .mfeat import load_mfeat
-
     return load_mfeat(seed, path=path, **kw)
 
 
 def _mfeat_status() -> str:
-    from .mfeat import mfeat_files
-
     try:
         mfeat_files()
     except FileNotFoundError as error:
@@ -152,23 +169,16 @@ def _mfeat_status() -> str:
 def _affect_loader(name: str) -> Callable[..., TaskData]:
     def load(path: str | os.PathLike[str], seed: int = 0, **kw: Any) -> TaskData:
         """Fixed MultiBench splits: ``seed`` is accepted for a uniform interface and unused."""
-        from .affect import load_affect
-
         return load_affect(name, path, **kw)
 
     return load
 
 
 def _load_npz(path: str | os.PathLike[str], seed: int = 0, **kw: Any) -> TaskData:
-    from .arrays import load_npz_dataset
-
     return load_npz_dataset(path, seed=seed, **kw)
 
 
 def _register_builtins() -> None:
-    from .affect import AFFECT_DATASETS
-    from .mfeat import VIEWS
-
     register_dataset(
         DatasetInfo(
             name="motif",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from interfuse.explain.games import coalition_values, shapley_values
+from interfuse.games import coalition_values, shapley_values
 from interfuse.io import atomic_write_bytes
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from .batching import TensorData, split_indices
+from .preprocess import Preprocessor
 from .synthetic import SyntheticData
 
 TaskKind = Literal["classification", "regression"]
@@ -19,10 +21,17 @@ class TaskData:
     """Train/validation/test splits plus everything needed to build a model for them.
 
     ``encoders`` maps each modality to an encoder specification understood by
-    :func:`interfuse.train.config.build_encoder` (e.g. ``{"type": "sequence_cnn"}``).
-    ``metrics`` names the metric set evaluation reports (see
-    :data:`interfuse.train.metrics.METRIC_SETS`; ``"sentiment"`` adds MAE, Acc-2, F1 and Acc-7
+    :func:`interfuse.encoders.build_encoder` (e.g. ``{"type": "sequence_cnn"}``) or an
+    ``nn.Module``. ``metrics`` names the metric set evaluation reports (see
+    :data:`interfuse.metrics.METRIC_SETS`; ``"sentiment"`` adds MAE, Acc-2, F1 and Acc-7
     for labels in [-3, 3]); ``class_names`` optionally names classes ``0 .. num_classes - 1``.
+
+    ``preprocessor`` is what turned raw arrays into these tensors (fitted on the training split;
+    saved in every run folder so that new raw data can be predicted); ``None`` means the tensors
+    are used as given. ``train_defaults`` are training settings this dataset needs (e.g. mfeat's
+    λ and p): :func:`interfuse.train.fit` applies them to every setting the caller did not set.
+    ``source`` says where the data came from (dataset name, loader options, file path and
+    content hash), so a run can be checked against, and rebuilt from, its data.
     """
 
     name: str
@@ -36,6 +45,9 @@ class TaskData:
     info: dict[str, Any] = field(default_factory=dict)
     metrics: str = "default"
     class_names: list[str] | None = None
+    preprocessor: Preprocessor | None = None
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -80,6 +92,27 @@ class TaskData:
     def num_outputs(self) -> int:
         return self.num_classes if self.task == "classification" else 1
 
+    def fitted_preprocessor(self) -> Preprocessor:
+        """The preprocessing to store with a run (identity when the tensors were given as is)."""
+        if self.preprocessor is not None:
+            return self.preprocessor
+        return Preprocessor.identity(self.task, self.train.inputs, self.num_classes)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every split's tensors and targets: equal fingerprints, equal data and split.
+
+        A resumed run compares it with the one it started with, so another file, another split
+        seed or other preprocessing cannot silently continue a run.
+        """
+        digest = hashlib.sha256()
+        for split in ("train", "val", "test"):
+            data: TensorData = getattr(self, split)
+            for name, tensor in [*sorted(data.inputs.items()), ("<targets>", data.targets)]:
+                t = tensor.detach().cpu().contiguous()
+                digest.update(f"{split}/{name}/{t.dtype}/{tuple(t.shape)}".encode())
+                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
 
 def synthetic_task(
     data: SyntheticData,
@@ -100,6 +133,7 @@ def synthetic_task(
         test=full.subset(test),
         encoders={m: {"type": "sequence_cnn"} for m in data.modalities},
         num_classes=2,
+        class_names=["0", "1"],
         ground_truth=data.ground_truth.to_dict(),
         # generator settings and split seed: enough to rebuild the splits exactly (explain)
         info={

@@ -1,33 +1,34 @@
-"""Explanations of multimodal models: cooperative games over modalities and run reports.
+"""Post-hoc explanations of trained multimodal models, beside the built-in relevance.
 
-Post-hoc relevance of any trained model lives in submodules (imported explicitly, since they
-build on :mod:`interfuse.train`): :mod:`.removal` (the operator that removes modalities),
-:mod:`.coalitions` (coalition scores, Shapley/Möbius/interaction indices), :mod:`.ablation`,
-:mod:`.emap` and :mod:`.posthoc` (everything beside the built-in relevance).
+Every method rests on one operator that removes modalities (:mod:`.removal`) and on the
+coalition metrics computed from it (:mod:`.coalitions`). Each explainer is one file that
+registers itself (:mod:`.base`): :mod:`.builtin`, :mod:`.ablation`, :mod:`.shapley`,
+:mod:`.mobius`, :mod:`.emap`. :func:`explain_model` (:mod:`.posthoc`) runs them all.
+The pure game theory (Shapley, Möbius) lives in :mod:`interfuse.games`.
 """
 
-from interfuse.explain.games import (
-    coalition_values,
-    inverse_mobius,
-    mobius_transform,
-    shapley_values,
-)
-from interfuse.explain.report import (
-    fidelity,
-    load_run,
-    relevance_table,
-    render_comparison,
-    render_report,
-)
+# registration order = column order in explain.md, so these imports are not sorted
+from interfuse.explain import builtin  # noqa: I001
+from interfuse.explain import ablation
+from interfuse.explain import shapley
+from interfuse.explain import mobius
+from interfuse.explain import emap
+from interfuse.explain.base import EXPLAINERS, ExplainContext, Explainer, register_explainer
+from interfuse.explain.posthoc import explain_cost, explain_model, rank_agreement
+from interfuse.explain.removal import ModalityRemoval
 
 __all__ = [
-    "coalition_values",
-    "fidelity",
-    "inverse_mobius",
-    "load_run",
-    "mobius_transform",
-    "relevance_table",
-    "render_comparison",
-    "render_report",
-    "shapley_values",
+    "EXPLAINERS",
+    "ExplainContext",
+    "Explainer",
+    "ModalityRemoval",
+    "ablation",
+    "builtin",
+    "emap",
+    "explain_cost",
+    "explain_model",
+    "mobius",
+    "rank_agreement",
+    "register_explainer",
+    "shapley",
 ]

@@ -18,9 +18,12 @@ from itertools import combinations
 from typing import Any
 
 from ..data.batching import TensorData
+from ..games import Coalition
+from ..metrics import LOWER_IS_BETTER
+from ..results import Explanation
 from ..terms import term_name
-from .coalitions import LOWER_IS_BETTER, coalition_metrics
-from .games import Coalition
+from .base import ExplainContext, register_explainer
+from .coalitions import coalition_metrics
 from .removal import ModalityRemoval
 
 
@@ -79,3 +82,17 @@ def modality_ablation(
     coalitions = [everyone, *(everyone - set(t) for t in terms)]
     metrics = coalition_metrics(removal, data, task, coalitions, metric_set, progress)
     return ablation_from_coalitions(metrics, players, terms)
+
+
+@register_explainer
+class AblationExplainer:
+    """Δ when a term's modalities are removed, read off the shared coalition metrics."""
+
+    name = "ablation"
+    label = "ablation Δ"
+    description = "how much worse the metric gets when the term's modalities are removed"
+
+    def explain(self, context: ExplainContext) -> Explanation:
+        ablation = ablation_from_coalitions(context.coalitions, context.players, context.terms)
+        scores: dict[str, float | None] = dict(ablation.drop(context.metric))
+        return Explanation(self.name, self.label, self.description, scores, ablation.to_dict())

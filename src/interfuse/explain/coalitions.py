@@ -27,16 +27,15 @@ from collections.abc import Mapping, Sequence
 from tqdm.auto import tqdm
 
 from ..data.batching import TensorData
-from ..train.metrics import compute_metrics
-from .games import MAX_PLAYERS, Coalition, mobius_transform, shapley_values
+from ..games import MAX_PLAYERS, Coalition, mobius_transform, shapley_values
+from ..metrics import LOWER_IS_BETTER, compute_metrics
 from .removal import ModalityRemoval
 
-LOWER_IS_BETTER = frozenset({"loss", "mae"})
 """Metrics for which smaller values are better (their game is negated)."""
 
 
 def all_coalitions(players: Sequence[str]) -> list[Coalition]:
-    """The ``2^M`` subsets of ``players`` in bit-mask order (as :mod:`interfuse.explain.games`)."""
+    """The ``2^M`` subsets of ``players`` in bit-mask order (as :mod:`interfuse.games`)."""
     coalitions: list[Coalition] = [frozenset()]
     for player in players:
         coalitions += [s | {player} for s in coalitions]

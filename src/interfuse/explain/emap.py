@@ -31,7 +31,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data.batching import TensorData
-from ..train.metrics import compute_metrics
+from ..metrics import compute_metrics
+from ..results import Explanation
+from .base import ExplainContext, register_explainer
 from .removal import evaluation_mode, has_encode_fuse, model_modalities
 
 Function = Callable[[dict[str, Tensor]], Tensor]
@@ -187,3 +189,33 @@ def _batched(
         for k, v in fn({m: x[index] for m, x in inputs.items()}).items():
             parts.setdefault(k, []).append(v.detach().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@register_explainer
+class EmapExplainer:
+    """EMAP's accuracy gap (no per-term values: EMAP compares whole models)."""
+
+    name = "emap"
+    label = "EMAP"
+    description = "model vs its additive projection (Hessel & Lee, EMNLP 2020)"
+
+    def explain(self, context: ExplainContext) -> Explanation:
+        details: dict[str, Any] = {}
+        if context.emap_samples > 0:
+            result = emap(
+                context.model,
+                context.data,
+                context.task,
+                context.emap_samples,
+                context.seed,
+                metric_set=context.metric_set,
+                progress=context.progress,
+            )
+            details = {
+                **result.to_dict(),
+                "subsample_seed": context.seed,
+                "subsample": subsample(
+                    len(context.data), context.emap_samples, context.seed
+                ).tolist(),
+            }
+        return Explanation(self.name, self.label, self.description, {}, details)

@@ -5,7 +5,7 @@ other modality ``m ∉ S`` is replaced by a baseline. Three baselines (``method`
 
 * ``"mask"``: the model's own missing-modality path, ``model.fuse(h, masks)`` with
   ``masks[m] = False`` (a :class:`~interfuse.MultimodalModel` replaces the block of ``m`` and of
-  every interaction containing ``m`` by its expectation 0; SPEC §1.10);
+  every interaction containing ``m`` by its expectation 0; ``docs/missing-modalities.md``);
 * ``"embedding"``: the encoder output ``h_m`` is replaced by its training mean ``E[h_m]``
   (models with ``encode``/``fuse``);
 * ``"input"``: the raw input ``x_m`` is replaced by its training mean ``E[x_m]`` (any model;
@@ -19,32 +19,29 @@ run once per sample; each coalition then costs only a pass through the fusion pa
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..baselines._common import EncoderFusion
 from ..data.batching import TensorData
+from ..model import MultimodalModel
 
 Method = Literal["auto", "mask", "embedding", "input"]
 METHODS: tuple[str, ...] = ("mask", "embedding", "input")
 
 
 def has_encode_fuse(model: nn.Module) -> bool:
-    """The model splits into per-modality encoders (``encode``) and a fusion part (``fuse``)."""
-    return callable(getattr(model, "encode", None)) and callable(getattr(model, "fuse", None))
+    """The model splits into per-modality encoders (``encode``) and a fusion part (``fuse``):
+    :class:`~interfuse.MultimodalModel` and the encoder-based baselines."""
+    return isinstance(model, (MultimodalModel, EncoderFusion))
 
 
 def supports_masks(model: nn.Module) -> bool:
-    """``model.fuse`` takes per-sample presence ``masks`` (a missing-modality path)."""
-    if not has_encode_fuse(model):
-        return False
-    try:
-        return "masks" in inspect.signature(model.fuse).parameters
-    except (TypeError, ValueError):
-        return False
+    """The model has a missing-modality path (``fuse(embeddings, masks)``): ours."""
+    return isinstance(model, MultimodalModel)
 
 
 def resolve_method(model: nn.Module, method: str = "auto") -> str:

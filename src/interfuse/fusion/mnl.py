@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from ..results import Relevance
 
 
 def check_p(p: float) -> float:
@@ -48,41 +49,6 @@ def optimal_beta(norms: Tensor, p: float) -> Tensor:
     if denominator == 0:
         return torch.zeros_like(norms)
     return numerator / denominator
-
-
-@dataclass(frozen=True)
-class Relevance:
-    """Relevance of each term: ``beta`` (‖β‖_p = 1) and ``shares`` (β normalised to sum to 1)."""
-
-    p: float
-    beta: dict[str, float]
-    shares: dict[str, float]
-
-    @property
-    def terms(self) -> list[str]:
-        return list(self.beta)
-
-    def ranking(self) -> list[str]:
-        """Terms sorted by decreasing share."""
-        return sorted(self.shares, key=self.shares.__getitem__, reverse=True)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"p": self.p, "beta": dict(self.beta), "shares": dict(self.shares)}
-
-    def table(self) -> str:
-        """A plain-text table, one row per term, sorted by share."""
-        width = max([len("term"), *(len(t) for t in self.beta)])
-        lines = [
-            f"{'term':<{width}}  {'share':>7}  {'beta (p=' + format(self.p, 'g') + ')':>12}",
-            f"{'-' * width}  {'-' * 7}  {'-' * 12}",
-        ]
-        for t in self.ranking():
-            bar = "#" * round(30 * self.shares[t])
-            lines.append(f"{t:<{width}}  {self.shares[t]:7.3f}  {self.beta[t]:12.4f}  {bar}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
 
 
 class MNLFusion(nn.Module):

@@ -1,22 +1,16 @@
-"""Training on top of the core: Lightning module, resumable runs, metrics and checkpoints."""
+"""Training on top of the core: configuration, Lightning module, resumable runs into run folders."""
 
-from interfuse.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from interfuse.train.config import TrainConfig, build_model, model_description
-from interfuse.train.metrics import compute_metrics, evaluate, predict
+from interfuse.train.config import RESUMABLE_CHANGES, TrainConfig
+from interfuse.train.interrupt import TrainingInterrupted
 from interfuse.train.module import FusionModule
-from interfuse.train.runner import RunFolderError, fit
+from interfuse.train.runner import RunFolderError, TrainingState, fit
 
 __all__ = [
-    "CheckpointError",
+    "RESUMABLE_CHANGES",
     "FusionModule",
     "RunFolderError",
     "TrainConfig",
-    "build_model",
-    "compute_metrics",
-    "evaluate",
+    "TrainingInterrupted",
+    "TrainingState",
     "fit",
-    "load_checkpoint",
-    "model_description",
-    "predict",
-    "save_checkpoint",
 ]

@@ -1,218 +1,201 @@
-"""Training hyperparameters and the JSON model description that rebuilds a model exactly."""
+"""Training hyperparameters: one dataclass, the single source of every default.
+
+The command line derives its ``interfuse train`` options from the fields of :class:`TrainConfig`
+(name, default and help text live here), so a default is written once.
+
+Dataset defaults: a dataset may need other settings than the library's defaults (mfeat: λ, p,
+epochs). :class:`TrainConfig` remembers which fields its caller set; :func:`interfuse.train.fit`
+fills every field that was *not* set from the data's ``train_defaults``. So
+``fit(load_dataset("mfeat"), TrainConfig())`` trains what ``interfuse train --dataset mfeat``
+trains, and ``TrainConfig(lam=0.1)`` still wins over the dataset's λ.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import torch
-from torch import nn
+from ..models import MODELS
+from ..terms import InteractionSpec
 
-from ..baselines import EarlyFusion, LateFusion, LowRankFusion, TensorFusion
-from ..encoders import MLP, SequenceCNN, SequenceGRU
-from ..model import MultimodalModel
-from ..terms import InteractionSpec, resolve_interactions, term_name
+__all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
 
-ENCODER_TYPES: dict[str, type[nn.Module]] = {
-    "sequence_cnn": SequenceCNN,
-    "mlp": MLP,
-    "sequence_gru": SequenceGRU,
-}
+RESUMABLE_CHANGES = frozenset({"epochs"})
+"""Settings that may differ when a run is resumed (train longer); every other one must match."""
 
 
-MODEL_NAMES = ("intense", "mnl", "early", "late", "tfn", "lmf")
-"""``intense``: :class:`MultimodalModel` (MNL head with IterBN interactions); ``mnl``: the same
-without interaction terms; ``early``/``late``: early/late fusion; ``tfn``: tensor fusion network;
-``lmf``: low-rank multimodal fusion (see :mod:`interfuse.baselines`)."""
-
-BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "early": {"hidden": (128,)},
-    "late": {"hidden": ()},
-    "tfn": {"hidden": (64,)},
-    "lmf": {"fused_dim": 32, "hidden": ()},
-}
-"""Fixed architecture settings of the baselines; ``tfn``/``lmf`` take their size k / rank r from
-``TrainConfig.rank``."""
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one run (SPEC §3). Every field is JSON-safe."""
+    """Hyperparameters of one run. Every field is JSON-safe; see the field help texts."""
 
-    interactions: InteractionSpec = "pairs"
-    rank: int = 8
-    p: float = 2.0
-    lam: float = 5e-2
-    iterbn: bool = True
-    vbn: bool = True
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 5
-    seed: int = 0
-    max_grad_norm: float | None = None
-    model: str = "intense"
-    modality_dropout: float = 0.0
+    model: str = field(
+        default="intense",
+        metadata=_help("Architecture (registered models; intense is ours with interactions)."),
+    )
+    interactions: InteractionSpec = field(
+        default="pairs",
+        metadata=_help(
+            "Interaction terms: none, pairs, all, a maximal order (e.g. 3), or a list such as "
+            "m0*m1,m1*m2."
+        ),
+    )
+    rank: int = field(
+        default=8,
+        metadata=_help(
+            "Size r of each modality's interaction factor (an order-k term has r^k coordinates); "
+            "tfn: projected size; lmf: rank."
+        ),
+    )
+    p: float = field(
+        default=2.0, metadata=_help("lp-norm of the relevance weights, p >= 1 (1 is sparsest).")
+    )
+    lam: float = field(
+        default=5e-2, metadata=_help("Strength λ of the group-norm regulariser Ω_p in the loss.")
+    )
+    iterbn: bool = field(
+        default=True,
+        metadata=_help(
+            "Wick-normalise interaction products (IterBN); --no-iterbn uses raw products of "
+            "uncentred factors (shows degree inflation)."
+        ),
+    )
+    vbn: bool = field(
+        default=True,
+        metadata=_help("Vector-wise batch norm on every block; --no-vbn feeds raw blocks."),
+    )
+    epochs: int = field(default=20, metadata=_help("Maximal number of epochs."))
+    batch_size: int = field(default=128, metadata=_help("Training batch size."))
+    lr: float = field(default=3e-3, metadata=_help("AdamW learning rate."))
+    weight_decay: float = field(
+        default=1e-4,
+        metadata=_help("AdamW weight decay of encoders and factors (never of the MNL head)."),
+    )
+    patience: int = field(
+        default=5,
+        metadata=_help("Stop after this many epochs without a better validation loss."),
+    )
+    seed: int = field(
+        default=0, metadata=_help("Seed of initialisation, shuffling and (by default) data.")
+    )
+    max_grad_norm: float | None = field(
+        default=None, metadata=_help("Clip the gradient norm to this value (off by default).")
+    )
+    modality_dropout: float = field(
+        default=0.0,
+        metadata=_help(
+            "Drop each modality of each training sample with this probability, so the model "
+            "learns to predict when modalities are missing."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.interactions, tuple):
-            self.interactions = list(self.interactions)
+            object.__setattr__(self, "interactions", list(self.interactions))
         checks = [
-            (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
-            (math.isfinite(self.p) and self.p >= 1, f"p must be >= 1, got {self.p}"),
-            (math.isfinite(self.lam) and self.lam >= 0, f"lam must be >= 0, got {self.lam}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (
-                self.batch_size >= 2,
+                self.model in MODELS,
+                f"unknown model {self.model!r}; choose one of {', '.join(MODELS.names())}",
+            ),
+            (_int(self.rank) and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank}"),
+            (_real(self.p) and self.p >= 1, f"p must be >= 1, got {self.p}"),
+            (_real(self.lam) and self.lam >= 0, f"lam must be >= 0, got {self.lam}"),
+            (_int(self.epochs) and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (
+                _int(self.batch_size) and self.batch_size >= 2,
                 f"batch_size must be >= 2 (batch statistics), got {self.batch_size}",
             ),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (_real(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
             (
-                self.model in MODEL_NAMES,
-                f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}",
+                _real(self.weight_decay) and self.weight_decay >= 0,
+                f"weight_decay must be >= 0, got {self.weight_decay}",
             ),
             (
-                0.0 <= self.modality_dropout < 1.0,
+                _int(self.patience) and self.patience >= 1,
+                f"patience must be >= 1, got {self.patience}",
+            ),
+            (_int(self.seed) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed}"),
+            (
+                self.max_grad_norm is None
+                or (_real(self.max_grad_norm) and self.max_grad_norm > 0),
+                f"max_grad_norm must be > 0, got {self.max_grad_norm}",
+            ),
+            (
+                _real(self.modality_dropout) and 0.0 <= self.modality_dropout < 1.0,
                 f"modality_dropout must be in [0, 1), got {self.modality_dropout}",
-            ),
-            (
-                self.modality_dropout == 0.0 or self.model in ("intense", "mnl"),
-                f"modality dropout needs a model with a missing-modality path (intense or mnl), "
-                f"not {self.model!r}",
             ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.modality_dropout > 0 and not MODELS.get(self.model).masks:
+            capable = [n for n in MODELS.names() if MODELS.get(n).masks]
+            raise ValueError(
+                f"modality dropout needs a model with a missing-modality path "
+                f"({' or '.join(capable)}), not {self.model!r}"
+            )
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The fields the caller set explicitly (the others may take dataset defaults)."""
+        return self.__dict__.get("_given", frozenset())
+
+    def with_defaults(self, defaults: Mapping[str, Any]) -> TrainConfig:
+        """This configuration with every field the caller did not set taken from ``defaults``."""
+        unknown = sorted(set(defaults) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown training settings in dataset defaults: {unknown}")
+        changes = {k: v for k, v in defaults.items() if k not in self.given}
+        return self.replace(**changes) if changes else self
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``; the fields set explicitly are those of both."""
+        values = {**self.to_dict(), **changes}
+        given = self.given | frozenset(changes)
+        config = TrainConfig(**values)
+        object.__setattr__(config, "_given", given)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """From :meth:`to_dict`'s output; an unknown key is an error naming it."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Names of the fields whose values differ (``interactions`` compared as lists)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [name for name in mine if mine[name] != theirs[name]]
 
 
-def build_encoder(spec: dict[str, Any], modality: str = "?") -> nn.Module:
-    """Instantiate an encoder from ``{"type": name, **kwargs}``."""
-    kwargs = dict(spec)
-    kind = kwargs.pop("type", None)
-    if kind not in ENCODER_TYPES:
-        raise ValueError(
-            f"modality {modality!r}: unknown encoder type {kind!r}; known: {sorted(ENCODER_TYPES)}"
-        )
-    return ENCODER_TYPES[kind](**kwargs)
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
-def model_description(
-    encoders: dict[str, dict[str, Any]],
-    config: TrainConfig,
-    num_outputs: int,
-    input_shapes: dict[str, list[int]] | None = None,
-) -> dict[str, Any]:
-    """The JSON document from which :func:`build_model` rebuilds the model.
-
-    ``config.model`` picks the architecture (:data:`MODEL_NAMES`); ``input_shapes`` (per-sample
-    shape of each modality's input) is needed only by early fusion.
-    """
-    modalities = list(encoders)
-    if config.model not in ("intense", "mnl"):
-        return _baseline_description(config, modalities, encoders, num_outputs, input_shapes)
-    interactions = "none" if config.model == "mnl" else config.interactions
-    terms = resolve_interactions(interactions, modalities)
-    return {
-        "model": config.model,
-        "modalities": modalities,
-        "encoders": {m: dict(spec) for m, spec in encoders.items()},
-        "interactions": [term_name(t) for t in terms],
-        "rank": config.rank,
-        "p": config.p,
-        "iterbn": config.iterbn,
-        "vbn": config.vbn,
-        "num_outputs": num_outputs,
-    }
+def _real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _baseline_description(
-    config: TrainConfig,
-    modalities: list[str],
-    encoders: dict[str, dict[str, Any]],
-    num_outputs: int,
-    input_shapes: dict[str, list[int]] | None,
-) -> dict[str, Any]:
-    description: dict[str, Any] = {
-        "model": config.model,
-        "modalities": modalities,
-        "encoders": {m: dict(spec) for m, spec in encoders.items()},
-        "num_outputs": num_outputs,
-    }
-    if config.model == "early":
-        if input_shapes is None or set(input_shapes) != set(modalities):
-            raise ValueError("early fusion needs the per-sample input shape of every modality")
-        description["input_shapes"] = {m: [int(s) for s in input_shapes[m]] for m in modalities}
-        description["hidden"] = list(BASELINE_DEFAULTS["early"]["hidden"])
-    else:
-        description.update(
-            {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in BASELINE_DEFAULTS[config.model].items()
-            }
-        )
-        if config.model in ("tfn", "lmf"):
-            description["rank"] = config.rank
-    return description
+_dataclass_init = TrainConfig.__init__
 
 
-def build_model(description: dict[str, Any], seed: int | None = None) -> nn.Module:
-    """Build the model described by :func:`model_description`'s output (seeded if ``seed``).
-
-    ``description["model"]`` (default ``"intense"``) selects :class:`MultimodalModel` or a
-    baseline of :mod:`interfuse.baselines`.
-    """
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
-        if seed is not None:
-            torch.manual_seed(seed)
-        return _build(description)
+@functools.wraps(_dataclass_init)
+def _init_recording_given(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+    _dataclass_init(self, *args, **kwargs)
+    names = [f.name for f in fields(TrainConfig)]
+    object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
 
 
-def _build(description: dict[str, Any]) -> nn.Module:
-    kind = description.get("model", "intense")
-    if kind not in MODEL_NAMES:
-        raise ValueError(f"unknown model {kind!r}; known: {', '.join(MODEL_NAMES)}")
-    num_outputs = description["num_outputs"]
-    if kind == "early":
-        shapes = description["input_shapes"]
-        return EarlyFusion(
-            {m: shapes[m] for m in description["modalities"]},
-            num_outputs,
-            hidden=description["hidden"],
-        )
-    encoders = {m: build_encoder(description["encoders"][m], m) for m in description["modalities"]}
-    if kind == "late":
-        return LateFusion(encoders, num_outputs, hidden=description["hidden"])
-    if kind == "tfn":
-        return TensorFusion(
-            encoders, num_outputs, factor_dim=description["rank"], hidden=description["hidden"]
-        )
-    if kind == "lmf":
-        return LowRankFusion(
-            encoders,
-            num_outputs,
-            rank=description["rank"],
-            fused_dim=description["fused_dim"],
-            hidden=description["hidden"],
-        )
-    return MultimodalModel(
-        encoders,
-        interactions=description["interactions"],
-        rank=description["rank"],
-        num_outputs=description["num_outputs"],
-        p=description["p"],
-        iterbn=description["iterbn"],
-        vbn=description["vbn"],
-    )
+TrainConfig.__init__ = _init_recording_given  # type: ignore[method-assign]

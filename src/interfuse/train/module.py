@@ -7,15 +7,16 @@ import torch
 from torch import Tensor, nn
 
 from ..fusion.mnl import MNLFusion
+from ..metrics import task_loss
 from ..model import MultimodalModel
-from .metrics import task_loss
 
 
 class FusionModule(pl.LightningModule):
-    """Trains a :class:`MultimodalModel` with ``loss = task loss + lam · Ω_p(W)`` (SPEC §3).
+    """Trains a :class:`MultimodalModel` with ``loss = task loss + lam · Ω_p(W)``.
 
-    A baseline model (no ``regularizer()``, no MNL head) is trained on the task loss alone, with
-    ``weight_decay`` on all its parameters.
+    ``regularize`` (default: whether ``model`` is a :class:`MultimodalModel`) adds λ·Ω_p, the
+    MNL head's group-norm regulariser (``docs/training.md``). A baseline (no MNL head) is trained
+    on the task loss alone, with ``weight_decay`` on all its parameters.
 
     AdamW updates the encoders, interaction factors and the head's bias with ``weight_decay``; the
     head's weight blocks get no weight decay, since Ω_p already regularises them.
@@ -36,6 +37,7 @@ class FusionModule(pl.LightningModule):
         modality_dropout: float = 0.0,
         seed: int = 0,
         epoch_offset: int = 0,
+        regularize: bool | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= modality_dropout < 1.0:
@@ -48,6 +50,7 @@ class FusionModule(pl.LightningModule):
         self.modality_dropout = modality_dropout
         self.seed = seed
         self.epoch_offset = epoch_offset
+        self.regularize = isinstance(model, MultimodalModel) if regularize is None else regularize
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.model(inputs).prediction
@@ -59,7 +62,7 @@ class FusionModule(pl.LightningModule):
         loss_task = task_loss(self.task, prediction, targets)
         n = len(targets)
         loss = loss_task
-        if hasattr(self.model, "regularizer"):  # baselines have no Ω_p
+        if self.regularize:  # baselines have no Ω_p
             regulariser = self.model.regularizer()
             loss = loss_task + self.lam * regulariser
             self.log("train_regularizer", regulariser, on_step=False, on_epoch=True, batch_size=n)

@@ -1,9 +1,10 @@
 """``fit``: train a model on a :class:`TaskData` into a run folder, resumably.
 
-A run folder holds ``config.json`` (model description + hyperparameters), ``last.safetensors``
-(written after every epoch: model, optimiser, early-stopping state, history), ``best.safetensors``
-(the model with the best validation loss so far), and at the end ``results.json``,
-``history.csv`` and the report. Model selection and early stopping use the validation split only.
+The run folder's format is described in :mod:`interfuse.run` (and ``docs/run-folder.md``).
+Model selection and early stopping use the validation split only. ``fit`` returns a typed
+:class:`~interfuse.results.RunResult` and writes ``results.json`` and ``history.csv``; rendering
+a report from it is the caller's choice (:func:`interfuse.report.render_report`, as
+``interfuse train`` does).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +24,39 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..data.batching import batch_loader
+from ..data.preprocess import Preprocessor
 from ..data.task import TaskData
+from ..explain.ablation import modality_ablation
+from ..explain.removal import ModalityRemoval
+from ..inference import evaluate
 from ..io import atomic_write_text
-from ..model import MultimodalModel
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TrainConfig, build_model, model_description
+from ..models import ModelSpec, build_model, model_entry, model_spec
+from ..results import Relevance, RunResult
+from ..run import (
+    BEST,
+    CONFIG,
+    HISTORY,
+    LAST,
+    RESULTS,
+    RunFolderError,
+    lock_run_folder,
+    save_run_checkpoint,
+)
+from .config import RESUMABLE_CHANGES, TrainConfig
 from .interrupt import InterruptFlag, TrainingInterrupted, catch_interrupts
-from .metrics import evaluate
 from .module import FusionModule
 
-LAST = "last.safetensors"
-BEST = "best.safetensors"
-RESULT_FILES = ("results.json", LAST, BEST)
+__all__ = [
+    "RunFolderError",
+    "TrainingState",
+    "fit",
+    "missing_modality_metrics",
+    "prepare_run_folder",
+]
 
-
-class RunFolderError(ValueError):
-    """The output folder cannot be used: holds a run already, not writable, nothing to resume."""
+RESULT_FILES = (RESULTS, LAST, BEST)
 
 
 def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
@@ -61,6 +80,23 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
     return out
 
 
+@dataclass
+class TrainingState:
+    """Where training stands (stored in every checkpoint, so a resumed run continues exactly)."""
+
+    epoch: int = 0
+    best_loss: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainingState:
+        return cls(**dict(values))
+
+
 class RunRecorder(pl.Callback):
     """After every epoch: validate, log relevance, checkpoint, select the best model, stop early."""
 
@@ -80,28 +116,28 @@ class RunRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interrupted:
             return  # a partial epoch: last.safetensors keeps the last complete one
-        run = self.run
-        run.state["epoch"] += 1
+        run, state = self.run, self.run.state
+        state.epoch += 1
         train_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")
         }
         val = evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics)
-        shares = run.model.relevance().shares if hasattr(run.model, "relevance") else {}
-        row = {"epoch": run.state["epoch"], **train_metrics}
+        relevance = run.relevance()
+        row = {"epoch": state.epoch, **train_metrics}
         row.update({f"val_{k}": v for k, v in val.items()})
-        row.update({f"share:{t}": s for t, s in shares.items()})
-        run.state["history"].append(row)
+        row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
+        state.history.append(row)
         for key in ("loss", "accuracy"):
             if key in val:
                 pl_module.log(f"val_{key}", val[key], prog_bar=True)
 
-        if val["loss"] < run.state["best_loss"]:
-            run.state.update(best_loss=val["loss"], best_epoch=run.state["epoch"], bad_epochs=0)
+        if val["loss"] < state.best_loss:
+            state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], state.epoch, 0
             run.save(BEST)
         else:
-            run.state["bad_epochs"] += 1
-        if run.state["bad_epochs"] >= run.config.patience:
-            run.state["stopped_early"] = True
+            state.bad_epochs += 1
+        if state.bad_epochs >= run.config.patience:
+            state.stopped_early = True
             trainer.should_stop = True
         run.save(LAST, optimizer=trainer.optimizers[0])
         run.write_history()
@@ -114,67 +150,97 @@ class _Run:
         self,
         data: TaskData,
         config: TrainConfig,
-        description: dict[str, Any],
+        spec: ModelSpec,
         out: Path,
         resume: bool,
+        encoders: Mapping[str, nn.Module],
     ) -> None:
         self.data = data
         self.config = config
         self.out = out
-        self.description = description
-        self.optimizer_state: dict[str, Any] | None = None
-        self.state: dict[str, Any] = {
-            "epoch": 0,
-            "best_loss": float("inf"),
-            "best_epoch": 0,
-            "bad_epochs": 0,
-            "stopped_early": False,
-            "history": [],
-            "train_seconds": 0.0,
+        self.spec = spec
+        self.entry = model_entry(spec)
+        self.preprocessor: Preprocessor = data.fitted_preprocessor()
+        self.provenance = {
+            "name": data.name,
+            "source": data.source,
+            "fingerprint": data.fingerprint(),
+            "split_sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
+            "metrics": data.metrics,
+            "info": data.info,
         }
+        self.optimizer_state: dict[str, Any] | None = None
+        self.state = TrainingState()
         if resume:
             model_state, header, self.optimizer_state = load_checkpoint(out / LAST)
-            saved = header.get("model") or {}
-            if saved != self.description:
-                differs = sorted(
-                    k
-                    for k in set(saved) | set(self.description)
-                    if saved.get(k) != self.description.get(k)
-                )
-                raise CheckpointError(
-                    f"{out / LAST} was written for a different model or data: "
-                    f"{', '.join(differs)} differ (checkpoint modalities "
-                    f"{saved.get('modalities')}, now {self.description['modalities']}); "
-                    f"resume with the same dataset and options"
-                )
-            self.model: MultimodalModel | nn.Module = build_model(self.description)
+            self._check_resumable(header)
+            self.model = build_model(spec, encoders=encoders)
             self.model.load_state_dict(model_state)
-            self.state.update(header["state"])
+            self.state = TrainingState.from_dict(header["state"])
         else:
-            self.model = build_model(self.description, seed=config.seed)
-            atomic_write_text(
-                out / "config.json",
-                json.dumps(self.header(), indent=2, default=str) + "\n",
+            self.model = build_model(spec, seed=config.seed, encoders=encoders)
+            atomic_write_text(out / CONFIG, json.dumps(self.header(), indent=2, default=str) + "\n")
+
+    def _check_resumable(self, header: Mapping[str, Any]) -> None:
+        """Refuse to continue a run with other data, another model or other settings."""
+        last = self.out / LAST
+        saved_spec = header.get("spec")
+        if saved_spec != self.spec.to_dict():
+            saved = saved_spec or {}
+            now = self.spec.to_dict()
+            differs = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise CheckpointError(
+                f"{last} was written for a different model or data: {', '.join(differs)} differ "
+                f"(checkpoint modalities {saved.get('modalities')}, now {now['modalities']}); "
+                f"resume with the same dataset and options"
+            )
+        saved_data = header.get("data") or {}
+        if saved_data.get("fingerprint") != self.provenance["fingerprint"]:
+            what = [
+                k
+                for k in ("source", "split_sizes")
+                if saved_data.get(k) != json.loads(json.dumps(self.provenance[k], default=str))
+            ]
+            raise CheckpointError(
+                f"{last} was trained on other data: the data fingerprint differs"
+                + (f" ({', '.join(what)} differ)" if what else " (same shapes, other values)")
+                + "; a different file, data seed or split would mix training and test samples. "
+                "Resume with the same data and --data-seed, or start a new run"
+            )
+        saved_config = TrainConfig.from_dict(header.get("config") or {})
+        changed = [k for k in self.config.differences(saved_config) if k not in RESUMABLE_CHANGES]
+        if changed:
+            old = saved_config.to_dict()
+            new = self.config.to_dict()
+            detail = ", ".join(f"{k} {old[k]!r} → {new[k]!r}" for k in changed)
+            raise CheckpointError(
+                f"{last}: cannot resume with other training settings ({detail}); only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change on resume"
             )
 
     def header(self) -> dict[str, Any]:
         return {
-            "model": self.description,
-            "train": self.config.to_dict(),
+            "config": self.config.to_dict(),
+            "data": self.provenance,
             "task": {
-                "name": self.data.name,
                 "kind": self.data.task,
                 "num_classes": self.data.num_classes,
+                "class_names": self.data.class_names,
             },
         }
 
+    def relevance(self) -> Relevance | None:
+        return self.model.relevance() if self.entry.relevance else None
+
     def save(self, name: str, optimizer: Any = None) -> None:
-        header = {**self.header(), "state": self.state}
+        header = {**self.header(), "state": asdict(self.state)}
         state = optimizer.state_dict() if optimizer is not None else None
-        save_checkpoint(self.out / name, self.model.state_dict(), header, state)
+        save_run_checkpoint(
+            self.out / name, self.model, self.spec, self.preprocessor, header, state
+        )
 
     def write_history(self) -> None:
-        rows = self.state["history"]
+        rows = self.state.history
         columns: list[str] = []
         for row in rows:
             columns += [c for c in row if c not in columns]
@@ -182,113 +248,130 @@ class _Run:
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(self.out / "history.csv", buffer.getvalue())
+        atomic_write_text(self.out / HISTORY, buffer.getvalue())
 
 
 def fit(
     data: TaskData,
-    config: TrainConfig,
-    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    out_dir: str | Path = "runs/run",
     *,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    report: bool = True,
-) -> dict[str, Any]:
+    encoders: Mapping[str, nn.Module | Mapping[str, Any]] | None = None,
+) -> RunResult:
     """Train, select the best epoch on validation, evaluate, and write the run folder.
 
-    Returns the content of ``results.json``.
+    Args:
+        data: the task (splits, encoders, preprocessing, dataset defaults).
+        config: training settings; fields not set explicitly take ``data.train_defaults``.
+        out_dir: the run folder (created; locked while training).
+        resume: continue the run in ``out_dir`` from ``last.safetensors``; refused when the
+            data, the model or any setting other than ``epochs`` differs.
+        overwrite: replace a finished run in ``out_dir``.
+        encoders: per modality, an ``nn.Module`` or an encoder spec replacing ``data.encoders``
+            (a module not registered by name must be passed again to :func:`interfuse.load_run`).
+
+    Returns the :class:`RunResult` also written to ``results.json``.
     """
+    config = (config or TrainConfig()).with_defaults(data.train_defaults)
+    given = dict(encoders or {})
+    unknown = sorted(set(given) - set(data.modalities))
+    if unknown:
+        raise ValueError(
+            f"encoders given for unknown modalities {unknown}; data has {data.modalities}"
+        )
+    modules = {m: e for m, e in given.items() if isinstance(e, nn.Module)}
+    specs = {m: given.get(m, data.encoders[m]) for m in data.modalities}
     shapes = {m: list(x.shape[1:]) for m, x in data.train.inputs.items()}
-    description = model_description(  # validates first
-        data.encoders, config, data.num_outputs, input_shapes=shapes
-    )
+    spec = model_spec(config.model, specs, config, data.num_outputs, input_shapes=shapes)
     out = prepare_run_folder(out_dir, resume, overwrite)
-    run = _Run(data, config, description, out, resume)
-    remaining = config.epochs - run.state["epoch"]
-    if remaining > 0 and not run.state["stopped_early"]:
-        module = FusionModule(
-            run.model,
-            data.task,
-            config.lam,
-            config.lr,
-            config.weight_decay,
-            modality_dropout=config.modality_dropout,
-            seed=config.seed,
-            epoch_offset=run.state["epoch"],
-        )
-        interrupted = InterruptFlag()
-        trainer = pl.Trainer(
-            max_epochs=remaining,
-            accelerator="auto",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            gradient_clip_val=config.max_grad_norm,
-            callbacks=[RunRecorder(run, interrupted)],
-        )
-        loader = batch_loader(
-            data.train,
-            config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            start_epoch=run.state["epoch"],
-        )
-        started = time.perf_counter()
-        with warnings.catch_warnings(), catch_interrupts(interrupted):
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-            try:
-                trainer.fit(module, train_dataloaders=loader)
-            except SIGTERMException:
-                pass  # Lightning's reaction to the SIGTERM that `interrupted` recorded
-        if interrupted:
-            raise TrainingInterrupted(interrupted.signum, run.state["epoch"], str(out / LAST))
-        run.state["train_seconds"] += time.perf_counter() - started
-        run.save(LAST, optimizer=trainer.optimizers[0])  # keeps the accumulated time
-    return finish(run, report)
+    with lock_run_folder(out):
+        run = _Run(data, config, spec, out, resume, modules)
+        _train(run, progress)
+        return finish(run)
 
 
-def finish(run: _Run, report: bool = True) -> dict[str, Any]:
-    """Reload the best model, evaluate it on validation and test, write results and report."""
+def _train(run: _Run, progress: bool) -> None:
+    config = run.config
+    remaining = config.epochs - run.state.epoch
+    if remaining <= 0 or run.state.stopped_early:
+        return
+    module = FusionModule(
+        run.model,
+        run.data.task,
+        config.lam,
+        config.lr,
+        config.weight_decay,
+        modality_dropout=config.modality_dropout,
+        seed=config.seed,
+        epoch_offset=run.state.epoch,
+        regularize=run.entry.relevance,
+    )
+    interrupted = InterruptFlag()
+    trainer = pl.Trainer(
+        max_epochs=remaining,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=config.max_grad_norm,
+        callbacks=[RunRecorder(run, interrupted)],
+    )
+    loader = batch_loader(
+        run.data.train,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        start_epoch=run.state.epoch,
+    )
+    started = time.perf_counter()
+    with warnings.catch_warnings(), catch_interrupts(interrupted):
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        try:
+            trainer.fit(module, train_dataloaders=loader)
+        except SIGTERMException:
+            pass  # Lightning's reaction to the SIGTERM that `interrupted` recorded
+    if interrupted:
+        raise TrainingInterrupted(interrupted.signum, run.state.epoch, str(run.out / LAST))
+    run.state.train_seconds += time.perf_counter() - started
+    run.save(LAST, optimizer=trainer.optimizers[0])  # keeps the accumulated time
+
+
+def finish(run: _Run) -> RunResult:
+    """Reload the best model, evaluate it on every split, write results.json and history.csv."""
     best_state, _, _ = load_checkpoint(run.out / BEST)
     run.model.load_state_dict(best_state)
-    relevance = run.model.relevance() if hasattr(run.model, "relevance") else None
-    results: dict[str, Any] = {
-        # baselines have no built-in relevance: null (see `interfuse explain` for post-hoc ones)
-        "relevance": relevance.shares if relevance is not None else None,
-        "relevance_beta": relevance.beta if relevance is not None else None,
-        "p": relevance.p if relevance is not None else None,
-        "metrics": {
-            split: evaluate(
-                run.model, getattr(run.data, split), run.data.task, metric_set=run.data.metrics
-            )
+    data = run.data
+    result = RunResult(
+        dataset=data.name,
+        task=data.task,
+        model=run.spec.to_dict(),
+        config=run.config.to_dict(),
+        metrics={
+            split: evaluate(run.model, getattr(data, split), data.task, metric_set=data.metrics)
             for split in ("train", "val", "test")
         },
-        "best_epoch": run.state["best_epoch"],
-        "epochs_run": run.state["epoch"],
-        "stopped_early": run.state["stopped_early"],
-        "train_seconds": round(run.state["train_seconds"], 2),
-        "config": {"dataset": run.data.name, **run.config.to_dict(), **run.data.info},
-        "model": run.description,
-    }
-    missing = missing_modality_metrics(run.model, run.data)
-    if missing is not None:
-        results["missing_modalities"] = missing
-    if run.data.ground_truth is not None:
-        results["ground_truth"] = run.data.ground_truth
-    atomic_write_text(run.out / "results.json", json.dumps(results, indent=2) + "\n")
+        relevance=run.relevance(),
+        best_epoch=run.state.best_epoch,
+        epochs_run=run.state.epoch,
+        stopped_early=run.state.stopped_early,
+        train_seconds=round(run.state.train_seconds, 2),
+        missing_modalities=missing_modality_metrics(run.model, data) if run.entry.masks else None,
+        ground_truth=data.ground_truth,
+        class_names=data.class_names,
+        data=run.provenance,
+    )
+    atomic_write_text(run.out / RESULTS, result.to_json())
     run.write_history()
-    if report:
-        from ..explain.report import render_report
-
-        render_report(run.out)
-    return results
+    return result
 
 
 def missing_modality_metrics(
@@ -296,11 +379,8 @@ def missing_modality_metrics(
 ) -> dict[str, dict[str, float]] | None:
     """Test metrics with no modality missing (``"none"``) and with each set of up to
     ``max_order`` modalities missing for every sample, through the model's own missing-modality
-    path; ``None`` for models without one (the baselines)."""
-    from ..explain.ablation import modality_ablation
-    from ..explain.removal import ModalityRemoval, supports_masks
-
-    if not supports_masks(model) or len(data.modalities) < 2:
+    path; ``None`` with fewer than two modalities."""
+    if len(data.modalities) < 2:
         return None
     removal = ModalityRemoval(model, method="mask")
     order = min(max_order, len(data.modalities) - 1)  # keep at least one modality

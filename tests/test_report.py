@@ -1,55 +1,58 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from interfuse.explain.report import (
-    RunRecord,
-    fidelity,
-    load_run,
+from interfuse.ranks import fidelity
+from interfuse.report import (
     plot_history,
     plot_relevance,
     relevance_table,
     render_comparison,
     render_report,
 )
+from interfuse.results import SCHEMA, Relevance, RunResult, SchemaError
+from interfuse.run import read_history, read_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHARES = {"m0": 0.55, "m1": 0.3, "m2": 0.1, "m3": 0.01, "m0*m1": 0.03, "m0*m1*m2": 0.01}
 TRUTH = {"m0": 0.565, "m1": 0.302, "m2": 0.133, "m3": 0.0}
 
 
-def make_results(shares=SHARES, truth=TRUTH, dataset="motif", test_accuracy=0.96):
-    results = {
-        "relevance": dict(shares),
-        "relevance_beta": {t: round(1.5 * v, 6) for t, v in shares.items()},
-        "p": 2.0,
-        "metrics": {
+def make_result(shares=SHARES, truth=TRUTH, dataset="motif", test_accuracy=0.96) -> RunResult:
+    return RunResult(
+        dataset=dataset,
+        task="classification",
+        model={"model": "intense", "modalities": ["m0", "m1", "m2", "m3"]},
+        config={"interactions": "pairs", "rank": 8, "iterbn": True},
+        metrics={
             "val": {"accuracy": 0.97, "loss": 0.1},
             "test": {"accuracy": test_accuracy, "loss": 0.125, "macro_f1": 0.955},
         },
-        "best_epoch": 7,
-        "epochs_run": 10,
-        "train_seconds": 41.2,
-        "config": {"dataset": dataset, "interactions": "pairs", "rank": 8, "iterbn": True},
-    }
-    if truth is not None:
-        results["ground_truth"] = {
+        relevance=Relevance(
+            p=2.0, beta={t: round(1.5 * v, 6) for t, v in shares.items()}, shares=dict(shares)
+        ),
+        best_epoch=7,
+        epochs_run=10,
+        stopped_early=False,
+        train_seconds=41.2,
+        ground_truth=None
+        if truth is None
+        else {
             "term_shares": dict(truth),
             "bayes_accuracy": 0.986,
             "relevant_terms": ["m0", "m1", "m2"],
-        }
-    return results
+        },
+    )
 
 
-def write_run(folder, results=None, epochs=4, shares=SHARES):
+def write_run(folder, result=None, epochs=4, shares=SHARES):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(make_results() if results is None else results))
+    (folder / "results.json").write_text((make_result() if result is None else result).to_json())
     if epochs:
         with open(folder / "history.csv", "w", newline="") as f:
             writer = csv.writer(f)
@@ -59,6 +62,10 @@ def write_run(folder, results=None, epochs=4, shares=SHARES):
             for e in range(1, epochs + 1):
                 writer.writerow([e, 1 / e, 1.2 / e, 1 - 0.4 / e] + [v for v in shares.values()])
     return folder
+
+
+def render(folder):
+    return render_report(read_results(folder), folder, read_history(folder))
 
 
 def assert_png(path, min_bytes=5_000):
@@ -77,41 +84,46 @@ def no_temp_files(folder):
 # --------------------------------------------------------------------------- load_run
 
 
-def test_load_run(tmp_path):
-    run = load_run(write_run(tmp_path / "run"))
-    assert isinstance(run, RunRecord)
-    assert run.path == tmp_path / "run"
-    assert run.results["relevance"] == SHARES
-    assert len(run.history) == 4
-    assert run.history[0]["epoch"] == 1.0
-    assert run.history[1]["share:m0*m1"] == pytest.approx(0.03)
-    assert run.history[3]["val_loss"] == pytest.approx(0.3)
+def test_results_round_trip_and_history(tmp_path):
+    folder = write_run(tmp_path / "run")
+    assert read_results(folder) == make_result()
+    history = read_history(folder)
+    assert len(history) == 4
+    assert history[0]["epoch"] == 1.0
+    assert history[1]["share:m0*m1"] == pytest.approx(0.03)
+    assert history[3]["val_loss"] == pytest.approx(0.3)
 
 
-def test_load_run_without_history(tmp_path):
-    run = load_run(write_run(tmp_path / "run", epochs=0))
-    assert run.history == []
+def test_no_history_is_empty(tmp_path):
+    assert read_history(write_run(tmp_path / "run", epochs=0)) == []
 
 
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_run(tmp_path / "nowhere")
+        read_results(tmp_path / "nowhere")
 
 
 def test_missing_results_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json"):
-        load_run(tmp_path)
+        read_results(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "content",
-    ['{"relevance": {"m0": 1.0}', "[1, 2]", '{"metrics": {}}', '{"relevance": {"m0": "big"}}'],
-    ids=["broken-json", "not-an-object", "no-relevance", "non-numeric-share"],
+    "content, message",
+    [
+        ('{"relevance": {"m0": 1.0}', "invalid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"relevance": {"m0": 1.0}}', "older version"),
+        (f'{{"schema": "{SCHEMA}", "relevance": null}}', "malformed"),
+        (f'{{"schema": "{SCHEMA}", "surprise": 1}}', "unexpected keys"),
+        ('{"schema": "interfuse-run/99"}', "unknown schema"),
+    ],
+    ids=["broken-json", "not-an-object", "old-version", "incomplete", "unknown-key", "newer"],
 )
-def test_invalid_results_is_named(tmp_path, content):
+def test_invalid_results_is_named(tmp_path, content, message):
     (tmp_path / "results.json").write_text(content)
-    with pytest.raises(ValueError, match="results.json"):
-        load_run(tmp_path)
+    with pytest.raises(SchemaError, match=f"results.json.*{message}|{message}.*results.json"):
+        read_results(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -129,20 +141,20 @@ def test_malformed_history_is_named(tmp_path, content):
     write_run(tmp_path, epochs=0)
     (tmp_path / "history.csv").write_text(content)
     with pytest.raises(ValueError, match="history.csv"):
-        load_run(tmp_path)
+        read_history(tmp_path)
 
 
 def test_undecodable_history_is_named(tmp_path):
     write_run(tmp_path, epochs=0)
     (tmp_path / "history.csv").write_bytes(b"epoch,val_loss\n1,\xff\xfe\n")
     with pytest.raises(ValueError, match="history.csv"):
-        load_run(tmp_path)
+        read_history(tmp_path)
 
 
 def test_history_blank_cells_are_nan(tmp_path):
     write_run(tmp_path, epochs=0)
     (tmp_path / "history.csv").write_text("epoch,val_loss\n1,\n2,0.5\n")
-    history = load_run(tmp_path).history
+    history = read_history(tmp_path)
     assert math.isnan(history[0]["val_loss"]) and history[1]["val_loss"] == 0.5
 
 
@@ -240,7 +252,7 @@ def test_plot_relevance_rejects_empty(tmp_path):
 
 
 def test_plot_history(tmp_path):
-    history = load_run(write_run(tmp_path / "run")).history
+    history = read_history(write_run(tmp_path / "run"))
     assert_png(plot_history(history, tmp_path / "hist.png"))
     assert plot_history([], tmp_path / "empty.png") is None
     assert not (tmp_path / "empty.png").exists()
@@ -265,7 +277,7 @@ def test_plots_do_not_open_pyplot_figures(tmp_path):
 
 def test_render_report(tmp_path):
     run = write_run(tmp_path / "run")
-    report = render_report(run)
+    report = render(run)
     assert report == run / "report.md"
     assert_png(run / "relevance.png")
     assert_png(run / "history.png")
@@ -296,36 +308,39 @@ def test_render_report(tmp_path):
 
 
 def test_render_report_minimal_run(tmp_path):
-    run = tmp_path / "bare"
-    run.mkdir()
-    (run / "results.json").write_text(json.dumps({"relevance": {"x": 0.75, "x*y": 0.25}}))
-    text = render_report(run).read_text(encoding="utf-8")
+    result = RunResult(
+        dataset="bare",
+        task="regression",
+        model={"model": "intense"},
+        config={},
+        metrics={},
+        relevance=Relevance(p=1.0, beta={"x": 0.75, "x*y": 0.25}, shares={"x": 0.75, "x*y": 0.25}),
+        best_epoch=1,
+        epochs_run=1,
+        stopped_early=False,
+        train_seconds=0.0,
+    )
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
     assert "`x*y`" in text and "0.750" in text
     assert "history" not in text.lower().split("## relevance")[1]
     assert "Fidelity" not in text and "Bayes" not in text
-    assert not (run / "history.png").exists()
-    assert_png(run / "relevance.png", min_bytes=2_000)
+    assert not (tmp_path / "history.png").exists()
+    assert_png(tmp_path / "relevance.png", min_bytes=2_000)
 
 
 def test_render_report_overwrites(tmp_path):
     run = write_run(tmp_path / "run")
-    render_report(run)
-    results = make_results(dataset="second")
-    (run / "results.json").write_text(json.dumps(results))
-    assert "second" in render_report(run).read_text(encoding="utf-8")
+    render(run)
+    (run / "results.json").write_text(make_result(dataset="second").to_json())
+    assert "second" in render(run).read_text(encoding="utf-8")
     assert no_temp_files(run)
 
 
 def test_render_comparison(tmp_path):
-    on = write_run(tmp_path / "on")
-    off_shares = {"m0": 0.4, "m1": 0.3, "m2": 0.2, "m3": 0.1}
-    off = write_run(
-        tmp_path / "off",
-        results=make_results(shares=off_shares, test_accuracy=0.9),
-        shares=off_shares,
-    )
+    on = make_result()
+    off = make_result(shares={"m0": 0.4, "m1": 0.3, "m2": 0.2, "m3": 0.1}, test_accuracy=0.9)
     out = tmp_path / "cmp" / "nested"
-    md = render_comparison({"IterBN+vBN on": on, "off": str(off)}, out)
+    md = render_comparison({"IterBN+vBN on": on, "off": off}, out)
     assert md == out / "comparison.md"
     assert_png(out / "comparison.png")
     assert no_temp_files(out)
@@ -341,16 +356,13 @@ def test_render_comparison(tmp_path):
 
 
 def test_render_comparison_without_truth(tmp_path):
-    a = write_run(tmp_path / "a", results=make_results(truth=None), epochs=0)
-    md = render_comparison({"a": a}, tmp_path)
+    md = render_comparison({"a": make_result(truth=None)}, tmp_path)
     assert "ground truth" not in md.read_text(encoding="utf-8")
 
 
 def test_render_comparison_errors(tmp_path):
     with pytest.raises(ValueError):
         render_comparison({}, tmp_path)
-    with pytest.raises(FileNotFoundError, match="missing"):
-        render_comparison({"x": tmp_path / "missing"}, tmp_path)
 
 
 def test_png_pixels_are_not_blank(tmp_path):

@@ -1,0 +1,255 @@
+"""The fitted preprocessing of a task: feature standardisation and the label mapping.
+
+A :class:`Preprocessor` is fitted on the training split only and stored in every run folder,
+so that a trained model sees new raw data exactly as it saw its training data:
+
+* **Standardisation** (optional, per modality): each feature minus its training mean, divided
+  by its training standard deviation (1 where the feature is constant). In sequences
+  ``(N, T, d)`` (front zero-padded, the MultiBench convention) only rows after the padding
+  count, and padding stays zero. A sample whose whole row is NaN is *missing* for that modality
+  (see :func:`interfuse.predict`) and stays NaN.
+* **Labels**: for classification, the sorted distinct raw labels (as strings) define the class
+  indices ``0 .. C-1``; :meth:`Preprocessor.encode_labels` maps raw labels to indices and
+  :meth:`Preprocessor.decode` maps indices back.
+
+The state is numbers and strings only (:meth:`state` / :meth:`from_state`), saved without pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Preprocessor", "Scaler", "sequence_lengths"]
+
+
+def sequence_lengths(x: np.ndarray) -> np.ndarray:
+    """Valid lengths of front zero-padded sequences ``(N, T, d)`` (as ``SequenceGRU`` sees them)."""
+    nonzero = (x != 0).any(axis=-1)
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), x.shape[1])
+    return x.shape[1] - first
+
+
+def _padding_mask(x: np.ndarray) -> np.ndarray | None:
+    """``(N, T)`` True for data rows of a sequence array, ``None`` for other arrays."""
+    if x.ndim != 3:
+        return None
+    return np.arange(x.shape[1])[None, :] >= (x.shape[1] - sequence_lengths(x))[:, None]
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature ``mean`` and ``std`` (float64) of one modality's training rows.
+
+    ``mean``/``std`` have the shape of one sample (feature vectors and other fixed shapes) or
+    of one time step (sequences ``(T, d)``: shape ``(d,)``, with ``sequence=True``).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    sequence: bool
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Scaler:
+        """Statistics of the present (not all-NaN) samples of ``x``; padding rows excluded."""
+        x = x[_present_rows(x)]
+        mask = _padding_mask(x)
+        rows = x.reshape(len(x), -1) if mask is None else x[mask]
+        if len(rows) == 0:
+            width = rows.shape[1:]
+            return cls(np.zeros(width), np.ones(width), mask is not None)
+        mean = rows.mean(axis=0, dtype=np.float64)
+        std = rows.std(axis=0, dtype=np.float64)
+        return cls(mean, np.where(std > 1e-12, std, 1.0), mask is not None)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``(x − mean) / std`` as float32; padding stays zero and missing rows stay NaN."""
+        if self.sequence:
+            mask = _padding_mask(x)
+            out = ((x - self.mean) / self.std).astype(np.float32)
+            out[~mask] = 0.0
+            return out
+        shape = x.shape
+        return ((x.reshape(len(x), -1) - self.mean) / self.std).reshape(shape).astype(np.float32)
+
+
+def _present_rows(x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind != "f":
+        return np.ones(len(x), dtype=bool)
+    return ~np.isnan(x.reshape(len(x), -1)).all(axis=1)
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """What a run does to raw arrays before the model sees them (see the module docstring).
+
+    ``sample_shapes``: per-sample shape of each modality (``-1`` for a variable sequence
+    length); ``scalers``: per modality, empty when the task is not standardised; ``classes``:
+    raw label values (as strings) of class indices ``0 .. C-1``, ``None`` for regression.
+    """
+
+    task: str
+    modalities: tuple[str, ...]
+    sample_shapes: Mapping[str, tuple[int, ...]]
+    scalers: Mapping[str, Scaler] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        task: str,
+        train_inputs: Mapping[str, np.ndarray],
+        classes: Sequence[Any] | None = None,
+        standardize: bool = True,
+    ) -> Preprocessor:
+        """Fit on the training split's raw arrays (``classes``: the distinct raw labels)."""
+        shapes = {m: _sample_shape(x) for m, x in train_inputs.items()}
+        scalers = (
+            {m: Scaler.fit(np.asarray(x)) for m, x in train_inputs.items()} if standardize else {}
+        )
+        return cls(
+            task=task,
+            modalities=tuple(train_inputs),
+            sample_shapes=shapes,
+            scalers=scalers,
+            classes=None
+            if classes is None
+            else tuple(_label_string(c) for c in np.asarray(classes).tolist()),
+        )
+
+    @classmethod
+    def identity(
+        cls, task: str, inputs: Mapping[str, Tensor], num_classes: int | None = None
+    ) -> Preprocessor:
+        """No scaling; classes named ``0 .. C-1`` (for data given already preprocessed)."""
+        return cls(
+            task=task,
+            modalities=tuple(inputs),
+            sample_shapes={m: tuple(int(s) for s in x.shape[1:]) for m, x in inputs.items()},
+            classes=None if num_classes is None else tuple(str(c) for c in range(num_classes)),
+        )
+
+    def transform(self, inputs: Mapping[str, Any], source: str = "") -> dict[str, Tensor]:
+        """Raw arrays ``{modality: (N, ...)}`` → float32 tensors as training saw them.
+
+        Any subset of the modalities may be given (the others are missing). A wrong feature
+        shape or an unknown modality raises a ``ValueError`` naming it (and ``source``).
+        """
+        prefix = f"{source}: " if source else ""
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(
+                f"{prefix}unknown modalities {unknown}; the run was trained on "
+                f"{list(self.modalities)}"
+            )
+        out = {}
+        for m, raw in inputs.items():
+            x = raw.detach().cpu().numpy() if isinstance(raw, Tensor) else np.asarray(raw)
+            if x.dtype.kind not in "biuf":
+                raise ValueError(f"{prefix}modality {m!r}: expected numbers, got dtype {x.dtype}")
+            expected = self.sample_shapes[m]
+            if x.ndim != len(expected) + 1 or any(
+                e != -1 and e != s for e, s in zip(expected, x.shape[1:])
+            ):
+                want = ", ".join("T" if e == -1 else str(e) for e in expected)
+                raise ValueError(
+                    f"{prefix}modality {m!r}: expected samples of shape ({want}), got an array "
+                    f"of shape {x.shape}"
+                )
+            x = x.astype(np.float64 if m in self.scalers else np.float32, copy=False)
+            x = self.scalers[m].apply(x) if m in self.scalers else x.astype(np.float32)
+            out[m] = torch.from_numpy(np.ascontiguousarray(x))
+        return out
+
+    def encode_labels(self, labels: Any, source: str = "") -> Tensor:
+        """Raw labels → class indices (classification) or float32 targets (regression)."""
+        values = np.asarray(labels)
+        values = values.reshape(len(values)) if values.ndim else values.reshape(1)
+        if self.classes is None:
+            if values.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"{source + ': ' if source else ''}regression needs numeric labels"
+                )
+            return torch.from_numpy(values.astype(np.float32))
+        index = {c: i for i, c in enumerate(self.classes)}
+        names = [_label_string(v) for v in values.tolist()]
+        unknown = sorted({n for n in names if n not in index})
+        if unknown:
+            raise ValueError(
+                f"{source + ': ' if source else ''}labels {unknown[:5]} were never seen in "
+                f"training; the run's classes are {list(self.classes)}"
+            )
+        return torch.tensor([index[n] for n in names], dtype=torch.long)
+
+    def decode(self, indices: Tensor | Sequence[int]) -> list[str]:
+        """Class indices → raw label values (as strings)."""
+        if self.classes is None:
+            raise ValueError("a regression task has no classes to decode")
+        return [self.classes[int(i)] for i in indices]
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``(tensors, JSON-safe metadata)`` for a safetensors file."""
+        tensors: dict[str, Tensor] = {}
+        for m, scaler in self.scalers.items():
+            tensors[f"{m}.mean"] = torch.from_numpy(np.ascontiguousarray(scaler.mean))
+            tensors[f"{m}.std"] = torch.from_numpy(np.ascontiguousarray(scaler.std))
+        meta = {
+            "task": self.task,
+            "modalities": list(self.modalities),
+            "sample_shapes": {m: list(s) for m, s in self.sample_shapes.items()},
+            "standardized": sorted(self.scalers),
+            "sequence": sorted(m for m, s in self.scalers.items() if s.sequence),
+            "classes": None if self.classes is None else list(self.classes),
+        }
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Preprocessor:
+        """Inverse of :meth:`state`; ``ValueError`` when something is missing or inconsistent."""
+        try:
+            sequence = set(meta["sequence"])
+            scalers = {
+                m: Scaler(
+                    tensors[f"{m}.mean"].double().numpy(),
+                    tensors[f"{m}.std"].double().numpy(),
+                    m in sequence,
+                )
+                for m in meta["standardized"]
+            }
+            classes = meta["classes"]
+            return cls(
+                task=str(meta["task"]),
+                modalities=tuple(meta["modalities"]),
+                sample_shapes={
+                    m: tuple(int(d) for d in s) for m, s in meta["sample_shapes"].items()
+                },
+                scalers=scalers,
+                classes=None if classes is None else tuple(str(c) for c in classes),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"malformed preprocessing state ({error!r})") from None
+
+    def fingerprint_arrays(self) -> list[np.ndarray]:
+        """The arrays that define this preprocessing (for data fingerprints)."""
+        return [a for s in self.scalers.values() for a in (s.mean, s.std)]
+
+
+def _label_string(value: Any) -> str:
+    """The string a raw label is known by (``1.0`` and ``1`` are the same class)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def _sample_shape(x: Any) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in np.shape(x)[1:])
+    return (-1, shape[1]) if len(shape) == 2 else shape

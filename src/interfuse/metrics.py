@@ -1,0 +1,148 @@
+"""Task losses and evaluation metrics, computed on whole prediction tensors (pure functions).
+
+Metric values come from :mod:`torchmetrics` (functional API); this module only picks the set of
+metrics for a task and returns plain floats. Metric sets (:data:`METRIC_SETS`):
+
+* ``"default"``: classification → loss (cross-entropy), accuracy, macro-F1, AUROC and AUPRC
+  (one-vs-rest, macro-averaged over the classes present in the targets; for two classes the
+  score of class 1); regression → loss (MSE), MAE, RMSE, R² and Pearson r.
+* ``"sentiment"``: regression on sentiment scores in [-3, 3] (CMU-MOSI/MOSEI), which adds the
+  binary and 7-class scores of :func:`sentiment_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchmetrics.functional import (
+    mean_absolute_error,
+    pearson_corrcoef,
+    r2_score,
+)
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    multiclass_accuracy,
+    multiclass_f1_score,
+)
+
+__all__ = [
+    "LOWER_IS_BETTER",
+    "METRIC_SETS",
+    "compute_metrics",
+    "format_metrics",
+    "sentiment_metrics",
+    "task_loss",
+]
+
+METRIC_SETS = ("default", "sentiment")
+LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse"})
+"""Metrics for which a smaller value is better (all others: larger is better)."""
+
+
+def task_loss(task: str, prediction: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy for classification (``targets`` class indices), MSE for regression."""
+    if task == "classification":
+        return F.cross_entropy(prediction, targets)
+    return F.mse_loss(prediction.reshape(targets.shape), targets.to(prediction.dtype))
+
+
+def compute_metrics(
+    task: str, prediction: Tensor, targets: Tensor, metric_set: str = "default"
+) -> dict[str, float]:
+    """Metrics of ``prediction`` against ``targets`` (see the module docstring for which).
+
+    Scores that are undefined for the given targets (e.g. AUROC when a split holds one class,
+    Pearson r of a constant prediction) are NaN.
+    """
+    if metric_set not in METRIC_SETS:
+        raise ValueError(f"unknown metric set {metric_set!r}; known: {', '.join(METRIC_SETS)}")
+    if metric_set == "sentiment" and task != "regression":
+        raise ValueError("the 'sentiment' metric set needs a regression task")
+    prediction = prediction.detach()
+    metrics = {"loss": float(task_loss(task, prediction, targets))}
+    if task == "classification":
+        metrics.update(_classification_metrics(prediction, targets))
+    else:
+        pred = prediction.reshape(-1).double()
+        true = targets.reshape(-1).double()
+        metrics["mae"] = float(mean_absolute_error(pred, true))
+        metrics["rmse"] = math.sqrt(float(F.mse_loss(pred, true)))
+        metrics["r2"] = float(r2_score(pred, true)) if len(true) > 1 else math.nan
+        constant = len(true) < 2 or bool(pred.std() == 0) or bool(true.std() == 0)
+        metrics["pearson"] = math.nan if constant else float(pearson_corrcoef(pred, true))
+        if metric_set == "sentiment":
+            metrics.update(sentiment_metrics(prediction, targets))
+    return metrics
+
+
+def _classification_metrics(prediction: Tensor, targets: Tensor) -> dict[str, float]:
+    num_classes = prediction.shape[1]
+    predicted = prediction.argmax(dim=1)
+    probabilities = torch.softmax(prediction.double(), dim=1)
+    metrics = {
+        "accuracy": float(
+            multiclass_accuracy(predicted, targets, num_classes=num_classes, average="micro")
+        ),
+        "macro_f1": float(
+            multiclass_f1_score(predicted, targets, num_classes=num_classes, average="macro")
+        ),
+    }
+    # one-vs-rest ranking scores over the classes that have positives and negatives here
+    classes = [1] if num_classes == 2 else range(num_classes)
+    auroc, auprc = [], []
+    for c in classes:
+        positive = (targets == c).long()
+        if 0 < int(positive.sum()) < len(positive):
+            auroc.append(float(binary_auroc(probabilities[:, c], positive)))
+            auprc.append(float(binary_average_precision(probabilities[:, c], positive)))
+    metrics["auroc"] = sum(auroc) / len(auroc) if auroc else math.nan
+    metrics["auprc"] = sum(auprc) / len(auprc) if auprc else math.nan
+    return metrics
+
+
+def sentiment_metrics(prediction: Tensor, targets: Tensor) -> dict[str, float]:
+    """Binary and 7-class scores of sentiment scores on [-3, 3] (CMU-MOSI/MOSEI convention).
+
+    * ``acc2_nonzero`` / ``f1_nonzero``: only samples with label ≠ 0; positive means ``> 0``
+      for both label and prediction ("non-zero" Acc-2).
+    * ``acc2_with_zero`` / ``f1_with_zero``: all samples; positive means ``>= 0`` for both
+      label and prediction (a zero label counts as non-negative).
+    * F1 is the support-weighted F1 over the two classes of the same binarisation.
+    * ``acc7``: label and prediction clipped to [-3, 3] and rounded to the nearest integer
+      (halves to even, as ``numpy.round``), then compared.
+
+    Scores over an empty set of samples are NaN.
+    """
+    pred = prediction.reshape(-1).double()
+    true = targets.reshape(-1).double()
+    nonzero = true != 0
+    return {
+        "acc2_nonzero": _accuracy(pred[nonzero] > 0, true[nonzero] > 0),
+        "f1_nonzero": _weighted_f1(pred[nonzero] > 0, true[nonzero] > 0),
+        "acc2_with_zero": _accuracy(pred >= 0, true >= 0),
+        "f1_with_zero": _weighted_f1(pred >= 0, true >= 0),
+        "acc7": _accuracy(pred.clamp(-3, 3).round(), true.clamp(-3, 3).round()),
+    }
+
+
+def _accuracy(predicted: Tensor, targets: Tensor) -> float:
+    return float((predicted == targets).double().mean()) if len(targets) else math.nan
+
+
+def _weighted_f1(predicted: Tensor, targets: Tensor) -> float:
+    """F1 per class weighted by the class's share of ``targets`` (binary boolean inputs)."""
+    if not len(targets):
+        return math.nan
+    return float(
+        multiclass_f1_score(predicted.long(), targets.long(), num_classes=2, average="weighted")
+    )
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``loss=0.1234, accuracy=0.9000`` (one line)."""
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -1,0 +1,23 @@
+"""Rendering: markdown reports and figures from typed results (never trains or loads models)."""
+
+from interfuse.report.explain import agreement_summary, comparison_table, render_explanation
+from interfuse.report.run import (
+    plot_history,
+    plot_relevance,
+    relevance_table,
+    render_comparison,
+    render_report,
+)
+from interfuse.report.tables import markdown_table
+
+__all__ = [
+    "agreement_summary",
+    "comparison_table",
+    "markdown_table",
+    "plot_history",
+    "plot_relevance",
+    "relevance_table",
+    "render_comparison",
+    "render_explanation",
+    "render_report",
+]

@@ -1,0 +1,383 @@
+"""The run folder: one self-contained artefact per training run.
+
+A run folder holds (see ``docs/run-folder.md``):
+
+* ``best.safetensors`` / ``last.safetensors`` — checkpoints. Each holds the model weights, the
+  fitted preprocessing (scaler statistics, class labels, task) and, in its header, the model
+  description (:class:`~interfuse.models.ModelSpec`), the training configuration, the data
+  provenance and the training state; ``last`` also holds the optimiser. One SHA-256 covers the
+  header and every tensor.
+* ``results.json`` — :class:`~interfuse.results.RunResult` (schema-versioned).
+* ``config.json`` — the configuration and data provenance, written when the run starts.
+* ``history.csv`` — one row per epoch; ``report.md`` and figures, rendered from the results.
+* ``.lock`` — held (``flock``) while a process writes the folder.
+
+:func:`load_run` brings a run back as a :class:`Run` that predicts from *raw* arrays exactly as
+training saw them, and that rebuilds its data for explanations. Nothing in a run folder depends
+on where the folder lies, so a moved folder loads the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from .data.arrays import LABELS, group_splits, read_arrays
+from .data.batching import TensorData
+from .data.preprocess import Preprocessor
+from .data.registry import load_dataset
+from .data.task import TaskData
+from .inference import Prediction, predict
+from .metrics import compute_metrics
+from .models import ModelSpec, build_model, model_entry
+from .results import RunResult, SchemaError
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "Run",
+    "RunFolderError",
+    "RunPrediction",
+    "load_run",
+    "lock_run_folder",
+    "read_history",
+    "read_results",
+    "save_run_checkpoint",
+]
+
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+RESULTS = "results.json"
+CONFIG = "config.json"
+HISTORY = "history.csv"
+LOCK = ".lock"
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used: held by another process, not writable, not a run."""
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lock_run_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while writing it; a second writer gets a clear error.
+
+    The lock is an ``flock`` on ``folder/.lock`` (released by the kernel when the process ends,
+    however it ends), holding the writer's PID for the message.
+    """
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunFolderError(f"cannot create the lock file {path}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunFolderError(
+                f"run folder {folder} is being written by another process (PID {holder}); "
+                f"wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def save_run_checkpoint(
+    path: Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    preprocessor: Preprocessor,
+    header: Mapping[str, Any],
+    optimizer_state: Mapping[str, Any] | None = None,
+) -> None:
+    """A checkpoint that is enough to predict: weights, model description, preprocessing."""
+    prep_tensors, prep_meta = preprocessor.state()
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        {**header, "spec": spec.to_dict(), "preprocessing": prep_meta},
+        optimizer_state,
+        extra={"prep": prep_tensors},
+    )
+
+
+def read_results(folder: Path) -> RunResult:
+    """``folder/results.json`` as a :class:`RunResult` (clear errors for missing/old/corrupt)."""
+    file = folder / RESULTS
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder not found: {folder}")
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: is {folder} a finished run?")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SchemaError(f"{file}: not a text file ({error.reason})") from None
+    return RunResult.from_json(text, str(file))
+
+
+def read_history(folder: Path) -> list[dict[str, float]]:
+    """``folder/history.csv`` as rows (empty when absent); ``ValueError`` naming the file and line
+    for a malformed one."""
+    file = folder / HISTORY
+    if not file.exists():
+        return []
+    try:
+        with file.open(newline="", encoding="utf-8") as f:
+            lines = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if row]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{file}: malformed history ({err})") from err
+    if not lines:
+        raise ValueError(f"{file}: malformed history (no header row)")
+    _, header = lines[0]
+    header = [name.strip() for name in header]
+    if "epoch" not in header or "" in header or len(set(header)) != len(header):
+        raise ValueError(
+            f"{file}: malformed history header {header!r} "
+            "(needs an 'epoch' column and unique, non-empty column names)"
+        )
+    history = []
+    for n, row in lines[1:]:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{file}: malformed history, line {n} has {len(row)} fields, expected {len(header)}"
+            )
+        try:
+            values = [float(v) if v.strip() else math.nan for v in row]
+        except ValueError as err:
+            raise ValueError(f"{file}: malformed history, line {n}: {err}") from err
+        history.append(dict(zip(header, values, strict=True)))
+    return history
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPrediction:
+    """Predictions for raw inputs.
+
+    ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels (the raw label
+    values of training, as strings) for classification, else ``None``; ``probabilities``:
+    softmax ``(N, C)`` for classification; ``missing``: per modality, which samples lacked it.
+    """
+
+    outputs: Tensor
+    labels: list[str] | None
+    probabilities: Tensor | None
+    missing: dict[str, Tensor]
+
+    def missing_names(self) -> list[str]:
+        return Prediction(self.outputs, self.missing).missing_names()
+
+    def missing_counts(self) -> dict[str, int]:
+        return Prediction(self.outputs, self.missing).missing_counts()
+
+
+@dataclass
+class Run:
+    """A trained run, loaded from its folder by :func:`load_run`.
+
+    ``model`` is in eval mode; ``preprocessor`` turns raw arrays into model inputs; ``result``
+    is the run's :class:`RunResult` (``None`` while training has not finished); ``header`` is the
+    checkpoint's header (configuration, provenance, training state).
+    """
+
+    path: Path
+    spec: ModelSpec
+    model: nn.Module
+    preprocessor: Preprocessor
+    result: RunResult | None
+    header: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.preprocessor.task
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.spec.modalities)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        if self.result is not None and self.result.class_names:
+            return list(self.result.class_names)
+        return None if self.preprocessor.classes is None else list(self.preprocessor.classes)
+
+    def predict(
+        self,
+        inputs: Mapping[str, Any],
+        masks: Mapping[str, Any] | None = None,
+        batch_size: int = 1024,
+    ) -> RunPrediction:
+        """Predict from raw arrays ``{modality: (N, ...)}``, preprocessed as in training.
+
+        Leave a modality out, pass ``masks={m: bool array}`` (True = present), or fill a sample's
+        row with NaN to mark it missing (models with a missing-modality path only).
+        """
+        tensors = self.preprocessor.transform(inputs)
+        result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
+        if self.task != "classification":
+            return RunPrediction(result.outputs, None, None, result.missing)
+        probabilities = torch.softmax(result.outputs.double(), dim=1)
+        labels = self.preprocessor.decode(probabilities.argmax(dim=1))
+        return RunPrediction(result.outputs, labels, probabilities, result.missing)
+
+    def evaluate(
+        self, inputs: Mapping[str, Any], labels: Any, masks: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
+        """Metrics on raw inputs and raw labels (the run's metric set); missing modalities are
+        marked as for :meth:`predict`."""
+        targets = self.preprocessor.encode_labels(labels)
+        outputs = self.predict(inputs, masks).outputs
+        return compute_metrics(self.task, outputs, targets, self.metric_set)
+
+    @property
+    def metric_set(self) -> str:
+        return str(self.header.get("data", {}).get("metrics", "default"))
+
+    def load_data(self, data_path: str | os.PathLike[str] | None = None) -> TaskData:
+        """The data to explain or evaluate this run on.
+
+        With ``data_path``: raw arrays in the run's modality names plus ``labels`` (``.npz`` or a
+        folder), preprocessed with the run's own preprocessing; with split keys
+        (``train/<m>``, ``test/<m>``, …) the file's splits are used, otherwise all its samples
+        form every split. Without: the run's registered dataset is loaded again from its
+        recorded source, and its fingerprint must match the one the run was trained on.
+        """
+        if data_path is not None:
+            return self._data_from_file(Path(data_path))
+        data = self.header.get("data") or {}
+        source = data.get("source") or {}
+        if "dataset" not in source:
+            raise ValueError(
+                f"run {self.path} was trained on data given from Python (no registered dataset "
+                f"to reload); pass the data: --data-path FILE.npz (raw arrays named "
+                f"{self.modalities} plus 'labels'), or run.load_data(path)"
+            )
+        task = load_dataset(str(source["dataset"]), **dict(source.get("options") or {}))
+        if data.get("fingerprint") and task.fingerprint() != data["fingerprint"]:
+            raise ValueError(
+                f"the data of run {self.path} changed since training (dataset "
+                f"{source['dataset']!r}, file {source.get('path')}): its fingerprint differs"
+            )
+        return task
+
+    def _data_from_file(self, path: Path) -> TaskData:
+        arrays = read_arrays(path)
+        arrays.pop("task", None)
+        grouped = group_splits(arrays, str(path))
+        pools = grouped or {"train": arrays, "val": arrays, "test": arrays}
+        splits = {}
+        for split, content in pools.items():
+            content = dict(content)
+            if LABELS not in content:
+                raise ValueError(f"{path}: split {split!r} has no 'labels' array")
+            labels = content.pop(LABELS)
+            where = f"{path}: split {split!r}"
+            splits[split] = TensorData(
+                self.preprocessor.transform(content, where),
+                self.preprocessor.encode_labels(labels, where),
+            )
+        classes = self.preprocessor.classes
+        return TaskData(
+            name=str(self.header.get("data", {}).get("name", path.stem)),
+            task=self.task,  # type: ignore[arg-type]
+            train=splits["train"],
+            val=splits["val"],
+            test=splits["test"],
+            encoders={m: dict(e) for m, e in self.spec.encoders.items()},
+            num_classes=None if classes is None else len(classes),
+            metrics=self.metric_set,
+            class_names=self.class_names,
+            preprocessor=self.preprocessor,
+            source={"path": str(path.resolve())},
+        )
+
+
+def load_run(
+    path: str | os.PathLike[str],
+    checkpoint: str = BEST,
+    encoders: Mapping[str, nn.Module] | None = None,
+) -> Run:
+    """Load a run folder: model (eval mode), preprocessing and results.
+
+    ``encoders`` supplies modules for modalities trained with a custom (unregistered) encoder.
+    Sizes are checked against the stored tensors before the model is allocated, so an edited
+    description cannot make this allocate more than the file holds.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder not found: {folder}")
+    if "/" in checkpoint or checkpoint in ("", ".", ".."):
+        raise ValueError(f"--checkpoint names a file inside the run folder, got {checkpoint!r}")
+    file = folder / checkpoint
+    header, shapes = read_header(file)
+    spec = _spec_from_header(header, file)
+    _check_sizes(spec, file, shapes, encoders)
+    state, header, _ = load_checkpoint(file)
+    model = build_model(spec, encoders=encoders)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{file} does not fit its model description ({error})") from None
+    try:
+        preprocessor = Preprocessor.from_state(
+            header.get("tensors", {}).get("prep", {}), header["preprocessing"]
+        )
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{file}: {error}") from None
+    result = read_results(folder) if (folder / RESULTS).is_file() else None
+    return Run(folder, spec, model.eval(), preprocessor, result, header)
+
+
+def _spec_from_header(header: Mapping[str, Any], file: Path) -> ModelSpec:
+    if "spec" not in header:
+        raise CheckpointError(f"{file} has no model description in its header")
+    try:
+        spec = ModelSpec.from_dict(header["spec"])
+        model_entry(spec)
+    except ValueError as error:
+        raise CheckpointError(f"{file}: {error}") from None
+    return spec
+
+
+def _check_sizes(
+    spec: ModelSpec,
+    file: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    encoders: Mapping[str, nn.Module] | None,
+) -> None:
+    """Build the model on the meta device (no memory) and compare every parameter's shape."""
+    stored = {k[len("model.") :]: s for k, s in shapes.items() if k.startswith("model.")}
+    try:
+        skeleton = build_model(spec, device="meta", encoders=encoders)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{file}: cannot rebuild its model ({error})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if expected != stored:
+        differs = sorted(k for k in set(expected) | set(stored) if expected.get(k) != stored.get(k))
+        raise CheckpointError(
+            f"{file}: the model description does not match the stored tensors ({len(differs)} "
+            f"differ, e.g. {differs[0]!r}: described {expected.get(differs[0])}, stored "
+            f"{stored.get(differs[0])}); the file was edited or is corrupt"
+        )
