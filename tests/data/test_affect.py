@@ -175,3 +175,28 @@ def test_malicious_affect_pickle_is_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
         load_dataset("mosi", path=path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["mosi", "mustard"])
+def test_a_run_predicts_raw_affect_features_as_training_saw_them(tmp_path, name):
+    """Features far from standardised (×10 + 100, padding kept at 0): predictions from the raw
+    test arrays through the run folder equal the model's outputs on the preprocessed split."""
+    import torch
+
+    from interfuse import load_run
+    from interfuse.inference import model_outputs
+
+    data = affect_data(name, seed=1)
+    for split in data.values():
+        for m in ("vision", "audio", "text"):
+            split[m] = np.where(split[m] != 0, split[m] * 10 + 100, 0).astype(np.float32)
+    task = load_dataset(name, path=write_pickle(tmp_path / f"{name}.pkl", data))
+    fit(task, TrainConfig(epochs=1, batch_size=8, rank=2, seed=0), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    raw = {m: data["test"][m] for m in ("vision", "audio", "text")}
+    expected = model_outputs(run.model, task.test)
+    torch.testing.assert_close(run.predict(raw).outputs, expected)
+    metrics = run.evaluate(
+        raw, data["test"]["labels"].reshape(-1) if name == "mosi" else task.test.targets.numpy()
+    )
+    assert metrics["loss"] == pytest.approx(run.result.metrics["test"]["loss"], rel=1e-5)

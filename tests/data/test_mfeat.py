@@ -81,3 +81,21 @@ def test_folder_override_and_errors(tmp_path):
         mfeat_files(tmp_path)
     with pytest.raises(ValueError, match="unknown mfeat view"):
         load_mfeat(views=["fourier", "colour"])
+
+
+@needs_wheel
+def test_a_run_predicts_the_raw_digit_features(tmp_path):
+    """Raw mfeat features (not standardised) through load_run: the run's own accuracy."""
+    from interfuse import load_run
+    from interfuse.data.registry import load_dataset
+
+    task = load_dataset("mfeat", seed=0, views=["pixel", "morph"])
+    config = TrainConfig(interactions="none", epochs=3, seed=0)
+    result = fit(task, config, tmp_path / "run", progress=False)
+    assert result.config["lam"] == 0.01 and result.config["p"] == 1.0  # mfeat's defaults
+    views, labels = mfeat_arrays()
+    prediction = load_run(tmp_path / "run").predict({v: views[v] for v in ("pixel", "morph")})
+    accuracy = np.mean(np.asarray(prediction.labels) == labels.astype(str))
+    accuracies = [result.metrics[s]["accuracy"] for s in ("train", "val", "test")]
+    assert min(accuracies) - 0.02 <= accuracy <= max(accuracies) + 0.02
+    assert accuracy > 0.9

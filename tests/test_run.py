@@ -1,0 +1,337 @@
+"""The run folder is one self-contained artefact: it predicts from raw data exactly as training saw
+it, refuses to resume with other data or settings, is written by one process at a time, detects
+edits, and loads wherever it is moved."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from interfuse import load_run
+from interfuse.checkpoint import CheckpointError
+from interfuse.cli import main
+from interfuse.data import from_arrays
+from interfuse.data.registry import DATASETS, DatasetInfo, ModalityInfo, load_dataset
+from interfuse.run import RunFolderError, lock_run_folder
+from interfuse.train import TrainConfig, fit
+
+CLASSES = np.array(["cat", "dog", "eel"])
+
+
+def offset_arrays(n: int = 600, seed: int = 0):
+    """Three classes, two feature modalities far from standardised (×10 + 100), string labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    centres = np.eye(3)[labels]
+    tab = np.concatenate([centres * 2.0, rng.normal(size=(n, 3))], axis=1) + rng.normal(
+        scale=0.6, size=(n, 6)
+    )
+    aux = rng.normal(size=(n, 4))
+    aux[:, 0] += labels * 1.0
+    inputs = {"tab": tab * 10 + 100, "aux": (aux * 10 + 100).astype(np.float32)}
+    return inputs, CLASSES[labels]
+
+
+@pytest.fixture(scope="module")
+def offset_run(tmp_path_factory):
+    inputs, labels = offset_arrays()
+    task = from_arrays(inputs, labels, seed=0, name="offset")
+    out = tmp_path_factory.mktemp("offset") / "run"
+    config = TrainConfig(epochs=12, batch_size=64, rank=2, seed=0, lr=1e-2)
+    result = fit(task, config, out, progress=False)
+    return inputs, labels, task, result, out
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_load_run_predicts_raw_rows_like_training(offset_run):
+    inputs, labels, task, result, out = offset_run
+    assert result.metrics["test"]["accuracy"] > 0.8  # the task is learnt
+    run = load_run(out)
+    assert run.class_names == ["cat", "dog", "eel"]
+    prediction = run.predict(inputs)  # raw, unstandardised rows
+    accuracy = float(np.mean(np.asarray(prediction.labels) == labels))
+    # every raw row through the saved preprocessing: as accurate as on the splits
+    split_accuracies = [result.metrics[s]["accuracy"] for s in ("train", "val", "test")]
+    assert min(split_accuracies) - 0.02 <= accuracy <= max(split_accuracies) + 0.02
+    # identical outputs to the preprocessed test split the run was evaluated on
+    test_rows = np.flatnonzero(np.isin(np.arange(len(labels)), _test_index(task, inputs)))
+    assert len(test_rows) == len(task.test)
+    metrics = run.evaluate({m: x[test_rows] for m, x in inputs.items()}, labels[test_rows])
+    assert metrics["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+    assert metrics["loss"] == pytest.approx(result.metrics["test"]["loss"], rel=1e-5)
+
+
+def _test_index(task, inputs):
+    """Rows of ``inputs`` that form the task's test split (matched by the standardised tab)."""
+    standardised = task.preprocessor.transform({"tab": inputs["tab"]})["tab"]
+    test = task.test.inputs["tab"]
+    distance = torch.cdist(test.double(), standardised.double())
+    return distance.argmin(dim=1).numpy()
+
+
+def test_predict_without_preprocessing_would_be_wrong(offset_run):
+    """The regression this guards: raw rows fed straight to the model predict one class."""
+    inputs, labels, _, _, out = offset_run
+    run = load_run(out)
+    raw = {m: torch.as_tensor(np.asarray(x, dtype=np.float32)) for m, x in inputs.items()}
+    with torch.no_grad():
+        outputs = run.model(raw).prediction
+    raw_accuracy = float((outputs.argmax(1).numpy() == np.searchsorted(CLASSES, labels)).mean())
+    prediction = run.predict(inputs)
+    assert float(np.mean(np.asarray(prediction.labels) == labels)) > raw_accuracy + 0.2
+
+
+def test_cli_predict_on_raw_data_gives_class_names_and_accuracy(offset_run, tmp_path):
+    inputs, labels, _, result, out = offset_run
+    data = tmp_path / "new.npz"
+    np.savez(data, labels=labels, **inputs)
+    target = tmp_path / "predictions.csv"
+    done = run_cli("predict", out, data, "--out", target)
+    assert done.exit_code == 0, done.output
+    rows = list(csv.DictReader(target.open()))
+    assert {row["prediction"] for row in rows} <= {"cat", "dog", "eel"}
+    assert set(rows[0]) == {"sample", "prediction", "p(cat)", "p(dog)", "p(eel)", "missing"}
+    accuracy = np.mean([row["prediction"] == label for row, label in zip(rows, labels)])
+    assert accuracy > 0.8
+    assert "metrics on DATA's labels: loss" in done.output
+
+
+def test_python_run_explains_and_reports_with_its_data(offset_run, tmp_path):
+    inputs, labels, _, _, out = offset_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    data = tmp_path / "raw.npz"
+    np.savez(data, labels=labels, **inputs)
+    done = run_cli("explain", moved, "--quiet", "--emap-samples", "0")
+    assert done.exit_code == 1 and "--data-path" in done.output  # says what is missing
+    done = run_cli("explain", moved, "--data-path", data, "--quiet", "--emap-samples", "0")
+    assert done.exit_code == 0, done.output
+    explanation = json.loads((moved / "explain.json").read_text())
+    assert explanation["split_size"] == len(labels)
+    assert run_cli("report", moved).exit_code == 0
+
+
+def test_predict_errors_name_the_problem(offset_run, tmp_path):
+    inputs, _, _, _, out = offset_run
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, tab=inputs["tab"][:, :5])
+    done = run_cli("predict", out, wrong)
+    assert done.exit_code == 1 and "modality 'tab'" in done.output and "(6)" in done.output
+    unknown = tmp_path / "unknown.npz"
+    np.savez(unknown, video=inputs["tab"])
+    done = run_cli("predict", out, unknown)
+    assert done.exit_code == 1 and "unknown modalities ['video']" in done.output
+    labelled = tmp_path / "labelled.npz"
+    np.savez(labelled, labels=np.array(["cat", "fox"]), **{m: x[:2] for m, x in inputs.items()})
+    done = run_cli("predict", out, labelled)
+    assert done.exit_code == 1 and "never seen in training" in done.output
+    assert "Traceback" not in done.output
+
+
+# -- integrity ------------------------------------------------------------------------------
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Rewrite a checkpoint with its interfuse header changed by ``edit`` (hash left as is)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+    header = json.loads(metadata["interfuse"])
+    edit(header)
+    metadata["interfuse"] = json.dumps(header)
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+
+
+def test_an_edited_header_is_detected(offset_run, tmp_path):
+    _, _, _, _, out = offset_run
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+
+    def bigger_rank(header):
+        header["spec"]["options"]["rank"] = 20000
+
+    _rewrite_header(copy / "best.safetensors", bigger_rank)
+    with pytest.raises(CheckpointError, match="edited"):
+        load_run(copy)
+    done = run_cli("predict", copy, tmp_path / "x.npz")
+    assert done.exit_code == 1 and "edited" in done.output
+
+
+def test_sizes_are_checked_before_allocating(offset_run, tmp_path, monkeypatch):
+    """Even with a recomputed hash, a description that does not fit the tensors is refused
+    before the model is built for real."""
+    from interfuse import checkpoint as ckpt
+    from interfuse import run as run_module
+
+    _, _, _, _, out = offset_run
+    copy = tmp_path / "crafted"
+    shutil.copytree(out, copy)
+    state, header, _ = ckpt.load_checkpoint(copy / "best.safetensors")
+    tensors = header.pop("tensors")
+    header["spec"]["options"]["rank"] = 20000
+    ckpt.save_checkpoint(copy / "best.safetensors", state, header, extra=tensors)
+    built = []
+    real_build = run_module.build_model
+    monkeypatch.setattr(
+        run_module,
+        "build_model",
+        lambda spec, **kw: built.append(kw.get("device")) or real_build(spec, **kw),
+    )
+    with pytest.raises(CheckpointError, match="does not match the stored tensors"):
+        load_run(copy)
+    assert built == ["meta"]  # only the memory-free skeleton was built
+
+
+def test_an_old_checkpoint_format_says_so(offset_run, tmp_path):
+    _, _, _, _, out = offset_run
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    _rewrite_header(copy / "best.safetensors", lambda h: h.update(format="interfuse-checkpoint/1"))
+    done = run_cli("predict", copy, tmp_path / "x.npz")
+    assert done.exit_code == 1 and "older version of interfuse" in done.output
+
+
+# -- resume ----------------------------------------------------------------------------------
+
+TINY = ["--probs", "0.9,0", "--n", "300", "--length", "30", "--quiet", "--batch-size", "32"]
+
+
+@pytest.fixture()
+def half_run(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("train", *TINY, "--epochs", "1", "--out", out)
+    assert done.exit_code == 0, done.output
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--data-seed", "5"], "other data"),
+        (["--n", "320"], "other data"),
+        (["--lr", "0.01"], "lr 0.003 → 0.01"),
+        (["--batch-size", "16"], "batch_size 32 → 16"),
+        (["--rank", "4"], "different model"),
+    ],
+)
+def test_resume_refuses_other_data_or_settings(half_run, change, message):
+    before = (half_run / "last.safetensors").read_bytes()
+    args = [*TINY, "--epochs", "2", "--out", half_run, "--resume"]
+    done = run_cli("train", *_override(args, change))
+    assert done.exit_code == 1, done.output
+    assert message in done.output and "Traceback" not in done.output
+    assert len(done.output.strip().splitlines()) == 1
+    assert (half_run / "last.safetensors").read_bytes() == before  # nothing lost
+
+
+def _override(args, change):
+    args = list(args)
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    return args
+
+
+def test_resume_may_train_longer(half_run):
+    done = run_cli("train", *TINY, "--epochs", "2", "--out", half_run, "--resume")
+    assert done.exit_code == 0, done.output
+    assert load_run(half_run).result.epochs_run == 2
+
+
+# -- exclusivity -----------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from pathlib import Path
+                from interfuse.run import lock_run_folder
+                with lock_run_folder(Path({str(out)!r})):
+                    print("locked", flush=True)
+                    time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        done = run_cli("train", *TINY, "--epochs", "1", "--out", out)
+        assert done.exit_code == 1
+        assert f"being written by another process (PID {holder.pid})" in done.output
+        assert not (out / "results.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the lock with the process: the folder is usable again
+    with lock_run_folder(out):
+        pass
+
+
+def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
+    with lock_run_folder(tmp_path), pytest.raises(RunFolderError, match=f"PID {os.getpid()}"):
+        with lock_run_folder(tmp_path):
+            pass
+
+
+# -- defaults live in the library ------------------------------------------------------------
+
+
+def test_dataset_defaults_apply_in_python_as_on_the_command_line(tmp_path):
+    inputs, labels = offset_arrays(n=120)
+    info = DatasetInfo(
+        name="defaults-test",
+        description="toy with its own defaults",
+        task="classification",
+        modalities=(ModalityInfo("tab", (6,), "features"),),
+        loader=lambda seed=0: from_arrays(inputs, labels, seed=seed),
+        source="memory",
+        train_defaults={"lam": 0.01, "p": 1.0, "epochs": 1},
+    )
+    DATASETS.add(info.name, info)
+    try:
+        result = fit(load_dataset("defaults-test"), TrainConfig(), tmp_path / "a", progress=False)
+        assert (result.config["lam"], result.config["p"], result.config["epochs"]) == (0.01, 1.0, 1)
+        mine = fit(
+            load_dataset("defaults-test"), TrainConfig(lam=0.2), tmp_path / "b", progress=False
+        )
+        assert (mine.config["lam"], mine.config["p"]) == (0.2, 1.0)  # what the caller set wins
+    finally:
+        DATASETS.remove(info.name)
+
+
+def test_cli_options_are_the_train_config_fields():
+    from dataclasses import fields
+
+    command = main.commands["train"]
+    options = {p.name: p for p in command.params}
+    for f in fields(TrainConfig):
+        assert f.name in options, f.name
+        assert options[f.name].default == f.default, f.name
+        assert options[f.name].help == f.metadata["help"] or f.name == "model"
