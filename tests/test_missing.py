@@ -1,4 +1,4 @@
-"""Missing modalities (SPEC §1.10): masked blocks become 0, statistics skip missing samples."""
+"""Missing modalities (docs/missing-modalities.md): masked blocks become 0, statistics skip missing samples."""
 
 import copy
 

@@ -1,4 +1,4 @@
-"""End to end on the seed's DNA experiment (seeded): relevance finds the ground truth."""
+"""End to end on the synthetic DNA experiment (seeded; docs/data.md §2–§3): relevance finds the ground truth."""
 
 import json
 

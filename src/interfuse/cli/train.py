@@ -1,4 +1,4 @@
-"""``interfuse train`` and ``interfuse demo``: the seed's DNA experiment and single runs."""
+"""``interfuse train`` and ``interfuse demo``: the synthetic DNA experiment (docs/data.md §2) and single runs."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def train(
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None:
-    """Run the seed's DNA experiment: find relevant modalities and an XOR interaction.
+    """Run the synthetic DNA experiment: find relevant modalities and an XOR interaction.
 
     (a) motif data, 4 modalities with insertion probabilities 0.9, 0.6, 0.3, 0.0;
     (b) XOR data, 3 modalities: m0 XOR m1 defines the label, m2 is a distractor.

@@ -16,7 +16,7 @@ set of modalities, their Shapley shares and the Bayes-optimal accuracy
 (:class:`GroundTruth`), which makes the data a test bed for interpretability
 methods.
 
-The benchmark follows the DNA experiment in A. Mehta's slides "Multimodal Deep
+The benchmark follows the DNA experiment in P. Mehta's slides "Multimodal Deep
 Learning" and in S. Varshneya, A. Ledent, P. Liznerski, A. Balinskyy, P. Mehta,
 W. Mustafa and M. Kloft, "Interpretable Tensor Fusion", IJCAI 2024.
 """

@@ -5,7 +5,7 @@ other modality ``m ∉ S`` is replaced by a baseline. Three baselines (``method`
 
 * ``"mask"``: the model's own missing-modality path, ``model.fuse(h, masks)`` with
   ``masks[m] = False`` (a :class:`~interfuse.MultimodalModel` replaces the block of ``m`` and of
-  every interaction containing ``m`` by its expectation 0; ``docs/missing-modalities.md``);
+  every interaction containing ``m`` by its expectation 0; docs/missing-modalities.md §2);
 * ``"embedding"``: the encoder output ``h_m`` is replaced by its training mean ``E[h_m]``
   (models with ``encode``/``fuse``);
 * ``"input"``: the raw input ``x_m`` is replaced by its training mean ``E[x_m]`` (any model;

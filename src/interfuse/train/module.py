@@ -15,7 +15,7 @@ class FusionModule(pl.LightningModule):
     """Trains a :class:`MultimodalModel` with ``loss = task loss + lam · Ω_p(W)``.
 
     ``regularize`` (default: whether ``model`` is a :class:`MultimodalModel`) adds λ·Ω_p, the
-    MNL head's group-norm regulariser (``docs/training.md``). A baseline (no MNL head) is trained
+    MNL head's group-norm regulariser (docs/training.md §1–§2). A baseline (no MNL head) is trained
     on the task loss alone, with ``weight_decay`` on all its parameters.
 
     AdamW updates the encoders, interaction factors and the head's bias with ``weight_decay``; the
