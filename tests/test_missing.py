@@ -1,4 +1,5 @@
-"""Missing modalities (docs/missing-modalities.md): masked blocks become 0, statistics skip missing samples."""
+"""Missing modalities (docs/missing-modalities.md): masked blocks become 0, statistics skip
+missing samples."""
 
 import copy
 

@@ -1,4 +1,5 @@
-"""End to end on the synthetic DNA experiment (seeded; docs/data.md §2–§3): relevance finds the ground truth."""
+"""End to end on the synthetic DNA experiment (seeded; docs/data.md §2–§3): relevance finds the
+ground truth."""
 
 import json
 

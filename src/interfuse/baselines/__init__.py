@@ -1,4 +1,4 @@
-"""Fusion baselines (docs/training.md §8): early and late fusion, TFN and LMF, trained like our model.
+"""Fusion baselines (docs/training.md §8): early and late fusion, TFN and LMF, trained like ours.
 
 None of them has a built-in ``relevance()``; explain them post hoc with :mod:`interfuse.explain`
 (modality ablation, Shapley/Möbius values over modalities, EMAP). Two more baselines are

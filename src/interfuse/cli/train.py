@@ -1,4 +1,4 @@
-"""``interfuse train`` and ``interfuse demo``: the synthetic DNA experiment (docs/data.md §2) and single runs."""
+"""``interfuse train`` and ``interfuse demo`` (the synthetic DNA experiment, docs/data.md §2)."""
 
 from __future__ import annotations
 
