@@ -89,7 +89,7 @@ def bare_loop(
     with tempfile.TemporaryDirectory(prefix="interfuse-bench-") as tmp:
         started, cpu = time.perf_counter(), time.process_time()
         for _ in range(epochs):
-            for inputs, targets in loader:
+            for inputs, targets, _ in loader:
                 prediction = model(inputs).prediction
                 loss = task_loss(task.task, prediction, targets) + config.lam * (
                     model.regularizer()
@@ -159,7 +159,7 @@ def breakdown(task: Any, config: Any) -> dict[str, float]:
         while True:
             t0 = time.perf_counter()
             try:
-                inputs, targets = next(iterator)
+                inputs, targets, _ = next(iterator)
             except StopIteration:
                 break
             t1 = time.perf_counter()

@@ -123,8 +123,11 @@ def model_outputs(model: nn.Module, data: TensorData, batch_size: int = 1024) ->
     try:
         device = next(model.parameters()).device
         outputs = [
-            model({m: x.to(device) for m, x in inputs.items()}).prediction.cpu()
-            for inputs, _ in batch_loader(data, batch_size, shuffle=False)
+            model(
+                {m: x.to(device) for m, x in inputs.items()},
+                **({"masks": {m: k.to(device) for m, k in masks.items()}} if masks else {}),
+            ).prediction.cpu()
+            for inputs, _, masks in batch_loader(data, batch_size, shuffle=False)
         ]
     finally:
         model.train(was_training)

@@ -26,7 +26,8 @@ def test_loader_yields_whole_batches():
     data = TensorData(
         {"a": torch.arange(20.0).reshape(10, 2), "b": torch.zeros(10, 3)}, torch.arange(10)
     )
-    inputs, targets = next(iter(batch_loader(data, 4, shuffle=False)))
+    inputs, targets, masks = next(iter(batch_loader(data, 4, shuffle=False)))
+    assert masks == {}
     assert inputs["a"].shape == (4, 2) and torch.equal(targets, torch.arange(4))
 
 

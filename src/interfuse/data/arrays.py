@@ -17,8 +17,9 @@ whose keys are prefixed by the file name (``train.npz`` holding ``vision`` → `
 ``train/vision.npy`` → ``train/vision``). Keys are either ``<modality>`` and ``labels`` (one pool,
 split here with a seeded stratified split) or ``<split>/<modality>`` and ``<split>/labels`` for
 the splits ``train``, ``val`` (or ``valid``) and ``test``. An optional string entry ``task``
-(``"classification"`` or ``"regression"``) overrides the inferred task. Nothing is ever
-unpickled: object arrays are refused.
+(``"classification"`` or ``"regression"``) overrides the inferred task. A sample that lacks a
+modality has a row of NaN there, or ``<modality>__mask`` (``(N,)``, True = present) says so.
+Nothing is ever unpickled: object arrays are refused.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 LABELS = "labels"
+MASK_SUFFIX = "__mask"
+"""``<modality>__mask``: an optional ``(N,)`` bool or 0/1 array, True where a sample has it."""
 TASK_KEY = "task"
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
@@ -145,6 +148,8 @@ def default_encoder(modality: str, sample_shape: tuple[int, ...]) -> dict[str, A
 
 
 def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
+    """Numbers of shape ``(N, ...)``; a row that is entirely NaN marks a missing sample, any
+    other non-finite value is an error."""
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{where}modality {modality!r}: expected numbers, got dtype {x.dtype}")
@@ -153,10 +158,40 @@ def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
             f"{where}modality {modality!r}: expected an array (N, ...) with features per "
             f"sample, got shape {x.shape}"
         )
-    if not np.isfinite(x).all():
-        bad = int(np.size(x) - np.isfinite(x).sum())
-        raise ValueError(f"{where}modality {modality!r}: {bad} values are NaN or infinite")
+    if x.dtype.kind == "f":
+        rows = x.reshape(len(x), -1)
+        finite = np.isfinite(rows)
+        missing = np.isnan(rows).all(axis=1)
+        bad = int((~finite[~missing]).sum())
+        if bad:
+            raise ValueError(
+                f"{where}modality {modality!r}: {bad} values are NaN or infinite (a sample that "
+                f"lacks this modality is a row of NaN, or pass a mask; partial rows are not "
+                f"allowed)"
+            )
     return x
+
+
+def _mark_missing(
+    x: np.ndarray, mask: Any, modality: str, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x with missing rows NaN, presence (N,) bool)`` from all-NaN rows and an optional mask."""
+    present = np.ones(len(x), dtype=bool)
+    if x.dtype.kind == "f":
+        present &= ~np.isnan(x.reshape(len(x), -1)).all(axis=1)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (len(x),) or mask.dtype.kind not in "bui":
+            raise ValueError(
+                f"{where}the mask of modality {modality!r} must hold one 0/1 or bool per sample "
+                f"({len(x)}), got shape {mask.shape} and dtype {mask.dtype}"
+            )
+        present &= mask.astype(bool)
+    if present.all():
+        return x, present
+    x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32, copy=True)
+    x[~present] = np.nan
+    return x, present
 
 
 def _infer_task(labels: np.ndarray) -> TaskKind:
@@ -183,17 +218,20 @@ def from_splits(
     metrics: str = "default",
     info: dict[str, Any] | None = None,
     source: str = "",
+    masks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> TaskData:
     """A task from given ``{"train"|"val"|"test": (inputs, labels)}`` splits.
 
-    ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Errors name
-    the split and modality (and ``source``, e.g. a file, when given).
+    ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Missing
+    modalities: a row of NaN, or ``masks[split][modality]`` (``(N,)``, True = present). Errors
+    name the split and modality (and ``source``, e.g. a file, when given).
     """
     missing = [s for s in SPLITS if s not in splits]
     if missing:
         raise ValueError(f"{source + ': ' if source else ''}missing split(s) {missing}")
     prefix = f"{source}: " if source else ""
     checked: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+    present: dict[str, dict[str, np.ndarray]] = {}
     modalities: list[str] | None = None
     for split in SPLITS:
         inputs, labels = splits[split]
@@ -217,8 +255,17 @@ def from_splits(
                     f"{where}modality {m!r} has shape {x.shape}, train has {reference.shape} "
                     f"(the feature size and number of axes must match)"
                 )
-        checked[split] = ({m: arrays[m] for m in modalities}, labels)
+        given = (masks or {}).get(split) or {}
+        unknown = sorted(set(given) - set(modalities))
+        if unknown:
+            raise ValueError(f"{where}masks given for unknown modalities {unknown}")
+        marked = {m: _mark_missing(arrays[m], given.get(m), m, where) for m in modalities}
+        checked[split] = ({m: marked[m][0] for m in modalities}, labels)
+        present[split] = {m: marked[m][1] for m in modalities}
     assert modalities is not None
+    empty = [m for m in modalities if not present["train"][m].any()]
+    if empty:
+        raise ValueError(f"{prefix}split 'train': no sample has modality {empty[0]!r}")
 
     train_labels = checked["train"][1]
     task = task or _infer_task(train_labels)
@@ -238,7 +285,12 @@ def from_splits(
         targets = preprocessor.encode_labels(checked[s][1], where)
         if task == "regression" and not torch.isfinite(targets).all():
             raise ValueError(f"{where}: labels contain NaN or infinite values")
-        data[s] = TensorData(preprocessor.transform(checked[s][0], where), targets)
+        tensors = preprocessor.transform(checked[s][0], where)
+        for m, keep in present[s].items():
+            tensors[m][torch.from_numpy(~keep)] = 0.0  # missing rows: finite, ignored
+        data[s] = TensorData(
+            tensors, targets, {m: torch.from_numpy(keep) for m, keep in present[s].items()}
+        )
 
     specs = dict(encoders or {})
     unknown = sorted(set(specs) - set(modalities))
@@ -276,11 +328,13 @@ def from_arrays(
     standardize: bool = True,
     name: str = "arrays",
     metrics: str = "default",
+    masks: Mapping[str, Any] | None = None,
 ) -> TaskData:
     """A task from one pool of samples, split train/val/test with a seeded split.
 
-    ``inputs``: ``{modality: array (N, ...)}`` (numpy or torch); ``labels``: ``(N,)``. The split
-    is stratified by label for classification. See the module docstring for the conventions.
+    ``inputs``: ``{modality: array (N, ...)}`` (numpy or torch); ``labels``: ``(N,)``; ``masks``:
+    ``{modality: (N,) bool}`` (True = present) for samples that lack a modality (a row of NaN
+    works too). The split is stratified by label for classification. See the module docstring.
     """
     if not inputs:
         raise ValueError("inputs must map at least one modality name to an array")
@@ -306,6 +360,19 @@ def from_arrays(
         s: ({m: x[index] for m, x in arrays.items()}, labels[index])
         for s, index in zip(SPLITS, parts)
     }
+    masks = {m: np.asarray(mask) for m, mask in (masks or {}).items()}
+    unknown = sorted(set(masks) - set(arrays))
+    if unknown:
+        raise ValueError(f"masks given for unknown modalities {unknown}")
+    for m, mask in masks.items():
+        if mask.shape != labels.shape:
+            raise ValueError(
+                f"the mask of modality {m!r} must hold one 0/1 or bool per sample "
+                f"({len(labels)}), got shape {mask.shape}"
+            )
+    masks_by_split = {
+        s: {m: mask[index] for m, mask in masks.items()} for s, index in zip(SPLITS, parts)
+    }
     return from_splits(
         splits,
         task=task,
@@ -314,6 +381,7 @@ def from_arrays(
         name=name,
         metrics=metrics,
         info={"split_seed": seed, "split_fractions": list(fractions)},
+        masks=masks_by_split,
     )
 
 
@@ -349,19 +417,43 @@ def load_npz_dataset(
                 f"{source}: unexpected keys {nested}; use '<modality>' and 'labels', or "
                 f"'<split>/<modality>' and '<split>/labels' for train, val and test"
             )
-        inputs = dict(arrays)
+        inputs, masks = split_masks(arrays)
         try:
             return from_arrays(
-                inputs, labels, task=task, seed=seed, standardize=standardize, name=name
+                inputs,
+                labels,
+                task=task,
+                seed=seed,
+                standardize=standardize,
+                name=name,
+                masks=masks,
             )
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
-    pairs = {}
+    pairs, masks_by_split = {}, {}
     for split, content in splits.items():
         if LABELS not in content:
             raise ValueError(f"{source}: split {split!r} has no 'labels' array")
         content = dict(content)
-        pairs[split] = (content, content.pop(LABELS))
+        labels = content.pop(LABELS)
+        inputs, masks_by_split[split] = split_masks(content)
+        pairs[split] = (inputs, labels)
     return from_splits(
-        pairs, task=task, standardize=standardize, name=name, source=source, info={"path": source}
+        pairs,
+        task=task,
+        standardize=standardize,
+        name=name,
+        source=source,
+        info={"path": source},
+        masks=masks_by_split,
     )
+
+
+def split_masks(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Separate ``<modality>__mask`` entries (presence per sample) from the modality arrays."""
+    masks = {k[: -len(MASK_SUFFIX)]: v for k, v in arrays.items() if k.endswith(MASK_SUFFIX)}
+    inputs = {k: v for k, v in arrays.items() if not k.endswith(MASK_SUFFIX)}
+    orphans = sorted(set(masks) - set(inputs))
+    if orphans:
+        raise ValueError(f"masks for modalities that are not in the data: {orphans}")
+    return inputs, masks

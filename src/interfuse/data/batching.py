@@ -6,24 +6,31 @@ collate), so the data pipeline never dominates training time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+Batch = tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]
+"""``(inputs, targets, masks)``: ``masks`` maps modalities missing for some samples to a bool
+``(B,)`` presence tensor (True = present); it is empty when every sample has every modality."""
+
 
 @dataclass
 class TensorData(Dataset):
     """Samples as ``inputs = {modality: (N, ...)}`` and ``targets = (N,)`` or ``(N, k)``.
 
-    Indexing with a 1-D index tensor returns a whole batch ``(inputs, targets)``.
+    ``masks`` (optional) maps a modality to a bool ``(N,)`` tensor, True where the sample has it;
+    the inputs of missing samples are ignored by models with a missing-modality path (they are
+    kept finite, 0). Indexing with a 1-D index tensor returns a whole :data:`Batch`.
     """
 
     inputs: dict[str, Tensor]
     targets: Tensor
+    masks: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -36,20 +43,39 @@ class TensorData(Dataset):
                 raise ValueError(
                     f"modality {m!r} has {x.shape[0]} samples but there are {n} targets"
                 )
+        for m, mask in self.masks.items():
+            if m not in self.inputs:
+                raise ValueError(f"mask given for unknown modality {m!r}")
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (n,):
+                raise ValueError(
+                    f"the mask of modality {m!r} must be a bool tensor of shape ({n},)"
+                )
+        # a modality present everywhere needs no mask
+        self.masks = {m: mask for m, mask in self.masks.items() if not bool(mask.all())}
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        return {m: x[index] for m, x in self.inputs.items()}, self.targets[index]
+    def __getitem__(self, index: Tensor) -> Batch:
+        return (
+            {m: x[index] for m, x in self.inputs.items()},
+            self.targets[index],
+            {m: mask[index] for m, mask in self.masks.items()},
+        )
 
     @property
     def modalities(self) -> list[str]:
         return list(self.inputs)
 
+    def present_counts(self) -> dict[str, int]:
+        """How many samples have each modality."""
+        n = len(self)
+        return {m: int(self.masks[m].sum()) if m in self.masks else n for m in self.inputs}
+
     def subset(self, index: Sequence[int] | np.ndarray | Tensor) -> TensorData:
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return TensorData({m: x[index] for m, x in self.inputs.items()}, self.targets[index])
+        inputs, targets, masks = self[index]
+        return TensorData(inputs, targets, masks)
 
 
 def split_indices(
@@ -123,10 +149,10 @@ class EpochBatchSampler(Sampler[Tensor]):
 def batch_loader(
     data: TensorData, batch_size: int, shuffle: bool, seed: int = 0, start_epoch: int = 0
 ) -> DataLoader:
-    """A DataLoader yielding whole ``(inputs, targets)`` batches gathered by index."""
+    """A DataLoader yielding whole :data:`Batch` es ``(inputs, targets, masks)`` by index."""
     sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, start_epoch)
     return DataLoader(data, batch_size=None, sampler=sampler, collate_fn=_identity)
 
 
-def _identity(batch: tuple[Mapping[str, Tensor], Tensor]) -> tuple[Mapping[str, Tensor], Tensor]:
+def _identity(batch: Batch) -> Batch:
     return batch

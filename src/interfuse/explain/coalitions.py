@@ -74,7 +74,7 @@ def coalition_metrics(
     representations = removal.representations(data)
     results = {}
     for coalition in tqdm(coalitions, desc="coalitions", disable=not progress, leave=False):
-        prediction = removal.predict_from(representations, coalition)
+        prediction = removal.predict_from(representations, coalition, data.masks)
         results[frozenset(coalition)] = compute_metrics(task, prediction, data.targets, metric_set)
     return results
 

@@ -138,13 +138,20 @@ def emap(
     metric_set: str = "default",
     progress: bool = False,
 ) -> EmapResult:
-    """EMAP of a trained model on a seeded subsample of ``data`` (``M·N²`` evaluations).
+    """EMAP of a trained model on a seeded subsample of ``data`` (``M·N²`` evaluations); samples
+    that lack a modality are left out.
 
     Models with ``encode``/``fuse`` are projected on encoder outputs (fusion-only evaluations,
     identical result since each encoder sees one modality); others on their raw inputs.
     """
     modalities = model_modalities(model)
-    index = subsample(len(data), n_samples, seed)
+    complete = torch.ones(len(data), dtype=torch.bool)
+    for mask in data.masks.values():  # EMAP recombines modalities: only complete samples
+        complete &= mask
+    rows = torch.arange(len(data))[complete]
+    if len(rows) == 0:
+        raise ValueError("EMAP needs samples that have every modality; none has")
+    index = rows[subsample(len(rows), n_samples, seed)]
     inputs = {m: data.inputs[m][index] for m in modalities}
     targets = data.targets[index]
     device = next(model.parameters()).device

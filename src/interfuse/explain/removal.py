@@ -122,7 +122,10 @@ class ModalityRemoval:
                     f"data; pass reference=<training split>"
                 )
             reps = self.representations(reference)
-            self.baseline = {m: reps[m].double().mean(dim=0).to(reps[m].dtype) for m in reps}
+            self.baseline = {
+                m: _present_rows(reps[m], reference.masks.get(m)).double().mean(dim=0).to(x.dtype)
+                for m, x in reps.items()
+            }
 
     @property
     def device(self) -> torch.device:
@@ -152,9 +155,16 @@ class ModalityRemoval:
         return {m: torch.cat(parts[m]) for m in self.modalities}
 
     def predict_from(
-        self, representations: Mapping[str, Tensor], present: Iterable[str] | None = None
+        self,
+        representations: Mapping[str, Tensor],
+        present: Iterable[str] | None = None,
+        data_masks: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
-        """Predictions ``(N, C)`` with only the ``present`` modalities (default: all) kept."""
+        """Predictions ``(N, C)`` with only the ``present`` modalities (default: all) kept.
+
+        ``data_masks`` (``{m: bool (N,)}``) marks samples that lack a modality in the data
+        itself; they are removed the same way as the modalities outside ``present``.
+        """
         present = set(self.modalities if present is None else present)
         unknown = present - set(self.modalities)
         if unknown:
@@ -167,28 +177,45 @@ class ModalityRemoval:
         with evaluation_mode(self.model):
             for index in torch.arange(n).split(self.batch_size):
                 batch = {m: representations[m][index].to(self.device) for m in self.modalities}
-                outputs.append(self._forward(batch, absent).detach().cpu())
+                keep = {
+                    m: (
+                        torch.zeros(len(index), dtype=torch.bool)
+                        if m in absent
+                        else (data_masks or {}).get(m, torch.ones(n, dtype=torch.bool))[index]
+                    ).to(self.device)
+                    for m in self.modalities
+                }
+                outputs.append(self._forward(batch, keep).detach().cpu())
         return torch.cat(outputs)
 
     def predict(self, data: TensorData, present: Iterable[str] | None = None) -> Tensor:
         """Predictions on ``data`` with only the ``present`` modalities kept."""
-        return self.predict_from(self.representations(data), present)
+        return self.predict_from(self.representations(data), present, data.masks)
 
-    def _forward(self, batch: dict[str, Tensor], absent: list[str]) -> Tensor:
-        b = len(next(iter(batch.values())))
+    def _forward(self, batch: dict[str, Tensor], keep: dict[str, Tensor]) -> Tensor:
+        """The prediction with, per sample, only the modalities where ``keep`` is True."""
+        if all(bool(k.all()) for k in keep.values()):
+            return (
+                self.model.fuse(batch).prediction
+                if self.uses_fusion_only
+                else (self.model(batch).prediction)
+            )
         if self.method == "mask":
-            if not absent:
-                return self.model.fuse(batch).prediction
-            masks = {
-                m: torch.full((b,), m not in absent, dtype=torch.bool, device=self.device)
-                for m in self.modalities
-            }
-            for m in absent:  # as encode() leaves them: missing rows are 0
-                batch[m] = torch.zeros_like(batch[m])
-            return self.model.fuse(batch, masks).prediction
-        for m in absent:
-            mean = self.baseline[m].to(self.device)
-            batch[m] = mean.expand(b, *mean.shape)
+            for m, k in keep.items():  # as encode() leaves them: missing rows are 0
+                batch[m] = torch.where(_rows(k, batch[m]), batch[m], 0.0)
+            return self.model.fuse(batch, keep).prediction
+        for m, k in keep.items():
+            mean = self.baseline[m].to(self.device).expand_as(batch[m])
+            batch[m] = torch.where(_rows(k, batch[m]), batch[m], mean)
         if self.method == "embedding":
             return self.model.fuse(batch).prediction
         return self.model(batch).prediction
+
+
+def _rows(keep: Tensor, x: Tensor) -> Tensor:
+    """``keep (B,)`` broadcast over the trailing axes of ``x``."""
+    return keep.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _present_rows(x: Tensor, mask: Tensor | None) -> Tensor:
+    return x if mask is None else x[mask]

@@ -263,6 +263,9 @@ def render_report(
             "Möbius, EMAP).\n"
         )
     parts += ["## Metrics\n", _metrics_section(result)]
+    presence = _presence_section(result)
+    if presence:
+        parts += ["## Samples with each modality\n", presence]
     if result.missing_modalities:
         parts += ["## Missing modalities at test time\n", _missing_section(result)]
     if truth is not None and relevance is not None:
@@ -295,6 +298,28 @@ def _missing_section(result: RunResult) -> str:
         "Train with `--modality-dropout P` to make the model robust to this.\n"
     )
     return intro + "\n" + markdown_table(["missing", *names], rows, "l" + "r" * len(names))
+
+
+def _presence_section(result: RunResult) -> str:
+    """How many samples of each split have each modality (only when some lack one)."""
+    present = result.data.get("present") or {}
+    sizes = result.data.get("split_sizes") or {}
+    if not any(c < sizes.get(s, c) for s, counts in present.items() for c in counts.values()):
+        return ""
+    modalities = list(next(iter(present.values())))
+    rows = [
+        [
+            s,
+            str(sizes.get(s, "")),
+            *(f"{present[s][m]} ({present[s][m] / sizes[s]:.0%})" for m in modalities),
+        ]
+        for s in present
+    ]
+    return (
+        "Samples that lack a modality are trained and evaluated through the model's "
+        "missing-modality path (their blocks are replaced by their expectation).\n\n"
+        + markdown_table(["split", "samples", *map(code, modalities)], rows)
+    )
 
 
 def _metrics_section(result: RunResult) -> str:

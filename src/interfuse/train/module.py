@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ..data.batching import Batch
 from ..fusion.mnl import MNLFusion
 from ..metrics import task_loss
 from ..model import MultimodalModel
@@ -55,10 +56,12 @@ class FusionModule(pl.LightningModule):
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.model(inputs).prediction
 
-    def training_step(self, batch: tuple[dict[str, Tensor], Tensor], batch_idx: int) -> Tensor:
-        inputs, targets = batch
-        masks = self.dropout_masks(len(targets), batch_idx) if self.modality_dropout > 0 else None
-        prediction = self.model(inputs, masks=masks).prediction
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        inputs, targets, masks = batch
+        if self.modality_dropout > 0:
+            dropped = self.dropout_masks(len(targets), batch_idx)
+            masks = {m: keep & masks[m] if m in masks else keep for m, keep in dropped.items()}
+        prediction = self.model(inputs, **({"masks": masks} if masks else {})).prediction
         loss_task = task_loss(self.task, prediction, targets)
         n = len(targets)
         loss = loss_task

@@ -32,7 +32,7 @@ from ..explain.ablation import modality_ablation
 from ..explain.removal import ModalityRemoval
 from ..inference import evaluate
 from ..io import atomic_write_text
-from ..models import ModelSpec, build_model, model_entry, model_spec
+from ..models import MODELS, ModelSpec, build_model, model_entry, model_spec
 from ..results import Relevance, RunResult
 from ..run import (
     BEST,
@@ -166,6 +166,7 @@ class _Run:
             "source": data.source,
             "fingerprint": data.fingerprint(),
             "split_sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
+            "present": {s: getattr(data, s).present_counts() for s in ("train", "val", "test")},
             "metrics": data.metrics,
             "info": data.info,
         }
@@ -281,6 +282,12 @@ def fit(
     if unknown:
         raise ValueError(
             f"encoders given for unknown modalities {unknown}; data has {data.modalities}"
+        )
+    partial = sorted({m for s in ("train", "val", "test") for m in getattr(data, s).masks})
+    if partial and not MODELS.get(config.model).masks:
+        raise ValueError(
+            f"modalities {partial} are missing for some samples, but model {config.model!r} has "
+            f"no missing-modality path; use a model that has one (intense or mnl)"
         )
     modules = {m: e for m, e in given.items() if isinstance(e, nn.Module)}
     specs = {m: given.get(m, data.encoders[m]) for m in data.modalities}

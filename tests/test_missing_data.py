@@ -1,0 +1,147 @@
+"""Genuinely missing modalities in the data (NaN rows or masks), end to end: loading, training,
+evaluation, reports, predict and explain."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from interfuse import load_run
+from interfuse.cli import main
+from interfuse.data import from_arrays, load_npz_dataset
+from interfuse.data.batching import split_indices
+from interfuse.train import TrainConfig, fit
+
+N = 1500
+
+
+def arrays(seed=0):
+    """Two informative modalities and a noise one; label from a and b."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, N)
+    a = rng.normal(size=(N, 3))
+    a[:, 0] += 1.5 * y
+    b = rng.normal(size=(N, 3))
+    b[:, 0] += 1.5 * y
+    c = rng.normal(size=(N, 3))
+    return {"a": a, "b": b, "c": c}, y
+
+
+def with_missing(full, fraction=0.2, seed=1):
+    """Each modality's row set to NaN for ``fraction`` of the samples, independently."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m, x in full.items():
+        x = x.copy()
+        x[rng.random(len(x)) < fraction] = np.nan
+        out[m] = x
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("missing")
+    full, y = arrays()
+    missing = with_missing(full)
+    config = TrainConfig(epochs=8, rank=4, seed=0)
+    fit(from_arrays(missing, y, seed=0), config, root / "missing", progress=False)
+    fit(
+        from_arrays(full, y, seed=0),
+        config.replace(modality_dropout=0.2),
+        root / "dropout",
+        progress=False,
+    )
+    return root, full, missing, y
+
+
+def test_missing_rows_are_masked_and_left_out_of_the_statistics():
+    full, y = arrays()
+    missing = with_missing(full)
+    task = from_arrays(missing, y, seed=0)
+    train_rows = split_indices(N, seed=0, stratify=y)[0]
+    for m in full:
+        present = ~np.isnan(missing[m][train_rows, 0])
+        assert task.train.present_counts()[m] == present.sum()
+        np.testing.assert_allclose(
+            task.preprocessor.scalers[m].mean, full[m][train_rows][present].mean(axis=0)
+        )
+        assert bool(np.isfinite(task.train.inputs[m].numpy()).all())  # missing rows are 0
+
+
+def test_training_with_missing_data_matches_complete_data_with_dropout(runs):
+    """The same split, judged on the same test samples (complete, then with the missing rows)."""
+    root, full, missing, y = runs
+    test = split_indices(N, seed=0, stratify=y)[2]
+    with_gaps, with_dropout = load_run(root / "missing"), load_run(root / "dropout")
+    for data in (full, missing):
+        rows = {m: x[test] for m, x in data.items()}
+        a = with_gaps.evaluate(rows, y[test])["accuracy"]
+        b = with_dropout.evaluate(rows, y[test])["accuracy"]
+        assert a > 0.75 and abs(a - b) <= 0.02, (a, b)
+
+
+def test_report_counts_samples_per_modality(runs):
+    root, *_ = runs
+    result = load_run(root / "missing").result
+    present = result.data["present"]["train"]
+    assert all(0.7 < present[m] / result.data["split_sizes"]["train"] < 0.9 for m in present)
+
+
+def test_npz_with_masks_and_nan_rows_trains_predicts_and_explains(tmp_path):
+    full, y = arrays()
+    x = with_missing({"a": full["a"]})["a"]
+    mask_b = np.random.default_rng(2).random(N) > 0.2
+    path = tmp_path / "gaps.npz"
+    np.savez(path, a=x, b=full["b"], b__mask=mask_b, c=full["c"], labels=y)
+    task = load_npz_dataset(path)
+    assert task.train.present_counts()["b"] < len(task.train)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "npz", "--data-path", path, "--epochs", "2", "--quiet"]
+    done = runner.invoke(main, [str(a) for a in [*args, "--rank", "2", "--out", out]])
+    assert done.exit_code == 0, done.output
+    assert "Samples with each modality" in (out / "report.md").read_text()
+    new = tmp_path / "new.npz"
+    rows = x[:10].copy()
+    rows[:3] = np.nan
+    np.savez(new, a=rows, c=full["c"][:10])
+    done = runner.invoke(main, ["predict", str(out), str(new)])
+    assert done.exit_code == 0, done.output
+    assert "b (10 of 10)" in done.output and "a (" in done.output
+    done = runner.invoke(main, ["explain", str(out), "--quiet", "--emap-samples", "16"])
+    assert done.exit_code == 0, done.output
+    explanation = json.loads((out / "explain.json").read_text())
+    assert explanation["explanations"]["emap"]["details"]["n_samples"] == 16
+
+
+def test_a_model_without_missing_path_refuses_missing_data(tmp_path):
+    full, y = arrays()
+    task = from_arrays(with_missing(full), y, seed=0)
+    with pytest.raises(ValueError, match="no missing-modality path"):
+        fit(task, TrainConfig(model="late", epochs=1), tmp_path / "late", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["a"].__setitem__((0, 0), np.nan), "partial rows are not allowed"),
+        (lambda d: d["a"].__setitem__(slice(None), np.nan), "no sample has modality 'a'"),
+    ],
+)
+def test_bad_missing_data_is_named(change, message):
+    full, y = arrays()
+    data = {m: x.copy() for m, x in full.items()}
+    change(data)
+    with pytest.raises(ValueError, match=message):
+        from_arrays(data, y, seed=0)
+
+
+def test_bad_masks_are_named():
+    full, y = arrays()
+    with pytest.raises(ValueError, match="mask of modality 'a' must hold one"):
+        from_arrays(full, y, masks={"a": np.ones(3, bool)})
+    with pytest.raises(ValueError, match="unknown modalities"):
+        from_arrays(full, y, masks={"z": np.ones(N, bool)})
