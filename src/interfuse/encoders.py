@@ -215,3 +215,40 @@ class SequenceGRU(nn.Module):
         last = h_n[-self.directions :].transpose(0, 1).reshape(batch, -1)
         last = last * (lengths > 0).unsqueeze(1).to(last.dtype)
         return self.project(last)
+
+
+@register_encoder("image_cnn")
+class ImageCNN(nn.Module):
+    """Small CNN for images ``(B, C, H, W) → (B, output_dim)``.
+
+    Two 3×3 convolutions with ReLU (the second with stride 2), global average pooling over the
+    positions, and a linear projection. Any image size works (pooling removes H and W); images
+    smaller than 3×3 are padded by the convolutions.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 16, output_dim: int = 32) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_channels", in_channels),
+            ("channels", channels),
+            ("output_dim", output_dim),
+        ):
+            if value < 1:
+                raise ValueError(f"ImageCNN: {name} must be >= 1, got {value}")
+        self.in_channels = in_channels
+        self.output_dim = output_dim
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.project = nn.Linear(2 * channels, output_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ImageCNN expects images of shape (batch, {self.in_channels}, height, width), "
+                f"got {tuple(x.shape)}"
+            )
+        return self.project(self.features(x).mean(dim=(2, 3)))

@@ -4,8 +4,8 @@ Conventions
 -----------
 * ``inputs`` maps modality names to arrays whose first axis is the sample: ``(N, d)`` feature
   vectors get an :class:`~interfuse.encoders.MLP`, ``(N, T, d)`` sequences (front zero-padded,
-  as in MultiBench) a :class:`~interfuse.encoders.SequenceGRU`; other shapes need an explicit
-  encoder specification.
+  as in MultiBench) a :class:`~interfuse.encoders.SequenceGRU`, ``(N, C, H, W)`` images an
+  :class:`~interfuse.encoders.ImageCNN`; other shapes need an encoder (a spec or a module).
 * The task is inferred from the labels unless given: floating-point labels mean regression,
   integer, boolean or string labels classification (classes are the sorted distinct labels,
   their names recorded in ``TaskData.class_names``).
@@ -136,14 +136,17 @@ def group_splits(
 
 
 def default_encoder(modality: str, sample_shape: tuple[int, ...]) -> dict[str, Any]:
-    """MLP for ``(d,)`` samples, SequenceGRU for ``(T, d)`` samples."""
+    """MLP for ``(d,)`` samples, SequenceGRU for ``(T, d)`` samples, ImageCNN for ``(C, H, W)``."""
     if len(sample_shape) == 1:
         return {"type": "mlp", "input_dim": int(sample_shape[0]), "hidden": [64], "output_dim": 32}
     if len(sample_shape) == 2:
         return {"type": "sequence_gru", "input_dim": int(sample_shape[1]), "output_dim": 32}
+    if len(sample_shape) == 3:
+        return {"type": "image_cnn", "in_channels": int(sample_shape[0]), "output_dim": 32}
     raise ValueError(
         f"modality {modality!r}: no default encoder for samples of shape {sample_shape} "
-        f"(2-D arrays (N, d) get an MLP, 3-D arrays (N, T, d) a GRU); pass an encoder spec"
+        f"(2-D arrays (N, d) get an MLP, 3-D arrays (N, T, d) a GRU, 4-D arrays (N, C, H, W) a "
+        f"CNN); pass an encoder: encoders={{{modality!r}: module or spec}}"
     )
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    encoders: Mapping[str, nn.Module | Mapping[str, Any]] | None = None,
+    encoders: Mapping[str, nn.Module | Mapping[str, Any] | Callable[..., nn.Module]] | None = None,
 ) -> RunResult:
     """Train, select the best epoch on validation, evaluate, and write the run folder.
 
@@ -271,8 +271,10 @@ def fit(
         resume: continue the run in ``out_dir`` from ``last.safetensors``; refused when the
             data, the model or any setting other than ``epochs`` differs.
         overwrite: replace a finished run in ``out_dir``.
-        encoders: per modality, an ``nn.Module`` or an encoder spec replacing ``data.encoders``
-            (a module not registered by name must be passed again to :func:`interfuse.load_run`).
+        encoders: per modality, an ``nn.Module``, an encoder spec (``{"type": name, ...}``, see
+            :data:`interfuse.encoders.ENCODERS`) or a factory called with the per-sample input
+            shape, replacing ``data.encoders`` (a module not registered by name must be passed
+            again to :func:`interfuse.load_run`).
 
     Returns the :class:`RunResult` also written to ``results.json``.
     """
@@ -289,15 +291,37 @@ def fit(
             f"modalities {partial} are missing for some samples, but model {config.model!r} has "
             f"no missing-modality path; use a model that has one (intense or mnl)"
         )
-    modules = {m: e for m, e in given.items() if isinstance(e, nn.Module)}
-    specs = {m: given.get(m, data.encoders[m]) for m in data.modalities}
     shapes = {m: list(x.shape[1:]) for m, x in data.train.inputs.items()}
+    specs = {m: _encoder(m, given.get(m, data.encoders[m]), shapes[m]) for m in data.modalities}
+    modules = {m: e for m, e in specs.items() if isinstance(e, nn.Module)}
     spec = model_spec(config.model, specs, config, data.num_outputs, input_shapes=shapes)
     out = prepare_run_folder(out_dir, resume, overwrite)
     with lock_run_folder(out):
         run = _Run(data, config, spec, out, resume, modules)
         _train(run, progress)
         return finish(run)
+
+
+def _encoder(
+    modality: str,
+    encoder: nn.Module | Mapping[str, Any] | Callable[..., nn.Module],
+    shape: list[int],
+) -> nn.Module | Mapping[str, Any]:
+    """A module, a spec, or a factory called with the per-sample input shape."""
+    if isinstance(encoder, (nn.Module, Mapping)):
+        return encoder
+    if callable(encoder):
+        module = encoder(tuple(shape))
+        if not isinstance(module, nn.Module):
+            raise ValueError(
+                f"the encoder factory of modality {modality!r} returned "
+                f"{type(module).__name__}, not an nn.Module"
+            )
+        return module
+    raise ValueError(
+        f"modality {modality!r}: an encoder is an nn.Module, a spec {{'type': name, ...}} or a "
+        f"factory taking the input shape, got {type(encoder).__name__}"
+    )
 
 
 def _train(run: _Run, progress: bool) -> None:
