@@ -6,6 +6,9 @@ metrics for a task and returns plain floats. Metric sets (:data:`METRIC_SETS`):
 * ``"default"``: classification → loss (cross-entropy), accuracy, macro-F1, AUROC and AUPRC
   (one-vs-rest, macro-averaged over the classes present in the targets; for two classes the
   score of class 1); regression → loss (MSE), MAE, RMSE, R² and Pearson r.
+  Multilabel → loss (binary cross-entropy), ``accuracy`` (mean over labels), ``exact_match``
+  (every label right), ``macro_f1``, ``auroc`` and ``auprc`` (macro over labels with both
+  values), and ``f1@k`` per label k.
 * ``"sentiment"``: regression on sentiment scores in [-3, 3] (CMU-MOSI/MOSEI), which adds the
   binary and 7-class scores of :func:`sentiment_metrics`.
 """
@@ -26,13 +29,18 @@ from torchmetrics.functional import (
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
+    binary_f1_score,
     multiclass_accuracy,
     multiclass_f1_score,
+    multilabel_accuracy,
+    multilabel_exact_match,
+    multilabel_f1_score,
 )
 
 __all__ = [
     "LOWER_IS_BETTER",
     "METRIC_SETS",
+    "balanced_weights",
     "compute_metrics",
     "format_metrics",
     "sentiment_metrics",
@@ -44,11 +52,33 @@ LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse"})
 """Metrics for which a smaller value is better (all others: larger is better)."""
 
 
-def task_loss(task: str, prediction: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy for classification (``targets`` class indices), MSE for regression."""
+def task_loss(
+    task: str, prediction: Tensor, targets: Tensor, weight: Tensor | None = None
+) -> Tensor:
+    """Cross-entropy for classification (``targets`` class indices; ``weight`` per class),
+    binary cross-entropy on logits for multilabel (``weight``: positive weight per label), MSE
+    for regression."""
     if task == "classification":
-        return F.cross_entropy(prediction, targets)
+        return F.cross_entropy(prediction, targets, weight=weight)
+    if task == "multilabel":
+        return F.binary_cross_entropy_with_logits(
+            prediction, targets.to(prediction.dtype), pos_weight=weight
+        )
     return F.mse_loss(prediction.reshape(targets.shape), targets.to(prediction.dtype))
+
+
+def balanced_weights(task: str, targets: Tensor, num_outputs: int) -> Tensor | None:
+    """Loss weights that balance classes (``N / (C · n_c)``) or labels (``n_negative /
+    n_positive`` as positive weight); ``None`` for regression. Absent classes get weight 1."""
+    if task == "classification":
+        counts = torch.bincount(targets, minlength=num_outputs).double()
+        weights = len(targets) / (num_outputs * counts.clamp(min=1))
+        return torch.where(counts > 0, weights, 1.0).float()
+    if task == "multilabel":
+        positive = targets.double().sum(dim=0)
+        negative = len(targets) - positive
+        return torch.where(positive > 0, negative / positive.clamp(min=1), 1.0).float()
+    return None
 
 
 def compute_metrics(
@@ -67,6 +97,8 @@ def compute_metrics(
     metrics = {"loss": float(task_loss(task, prediction, targets))}
     if task == "classification":
         metrics.update(_classification_metrics(prediction, targets))
+    elif task == "multilabel":
+        metrics.update(_multilabel_metrics(prediction, targets))
     else:
         pred = prediction.reshape(-1).double()
         true = targets.reshape(-1).double()
@@ -100,6 +132,27 @@ def _classification_metrics(prediction: Tensor, targets: Tensor) -> dict[str, fl
         if 0 < int(positive.sum()) < len(positive):
             auroc.append(float(binary_auroc(probabilities[:, c], positive)))
             auprc.append(float(binary_average_precision(probabilities[:, c], positive)))
+    metrics["auroc"] = sum(auroc) / len(auroc) if auroc else math.nan
+    metrics["auprc"] = sum(auprc) / len(auprc) if auprc else math.nan
+    return metrics
+
+
+def _multilabel_metrics(prediction: Tensor, targets: Tensor) -> dict[str, float]:
+    k = prediction.shape[1]
+    probabilities = torch.sigmoid(prediction.double())
+    truth = targets.long()
+    metrics = {
+        "accuracy": float(multilabel_accuracy(probabilities, truth, num_labels=k, average="macro")),
+        "exact_match": float(multilabel_exact_match(probabilities, truth, num_labels=k)),
+        "macro_f1": float(multilabel_f1_score(probabilities, truth, num_labels=k, average="macro")),
+    }
+    auroc, auprc = [], []
+    for j in range(k):
+        column = truth[:, j]
+        metrics[f"f1@{j}"] = float(binary_f1_score(probabilities[:, j], column))
+        if 0 < int(column.sum()) < len(column):
+            auroc.append(float(binary_auroc(probabilities[:, j], column)))
+            auprc.append(float(binary_average_precision(probabilities[:, j], column)))
     metrics["auroc"] = sum(auroc) / len(auroc) if auroc else math.nan
     metrics["auprc"] = sum(auprc) / len(auprc) if auprc else math.nan
     return metrics

@@ -177,8 +177,10 @@ class RunPrediction:
     """Predictions for raw inputs.
 
     ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels (the raw label
-    values of training, as strings) for classification, else ``None``; ``probabilities``:
-    softmax ``(N, C)`` for classification; ``missing``: per modality, which samples lacked it.
+    values of training, as strings) for classification, the labels that are on (joined by ``+``)
+    for multilabel, ``None`` for regression; ``probabilities``: softmax ``(N, C)`` for
+    classification, per-label sigmoid ``(N, K)`` for multilabel; ``missing``: per modality,
+    which samples lacked it.
     """
 
     outputs: Tensor
@@ -236,10 +238,14 @@ class Run:
         """
         tensors = self.preprocessor.transform(inputs)
         result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
-        if self.task != "classification":
+        if self.task == "regression":
             return RunPrediction(result.outputs, None, None, result.missing)
-        probabilities = torch.softmax(result.outputs.double(), dim=1)
-        labels = self.preprocessor.decode(probabilities.argmax(dim=1))
+        if self.task == "multilabel":
+            probabilities = torch.sigmoid(result.outputs.double())
+            labels = self.preprocessor.decode(probabilities >= 0.5)
+        else:
+            probabilities = torch.softmax(result.outputs.double(), dim=1)
+            labels = self.preprocessor.decode(probabilities.argmax(dim=1))
         return RunPrediction(result.outputs, labels, probabilities, result.missing)
 
     def evaluate(

@@ -95,9 +95,9 @@ def test_from_arrays_defaults():
         ({"a": np.ones((5, 2)), "b": np.ones((4, 2))}, np.arange(5), "modality 'b' has 4 samples"),
         ({"a": np.ones(5)}, np.arange(5), "modality 'a': expected an array"),
         ({"a": np.full((20, 2), np.nan)}, np.arange(20) % 2, "no sample has modality 'a'"),
-        ({"a": np.ones((5, 2, 2, 2))}, np.arange(5) % 2, "modality 'a': no default encoder"),
+        ({"a": np.ones((5, 2, 2, 2, 2))}, np.arange(5) % 2, "modality 'a': no default encoder"),
         ({"a": np.array([["x"]] * 5)}, np.arange(5), "modality 'a': expected numbers"),
-        ({"a": np.ones((5, 2))}, np.ones((5, 2)), "one label per sample"),
+        ({"a": np.ones((5, 2))}, np.ones((5, 2, 2)), "one label per sample"),
     ],
 )
 def test_from_arrays_errors_name_the_modality(inputs, labels, message):

@@ -17,6 +17,7 @@ from click.core import ParameterSource
 
 from ..models import MODELS
 from ..train import TrainConfig
+from ..train.config import CLASS_WEIGHTS
 from .app import parse_interactions
 
 __all__ = ["config_from_options", "config_options", "given_options"]
@@ -47,6 +48,15 @@ def _option(f: Field[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             + " "
             + "; ".join(f"{n}: {MODELS.get(n).summary}" for n in MODELS.names())
             + ".",
+        )
+    if f.name == "class_weights":
+        return click.option(
+            flag,
+            f.name,
+            default=default,
+            show_default=True,
+            type=click.Choice(CLASS_WEIGHTS),
+            help=help_text,
         )
     kind = {int: int, float: float, str: str}.get(type(default), float)  # None → float
     return click.option(

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..data.registry import dataset_info, list_datasets, load_dataset
-from ..data.task import TaskData
+from ..data.task import TASKS, TaskData
 from ..metrics import format_metrics
 from ..report import render_comparison, render_report
 from ..results import RunResult
@@ -133,6 +133,14 @@ def _train_and_report(task: TaskData, config: TrainConfig, out: Path, **options:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run already in --out.")
+@click.option(
+    "--task",
+    "task_kind",
+    type=click.Choice(TASKS),
+    default=None,
+    help="What to predict (npz data; default: inferred from the labels — integer, bool or "
+    "string labels classification, float labels regression, (N, K) 0/1 labels multilabel).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(
@@ -148,6 +156,7 @@ def train(
     out: Path,
     resume: bool,
     overwrite: bool,
+    task_kind: str | None,
     quiet: bool,
     **config_values: Any,
 ) -> None:
@@ -168,6 +177,8 @@ def train(
             raise click.UsageError(f"{flags}: only for --dataset motif")
     elif data_path is not None:
         raise click.UsageError("--data-path does not apply to --dataset motif")
+    if task_kind is not None and dataset != "npz":
+        raise click.UsageError(f"--task applies to --dataset npz; {dataset} has a fixed task")
     config = config_from_options(given_options(context, config_values))
     seed = config.with_defaults(info.train_defaults).seed
     data_seed = seed if data_seed is None else data_seed
@@ -177,6 +188,8 @@ def train(
         options: dict[str, Any] = {"seed": data_seed}
         if data_path is not None:
             options["path"] = data_path
+        if task_kind is not None:
+            options["task"] = task_kind
         task = load_dataset(dataset, **options)
     quiet_lightning()
     result = _train_and_report(

@@ -25,8 +25,9 @@ Nothing is ever unpickled: object arrays are refused.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 
 from .batching import TensorData, split_indices
 from .preprocess import Preprocessor, sequence_lengths
-from .task import TaskData, TaskKind
+from .task import TASKS, TaskData, TaskKind
 
 __all__ = [
     "LABELS",
@@ -198,11 +199,29 @@ def _mark_missing(
 
 
 def _infer_task(labels: np.ndarray) -> TaskKind:
-    return "regression" if labels.dtype.kind in "fc" else "classification"
+    """2-D labels → multilabel; float labels → regression (with a warning when they look like
+    classes); integer, bool or string labels → classification."""
+    if labels.ndim == 2:
+        return "multilabel"
+    if labels.dtype.kind not in "fc":
+        return "classification"
+    values = np.unique(labels[np.isfinite(labels)])
+    if 1 < len(values) <= 10 and np.all(values == np.round(values)):
+        warnings.warn(
+            f"float labels with only the values {values.tolist()} are treated as regression "
+            f"targets; if they are classes, pass task='classification' (--task classification)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return "regression"
 
 
-def _labels_1d(labels: Any, where: str) -> np.ndarray:
+def _labels(labels: Any, where: str) -> np.ndarray:
+    """One label per sample ``(N,)`` (``(N, 1)`` is flattened), or a 0/1 matrix ``(N, K)`` for
+    multilabel tasks."""
     labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return labels
     if labels.ndim == 0 or labels.size != len(labels):
         raise ValueError(f"{where}labels must hold one label per sample, got shape {labels.shape}")
     return labels.reshape(len(labels))
@@ -222,10 +241,12 @@ def from_splits(
     info: dict[str, Any] | None = None,
     source: str = "",
     masks: Mapping[str, Mapping[str, Any]] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> TaskData:
     """A task from given ``{"train"|"val"|"test": (inputs, labels)}`` splits.
 
-    ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Missing
+    ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Labels
+    ``(N, K)`` of 0/1 make a multilabel task (``label_names`` name the K columns). Missing
     modalities: a row of NaN, or ``masks[split][modality]`` (``(N,)``, True = present). Errors
     name the split and modality (and ``source``, e.g. a file, when given).
     """
@@ -241,7 +262,7 @@ def from_splits(
         where = f"{prefix}split {split!r}: "
         if not inputs:
             raise ValueError(f"{where}no modalities")
-        labels = _labels_1d(labels, where)
+        labels = _labels(labels, where)
         arrays = {m: _check_features(m, x, where) for m, x in inputs.items()}
         if modalities is None:
             modalities = list(arrays)
@@ -277,6 +298,18 @@ def from_splits(
         classes = np.unique(np.concatenate([checked[s][1] for s in SPLITS]))
         if len(classes) < 2:
             raise ValueError(f"{prefix}classification needs at least 2 classes, got {classes}")
+    elif task == "multilabel":
+        if train_labels.ndim != 2:
+            raise ValueError(
+                f"{prefix}multilabel needs labels of shape (N, K), got {train_labels.shape}"
+            )
+        classes = np.asarray(
+            label_names if label_names is not None else range(train_labels.shape[1])
+        )
+        if len(classes) != train_labels.shape[1]:
+            raise ValueError(
+                f"{prefix}{len(classes)} label names for {train_labels.shape[1]} label columns"
+            )
     elif train_labels.dtype.kind not in "biuf":
         raise ValueError(f"{prefix}regression needs numeric labels, got {train_labels.dtype}")
     preprocessor = Preprocessor.fit(
@@ -332,6 +365,7 @@ def from_arrays(
     name: str = "arrays",
     metrics: str = "default",
     masks: Mapping[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> TaskData:
     """A task from one pool of samples, split train/val/test with a seeded split.
 
@@ -341,7 +375,7 @@ def from_arrays(
     """
     if not inputs:
         raise ValueError("inputs must map at least one modality name to an array")
-    labels = _labels_1d(np.asarray(labels), "")
+    labels = _labels(np.asarray(labels), "")
     arrays = {
         m: _check_features(m, x.numpy() if isinstance(x, torch.Tensor) else x, "")
         for m, x in inputs.items()
@@ -355,8 +389,8 @@ def from_arrays(
         if encoders is None or m not in encoders:
             default_encoder(m, x.shape[1:])  # fail early for shapes without a default
     task = task or _infer_task(labels)
-    if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     stratify = labels if task == "classification" else None
     parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
     splits = {
@@ -385,6 +419,7 @@ def from_arrays(
         metrics=metrics,
         info={"split_seed": seed, "split_fractions": list(fractions)},
         masks=masks_by_split,
+        label_names=label_names,
     )
 
 
@@ -401,9 +436,9 @@ def load_npz_dataset(
     source = str(path)
     if TASK_KEY in arrays and task is None:
         task = str(arrays.pop(TASK_KEY))  # type: ignore[assignment]
-        if task not in ("classification", "regression"):
+        if task not in TASKS:
             raise ValueError(
-                f"{source}: entry 'task' must be 'classification' or 'regression', got {task!r}"
+                f"{source}: entry 'task' must be one of {', '.join(TASKS)}, got {task!r}"
             )
     arrays.pop(TASK_KEY, None)
     splits = group_splits(arrays, source)

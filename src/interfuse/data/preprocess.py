@@ -10,7 +10,8 @@ so that a trained model sees new raw data exactly as it saw its training data:
   (see :func:`interfuse.predict`) and stays NaN.
 * **Labels**: for classification, the sorted distinct raw labels (as strings) define the class
   indices ``0 .. C-1``; :meth:`Preprocessor.encode_labels` maps raw labels to indices and
-  :meth:`Preprocessor.decode` maps indices back.
+  :meth:`Preprocessor.decode` maps indices back. For multilabel tasks ``classes`` names the K
+  label columns and labels are 0/1 matrices ``(N, K)``.
 
 The state is numbers and strings only (:meth:`state` / :meth:`from_state`), saved without pickle.
 """
@@ -169,11 +170,24 @@ class Preprocessor:
     def encode_labels(self, labels: Any, source: str = "") -> Tensor:
         """Raw labels → class indices (classification) or float32 targets (regression)."""
         values = np.asarray(labels)
-        values = values.reshape(len(values)) if values.ndim else values.reshape(1)
+        if self.task != "multilabel":
+            values = values.reshape(len(values)) if values.ndim else values.reshape(1)
         if self.classes is None:
             if values.dtype.kind not in "biuf":
                 raise ValueError(
                     f"{source + ': ' if source else ''}regression needs numeric labels"
+                )
+            return torch.from_numpy(values.astype(np.float32))
+        if self.task == "multilabel":
+            k = len(self.classes)
+            if values.ndim != 2 or values.shape[1] != k:
+                raise ValueError(
+                    f"{source + ': ' if source else ''}multilabel labels must have shape (N, {k}), "
+                    f"got {values.shape}"
+                )
+            if values.dtype.kind not in "biuf" or not np.isin(values, (0, 1)).all():
+                raise ValueError(
+                    f"{source + ': ' if source else ''}multilabel labels must be 0 or 1"
                 )
             return torch.from_numpy(values.astype(np.float32))
         index = {c: i for i, c in enumerate(self.classes)}
@@ -187,9 +201,14 @@ class Preprocessor:
         return torch.tensor([index[n] for n in names], dtype=torch.long)
 
     def decode(self, indices: Tensor | Sequence[int]) -> list[str]:
-        """Class indices → raw label values (as strings)."""
+        """Class indices → raw label values (as strings); for multilabel, a ``(N, K)`` 0/1 matrix
+        → the names of the labels that are on, joined by ``+`` (``""`` for none)."""
         if self.classes is None:
             raise ValueError("a regression task has no classes to decode")
+        if self.task == "multilabel":
+            return [
+                "+".join(c for c, on in zip(self.classes, row) if on) for row in np.asarray(indices)
+            ]
         return [self.classes[int(i)] for i in indices]
 
     # -- storage ---------------------------------------------------------------------------

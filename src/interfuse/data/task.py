@@ -13,7 +13,10 @@ from .batching import TensorData, split_indices
 from .preprocess import Preprocessor
 from .synthetic import SyntheticData
 
-TaskKind = Literal["classification", "regression"]
+TaskKind = Literal["classification", "regression", "multilabel"]
+TASKS: tuple[str, ...] = ("classification", "regression", "multilabel")
+"""``classification``: one class per sample (integer targets ``(N,)``); ``regression``: real
+targets ``(N,)``; ``multilabel``: any subset of K labels per sample (0/1 targets ``(N, K)``)."""
 
 
 @dataclass
@@ -50,10 +53,12 @@ class TaskData:
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in ("classification", "regression"):
-            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "classification" and (self.num_classes is None or self.num_classes < 2):
             raise ValueError("a classification task needs num_classes >= 2")
+        if self.task == "multilabel" and (self.num_classes is None or self.num_classes < 1):
+            raise ValueError("a multilabel task needs num_classes >= 1 (the number of labels)")
         for split in ("val", "test"):
             if getattr(self, split).modalities != self.train.modalities:
                 raise ValueError(f"the {split} split has different modalities than train")
@@ -81,6 +86,14 @@ class TaskData:
                     f"{split} labels must lie in 0..{self.num_classes - 1}, found values from "
                     f"{int(targets.min())} to {int(targets.max())}"
                 )
+        elif self.task == "multilabel":
+            if targets.dim() != 2 or targets.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"{split} targets must have shape (N, {self.num_classes}) for multilabel, got "
+                    f"{tuple(targets.shape)}"
+                )
+            if not bool(((targets == 0) | (targets == 1)).all()):
+                raise ValueError(f"{split} multilabel targets must be 0 or 1")
         elif not bool(torch.isfinite(targets.double()).all()):
             raise ValueError(f"{split} targets contain non-finite values (NaN or inf)")
 
@@ -90,7 +103,7 @@ class TaskData:
 
     @property
     def num_outputs(self) -> int:
-        return self.num_classes if self.task == "classification" else 1
+        return 1 if self.task == "regression" else int(self.num_classes or 1)
 
     def fitted_preprocessor(self) -> Preprocessor:
         """The preprocessing to store with a run (identity when the tensors were given as is)."""

@@ -21,7 +21,9 @@ from typing import Any
 from ..models import MODELS
 from ..terms import InteractionSpec
 
-__all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
+__all__ = ["CLASS_WEIGHTS", "RESUMABLE_CHANGES", "TrainConfig"]
+
+CLASS_WEIGHTS = ("none", "balanced")
 
 RESUMABLE_CHANGES = frozenset({"epochs"})
 """Settings that may differ when a run is resumed (train longer); every other one must match."""
@@ -87,6 +89,13 @@ class TrainConfig:
     max_grad_norm: float | None = field(
         default=None, metadata=_help("Clip the gradient norm to this value (off by default).")
     )
+    class_weights: str = field(
+        default="none",
+        metadata=_help(
+            "Loss weights: none, or balanced (classes weighted N / (C·n_c); multilabel: positive "
+            "weight n_negative / n_positive per label), computed on the training split."
+        ),
+    )
     modality_dropout: float = field(
         default=0.0,
         metadata=_help(
@@ -125,6 +134,11 @@ class TrainConfig:
                 self.max_grad_norm is None
                 or (_real(self.max_grad_norm) and self.max_grad_norm > 0),
                 f"max_grad_norm must be > 0, got {self.max_grad_norm}",
+            ),
+            (
+                self.class_weights in CLASS_WEIGHTS,
+                f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got "
+                f"{self.class_weights!r}",
             ),
             (
                 _real(self.modality_dropout) and 0.0 <= self.modality_dropout < 1.0,

@@ -39,6 +39,7 @@ class FusionModule(pl.LightningModule):
         seed: int = 0,
         epoch_offset: int = 0,
         regularize: bool | None = None,
+        loss_weight: Tensor | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= modality_dropout < 1.0:
@@ -52,6 +53,8 @@ class FusionModule(pl.LightningModule):
         self.seed = seed
         self.epoch_offset = epoch_offset
         self.regularize = isinstance(model, MultimodalModel) if regularize is None else regularize
+        # class (or positive-label) weights of the task loss; a buffer so it follows the device
+        self.register_buffer("loss_weight", loss_weight, persistent=False)
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.model(inputs).prediction
@@ -62,7 +65,7 @@ class FusionModule(pl.LightningModule):
             dropped = self.dropout_masks(len(targets), batch_idx)
             masks = {m: keep & masks[m] if m in masks else keep for m, keep in dropped.items()}
         prediction = self.model(inputs, **({"masks": masks} if masks else {})).prediction
-        loss_task = task_loss(self.task, prediction, targets)
+        loss_task = task_loss(self.task, prediction, targets, self.loss_weight)
         n = len(targets)
         loss = loss_task
         if self.regularize:  # baselines have no Ω_p

@@ -32,6 +32,7 @@ from ..explain.ablation import modality_ablation
 from ..explain.removal import ModalityRemoval
 from ..inference import evaluate
 from ..io import atomic_write_text
+from ..metrics import balanced_weights
 from ..models import MODELS, ModelSpec, build_model, model_entry, model_spec
 from ..results import Relevance, RunResult
 from ..run import (
@@ -339,6 +340,9 @@ def _train(run: _Run, progress: bool) -> None:
         seed=config.seed,
         epoch_offset=run.state.epoch,
         regularize=run.entry.relevance,
+        loss_weight=balanced_weights(run.data.task, run.data.train.targets, run.data.num_outputs)
+        if config.class_weights == "balanced"
+        else None,
     )
     interrupted = InterruptFlag()
     trainer = pl.Trainer(

@@ -1,0 +1,146 @@
+"""Task types: classification, regression and multilabel — metrics checked against scikit-learn
+and scipy on fixed predictions, end-to-end training with relevance, --task and class weights."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from scipy import stats
+from sklearn import metrics as skm
+
+from interfuse import load_run
+from interfuse.cli import main
+from interfuse.data import from_arrays
+from interfuse.metrics import balanced_weights, compute_metrics
+from interfuse.train import TrainConfig, fit
+
+GEN = np.random.default_rng(0)
+
+
+def test_classification_metrics_match_sklearn():
+    logits = torch.tensor(GEN.normal(size=(60, 3)))
+    targets = torch.tensor(GEN.integers(0, 3, 60))
+    m = compute_metrics("classification", logits, targets)
+    predicted = logits.argmax(1).numpy()
+    probabilities = torch.softmax(logits, 1).numpy()
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(targets, predicted))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(targets, predicted, average="macro"))
+    assert m["loss"] == pytest.approx(skm.log_loss(targets, probabilities), rel=1e-6)
+    ovr = [skm.roc_auc_score(targets == c, probabilities[:, c]) for c in range(3)]
+    assert m["auroc"] == pytest.approx(np.mean(ovr), rel=1e-6)
+    ap = [skm.average_precision_score(targets == c, probabilities[:, c]) for c in range(3)]
+    assert m["auprc"] == pytest.approx(np.mean(ap), rel=1e-6)
+
+
+def test_binary_auroc_is_that_of_class_one_and_undefined_for_one_class():
+    logits = torch.tensor(GEN.normal(size=(40, 2)))
+    targets = torch.tensor(GEN.integers(0, 2, 40))
+    probabilities = torch.softmax(logits, 1)[:, 1].numpy()
+    m = compute_metrics("classification", logits, targets)
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(targets, probabilities), rel=1e-6)
+    single = compute_metrics("classification", logits, torch.zeros(40, dtype=torch.long))
+    assert math.isnan(single["auroc"]) and math.isnan(single["auprc"])
+
+
+def test_regression_metrics_match_sklearn_and_scipy():
+    prediction = torch.tensor(GEN.normal(size=(50, 1)))
+    targets = torch.tensor(GEN.normal(size=50))
+    m = compute_metrics("regression", prediction, targets)
+    p, t = prediction.numpy().ravel(), targets.numpy()
+    assert m["loss"] == pytest.approx(skm.mean_squared_error(t, p))
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(t, p))
+    assert m["rmse"] == pytest.approx(math.sqrt(skm.mean_squared_error(t, p)))
+    assert m["r2"] == pytest.approx(skm.r2_score(t, p))
+    assert m["pearson"] == pytest.approx(stats.pearsonr(p, t).statistic)
+
+
+def test_multilabel_metrics_match_sklearn():
+    logits = torch.tensor(GEN.normal(size=(80, 4)))
+    targets = torch.tensor(GEN.integers(0, 2, (80, 4))).float()
+    m = compute_metrics("multilabel", logits, targets)
+    probabilities = torch.sigmoid(logits).numpy()
+    predicted = (probabilities >= 0.5).astype(int)
+    y = targets.numpy().astype(int)
+    assert m["exact_match"] == pytest.approx(skm.accuracy_score(y, predicted))
+    assert m["accuracy"] == pytest.approx(np.mean(y == predicted))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro"))
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, probabilities, average="macro"))
+    for k in range(4):
+        assert m[f"f1@{k}"] == pytest.approx(skm.f1_score(y[:, k], predicted[:, k]))
+    bce = skm.log_loss(y.ravel(), probabilities.ravel())
+    assert m["loss"] == pytest.approx(bce, rel=1e-6)
+
+
+def test_balanced_weights():
+    w = balanced_weights("classification", torch.tensor([0, 0, 0, 1]), 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])  # class 2 absent: weight 1
+    y = torch.tensor([[1, 0], [0, 0], [0, 1], [0, 1]]).float()
+    assert balanced_weights("multilabel", y, 2).tolist() == pytest.approx([3.0, 1.0])
+    assert balanced_weights("regression", torch.zeros(3), 1) is None
+
+
+def multilabel_arrays(n=600, seed=0):
+    """Label 0 from modality a, label 1 from b, label 2 from nothing (rare, noise)."""
+    rng = np.random.default_rng(seed)
+    a, b, c = (rng.normal(size=(n, 4)) for _ in range(3))
+    labels = np.stack([a[:, 0] > 0, b[:, 0] > 0, rng.random(n) < 0.1], axis=1).astype(int)
+    return {"a": a, "b": b, "c": c}, labels
+
+
+def test_multilabel_trains_with_relevance_and_predicts_label_sets(tmp_path):
+    inputs, labels = multilabel_arrays()
+    task = from_arrays(inputs, labels, seed=0, label_names=["left", "right", "rare"])
+    assert task.task == "multilabel" and task.num_outputs == 3
+    config = TrainConfig(epochs=8, rank=2, seed=0, lr=1e-2, class_weights="balanced")
+    result = fit(task, config, tmp_path / "run", progress=False)
+    test = result.metrics["test"]
+    assert test["f1@0"] > 0.8 and test["f1@1"] > 0.8
+    shares = result.relevance.shares
+    assert shares["a"] > shares["c"] and shares["b"] > shares["c"]
+    prediction = load_run(tmp_path / "run").predict({m: x[:50] for m, x in inputs.items()})
+    assert prediction.probabilities.shape == (50, 3)
+    on = [set(p.split("+")) for p in prediction.labels]
+    for k, name in enumerate(["left", "right"]):
+        assert np.mean([(name in s) == bool(labels[i, k]) for i, s in enumerate(on)]) > 0.85
+    assert on == [
+        {n for n, p in zip(["left", "right", "rare"], row) if p >= 0.5} or {""}
+        for row in prediction.probabilities.tolist()
+    ]
+
+
+def test_float_labels_that_look_like_classes_warn_and_task_overrides(tmp_path):
+    inputs, labels = multilabel_arrays(n=120)
+    y = labels[:, 0].astype(float)
+    with pytest.warns(UserWarning, match="look like|if they are classes"):
+        assert from_arrays(inputs, y, seed=0).task == "regression"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_arrays(inputs, y, seed=0, task="classification").task == "classification"
+    path = tmp_path / "floats.npz"
+    np.savez(path, labels=y, **inputs)
+    done = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--dataset",
+            "npz",
+            "--data-path",
+            str(path),
+            "--task",
+            "classification",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert load_run(tmp_path / "run").task == "classification"
+    done = CliRunner().invoke(main, ["train", "--task", "regression", "--out", str(tmp_path / "x")])
+    assert done.exit_code == 2 and "--task applies to --dataset npz" in done.output
