@@ -120,6 +120,12 @@ class RunResult:
         return list(self.model.get("modalities", []))
 
     @property
+    def converged(self) -> bool:
+        """False when the best epoch is the last one run without early stopping (training may
+        have stopped too soon)."""
+        return self.stopped_early or self.best_epoch < self.epochs_run
+
+    @property
     def truth_shares(self) -> dict[str, float] | None:
         """Ground-truth relevance shares per term, if the data has them."""
         shares = (self.ground_truth or {}).get("term_shares")

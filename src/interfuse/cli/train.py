@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,8 @@ from ..metrics import format_metrics
 from ..report import render_comparison, render_report
 from ..results import RunResult
 from ..run import read_history
-from ..train import TrainConfig, fit
-from .app import float_list, main, print_run, quiet_lightning, user_errors
+from ..train import NotConverged, TrainConfig, fit
+from .app import float_list, main, print_run, user_errors
 from .options import config_from_options, config_options, given_options
 
 DEFAULT_PROBS = "0.9,0.6,0.3,0.0"
@@ -98,11 +100,53 @@ def _synthetic_task(
     )
 
 
-def _train_and_report(task: TaskData, config: TrainConfig, out: Path, **options: Any) -> RunResult:
-    """``fit`` then render the report (training itself never renders)."""
-    result = fit(task, config, out, **options)
+def _train_and_report(
+    task: TaskData, config: TrainConfig, out: Path, quiet: bool = False, **options: Any
+) -> RunResult:
+    """``fit`` (a progress bar on a terminal, else one line per epoch), then the report; a
+    training warning (e.g. not converged) becomes one line."""
+    bar = not quiet and sys.stderr.isatty()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NotConverged)
+        result = fit(task, config, out, progress=bar, log=click.echo, **options)
+    for warning in caught:
+        if issubclass(warning.category, NotConverged):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     render_report(result, out, read_history(out))
     return result
+
+
+def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where and how to compute: settings of the machine, not of the run (may change on resume)."""
+    options = [
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="Lightning accelerator: auto, cpu, cuda, mps, …",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="torch intra-op threads while training (tiny models: 1 is fastest on a busy "
+            "machine) [default: torch's].",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["32", "bf16-mixed", "16-mixed"]),
+            default="32",
+            show_default=True,
+            help="Numeric precision of training (mixed precision needs a GPU to pay off).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @main.command()
@@ -141,7 +185,10 @@ def _train_and_report(task: TaskData, config: TrainConfig, out: Path, **options:
     help="What to predict (npz data; default: inferred from the labels — integer, bool or "
     "string labels classification, float labels regression, (N, K) 0/1 labels multilabel).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_runtime_options
+@click.option(
+    "--quiet", is_flag=True, help="No progress bar: one line per epoch (as when not on a terminal)."
+)
 @user_errors
 def train(
     dataset: str,
@@ -157,6 +204,9 @@ def train(
     resume: bool,
     overwrite: bool,
     task_kind: str | None,
+    device: str,
+    threads: int | None,
+    precision: str,
     quiet: bool,
     **config_values: Any,
 ) -> None:
@@ -191,9 +241,16 @@ def train(
         if task_kind is not None:
             options["task"] = task_kind
         task = load_dataset(dataset, **options)
-    quiet_lightning()
     result = _train_and_report(
-        task, config, out, resume=resume, overwrite=overwrite, progress=not quiet
+        task,
+        config,
+        out,
+        quiet,
+        resume=resume,
+        overwrite=overwrite,
+        accelerator=device,
+        threads=threads,
+        precision="32-true" if precision == "32" else precision,
     )
     print_run(dataset, result, out)
     if dataset != "motif":
@@ -225,7 +282,6 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
     (b) XOR data, 3 modalities: m0 XOR m1 defines the label, m2 is a distractor.
     Both use pairwise interactions. Takes about a minute on 2 CPU cores.
     """
-    quiet_lightning()
     started = time.perf_counter()
     experiments = {
         "motif": (
@@ -240,9 +296,7 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
         task = _synthetic_task(
             probs, xor, 1.0, 6000 if name == "motif" else 4000, 100, 7, seed, name
         )
-        result = _train_and_report(
-            task, TrainConfig(seed=seed), out / name, overwrite=True, progress=not quiet
-        )
+        result = _train_and_report(task, TrainConfig(seed=seed), out / name, quiet, overwrite=True)
         print_run(title, result, out / name)
         summary[name] = result
     if compare_normalisation:
@@ -251,8 +305,8 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
             task,
             TrainConfig(seed=seed, iterbn=False, vbn=False),
             out / "motif-no-normalisation",
+            quiet,
             overwrite=True,
-            progress=not quiet,
         )
         print_run(
             "motif data without IterBN/vBN (degree inflation)",

@@ -171,7 +171,8 @@ def plot_relevance(
 
 
 def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Path | None:
-    """Shares per term over epochs (interaction terms dashed) and, below, the ``val_*`` columns.
+    """Up to three panels over epochs, each on its own axis: the shares per term (interaction
+    terms dashed), the losses (training and validation), and the validation scores.
 
     Does nothing and returns None when ``history`` is empty.
     """
@@ -179,7 +180,8 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Pa
         return None
     columns = list(dict.fromkeys(key for row in history for key in row))
     share_columns = [c for c in columns if c.startswith(SHARE_PREFIX)]
-    val_columns = [c for c in columns if c.startswith("val_")]
+    loss_columns = [c for c in columns if c.endswith("loss") or c == "val_mae" or c == "val_rmse"]
+    score_columns = [c for c in columns if c.startswith("val_") and c not in loss_columns]
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
 
     def series(column: str) -> list[float]:
@@ -187,36 +189,36 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Pa
 
     marker = "." if len(epochs) < 40 else None
     colours = colormaps["tab10" if len(share_columns) <= 10 else "tab20"]
-    share_panel = bool(share_columns) or not val_columns  # baselines log no shares
-    panels = share_panel + bool(val_columns)
-    fig = _new_figure(8.0, 3.4 * panels)
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
-    ax = axes[0]
-    for i, column in enumerate(share_columns):
-        term = column[len(SHARE_PREFIX) :]
-        linestyle = "--" if _SEPARATOR in term else "-"
-        ax.plot(
-            epochs,
-            series(column),
-            label=term,
-            color=colours(i % colours.N),
-            linestyle=linestyle,
-            marker=marker,
+    panels = [
+        (title, cols)
+        for title, cols in (
+            ("Relevance share per term (interaction terms dashed)", share_columns),
+            ("Losses", loss_columns),
+            ("Validation scores", score_columns),
         )
-    if share_panel:
-        ax.set_ylabel("share")
-        ax.set_title("Relevance share per term (interaction terms dashed)")
-    if val_columns:
-        for column in val_columns:
-            axes[-1].plot(epochs, series(column), label=column, marker=marker)
-        axes[-1].set_ylabel("validation metric")
-        axes[-1].set_title("Validation metrics")
-    for a in axes:
-        a.grid(alpha=0.3)
-        if a.lines:
-            ncol = 1 + len(a.lines) // 12
-            a.legend(fontsize=7, ncol=ncol, loc="upper left", bbox_to_anchor=(1.01, 1))
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if cols
+    ]
+    if not panels:
+        return None
+    fig = _new_figure(8.0, 3.0 * len(panels))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (title, cols) in zip(axes, panels, strict=True):
+        for i, column in enumerate(cols):
+            if column.startswith(SHARE_PREFIX):
+                term = column[len(SHARE_PREFIX) :]
+                style = {
+                    "color": colours(i % colours.N),
+                    "linestyle": "--" if _SEPARATOR in term else "-",
+                }
+                ax.plot(epochs, series(column), label=term, marker=marker, **style)
+            else:
+                ax.plot(epochs, series(column), label=column, marker=marker)
+        ax.set_title(title)
+        ax.set_ylabel({"Losses": "loss", "Validation scores": "score"}.get(title, "share"))
+        ax.grid(alpha=0.3)
+        ncol = 1 + len(ax.lines) // 12
+        ax.legend(fontsize=7, ncol=ncol, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("epoch")
     return _save_png(fig, path)
 
@@ -330,7 +332,12 @@ def _metrics_section(result: RunResult) -> str:
         rows = [[name, fmt(val.get(name), 4), fmt(test.get(name), 4)] for name in names]
         text += markdown_table(["metric", "val", "test"], rows, align="lrr") + "\n"
     facts = [
-        f"Best epoch: {result.best_epoch} of {result.epochs_run} run.",
+        f"Best epoch: {result.best_epoch} of {result.epochs_run} run."
+        + (
+            ""
+            if result.converged
+            else " **The best epoch is the last one: training may not have converged.**"
+        ),
         f"Training time: {result.train_seconds:.1f} s.",
     ]
     bayes = (result.ground_truth or {}).get("bayes_accuracy")

@@ -3,11 +3,12 @@
 from interfuse.train.config import RESUMABLE_CHANGES, TrainConfig
 from interfuse.train.interrupt import TrainingInterrupted
 from interfuse.train.module import FusionModule
-from interfuse.train.runner import RunFolderError, TrainingState, fit
+from interfuse.train.runner import NotConverged, RunFolderError, TrainingState, fit
 
 __all__ = [
     "RESUMABLE_CHANGES",
     "FusionModule",
+    "NotConverged",
     "RunFolderError",
     "TrainConfig",
     "TrainingInterrupted",

@@ -1,6 +1,23 @@
-"""The PyTorch Lightning wrapper: task loss + λ·Ω_p every step, no weight decay on the MNL head."""
+"""The PyTorch Lightning module: task loss + λ·Ω_p every step, no weight decay on the MNL head.
+
+A complete ``LightningModule``: ``training_step``, ``validation_step``, ``test_step`` and
+``predict_step`` on :data:`interfuse.data.batching.Batch` es, so it trains with your own
+``pl.Trainer``, callbacks (e.g. ``EarlyStopping("val_loss")``) and loggers (CSV, TensorBoard, W&B):
+
+    module = FusionModule(model, task.task)
+    trainer = pl.Trainer(max_epochs=20, callbacks=[EarlyStopping("val_loss")],
+                         logger=CSVLogger("logs"))
+    trainer.fit(module, batch_loader(task.train, 128, shuffle=True),
+                batch_loader(task.val, 1024, shuffle=False))
+
+At the end of every validation (and test) epoch it logs ``val_<metric>`` (``test_<metric>``)
+for the task's whole split (metrics of :func:`interfuse.metrics.compute_metrics`) and, for models
+with built-in relevance, ``share/<term>`` and ``beta/<term>``.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pytorch_lightning as pl
 import torch
@@ -8,7 +25,7 @@ from torch import Tensor, nn
 
 from ..data.batching import Batch
 from ..fusion.mnl import MNLFusion
-from ..metrics import task_loss
+from ..metrics import compute_metrics, task_loss
 from ..model import MultimodalModel
 
 
@@ -40,6 +57,7 @@ class FusionModule(pl.LightningModule):
         epoch_offset: int = 0,
         regularize: bool | None = None,
         loss_weight: Tensor | None = None,
+        metric_set: str = "default",
     ) -> None:
         super().__init__()
         if not 0.0 <= modality_dropout < 1.0:
@@ -53,8 +71,10 @@ class FusionModule(pl.LightningModule):
         self.seed = seed
         self.epoch_offset = epoch_offset
         self.regularize = isinstance(model, MultimodalModel) if regularize is None else regularize
+        self.metric_set = metric_set
         # class (or positive-label) weights of the task loss; a buffer so it follows the device
         self.register_buffer("loss_weight", loss_weight, persistent=False)
+        self._outputs: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.model(inputs).prediction
@@ -75,6 +95,43 @@ class FusionModule(pl.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train_task_loss", loss_task, on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def _predict(self, batch: Batch) -> Tensor:
+        inputs, _, masks = batch
+        return self.model(inputs, **({"masks": masks} if masks else {})).prediction
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._outputs["val"].append((self._predict(batch).detach(), batch[1]))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._outputs["test"].append((self._predict(batch).detach(), batch[1]))
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._predict(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def _log_split(self, split: str) -> None:
+        """Metrics over the whole split (not averages of batch metrics), and the relevance."""
+        outputs, self._outputs[split] = self._outputs[split], []
+        if not outputs:
+            return
+        prediction = torch.cat([p for p, _ in outputs]).float().cpu()
+        targets = torch.cat([t for _, t in outputs]).cpu()
+        metrics = compute_metrics(self.task, prediction, targets, self.metric_set)
+        self.log_dict(
+            {f"{split}_{k}": v for k, v in metrics.items() if math.isfinite(v)},
+            prog_bar=False,
+            batch_size=len(targets),
+        )
+        if isinstance(self.model, MultimodalModel):
+            relevance = self.model.relevance()
+            self.log_dict({f"share/{t}": v for t, v in relevance.shares.items()})
+            self.log_dict({f"beta/{t}": v for t, v in relevance.beta.items()})
 
     def dropout_masks(self, batch: int, batch_idx: int) -> dict[str, Tensor]:
         """Presence masks ``{m: bool (B,)}`` with each entry False with probability p."""

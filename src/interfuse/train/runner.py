@@ -9,18 +9,24 @@ a report from it is the caller's choice (:func:`interfuse.report.render_report`,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
+import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
@@ -101,9 +107,16 @@ class TrainingState:
 class RunRecorder(pl.Callback):
     """After every epoch: validate, log relevance, checkpoint, select the best model, stop early."""
 
-    def __init__(self, run: _Run, interrupted: InterruptFlag) -> None:
+    def __init__(
+        self, run: _Run, interrupted: InterruptFlag, log: Callable[[str], None] | None = None
+    ) -> None:
         self.run = run
         self.interrupted = interrupted
+        self.echo = log
+        self.started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.run.optimizer_state is not None:
@@ -131,17 +144,40 @@ class RunRecorder(pl.Callback):
         for key in ("loss", "accuracy"):
             if key in val:
                 pl_module.log(f"val_{key}", val[key], prog_bar=True)
+        # every validation metric and the relevance reach the user's loggers (CSV, TensorBoard…)
+        pl_module.log_dict(
+            {
+                f"val_{k}": v
+                for k, v in val.items()
+                if k not in ("loss", "accuracy") and math.isfinite(v)
+            }
+        )
+        if relevance is not None:
+            pl_module.log_dict({f"share/{t}": v for t, v in relevance.shares.items()})
 
-        if val["loss"] < state.best_loss:
+        best = val["loss"] < state.best_loss
+        if best:
             state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], state.epoch, 0
             run.save(BEST)
         else:
             state.bad_epochs += 1
+        if self.echo is not None:
+            self.echo(_epoch_line(state.epoch, run.config.epochs, row, best, self.started))
         if state.bad_epochs >= run.config.patience:
             state.stopped_early = True
             trainer.should_stop = True
         run.save(LAST, optimizer=trainer.optimizers[0])
         run.write_history()
+
+
+def _epoch_line(
+    epoch: int, epochs: int, row: Mapping[str, float], best: bool, started: float
+) -> str:
+    """``epoch  3/20  train_loss 0.4123  val_loss 0.3987  val_accuracy 0.9120  best  1.2 s``."""
+    keys = [k for k in ("train_loss", "val_loss", "val_accuracy", "val_mae") if k in row]
+    values = "  ".join(f"{k} {row[k]:.4f}" for k in keys)
+    seconds = time.perf_counter() - started
+    return f"epoch {epoch:>3}/{epochs}  {values}{'  best' if best else ''}  {seconds:.1f} s"
 
 
 class _Run:
@@ -260,8 +296,16 @@ def fit(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     encoders: Mapping[str, nn.Module | Mapping[str, Any] | Callable[..., nn.Module]] | None = None,
+    log: Callable[[str], None] | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    loggers: Sequence[Logger] | Logger | None = None,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    accelerator: str = "auto",
+    precision: str = "32-true",
+    threads: int | None = None,
+    verbose: bool = False,
 ) -> RunResult:
     """Train, select the best epoch on validation, evaluate, and write the run folder.
 
@@ -277,7 +321,19 @@ def fit(
             shape, replacing ``data.encoders`` (a module not registered by name must be passed
             again to :func:`interfuse.load_run`).
 
-    Returns the :class:`RunResult` also written to ``results.json``.
+        progress: a progress bar (default: when standard error is a terminal). Without a bar,
+            ``log`` (default ``print``) gets one line per epoch, so a log file stays small.
+        callbacks, loggers: extra Lightning callbacks, and loggers (CSV, TensorBoard, W&B…) that
+            receive the training losses and, every epoch, every validation metric and the
+            relevance shares (``share/<term>``).
+        trainer_kwargs: further ``pl.Trainer`` arguments (e.g. ``{"deterministic": True}``).
+        accelerator: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``…; ``precision``: Lightning's
+            precision (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``); ``threads``: torch
+            intra-op threads during training (tiny models run fastest on one).
+        verbose: keep Lightning's own messages (banner, tips); quiet by default.
+
+    Returns the :class:`RunResult` also written to ``results.json``. A warning is issued when
+    the best epoch is the last one (training may not have converged).
     """
     config = (config or TrainConfig()).with_defaults(data.train_defaults)
     given = dict(encoders or {})
@@ -297,10 +353,49 @@ def fit(
     modules = {m: e for m, e in specs.items() if isinstance(e, nn.Module)}
     spec = model_spec(config.model, specs, config, data.num_outputs, input_shapes=shapes)
     out = prepare_run_folder(out_dir, resume, overwrite)
-    with lock_run_folder(out):
+    bar = sys.stderr.isatty() if progress is None else progress
+    trainer_options = {
+        "accelerator": accelerator,
+        "devices": 1,
+        "precision": precision,
+        "logger": list(loggers) if isinstance(loggers, Sequence) else (loggers or False),
+        "enable_progress_bar": bar,
+        **dict(trainer_kwargs or {}),
+    }
+    with lock_run_folder(out), _quiet_lightning(not verbose), _threads(threads):
         run = _Run(data, config, spec, out, resume, modules)
-        _train(run, progress)
+        _train(run, trainer_options, list(callbacks), None if bar else (log or print))
         return finish(run)
+
+
+@contextlib.contextmanager
+def _quiet_lightning(quiet: bool) -> Iterator[None]:
+    """Lightning's banner and tips (INFO messages) off while training, unless verbose."""
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    if quiet:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _encoder(
@@ -325,7 +420,12 @@ def _encoder(
     )
 
 
-def _train(run: _Run, progress: bool) -> None:
+def _train(
+    run: _Run,
+    trainer_options: Mapping[str, Any],
+    callbacks: list[pl.Callback],
+    log: Callable[[str], None] | None,
+) -> None:
     config = run.config
     remaining = config.epochs - run.state.epoch
     if remaining <= 0 or run.state.stopped_early:
@@ -343,20 +443,18 @@ def _train(run: _Run, progress: bool) -> None:
         loss_weight=balanced_weights(run.data.task, run.data.train.targets, run.data.num_outputs)
         if config.class_weights == "balanced"
         else None,
+        metric_set=run.data.metrics,
     )
     interrupted = InterruptFlag()
     trainer = pl.Trainer(
         max_epochs=remaining,
-        accelerator="auto",
-        devices=1,
-        logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         gradient_clip_val=config.max_grad_norm,
-        callbacks=[RunRecorder(run, interrupted)],
+        callbacks=[RunRecorder(run, interrupted, log), *callbacks],
+        **trainer_options,
     )
     loader = batch_loader(
         run.data.train,
@@ -370,6 +468,9 @@ def _train(run: _Run, progress: bool) -> None:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        # fit validates in RunRecorder (on the whole split, for exact resume), not in the loop
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         try:
             trainer.fit(module, train_dataloaders=loader)
         except SIGTERMException:
@@ -406,7 +507,20 @@ def finish(run: _Run) -> RunResult:
     )
     atomic_write_text(run.out / RESULTS, result.to_json())
     run.write_history()
+    if not result.converged:
+        warnings.warn(NotConverged(result), stacklevel=3)
     return result
+
+
+class NotConverged(UserWarning):
+    """The best validation loss came in the last epoch: training may not have converged."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(
+            f"the best validation loss came in the last epoch ({result.best_epoch} of "
+            f"{result.epochs_run}): training may not have converged; train longer (--epochs, "
+            f"or --resume with a larger --epochs)"
+        )
 
 
 def missing_modality_metrics(

@@ -1,0 +1,129 @@
+"""The Lightning module in a user's own loop; fit with loggers and callbacks; output for logs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping
+from pytorch_lightning.loggers import CSVLogger
+
+from interfuse.data import batch_loader, make_motif_data, synthetic_task
+from interfuse.models import build_model, model_spec
+from interfuse.train import FusionModule, NotConverged, TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def task():
+    return synthetic_task(make_motif_data([0.9, 0.0], n=600, length=40, seed=0), seed=0)
+
+
+def read_csv_log(folder: Path) -> list[dict[str, str]]:
+    [metrics] = folder.rglob("metrics.csv")
+    return list(csv.DictReader(metrics.open()))
+
+
+def test_a_users_own_trainer_early_stopping_and_csv_logger(task, tmp_path):
+    model = build_model(model_spec("intense", task.encoders, TrainConfig(), 2), seed=0)
+    module = FusionModule(model, task.task)
+    stopper = EarlyStopping("val_loss", patience=2)
+    trainer = pl.Trainer(
+        max_epochs=4,
+        callbacks=[stopper],
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(
+        module,
+        batch_loader(task.train, 64, shuffle=True),
+        batch_loader(task.val, 512, shuffle=False),
+    )
+    assert stopper.best_score is not None  # EarlyStopping saw val_loss
+    rows = [r for r in read_csv_log(tmp_path) if r.get("val_loss")]
+    assert len(rows) == trainer.current_epoch  # one validation row per epoch
+    for row in rows:
+        shares = [float(row[f"share/{t}"]) for t in ("m0", "m1", "m0*m1")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+        assert 0 <= float(row["val_accuracy"]) <= 1
+    (result,) = trainer.test(module, batch_loader(task.test, 512, shuffle=False), verbose=False)
+    assert {"test_loss", "test_accuracy", "test_auroc"} <= set(result)
+    predictions = trainer.predict(module, batch_loader(task.test, 512, shuffle=False))
+    assert torch.cat(predictions).shape == (len(task.test), 2)
+
+
+def test_fit_sends_metrics_and_shares_to_loggers_and_runs_callbacks(task, tmp_path):
+    class Count(Callback):
+        epochs = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            Count.epochs += 1
+
+    config = TrainConfig(epochs=3, patience=10, seed=0)
+    before = torch.get_num_threads()
+    fit(
+        task,
+        config,
+        tmp_path / "run",
+        progress=False,
+        log=lambda line: None,
+        loggers=CSVLogger(tmp_path / "logs"),
+        callbacks=[Count()],
+        threads=1,
+    )
+    assert torch.get_num_threads() == before  # restored after training
+    assert Count.epochs == 3
+    rows = [r for r in read_csv_log(tmp_path / "logs") if r.get("share/m0")]
+    assert len(rows) == 3 and all(r.get("val_macro_f1") for r in rows)
+
+
+def test_not_converged_is_a_warning(task, tmp_path):
+    with pytest.warns(NotConverged, match="may not have converged"):
+        result = fit(task, TrainConfig(epochs=1), tmp_path / "one", progress=False, log=print)
+    assert not result.converged
+
+
+def test_a_log_file_gets_one_line_per_epoch(tmp_path):
+    """stdout redirected to a file (not a terminal): no progress bar, small, one line per epoch."""
+    out = tmp_path / "run"
+    log = tmp_path / "train.log"
+    with log.open("w") as f:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "interfuse",
+                "train",
+                "--probs",
+                "0.9,0",
+                "--n",
+                "300",
+                "--length",
+                "30",
+                "--epochs",
+                "20",
+                "--patience",
+                "30",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+            timeout=300,
+            check=False,
+        )
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert log.stat().st_size < 5000, text
+    epoch_lines = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 20 and "\r" not in text
+    assert "Tip" not in text and "GPU available" not in text  # Lightning's chatter is off
