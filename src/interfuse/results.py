@@ -22,7 +22,9 @@ __all__ = [
     "Relevance",
     "RunResult",
     "SchemaError",
+    "SeedSummary",
     "json_safe",
+    "summarize_seeds",
 ]
 
 SCHEMA = "interfuse-run/2"
@@ -271,3 +273,57 @@ class PosthocResult:
         if method == "truth":
             return {t: (self.truth or {}).get(t, 0.0) for t in self.terms}
         return dict(self.explanations[method].scores)
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean and standard deviation over runs that differ only in their seed.
+
+    ``metrics[split][metric]`` and ``shares[term]`` are ``(mean, std)`` over the runs (std with
+    ``n − 1``; 0 for one run); ``seeds`` lists the seeds in run order.
+    """
+
+    seeds: list[int]
+    metrics: dict[str, dict[str, tuple[float, float]]]
+    shares: dict[str, tuple[float, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(
+            {
+                "seeds": self.seeds,
+                "metrics": {
+                    s: {k: {"mean": m, "std": d} for k, (m, d) in v.items()}
+                    for s, v in self.metrics.items()
+                },
+                "shares": {t: {"mean": m, "std": d} for t, (m, d) in self.shares.items()},
+            }
+        )
+
+
+def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
+    """:class:`SeedSummary` of runs keyed by seed (metrics present in every run)."""
+    if not results:
+        raise ValueError("no runs to summarise")
+    runs = list(results.values())
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        n = len(values)
+        mean = sum(values) / n
+        var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+        return mean, math.sqrt(var)
+
+    metrics = {
+        split: {
+            k: stats([float(r.metrics[split][k]) for r in runs])
+            for k in runs[0].metrics[split]
+            if all(r.metrics.get(split, {}).get(k) is not None for r in runs)
+        }
+        for split in runs[0].metrics
+    }
+    terms = runs[0].relevance.terms if runs[0].relevance is not None else []
+    shares = {
+        t: stats([r.relevance.shares[t] for r in runs if r.relevance is not None])
+        for t in terms
+        if all(r.relevance is not None and t in r.relevance.shares for r in runs)
+    }
+    return SeedSummary(list(results), metrics, shares)

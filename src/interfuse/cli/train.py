@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
-from ..data.registry import dataset_info, list_datasets, load_dataset
+from ..data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset
 from ..data.task import TASKS, TaskData
+from ..io import atomic_write_text
 from ..metrics import format_metrics
-from ..report import render_comparison, render_report
-from ..results import RunResult
+from ..report import render_comparison, render_report, render_seed_summary
+from ..results import RunResult, summarize_seeds
 from ..run import read_history
 from ..train import NotConverged, TrainConfig, fit
 from .app import float_list, main, print_run, user_errors
@@ -149,6 +152,109 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+SYNTHETIC_OPTIONS = ("probs", "xor", "xor_prob", "n", "length", "motif_length")
+RUN_YAML = "run.yaml"
+
+
+def _train_one(
+    info: DatasetInfo,
+    data: Mapping[str, Any],
+    config: TrainConfig,
+    out: Path,
+    quiet: bool,
+    resume: bool,
+    overwrite: bool,
+    runtime: Mapping[str, Any],
+) -> RunResult:
+    """Load the data for ``config``'s seed, train, report, and write ``run.yaml``."""
+    seed = config.with_defaults(info.train_defaults).seed
+    data_seed = seed if data["data_seed"] is None else data["data_seed"]
+    if info.name == "motif":
+        synthetic = [data[k] for k in SYNTHETIC_OPTIONS]
+        task = _synthetic_task(*synthetic, data_seed, info.name)
+    else:
+        options: dict[str, Any] = {"seed": data_seed}
+        if data["data_path"] is not None:
+            options["path"] = data["data_path"]
+        if data["task"] is not None:
+            options["task"] = data["task"]
+        task = load_dataset(info.name, **options)
+    result = _train_and_report(
+        task, config, out, quiet, resume=resume, overwrite=overwrite, **runtime
+    )
+    write_run_yaml(out / RUN_YAML, data, result)
+    print_run(info.name, result, out)
+    if info.name != "motif":
+        click.echo("test metrics: " + format_metrics(result.metrics["test"]))
+    return result
+
+
+def write_run_yaml(path: Path, data: Mapping[str, Any], result: RunResult) -> None:
+    """The options that reproduce this run: ``interfuse train --config run.yaml --out NEW``."""
+    values: dict[str, Any] = {"dataset": data["dataset"]}
+    if data["dataset"] == "motif":
+        values.update({k: data[k] for k in SYNTHETIC_OPTIONS if data[k] is not None})
+    elif data["data_path"] is not None:
+        values["data_path"] = str(Path(data["data_path"]).resolve())
+    if data["data_seed"] is not None:
+        values["data_seed"] = data["data_seed"]
+    if data["task"] is not None:
+        values["task"] = data["task"]
+    config = dict(result.config)
+    if isinstance(config.get("interactions"), list):
+        config["interactions"] = ",".join(config["interactions"])
+    values.update({k: v for k, v in config.items() if v is not None})
+    text = "# interfuse train --config this-file --out NEW_FOLDER reproduces this run\n"
+    atomic_write_text(path, text + yaml.safe_dump(values, sort_keys=False))
+
+
+def _load_config_file(context: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--config FILE``: its values become the defaults of the other options (options given on
+    the command line win)."""
+    if value is None:
+        return
+    try:
+        values = yaml.safe_load(value.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise click.BadParameter(f"{value}: cannot read ({error})", param=param) from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise click.BadParameter(f"{value}: expected a mapping of option: value", param=param)
+    names = {p.name for p in context.command.params if p.name}
+    defaults = {}
+    for key, item in values.items():
+        name = str(key).replace("-", "_")
+        if name in ("config_file", "out", "resume", "overwrite", "seeds") or name not in names:
+            raise click.BadParameter(f"{value}: unknown option {key!r}", param=param)
+        if isinstance(item, list):  # probs: [0.9, 0.6], interactions: [a*b], xor: [0, 1]
+            item = ",".join(str(v) for v in item)
+        defaults[name] = item
+    context.default_map = {**(context.default_map or {}), **defaults}
+
+
+def _parse_seeds(
+    context: click.Context, param: click.Parameter, value: str | None
+) -> list[int] | None:
+    """``0-4`` → [0, 1, 2, 3, 4]; ``0,2,7`` → [0, 2, 7]."""
+    if value is None:
+        return None
+    seeds: list[int] = []
+    try:
+        for part in value.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds += range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected seeds like 0-4 or 0,2,7, got {value!r}", param=param
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise click.BadParameter(
+            f"expected distinct non-negative seeds, got {value!r}", param=param
+        )
+    return seeds
+
+
 @main.command()
 @click.option(
     "--dataset",
@@ -189,6 +295,23 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--quiet", is_flag=True, help="No progress bar: one line per epoch (as when not on a terminal)."
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config_file,
+    help="YAML file of options (names as here, e.g. rank: 4, probs: [0.9, 0.3]); options on the "
+    "command line win. Every run writes its own as DIR/run.yaml.",
+)
+@click.option(
+    "--seeds",
+    callback=_parse_seeds,
+    default=None,
+    help="Train one run per seed (e.g. 0-4 or 0,2,7) into DIR/seed-<s>/ and write "
+    "DIR/summary.md with mean ± std of the test metrics and shares.",
+)
 @user_errors
 def train(
     dataset: str,
@@ -208,6 +331,7 @@ def train(
     threads: int | None,
     precision: str,
     quiet: bool,
+    seeds: list[int] | None,
     **config_values: Any,
 ) -> None:
     """Train one model, then write DIR/results.json, report.md, relevance.png, history.csv.
@@ -221,7 +345,7 @@ def train(
     context = click.get_current_context()
     given = set(given_options(context, context.params))
     if dataset != "motif":
-        synthetic = sorted({"probs", "xor", "xor_prob", "n", "length", "motif_length"} & given)
+        synthetic = sorted(set(SYNTHETIC_OPTIONS) & given)
         if synthetic:
             flags = ", ".join("--" + name.replace("_", "-") for name in synthetic)
             raise click.UsageError(f"{flags}: only for --dataset motif")
@@ -230,31 +354,35 @@ def train(
     if task_kind is not None and dataset != "npz":
         raise click.UsageError(f"--task applies to --dataset npz; {dataset} has a fixed task")
     config = config_from_options(given_options(context, config_values))
-    seed = config.with_defaults(info.train_defaults).seed
-    data_seed = seed if data_seed is None else data_seed
-    if dataset == "motif":
-        task = _synthetic_task(probs, xor, xor_prob, n, length, motif_length, data_seed, dataset)
-    else:
-        options: dict[str, Any] = {"seed": data_seed}
-        if data_path is not None:
-            options["path"] = data_path
-        if task_kind is not None:
-            options["task"] = task_kind
-        task = load_dataset(dataset, **options)
-    result = _train_and_report(
-        task,
-        config,
-        out,
-        quiet,
-        resume=resume,
-        overwrite=overwrite,
-        accelerator=device,
-        threads=threads,
-        precision="32-true" if precision == "32" else precision,
-    )
-    print_run(dataset, result, out)
-    if dataset != "motif":
-        click.echo("test metrics: " + format_metrics(result.metrics["test"]))
+    runtime = {
+        "accelerator": device,
+        "threads": threads,
+        "precision": "32-true" if precision == "32" else precision,
+    }
+    data_options = {k: context.params[k] for k in (*SYNTHETIC_OPTIONS, "data_seed")}
+    data_options.update(dataset=dataset, data_path=data_path, task=task_kind)
+    if seeds is None:
+        _train_one(info, data_options, config, out, quiet, resume, overwrite, runtime)
+        return
+    results = {}
+    for seed in seeds:
+        click.echo(f"\n--- seed {seed} ---")
+        results[seed] = _train_one(
+            info,
+            data_options,
+            config.replace(seed=seed),
+            out / f"seed-{seed}",
+            quiet,
+            resume,
+            overwrite,
+            runtime,
+        )
+    summary = summarize_seeds(results)
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    path = render_seed_summary(summary, out, dataset)
+    click.echo(f"\nsummary over seeds {seeds}: {path}")
+    for k, (m, d) in summary.metrics.get("test", {}).items():
+        click.echo(f"  test {k}: {m:.4f} ± {d:.4f}")
 
 
 @main.command()

@@ -7,6 +7,7 @@ from interfuse.report.run import (
     relevance_table,
     render_comparison,
     render_report,
+    render_seed_summary,
 )
 from interfuse.report.tables import markdown_table
 
@@ -20,4 +21,5 @@ __all__ = [
     "render_comparison",
     "render_explanation",
     "render_report",
+    "render_seed_summary",
 ]

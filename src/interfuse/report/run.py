@@ -26,11 +26,12 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..io import atomic_write_bytes, atomic_write_text
 from ..ranks import fidelity
-from ..results import RunResult
+from ..results import RunResult, SeedSummary
 from ..terms import TERM_SEPARATOR
 from .tables import by_share, code, finite_or, fmt, is_number, markdown_table
 
 __all__ = [
+    "render_seed_summary",
     "plot_history",
     "plot_relevance",
     "relevance_table",
@@ -488,3 +489,27 @@ def _plot_comparison(
     ax.legend(handles=handles, loc="best", fontsize=8)
     ax.set_title("Relevance share per term, by run")
     return _save_png(fig, path)
+
+
+def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = "") -> Path:
+    """``summary.md``: mean ± std over seeds of every test metric and of every share."""
+    out = Path(out_dir)
+    test = summary.metrics.get("test", {})
+    metric_rows = [[k, f"{m:.4f} ± {d:.4f}"] for k, (m, d) in test.items()]
+    share_rows = [
+        [code(t), f"{m:.3f} ± {d:.3f}"]
+        for t, (m, d) in sorted(summary.shares.items(), key=lambda item: -item[1][0])
+    ]
+    parts = [
+        f"# Runs over seeds{': ' + title if title else ''}\n",
+        f"Seeds {', '.join(map(str, summary.seeds))} (one run folder each, `seed-<s>/`); mean ± "
+        f"standard deviation over the {len(summary.seeds)} runs.\n",
+        "## Test metrics\n",
+        markdown_table(["metric", "mean ± std"], metric_rows),
+    ]
+    if share_rows:
+        parts += [
+            "## Relevance shares\n",
+            markdown_table(["term", "share (mean ± std)"], share_rows),
+        ]
+    return atomic_write_text(out / "summary.md", "\n".join(parts))

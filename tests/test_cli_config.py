@@ -1,0 +1,91 @@
+"""``--config FILE`` reproduces a run from its run.yaml; ``--seeds`` trains several seeds and
+summarises them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from interfuse.cli import main
+from interfuse.results import Relevance, RunResult, summarize_seeds
+
+TINY = ["--probs", "0.9,0", "--n", "300", "--length", "30", "--epochs", "2", "--quiet"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_yaml_reproduces_the_run(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("probs: [0.9, 0.0]\nn: 300\nlength: 30\nepochs: 1\nrank: 4\n")
+    done = run("train", "--config", config, "--epochs", "2", "--quiet", "--out", tmp_path / "a")
+    assert done.exit_code == 0, done.output
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert first["config"]["epochs"] == 2 and first["config"]["rank"] == 4  # command line wins
+    again = run(
+        "train", "--config", tmp_path / "a" / "run.yaml", "--quiet", "--out", tmp_path / "b"
+    )
+    assert again.exit_code == 0, again.output
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert second["config"] == first["config"]
+    assert second["metrics"] == first["metrics"]
+    assert second["data"]["fingerprint"] == first["data"]["fingerprint"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("rank: [1, 2\n", "cannot read"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("colour: red\n", "unknown option 'colour'"),
+        ("rank: lots\n", "rank"),
+    ],
+)
+def test_bad_config_files_are_one_line(tmp_path, content, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    done = run("train", "--config", config, "--out", tmp_path / "x")
+    assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output
+
+
+def test_seeds_train_one_run_each_and_summarise(tmp_path):
+    done = run("train", *TINY, "--seeds", "0,2", "--out", tmp_path)
+    assert done.exit_code == 0, done.output
+    results = {s: json.loads((tmp_path / f"seed-{s}" / "results.json").read_text()) for s in (0, 2)}
+    assert [results[s]["config"]["seed"] for s in (0, 2)] == [0, 2]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    accuracies = [results[s]["metrics"]["test"]["accuracy"] for s in (0, 2)]
+    assert summary["metrics"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert summary["metrics"]["test"]["accuracy"]["std"] == pytest.approx(
+        np.std(accuracies, ddof=1)
+    )
+    assert "± " in (tmp_path / "summary.md").read_text()
+    bad = run("train", *TINY, "--seeds", "3-x", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "expected seeds like 0-4" in bad.output
+
+
+def test_summarize_seeds_values():
+    def result(accuracy, share):
+        return RunResult(
+            dataset="d",
+            task="classification",
+            model={},
+            config={},
+            metrics={"test": {"accuracy": accuracy}},
+            relevance=Relevance(2.0, {"a": 1.0, "b": 1.0}, {"a": share, "b": 1 - share}),
+            best_epoch=1,
+            epochs_run=2,
+            stopped_early=False,
+            train_seconds=0.0,
+        )
+
+    summary = summarize_seeds({0: result(0.8, 0.6), 1: result(0.9, 0.7), 2: result(1.0, 0.8)})
+    assert summary.seeds == [0, 1, 2]
+    assert summary.metrics["test"]["accuracy"] == pytest.approx((0.9, 0.1))
+    assert summary.shares["a"] == pytest.approx((0.7, 0.1))
+    with pytest.raises(ValueError, match="no runs"):
+        summarize_seeds({})
