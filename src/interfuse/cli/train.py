@@ -57,7 +57,7 @@ def _synthetic_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--data-seed",
             default=None,
-            type=int,
+            type=click.IntRange(min=0),
             help="Seed of the data generator [default: --seed].",
         ),
     ]
@@ -133,6 +133,11 @@ def _train_and_report(task: TaskData, config: TrainConfig, out: Path, **options:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run already in --out.")
+@click.option(
+    "--drop-nan-labels",
+    is_flag=True,
+    help="npz data: drop the samples whose label is NaN (default: refuse them), saying how many.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(
@@ -148,6 +153,7 @@ def train(
     out: Path,
     resume: bool,
     overwrite: bool,
+    drop_nan_labels: bool,
     quiet: bool,
     **config_values: Any,
 ) -> None:
@@ -177,6 +183,10 @@ def train(
         options: dict[str, Any] = {"seed": data_seed}
         if data_path is not None:
             options["path"] = data_path
+        if drop_nan_labels:
+            if dataset != "npz":
+                raise click.UsageError("--drop-nan-labels: only for --dataset npz")
+            options["drop_nan_labels"] = True
         task = load_dataset(dataset, **options)
     quiet_lightning()
     result = _train_and_report(
@@ -202,7 +212,13 @@ def train(
     help="Also train the motif model with IterBN and vBN switched off and show the "
     "interaction relevance side by side (degree inflation).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of data and training.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of data and training.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None:

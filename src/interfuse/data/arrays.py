@@ -23,6 +23,7 @@ unpickled: object arrays are refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from collections.abc import Mapping
@@ -33,8 +34,10 @@ import numpy as np
 import torch
 
 from .batching import TensorData, split_indices
-from .preprocess import Preprocessor, sequence_lengths
+from .preprocess import Preprocessor, label_string, sequence_lengths
 from .task import TaskData, TaskKind
+
+log = logging.getLogger("interfuse")
 
 __all__ = [
     "LABELS",
@@ -153,10 +156,52 @@ def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
             f"{where}modality {modality!r}: expected an array (N, ...) with features per "
             f"sample, got shape {x.shape}"
         )
+    if 0 in x.shape[1:]:
+        raise ValueError(
+            f"{where}modality {modality!r} has no features: samples of shape {x.shape[1:]} "
+            f"(every axis after the first needs a size >= 1)"
+        )
     if not np.isfinite(x).all():
         bad = int(np.size(x) - np.isfinite(x).sum())
         raise ValueError(f"{where}modality {modality!r}: {bad} values are NaN or infinite")
     return x
+
+
+def _nan_labels(labels: np.ndarray) -> np.ndarray:
+    """Which labels are NaN (float labels, or strings/objects spelling NaN)."""
+    if labels.dtype.kind in "fc":
+        return np.isnan(labels)
+    if labels.dtype.kind in "OUS":
+        return np.array([_is_nan_label(v) for v in labels.tolist()], dtype=bool)
+    return np.zeros(len(labels), dtype=bool)
+
+
+def _is_nan_label(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value
+    if isinstance(value, (str, bytes)):
+        return value.strip().lower() in ("nan", b"nan")
+    return False
+
+
+def _drop_nan_labels(
+    inputs: Mapping[str, np.ndarray], labels: np.ndarray, where: str, drop: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Refuse NaN labels, or (``drop``) remove their samples, logging how many."""
+    nan = _nan_labels(labels)
+    if not nan.any():
+        return dict(inputs), labels
+    count = int(nan.sum())
+    first = ", ".join(str(i) for i in np.flatnonzero(nan)[:5])
+    if not drop:
+        raise ValueError(
+            f"{where}{count} of {len(labels)} labels are NaN (samples {first}"
+            f"{', ...' if count > 5 else ''}); remove those samples or pass "
+            f"drop_nan_labels=True (--drop-nan-labels) to drop them"
+        )
+    log.warning(f"{where}dropped {count} of {len(labels)} samples whose label is NaN")
+    keep = ~nan
+    return {m: np.asarray(x)[keep] for m, x in inputs.items()}, labels[keep]
 
 
 def _infer_task(labels: np.ndarray) -> TaskKind:
@@ -183,11 +228,15 @@ def from_splits(
     metrics: str = "default",
     info: dict[str, Any] | None = None,
     source: str = "",
+    drop_nan_labels: bool = False,
 ) -> TaskData:
     """A task from given ``{"train"|"val"|"test": (inputs, labels)}`` splits.
 
     ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Errors name
-    the split and modality (and ``source``, e.g. a file, when given).
+    the split and modality (and ``source``, e.g. a file, when given). Refused, naming the split:
+    an empty split, a modality without features, NaN labels (unless ``drop_nan_labels``, which
+    drops those samples and logs how many), a training split with a single class, and classes
+    in validation or test that training never saw.
     """
     missing = [s for s in SPLITS if s not in splits]
     if missing:
@@ -201,7 +250,15 @@ def from_splits(
         if not inputs:
             raise ValueError(f"{where}no modalities")
         labels = _labels_1d(labels, where)
+        if len(labels) == 0:
+            raise ValueError(f"{where}the split is empty (0 samples)")
         arrays = {m: _check_features(m, x, where) for m, x in inputs.items()}
+        if task != "regression":
+            lengths = {m: len(x) for m, x in arrays.items()}
+            if all(n == len(labels) for n in lengths.values()):
+                arrays, labels = _drop_nan_labels(arrays, labels, where, drop_nan_labels)
+                if len(labels) == 0:
+                    raise ValueError(f"{where}no samples left after dropping NaN labels")
         if modalities is None:
             modalities = list(arrays)
         elif set(arrays) != set(modalities):
@@ -224,9 +281,7 @@ def from_splits(
     task = task or _infer_task(train_labels)
     classes = None
     if task == "classification":
-        classes = np.unique(np.concatenate([checked[s][1] for s in SPLITS]))
-        if len(classes) < 2:
-            raise ValueError(f"{prefix}classification needs at least 2 classes, got {classes}")
+        classes = _classes(checked, prefix)
     elif train_labels.dtype.kind not in "biuf":
         raise ValueError(f"{prefix}regression needs numeric labels, got {train_labels.dtype}")
     preprocessor = Preprocessor.fit(
@@ -265,6 +320,34 @@ def from_splits(
     )
 
 
+def _classes(
+    checked: Mapping[str, tuple[Mapping[str, np.ndarray], np.ndarray]], prefix: str
+) -> np.ndarray:
+    """The training split's distinct labels; refuse one class, or classes only val/test have."""
+    names = {s: [label_string(v) for v in checked[s][1].tolist()] for s in SPLITS}
+    seen = set(names["train"])
+    if len(seen) < 2:
+        got = ", ".join(repr(c) for c in sorted(seen))
+        raise ValueError(
+            f"{prefix}split 'train': classification needs at least 2 classes in training, "
+            f"the training labels hold only {got} (a constant classifier would be trained)"
+        )
+    for split in ("val", "test"):
+        unseen = sorted(set(names[split]) - seen)
+        if unseen:
+            count = sum(n in unseen for n in names[split])
+            raise ValueError(
+                f"{prefix}split {split!r}: classes {unseen[:5]} ({count} samples) never occur "
+                f"in training, so the model can never predict them; move such samples into "
+                f"training or remove them"
+            )
+    train = checked["train"][1]
+    first = {}
+    for value, name in zip(train.tolist(), names["train"]):
+        first.setdefault(name, value)
+    return np.unique(np.asarray(list(first.values()), dtype=train.dtype))
+
+
 def from_arrays(
     inputs: Mapping[str, Any],
     labels: Any,
@@ -276,6 +359,7 @@ def from_arrays(
     standardize: bool = True,
     name: str = "arrays",
     metrics: str = "default",
+    drop_nan_labels: bool = False,
 ) -> TaskData:
     """A task from one pool of samples, split train/val/test with a seeded split.
 
@@ -294,12 +378,16 @@ def from_arrays(
             raise ValueError(
                 f"modality {m!r} has {len(x)} samples but there are {len(labels)} labels"
             )
+    if len(labels) == 0:
+        raise ValueError("no samples: the labels and every modality have 0 rows")
     for m, x in arrays.items():
         if encoders is None or m not in encoders:
             default_encoder(m, x.shape[1:])  # fail early for shapes without a default
     task = task or _infer_task(labels)
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if task == "classification":
+        arrays, labels = _drop_nan_labels(arrays, labels, "", drop_nan_labels)
     stratify = labels if task == "classification" else None
     parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
     splits = {
@@ -314,6 +402,7 @@ def from_arrays(
         name=name,
         metrics=metrics,
         info={"split_seed": seed, "split_fractions": list(fractions)},
+        drop_nan_labels=drop_nan_labels,
     )
 
 
@@ -324,6 +413,7 @@ def load_npz_dataset(
     seed: int = 0,
     standardize: bool = True,
     name: str = "npz",
+    drop_nan_labels: bool = False,
 ) -> TaskData:
     """A task from an ``.npz`` file or array folder in the layout of the module docstring."""
     arrays = read_arrays(path)
@@ -352,7 +442,13 @@ def load_npz_dataset(
         inputs = dict(arrays)
         try:
             return from_arrays(
-                inputs, labels, task=task, seed=seed, standardize=standardize, name=name
+                inputs,
+                labels,
+                task=task,
+                seed=seed,
+                standardize=standardize,
+                name=name,
+                drop_nan_labels=drop_nan_labels,
             )
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
@@ -363,5 +459,11 @@ def load_npz_dataset(
         content = dict(content)
         pairs[split] = (content, content.pop(LABELS))
     return from_splits(
-        pairs, task=task, standardize=standardize, name=name, source=source, info={"path": source}
+        pairs,
+        task=task,
+        standardize=standardize,
+        name=name,
+        source=source,
+        info={"path": source},
+        drop_nan_labels=drop_nan_labels,
     )

@@ -3,13 +3,14 @@
 from interfuse.train.config import RESUMABLE_CHANGES, TrainConfig
 from interfuse.train.interrupt import TrainingInterrupted
 from interfuse.train.module import FusionModule
-from interfuse.train.runner import RunFolderError, TrainingState, fit
+from interfuse.train.runner import RunFolderError, TrainingDiverged, TrainingState, fit
 
 __all__ = [
     "RESUMABLE_CHANGES",
     "FusionModule",
     "RunFolderError",
     "TrainConfig",
+    "TrainingDiverged",
     "TrainingInterrupted",
     "TrainingState",
     "fit",
