@@ -56,9 +56,9 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     class labels of training) and its probabilities, or the predicted values, and the
     modalities that were missing.
     """
+    run = load_run(run_dir, checkpoint)
     target = out or run_dir / "predictions.csv"
     check_output_file(target, "--out")
-    run = load_run(run_dir, checkpoint)
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
     if not arrays:

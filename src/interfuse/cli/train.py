@@ -174,6 +174,8 @@ def train(
             raise click.UsageError(f"{flags}: only for --dataset motif")
     elif data_path is not None:
         raise click.UsageError("--data-path does not apply to --dataset motif")
+    elif drop_nan_labels:
+        raise click.UsageError("--drop-nan-labels: only for --dataset npz")
     config = config_from_options(given_options(context, config_values))
     seed = config.with_defaults(info.train_defaults).seed
     data_seed = seed if data_seed is None else data_seed
