@@ -406,3 +406,22 @@ def test_convert_refuses_unsafe_entry_names(tmp_path):
     assert _invoke("convert", str(source), str(target)).exit_code == 0
     assert zipfile.ZipFile(target).namelist() == ["train/text features.npy"]
     assert entry_name("train/vision") == "train/vision"
+
+
+def test_meta_device_model_or_inputs_are_refused_in_one_line():
+    import torch
+
+    from interfuse.inference import model_outputs, predict
+    from interfuse.models import build_model, model_spec
+
+    task = _tiny_task()
+    spec = model_spec("intense", task.encoders, TrainConfig(), task.num_outputs)
+    meta = build_model(spec, device="meta")
+    with pytest.raises(ValueError, match="meta device"):
+        predict(meta, task.test.inputs)
+    with pytest.raises(ValueError, match="meta device"):
+        model_outputs(meta, task.test)
+    model = build_model(spec, seed=0)
+    inputs = {m: torch.empty(x.shape, device="meta") for m, x in task.test.inputs.items()}
+    with pytest.raises(ValueError, match="meta device"):
+        predict(model, inputs)
