@@ -55,6 +55,7 @@ def predict(
         raise ValueError(f"unknown modalities {unknown}; the model expects {modalities}")
     if not inputs:
         raise ValueError(f"no modality given; the model expects some of {modalities}")
+    _check_materialised(model)
     dtype = next(model.parameters()).dtype
     tensors = {m: _as_tensor(m, x, dtype) for m, x in inputs.items()}
     sizes = {m: x.shape[0] for m, x in tensors.items()}
@@ -101,7 +102,18 @@ def _as_tensor(name: str, x: ArrayLike, dtype: torch.dtype) -> Tensor:
         )
     if x.dim() == 0:
         raise ValueError(f"modality {name!r}: expected an array of samples, got a scalar")
+    if x.device.type == "meta":
+        raise ValueError(f"modality {name!r}: the input is on the meta device (it holds no data)")
     return x.to(dtype) if x.is_floating_point() else x
+
+
+def _check_materialised(model: nn.Module) -> None:
+    """A model built on the meta device has shapes but no weights: refuse it in one line."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError(
+            "the model is on the meta device (built without weights); load its weights first, "
+            "e.g. with interfuse.load_run(folder)"
+        )
 
 
 def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
@@ -118,6 +130,7 @@ def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
 @torch.no_grad()
 def model_outputs(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Tensor:
     """Outputs of ``model`` (eval mode, restored afterwards) for every sample of ``data``."""
+    _check_materialised(model)
     was_training = model.training
     model.eval()
     try:

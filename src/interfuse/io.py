@@ -13,7 +13,10 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["TMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
+
+TMP_SUFFIX = ".tmp"
+"""Temporary files are named ``.<name>.<12 hex digits>.tmp`` beside their target."""
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -23,7 +26,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     its permissions. The parent directory must exist.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        return _atomic_write(path, data)
+    except OSError as error:
+        # write/fsync errors (ENOSPC, EIO) carry no path, open errors the temporary file's:
+        # name the file the caller asked for
+        if error.filename is None or str(error.filename).endswith(TMP_SUFFIX):
+            raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, 0o666)
     try:
@@ -59,3 +73,23 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writers left in ``folder`` (call it only while
+    holding the folder's lock, so no live writer owns them); returns the removed paths."""
+    removed = []
+    for entry in Path(folder).iterdir():
+        stem, _, token = entry.name[: -len(TMP_SUFFIX)].rpartition(".")
+        if (
+            entry.name.startswith(".")
+            and entry.name.endswith(TMP_SUFFIX)
+            and len(token) == 12
+            and all(c in "0123456789abcdef" for c in token)
+            and stem
+            and entry.is_file()
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .budget import MemoryEstimate, check_budget
 from .checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
 from .data.arrays import LABELS, group_splits, read_arrays
 from .data.batching import TensorData
@@ -230,13 +231,27 @@ class Run:
         inputs: Mapping[str, Any],
         masks: Mapping[str, Any] | None = None,
         batch_size: int = 1024,
+        source: str = "",
     ) -> RunPrediction:
         """Predict from raw arrays ``{modality: (N, ...)}``, preprocessed as in training.
 
         Leave a modality out, pass ``masks={m: bool array}`` (True = present), or fill a sample's
-        row with NaN to mark it missing (models with a missing-modality path only).
+        row with NaN to mark it missing (models with a missing-modality path only). Inputs are
+        checked as in training (numbers, shapes, sample counts, no infinite values, no partly
+        NaN samples, no float32 overflow); errors name ``source`` when given.
         """
-        tensors = self.preprocessor.transform(inputs)
+        if not isinstance(inputs, Mapping) or not inputs:
+            raise ValueError(
+                f"{source + ': ' if source else ''}no modality arrays given; the run expects "
+                f"some of {self.modalities}"
+            )
+        tensors = self.preprocessor.transform(inputs, source)
+        sizes = {m: len(x) for m, x in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(
+                f"{source + ': ' if source else ''}modalities have different numbers of "
+                f"samples: {sizes}"
+            )
         result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
         if self.task == "regression":
             return RunPrediction(result.outputs, None, None, result.missing)
@@ -249,12 +264,20 @@ class Run:
         return RunPrediction(result.outputs, labels, probabilities, result.missing)
 
     def evaluate(
-        self, inputs: Mapping[str, Any], labels: Any, masks: Mapping[str, Any] | None = None
+        self,
+        inputs: Mapping[str, Any],
+        labels: Any,
+        masks: Mapping[str, Any] | None = None,
+        source: str = "",
     ) -> dict[str, float]:
         """Metrics on raw inputs and raw labels (the run's metric set); missing modalities are
         marked as for :meth:`predict`."""
-        targets = self.preprocessor.encode_labels(labels)
-        outputs = self.predict(inputs, masks).outputs
+        targets = self.preprocessor.encode_labels(labels, source)
+        outputs = self.predict(inputs, masks, source=source).outputs
+        if len(targets) != len(outputs):
+            raise ValueError(
+                f"{source + ': ' if source else ''}{len(targets)} labels for {len(outputs)} samples"
+            )
         return compute_metrics(self.task, outputs, targets, self.metric_set)
 
     @property
@@ -338,6 +361,12 @@ def load_run(
         raise ValueError(f"--checkpoint names a file inside the run folder, got {checkpoint!r}")
     file = folder / checkpoint
     header, shapes = read_header(file)
+    stored = sum(math.prod(shape) for shape in shapes.values())
+    check_budget(
+        MemoryEstimate(stored * 4 * 2, 0, 0),
+        f"loading {file} ({stored:,} stored values)",
+        "the model size (this machine cannot hold it); use a machine with more memory",
+    )
     spec = _spec_from_header(header, file)
     _check_sizes(spec, file, shapes, encoders)
     state, header, _ = load_checkpoint(file)

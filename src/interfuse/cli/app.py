@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,24 +14,122 @@ import click
 from ..results import RunResult
 from ..train import TrainingInterrupted
 
+EXIT_INVALID = 1
+"""Invalid input: data, options, run folder or checkpoint (a ``ValueError``), or a missing file."""
+EXIT_USAGE = 2
+"""Wrong command-line usage (click's own errors)."""
+EXIT_FILESYSTEM = 3
+"""The file system refused: disk full, read-only, permission denied, … (errno and path shown)."""
+EXIT_MEMORY = 4
+"""Not enough memory for the requested model or data (checked before allocating where possible)."""
+EXIT_DIVERGED = 5
+"""Training diverged: the loss became NaN or infinite (the last good checkpoint is kept)."""
+EXIT_INTERNAL = 70
+"""A bug: an unexpected exception (rerun with ``interfuse --debug ...`` for the traceback)."""
+
+EXIT_CODES = {
+    0: "success",
+    EXIT_INVALID: "invalid input (data, options, run folder, checkpoint) or a missing file",
+    EXIT_USAGE: "wrong command-line usage",
+    EXIT_FILESYSTEM: "file-system error (disk full, read-only, permission denied), with its path",
+    EXIT_MEMORY: "not enough memory for the requested model or data",
+    EXIT_DIVERGED: "training diverged (non-finite loss); the last good checkpoint is kept",
+    EXIT_INTERNAL: "internal error (a bug; --debug shows the traceback)",
+    130: "interrupted by SIGINT (128 + signal; the run is resumable)",
+    143: "terminated by SIGTERM (128 + signal; the run is resumable)",
+}
+"""Every exit status of ``interfuse`` (also listed in ``interfuse --help``)."""
+
+
+class CommandError(click.ClickException):
+    """One line on stderr (``Error: ...``) and an exit status from :data:`EXIT_CODES`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INVALID) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def one_line(text: str) -> str:
+    """Collapse a message onto one line (library errors may wrap)."""
+    return " ".join(str(text).split())
+
+
+def describe_os_error(error: OSError) -> str:
+    """``'cannot write: No space left on device [ENOSPC]: /runs/x/last.safetensors'``."""
+    code = errno.errorcode.get(error.errno or 0, "")
+    reason = error.strerror or str(error)
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return one_line(
+        f"{reason}{f' [{code}]' if code else ''}{': ' + ' -> '.join(paths) if paths else ''}"
+    )
+
+
+def debug_enabled() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context is not None and context.find_root().params.get("debug"))
+
+
+def translate_error(error: BaseException) -> CommandError | None:
+    """The one-line error of the boundary for ``error`` (``None``: let it propagate)."""
+    code = getattr(error, "exit_code", None)
+    if isinstance(error, click.ClickException):
+        return None
+    if isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and _is_out_of_memory(str(error))
+    ):
+        detail = one_line(str(error)) or "the system refused an allocation"
+        return CommandError(
+            f"out of memory ({detail}); lower the batch size, rank or interactions, or use "
+            f"less data",
+            EXIT_MEMORY,
+        )
+    if isinstance(error, (ValueError, FileNotFoundError)) and not (
+        isinstance(error, FileNotFoundError) and error.errno is not None
+    ):
+        return CommandError(one_line(str(error)), code if isinstance(code, int) else EXIT_INVALID)
+    if isinstance(error, FileNotFoundError):
+        return CommandError(describe_os_error(error), EXIT_INVALID)
+    if isinstance(error, OSError):
+        return CommandError(describe_os_error(error), EXIT_FILESYSTEM)
+    if isinstance(error, Exception):
+        return CommandError(
+            f"internal error: {type(error).__name__}: {one_line(str(error))} (a bug; rerun "
+            f"with 'interfuse --debug ...' for the traceback and report it)",
+            EXIT_INTERNAL,
+        )
+    return None
+
+
+def _is_out_of_memory(text: str) -> bool:
+    text = text.lower()
+    return (
+        "out of memory" in text
+        or "can't allocate memory" in text
+        or ("allocate" in text and "bytes" in text)
+    )
+
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The error boundary: library errors the user can fix become one line and exit status 1
-    (validation errors, missing files, file-system errors with their path); an interrupted run
-    exits with 128 + the signal number."""
+    """The error boundary of every command: each failure becomes one line on stderr and an
+    exit status of :data:`EXIT_CODES` — validation errors (``ValueError``) and missing files 1,
+    file-system errors (with errno name and path) 3, ``MemoryError`` 4, a diverged run 5, an
+    interrupted run 128 + the signal number, anything unexpected 70. ``interfuse --debug``
+    re-raises instead, showing the traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except TrainingInterrupted as stop:
+            if debug_enabled():
+                raise
             click.echo(f"Error: {stop}", err=True)
             raise SystemExit(stop.exit_code) from None
-        except (ValueError, FileNotFoundError, PermissionError) as error:
-            raise click.ClickException(str(error)) from None
-        except OSError as error:
-            where = f" ({error.filename})" if error.filename else ""
-            raise click.ClickException(f"{error.strerror or error}{where}") from None
+        except Exception as error:
+            translated = translate_error(error)
+            if translated is None or debug_enabled():
+                raise
+            raise translated from None
 
     return wrapper
 
@@ -76,11 +176,29 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
     click.echo(f"report: {out / 'report.md'}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LogToStderr(logging.Handler):
+    """Library notes (``logging.getLogger("interfuse")``) as ``note: ...`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+def _exit_codes_help() -> str:
+    return "\b\nExit status:\n" + "\n".join(f"  {c:>3}  {w}" for c, w in EXIT_CODES.items())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_exit_codes_help())
 @click.version_option(package_name="interfuse")
-def main() -> None:
+@click.option(
+    "--debug", is_flag=True, help="Show the full traceback of an error instead of one line."
+)
+def main(debug: bool) -> None:
     """interfuse: interpretable multimodal deep learning.
 
     Trains MNL fusion models whose final layer has one block per modality and per interaction
     between modalities, and reports how much each block contributes (its relevance share).
     """
+    logger = logging.getLogger("interfuse")
+    if not any(isinstance(h, _LogToStderr) for h in logger.handlers):
+        logger.addHandler(_LogToStderr())
+    logger.setLevel(logging.INFO)

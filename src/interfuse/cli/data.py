@@ -16,6 +16,7 @@ def _shape(shape: tuple[int | None, ...]) -> str:
 
 
 @main.command()
+@user_errors
 def datasets() -> None:
     """List the registered datasets and whether their data is at hand.
 

@@ -49,7 +49,13 @@ EXPLAIN_MD = "explain.md"
     type=click.IntRange(min=0),
     help="Test samples N for EMAP, which costs M·N² evaluations; 0 skips EMAP.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the EMAP subsample.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the EMAP subsample.",
+)
 @click.option(
     "--batch-size",
     default=1024,

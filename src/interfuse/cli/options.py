@@ -88,6 +88,16 @@ def given_options(context: click.Context, names: Mapping[str, Any]) -> dict[str,
 def config_from_options(given: Mapping[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` of the options the user gave (the rest stays unset)."""
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(
-        **{k: _PARSERS.get(k, lambda v: v)(v) for k, v in given.items() if k in known}
-    )
+    values = {k: _PARSERS.get(k, lambda v: v)(v) for k, v in given.items() if k in known}
+    try:
+        return TrainConfig(**values)
+    except ValueError as error:
+        message = str(error)
+        for name in sorted(values, key=len, reverse=True):  # the setting the message is about
+            if message.startswith(name + " "):
+                raise click.BadParameter(message, param_hint=_flag(name)) from None
+        raise
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

@@ -14,6 +14,20 @@ from ..run import BEST, load_run
 from .app import main, user_errors
 
 
+def check_output_file(target: Path, option: str) -> None:
+    """Refuse an output path that cannot take a CSV file, before any work is done."""
+    if target.is_dir():
+        raise ValueError(f"{option} {target} is a folder; name a CSV file")
+    if target.suffix.lower() not in ("", ".csv", ".txt", ".tsv"):
+        raise ValueError(
+            f"{option} {target}: predictions are written as CSV text; name a .csv file "
+            f"(not {target.suffix})"
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{option} {target}: folder {parent} does not exist")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
@@ -43,11 +57,13 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     modalities that were missing.
     """
     run = load_run(run_dir, checkpoint)
+    target = out or run_dir / "predictions.csv"
+    check_output_file(target, "--out")
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
     if not arrays:
         raise ValueError(f"{data}: no modality arrays (expected some of {run.modalities})")
-    result = run.predict(arrays)
+    result = run.predict(arrays, source=str(data))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     if result.labels is not None and result.probabilities is not None:
@@ -61,16 +77,13 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
         writer.writerow(["sample", *[f"y{k}" for k in range(outputs.shape[1])], "missing"])
         for i, (values, missing) in enumerate(zip(outputs.tolist(), result.missing_names())):
             writer.writerow([i, *[f"{v:.6g}" for v in values], missing])
-    target = out or run_dir / "predictions.csv"
-    if target.is_dir():
-        raise ValueError(f"--out {target} is a folder; name a CSV file")
     atomic_write_text(target, buffer.getvalue())
     n = len(result.outputs)
     counts = result.missing_counts()
     summary = ", ".join(f"{m} ({c} of {n})" for m, c in counts.items()) or "none"
     click.echo(f"{n} predictions written to {target}; missing modalities: {summary}")
     if labels is not None:
-        metrics = run.evaluate(arrays, labels)
+        metrics = run.evaluate(arrays, labels, source=str(data))
         click.echo(
             "metrics on DATA's labels: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         )

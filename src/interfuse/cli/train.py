@@ -62,7 +62,7 @@ def _synthetic_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--data-seed",
             default=None,
-            type=int,
+            type=click.IntRange(min=0),
             help="Seed of the data generator [default: --seed].",
         ),
     ]
@@ -178,6 +178,8 @@ def _train_one(
             options["path"] = data["data_path"]
         if data["task"] is not None:
             options["task"] = data["task"]
+        if data["drop_nan_labels"]:
+            options["drop_nan_labels"] = True
         task = load_dataset(info.name, **options)
     result = _train_and_report(
         task, config, out, quiet, resume=resume, overwrite=overwrite, **runtime
@@ -200,6 +202,8 @@ def write_run_yaml(path: Path, data: Mapping[str, Any], result: RunResult) -> No
         values["data_seed"] = data["data_seed"]
     if data["task"] is not None:
         values["task"] = data["task"]
+    if data["drop_nan_labels"]:
+        values["drop_nan_labels"] = True
     config = dict(result.config)
     if isinstance(config.get("interactions"), list):
         config["interactions"] = ",".join(config["interactions"])
@@ -312,6 +316,11 @@ def _parse_seeds(
     help="Train one run per seed (e.g. 0-4 or 0,2,7) into DIR/seed-<s>/ and write "
     "DIR/summary.md with mean ± std of the test metrics and shares.",
 )
+@click.option(
+    "--drop-nan-labels",
+    is_flag=True,
+    help="npz data: drop the samples whose label is NaN (default: refuse them), saying how many.",
+)
 @user_errors
 def train(
     dataset: str,
@@ -330,6 +339,7 @@ def train(
     device: str,
     threads: int | None,
     precision: str,
+    drop_nan_labels: bool,
     quiet: bool,
     seeds: list[int] | None,
     **config_values: Any,
@@ -353,6 +363,8 @@ def train(
         raise click.UsageError("--data-path does not apply to --dataset motif")
     if task_kind is not None and dataset != "npz":
         raise click.UsageError(f"--task applies to --dataset npz; {dataset} has a fixed task")
+    if drop_nan_labels and dataset != "npz":
+        raise click.UsageError("--drop-nan-labels: only for --dataset npz")
     config = config_from_options(given_options(context, config_values))
     runtime = {
         "accelerator": device,
@@ -360,7 +372,9 @@ def train(
         "precision": "32-true" if precision == "32" else precision,
     }
     data_options = {k: context.params[k] for k in (*SYNTHETIC_OPTIONS, "data_seed")}
-    data_options.update(dataset=dataset, data_path=data_path, task=task_kind)
+    data_options.update(
+        dataset=dataset, data_path=data_path, task=task_kind, drop_nan_labels=drop_nan_labels
+    )
     if seeds is None:
         _train_one(info, data_options, config, out, quiet, resume, overwrite, runtime)
         return
@@ -400,7 +414,13 @@ def train(
     help="Also train the motif model with IterBN and vBN switched off and show the "
     "interaction relevance side by side (degree inflation).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of data and training.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of data and training.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None:

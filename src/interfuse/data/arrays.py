@@ -24,6 +24,7 @@ Nothing is ever unpickled: object arrays are refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 import zipfile
@@ -35,8 +36,10 @@ import numpy as np
 import torch
 
 from .batching import TensorData, split_indices
-from .preprocess import Preprocessor, sequence_lengths
+from .preprocess import Preprocessor, label_string, sequence_lengths
 from .task import TASKS, TaskData, TaskKind
+
+log = logging.getLogger("interfuse")
 
 __all__ = [
     "LABELS",
@@ -162,8 +165,13 @@ def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
             f"{where}modality {modality!r}: expected an array (N, ...) with features per "
             f"sample, got shape {x.shape}"
         )
+    if 0 in x.shape[1:]:
+        raise ValueError(
+            f"{where}modality {modality!r} has no features: samples of shape {x.shape[1:]} "
+            f"(every axis after the first needs a size >= 1)"
+        )
     if x.dtype.kind == "f":
-        rows = x.reshape(len(x), -1)
+        rows = x.reshape(len(x), int(np.prod(x.shape[1:])))
         finite = np.isfinite(rows)
         missing = np.isnan(rows).all(axis=1)
         bad = int((~finite[~missing]).sum())
@@ -182,7 +190,7 @@ def _mark_missing(
     """``(x with missing rows NaN, presence (N,) bool)`` from all-NaN rows and an optional mask."""
     present = np.ones(len(x), dtype=bool)
     if x.dtype.kind == "f":
-        present &= ~np.isnan(x.reshape(len(x), -1)).all(axis=1)
+        present &= ~np.isnan(x.reshape(len(x), int(np.prod(x.shape[1:])))).all(axis=1)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != (len(x),) or mask.dtype.kind not in "bui":
@@ -196,6 +204,43 @@ def _mark_missing(
     x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32, copy=True)
     x[~present] = np.nan
     return x, present
+
+
+def _nan_labels(labels: np.ndarray) -> np.ndarray:
+    """Which labels are NaN (float labels, or strings/objects spelling NaN)."""
+    if labels.dtype.kind in "fc":
+        return np.isnan(labels)
+    if labels.dtype.kind in "OUS":
+        return np.array([_is_nan_label(v) for v in labels.tolist()], dtype=bool)
+    return np.zeros(len(labels), dtype=bool)
+
+
+def _is_nan_label(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value
+    if isinstance(value, (str, bytes)):
+        return value.strip().lower() in ("nan", b"nan")
+    return False
+
+
+def _drop_nan_labels(
+    inputs: Mapping[str, np.ndarray], labels: np.ndarray, where: str, drop: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Refuse NaN labels, or (``drop``) remove their samples, logging how many."""
+    nan = _nan_labels(labels)
+    if not nan.any():
+        return dict(inputs), labels
+    count = int(nan.sum())
+    first = ", ".join(str(i) for i in np.flatnonzero(nan)[:5])
+    if not drop:
+        raise ValueError(
+            f"{where}{count} of {len(labels)} labels are NaN (samples {first}"
+            f"{', ...' if count > 5 else ''}); remove those samples or pass "
+            f"drop_nan_labels=True (--drop-nan-labels) to drop them"
+        )
+    log.warning(f"{where}dropped {count} of {len(labels)} samples whose label is NaN")
+    keep = ~nan
+    return {m: np.asarray(x)[keep] for m, x in inputs.items()}, labels[keep]
 
 
 def _infer_task(labels: np.ndarray) -> TaskKind:
@@ -242,13 +287,17 @@ def from_splits(
     source: str = "",
     masks: Mapping[str, Mapping[str, Any]] | None = None,
     label_names: Sequence[str] | None = None,
+    drop_nan_labels: bool = False,
 ) -> TaskData:
     """A task from given ``{"train"|"val"|"test": (inputs, labels)}`` splits.
 
     ``encoders`` may cover some modalities; the others get :func:`default_encoder`. Labels
     ``(N, K)`` of 0/1 make a multilabel task (``label_names`` name the K columns). Missing
     modalities: a row of NaN, or ``masks[split][modality]`` (``(N,)``, True = present). Errors
-    name the split and modality (and ``source``, e.g. a file, when given).
+    name the split and modality (and ``source``, e.g. a file, when given). Refused, naming the
+    split: an empty split, a modality without features, NaN labels (unless ``drop_nan_labels``,
+    which drops those samples and logs how many), a training split with a single class, and
+    classes in validation or test that training never saw.
     """
     missing = [s for s in SPLITS if s not in splits]
     if missing:
@@ -263,7 +312,20 @@ def from_splits(
         if not inputs:
             raise ValueError(f"{where}no modalities")
         labels = _labels(labels, where)
+        if len(labels) == 0:
+            raise ValueError(f"{where}the split is empty (0 samples)")
         arrays = {m: _check_features(m, x, where) for m, x in inputs.items()}
+        given = dict((masks or {}).get(split) or {})
+        if task != "regression" and labels.ndim == 1:
+            lengths = [len(x) for x in (*arrays.values(), *given.values())]
+            if all(n == len(labels) for n in lengths):
+                masked = {f"{m}{MASK_SUFFIX}": np.asarray(k) for m, k in given.items()}
+                kept, labels = _drop_nan_labels(
+                    {**arrays, **masked}, labels, where, drop_nan_labels
+                )
+                arrays, given = split_masks(kept)
+                if len(labels) == 0:
+                    raise ValueError(f"{where}no samples left after dropping NaN labels")
         if modalities is None:
             modalities = list(arrays)
         elif set(arrays) != set(modalities):
@@ -279,7 +341,6 @@ def from_splits(
                     f"{where}modality {m!r} has shape {x.shape}, train has {reference.shape} "
                     f"(the feature size and number of axes must match)"
                 )
-        given = (masks or {}).get(split) or {}
         unknown = sorted(set(given) - set(modalities))
         if unknown:
             raise ValueError(f"{where}masks given for unknown modalities {unknown}")
@@ -295,9 +356,7 @@ def from_splits(
     task = task or _infer_task(train_labels)
     classes = None
     if task == "classification":
-        classes = np.unique(np.concatenate([checked[s][1] for s in SPLITS]))
-        if len(classes) < 2:
-            raise ValueError(f"{prefix}classification needs at least 2 classes, got {classes}")
+        classes = _classes(checked, prefix)
     elif task == "multilabel":
         if train_labels.ndim != 2:
             raise ValueError(
@@ -353,6 +412,34 @@ def from_splits(
     )
 
 
+def _classes(
+    checked: Mapping[str, tuple[Mapping[str, np.ndarray], np.ndarray]], prefix: str
+) -> np.ndarray:
+    """The training split's distinct labels; refuse one class, or classes only val/test have."""
+    names = {s: [label_string(v) for v in checked[s][1].tolist()] for s in SPLITS}
+    seen = set(names["train"])
+    if len(seen) < 2:
+        got = ", ".join(repr(c) for c in sorted(seen))
+        raise ValueError(
+            f"{prefix}split 'train': classification needs at least 2 classes in training, "
+            f"the training labels hold only {got} (a constant classifier would be trained)"
+        )
+    for split in ("val", "test"):
+        unseen = sorted(set(names[split]) - seen)
+        if unseen:
+            count = sum(n in unseen for n in names[split])
+            raise ValueError(
+                f"{prefix}split {split!r}: classes {unseen[:5]} ({count} samples) never occur "
+                f"in training, so the model can never predict them; move such samples into "
+                f"training or remove them"
+            )
+    train = checked["train"][1]
+    first = {}
+    for value, name in zip(train.tolist(), names["train"]):
+        first.setdefault(name, value)
+    return np.unique(np.asarray(list(first.values()), dtype=train.dtype))
+
+
 def from_arrays(
     inputs: Mapping[str, Any],
     labels: Any,
@@ -366,6 +453,7 @@ def from_arrays(
     metrics: str = "default",
     masks: Mapping[str, Any] | None = None,
     label_names: Sequence[str] | None = None,
+    drop_nan_labels: bool = False,
 ) -> TaskData:
     """A task from one pool of samples, split train/val/test with a seeded split.
 
@@ -385,12 +473,18 @@ def from_arrays(
             raise ValueError(
                 f"modality {m!r} has {len(x)} samples but there are {len(labels)} labels"
             )
+    if len(labels) == 0:
+        raise ValueError("no samples: the labels and every modality have 0 rows")
     for m, x in arrays.items():
         if encoders is None or m not in encoders:
             default_encoder(m, x.shape[1:])  # fail early for shapes without a default
     task = task or _infer_task(labels)
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "classification":
+        masked = {f"{m}{MASK_SUFFIX}": np.asarray(k) for m, k in (masks or {}).items()}
+        kept, labels = _drop_nan_labels({**arrays, **masked}, labels, "", drop_nan_labels)
+        arrays, masks = split_masks(kept)
     stratify = labels if task == "classification" else None
     parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
     splits = {
@@ -420,6 +514,7 @@ def from_arrays(
         info={"split_seed": seed, "split_fractions": list(fractions)},
         masks=masks_by_split,
         label_names=label_names,
+        drop_nan_labels=drop_nan_labels,
     )
 
 
@@ -430,6 +525,7 @@ def load_npz_dataset(
     seed: int = 0,
     standardize: bool = True,
     name: str = "npz",
+    drop_nan_labels: bool = False,
 ) -> TaskData:
     """A task from an ``.npz`` file or array folder in the layout of the module docstring."""
     arrays = read_arrays(path)
@@ -465,6 +561,7 @@ def load_npz_dataset(
                 standardize=standardize,
                 name=name,
                 masks=masks,
+                drop_nan_labels=drop_nan_labels,
             )
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
@@ -484,6 +581,7 @@ def load_npz_dataset(
         source=source,
         info={"path": source},
         masks=masks_by_split,
+        drop_nan_labels=drop_nan_labels,
     )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Preprocessor", "Scaler", "sequence_lengths"]
+__all__ = ["Preprocessor", "Scaler", "label_string", "sequence_lengths"]
 
 
 def sequence_lengths(x: np.ndarray) -> np.ndarray:
@@ -60,12 +60,11 @@ class Scaler:
         """Statistics of the present (not all-NaN) samples of ``x``; padding rows excluded."""
         x = x[_present_rows(x)]
         mask = _padding_mask(x)
-        rows = x.reshape(len(x), -1) if mask is None else x[mask]
+        rows = x.reshape(len(x), int(np.prod(x.shape[1:]))) if mask is None else x[mask]
         if len(rows) == 0:
             width = rows.shape[1:]
             return cls(np.zeros(width), np.ones(width), mask is not None)
-        mean = rows.mean(axis=0, dtype=np.float64)
-        std = rows.std(axis=0, dtype=np.float64)
+        mean, std = _moments(rows)
         return cls(mean, np.where(std > 1e-12, std, 1.0), mask is not None)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -76,13 +75,32 @@ class Scaler:
             out[~mask] = 0.0
             return out
         shape = x.shape
-        return ((x.reshape(len(x), -1) - self.mean) / self.std).reshape(shape).astype(np.float32)
+        return (
+            ((x.reshape(len(x), int(np.prod(x.shape[1:]))) - self.mean) / self.std)
+            .reshape(shape)
+            .astype(np.float32)
+        )
+
+
+def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std in float64; where that overflows (values near 1e300 square to
+    infinity), each column is divided by its largest magnitude first."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = rows.mean(axis=0, dtype=np.float64)
+        std = rows.std(axis=0, dtype=np.float64)
+    if np.isfinite(mean).all() and np.isfinite(std).all():
+        return mean, std
+    rows = rows.astype(np.float64, copy=False)
+    scale = np.abs(rows).max(axis=0)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    scaled = rows / scale
+    return scaled.mean(axis=0) * scale, scaled.std(axis=0) * scale
 
 
 def _present_rows(x: np.ndarray) -> np.ndarray:
     if x.dtype.kind != "f":
         return np.ones(len(x), dtype=bool)
-    return ~np.isnan(x.reshape(len(x), -1)).all(axis=1)
+    return ~np.isnan(x.reshape(len(x), int(np.prod(x.shape[1:])))).all(axis=1)
 
 
 @dataclass(frozen=True)
@@ -120,7 +138,7 @@ class Preprocessor:
             scalers=scalers,
             classes=None
             if classes is None
-            else tuple(_label_string(c) for c in np.asarray(classes).tolist()),
+            else tuple(label_string(c) for c in np.asarray(classes).tolist()),
         )
 
     @classmethod
@@ -162,8 +180,23 @@ class Preprocessor:
                     f"{prefix}modality {m!r}: expected samples of shape ({want}), got an array "
                     f"of shape {x.shape}"
                 )
-            x = x.astype(np.float64 if m in self.scalers else np.float32, copy=False)
-            x = self.scalers[m].apply(x) if m in self.scalers else x.astype(np.float32)
+            if len(x) == 0:
+                raise ValueError(f"{prefix}modality {m!r} has 0 samples")
+            x = x.astype(np.float64, copy=False)
+            _check_values(m, x, prefix)
+            if m in self.scalers:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    x = self.scalers[m].apply(x)
+            else:
+                with np.errstate(over="ignore"):
+                    x = x.astype(np.float32)
+            if np.isinf(x).any():
+                where = "after standardisation" if m in self.scalers else "as float32"
+                raise ValueError(
+                    f"{prefix}modality {m!r}: values as large as "
+                    f"{float(np.nanmax(np.abs(raw_values(raw)))):.3g} overflow {where} (float32 "
+                    f"holds at most 3.4e38); rescale the features"
+                )
             out[m] = torch.from_numpy(np.ascontiguousarray(x))
         return out
 
@@ -191,7 +224,7 @@ class Preprocessor:
                 )
             return torch.from_numpy(values.astype(np.float32))
         index = {c: i for i, c in enumerate(self.classes)}
-        names = [_label_string(v) for v in values.tolist()]
+        names = [label_string(v) for v in values.tolist()]
         unknown = sorted({n for n in names if n not in index})
         if unknown:
             raise ValueError(
@@ -260,7 +293,27 @@ class Preprocessor:
         return [a for s in self.scalers.values() for a in (s.mean, s.std)]
 
 
-def _label_string(value: Any) -> str:
+def raw_values(raw: Any) -> np.ndarray:
+    values = raw.detach().cpu().numpy() if isinstance(raw, Tensor) else np.asarray(raw)
+    return values.astype(np.float64, copy=False)
+
+
+def _check_values(modality: str, x: np.ndarray, prefix: str) -> None:
+    """Infinite values, and NaN other than whole missing rows, are refused (naming counts)."""
+    if np.isinf(x).any():
+        raise ValueError(
+            f"{prefix}modality {modality!r}: {int(np.isinf(x).sum())} values are infinite"
+        )
+    nan = np.isnan(x.reshape(len(x), int(np.prod(x.shape[1:]))))
+    partial = nan.any(axis=1) & ~nan.all(axis=1)
+    if partial.any():
+        raise ValueError(
+            f"{prefix}modality {modality!r}: {int(partial.sum())} samples have some but not all "
+            f"values NaN (fill a whole sample with NaN to mark it missing)"
+        )
+
+
+def label_string(value: Any) -> str:
     """The string a raw label is known by (``1.0`` and ``1`` are the same class)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

@@ -104,7 +104,15 @@ def load_dataset(name: str, /, **options: Any) -> TaskData:
     path = options.get("path")
     if path is not None:
         options["path"] = str(Path(path).expanduser().resolve())
-    task = info.loader(**options)
+    try:
+        task = info.loader(**options)
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(
+            f"dataset {name!r}: unknown load option(s) {sorted(options)} ({error}); a run "
+            f"folder recording them was edited or comes from another version"
+        ) from None
     task.source = {
         "dataset": name,
         "options": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in options.items()},

@@ -3,7 +3,13 @@
 from interfuse.train.config import RESUMABLE_CHANGES, TrainConfig
 from interfuse.train.interrupt import TrainingInterrupted
 from interfuse.train.module import FusionModule
-from interfuse.train.runner import NotConverged, RunFolderError, TrainingState, fit
+from interfuse.train.runner import (
+    NotConverged,
+    RunFolderError,
+    TrainingDiverged,
+    TrainingState,
+    fit,
+)
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -11,6 +17,7 @@ __all__ = [
     "NotConverged",
     "RunFolderError",
     "TrainConfig",
+    "TrainingDiverged",
     "TrainingInterrupted",
     "TrainingState",
     "fit",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -30,6 +31,14 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from ..budget import (
+    MAX_TERMS,
+    MemoryEstimate,
+    ResourceBudgetError,
+    check_budget,
+    count_terms,
+    fusion_memory,
+)
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data.batching import batch_loader
 from ..data.preprocess import Preprocessor
@@ -37,7 +46,7 @@ from ..data.task import TaskData
 from ..explain.ablation import modality_ablation
 from ..explain.removal import ModalityRemoval
 from ..inference import evaluate
-from ..io import atomic_write_text
+from ..io import atomic_write_text, remove_stale_temporaries
 from ..metrics import balanced_weights
 from ..models import MODELS, ModelSpec, build_model, model_entry, model_spec
 from ..results import Relevance, RunResult
@@ -57,6 +66,7 @@ from .module import FusionModule
 
 __all__ = [
     "RunFolderError",
+    "TrainingDiverged",
     "TrainingState",
     "fit",
     "missing_modality_metrics",
@@ -64,27 +74,62 @@ __all__ = [
 ]
 
 RESULT_FILES = (RESULTS, LAST, BEST)
+logger = logging.getLogger("interfuse")
 
 
 def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
-    """Create/check ``out_dir``; never silently replace a previous run."""
+    """Create/check ``out_dir``; never silently replace a previous run.
+
+    A folder whose first checkpoint never completed (killed during the first epoch or while
+    writing ``last.safetensors`` for the first time: no ``last.safetensors``, no
+    ``results.json``) holds nothing to keep; it is treated as empty, saying so, with or without
+    ``--resume``.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output path {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunFolderError(f"cannot create output folder {out}: {error.strerror}") from None
+        raise RunFolderError(
+            f"cannot create output folder {out}: {error.strerror} "
+            f"[{errno.errorcode.get(error.errno or 0, '?')}]"
+        ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise RunFolderError(f"output folder {out} is not writable")
+    has_last = (out / LAST).exists()
+    incomplete = not has_last and not (out / RESULTS).exists()
+    started = (out / CONFIG).exists() or (out / BEST).exists()
+    if incomplete and started and not overwrite:
+        logger.info(f"{out} holds a run whose first checkpoint never completed; starting it afresh")
+        return out
     if resume:
-        if not (out / LAST).exists():
+        if not has_last:
             raise RunFolderError(f"nothing to resume: {out / LAST} does not exist")
     elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
         raise RunFolderError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
     return out
+
+
+def _resumes(out: Path, resume: bool) -> bool:
+    """Whether ``fit`` continues from ``last.safetensors`` (not for a never-checkpointed run)."""
+    return resume and (out / LAST).exists()
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite; nothing after the last complete epoch is kept.
+
+    ``exit_code`` 5 on the command line.
+    """
+
+    exit_code = 5
+
+    def __init__(self, message: str, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.loss = loss
 
 
 @dataclass
@@ -123,6 +168,32 @@ class RunRecorder(pl.Callback):
             trainer.optimizers[0].load_state_dict(self.run.optimizer_state)
             self.run.optimizer_state = None
 
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any
+    ) -> None:
+        """Stop at the first non-finite loss, before it reaches the weights."""
+        value = float(loss.detach())
+        if math.isfinite(value):
+            return
+        run = self.run
+        step = trainer.global_step + 1
+        epoch = run.state.epoch + 1
+        last = run.out / LAST
+        if last.exists():
+            keep = (
+                f"{last} (epoch {run.state.epoch}) is the last good checkpoint; continue it "
+                f"with --resume, or start again with a lower --lr and --overwrite"
+            )
+        else:
+            keep = "No epoch completed, so nothing was saved; rerun with a lower --lr"
+        raise TrainingDiverged(
+            f"training diverged: the loss is {value} at step {step} (epoch {epoch}); the "
+            f"learning rate {run.config.lr:g} is likely too high (or the data holds extreme "
+            f"values). {keep}",
+            step,
+            value,
+        )
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.interrupted:
             trainer.should_stop = True
@@ -141,6 +212,19 @@ class RunRecorder(pl.Callback):
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
         state.history.append(row)
+        if not math.isfinite(val["loss"]):
+            raise TrainingDiverged(
+                f"training diverged: the validation loss is {val['loss']} after epoch "
+                f"{state.epoch} (step {trainer.global_step}); the learning rate "
+                f"{run.config.lr:g} is likely too high (or the data holds extreme values). "
+                + (
+                    f"{run.out / LAST} (epoch {state.epoch - 1}) is the last good checkpoint"
+                    if (run.out / LAST).exists()
+                    else "No epoch completed, so nothing was saved; rerun with a lower --lr"
+                ),
+                trainer.global_step,
+                val["loss"],
+            )
         for key in ("loss", "accuracy"):
             if key in val:
                 pl_module.log(f"val_{key}", val[key], prog_bar=True)
@@ -351,7 +435,9 @@ def fit(
     shapes = {m: list(x.shape[1:]) for m, x in data.train.inputs.items()}
     specs = {m: _encoder(m, given.get(m, data.encoders[m]), shapes[m]) for m in data.modalities}
     modules = {m: e for m, e in specs.items() if isinstance(e, nn.Module)}
+    check_training_budget(config, specs, data.num_outputs)
     spec = model_spec(config.model, specs, config, data.num_outputs, input_shapes=shapes)
+    check_model_budget(spec, config.batch_size, modules)
     out = prepare_run_folder(out_dir, resume, overwrite)
     bar = sys.stderr.isatty() if progress is None else progress
     trainer_options = {
@@ -363,7 +449,14 @@ def fit(
         **dict(trainer_kwargs or {}),
     }
     with lock_run_folder(out), _quiet_lightning(not verbose), _threads(threads):
-        run = _Run(data, config, spec, out, resume, modules)
+        removed = remove_stale_temporaries(out)
+        if removed:
+            logger.info(f"removed {len(removed)} unfinished temporary file(s) from {out}")
+        resuming = _resumes(out, resume)
+        if not resuming:
+            for stale in (LAST, BEST, RESULTS):  # of a half-started or an overwritten run
+                (out / stale).unlink(missing_ok=True)
+        run = _Run(data, config, spec, out, resuming, modules)
         _train(run, trainer_options, list(callbacks), None if bar else (log or print))
         return finish(run)
 
@@ -417,6 +510,66 @@ def _encoder(
     raise ValueError(
         f"modality {modality!r}: an encoder is an nn.Module, a spec {{'type': name, ...}} or a "
         f"factory taking the input shape, got {type(encoder).__name__}"
+    )
+
+
+def _embedding_dim(encoder: nn.Module | Mapping[str, Any]) -> int:
+    if isinstance(encoder, nn.Module):
+        return int(getattr(encoder, "output_dim", 0) or 0)
+    return int(encoder.get("output_dim", 32) or 0)
+
+
+def check_training_budget(
+    config: TrainConfig, encoders: Mapping[str, nn.Module | Mapping[str, Any]], num_outputs: int
+) -> None:
+    """Refuse an MNL model whose interaction terms cannot fit in memory, before enumerating
+    its terms or allocating anything (see :mod:`interfuse.budget`)."""
+    if not model_entry(config.model).relevance:
+        return
+    m = len(encoders)
+    spec = config.interactions if config.model != "mnl" else "none"
+    orders = count_terms(spec, m)
+    if orders is None:
+        return
+    terms = sum(orders.values())
+    if terms > MAX_TERMS:
+        raise ResourceBudgetError(
+            f"--interactions {spec}: {terms} interaction terms for {m} modalities (at most "
+            f"{MAX_TERMS}); lower --interactions (a maximal order such as 2 or 3, or a list)"
+        )
+    explicit = None
+    if isinstance(spec, (list, tuple)):
+        explicit = [t.split("*") if isinstance(t, str) else list(t) for t in spec]
+    estimate = fusion_memory(
+        orders,
+        m,
+        config.rank,
+        config.batch_size,
+        num_outputs,
+        [_embedding_dim(e) for e in encoders.values()],
+        explicit,
+    )
+    highest = max(orders, default=1)
+    check_budget(
+        estimate,
+        f"training {config.model} with {m} modalities, {terms} interaction terms up to order "
+        f"{highest} and rank {config.rank} (blocks of up to {config.rank}^{highest} "
+        f"coordinates), batch size {config.batch_size},",
+        "--rank, --interactions (a lower order) or --batch-size",
+    )
+
+
+def check_model_budget(spec: ModelSpec, batch_size: int, encoders: Mapping[str, nn.Module]) -> None:
+    """Count the model's parameters and buffers on the meta device (no memory) and refuse a
+    model whose training state alone cannot fit."""
+    skeleton = build_model(spec, device="meta", encoders=encoders or None)
+    given = {id(p) for e in encoders.values() for p in e.parameters()}
+    parameters = sum(p.numel() for p in skeleton.parameters() if id(p) not in given)
+    buffers = sum(b.numel() for b in skeleton.buffers())
+    check_budget(
+        MemoryEstimate(parameters * 4 * 4, buffers * 4, 0),
+        f"training {spec.model} ({parameters:,} parameters, batch size {batch_size})",
+        "--rank, --interactions or the encoder sizes",
     )
 
 

@@ -1,0 +1,427 @@
+"""Issue 16: every failure is one clear line with a documented exit code; no crafted file or
+option exhausts memory; nothing half-written blocks a rerun.
+
+Memory bombs run in a subprocess under an ``RLIMIT_AS`` limit (see ``_limited``)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from interfuse.cli import main
+from interfuse.cli.app import EXIT_CODES
+from interfuse.data.arrays import from_arrays, from_splits
+from interfuse.data.registry import load_dataset
+from interfuse.data.safe_pickle import PickleBudgetError, entry_name, safe_loads
+from interfuse.train import TrainConfig, TrainingDiverged, fit
+
+LIMIT_BYTES = 3 << 30  # address space of the memory-bomb subprocess (importing torch ~1 GiB)
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _one_line_error(result, code: int, *fragments: str) -> str:
+    """Exit ``code``, no traceback, one ``Error:`` line holding every fragment."""
+    output = result.output
+    assert result.exit_code == code, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    for fragment in fragments:
+        assert fragment in errors[0], output
+    return errors[0]
+
+
+def _limited(script: str, timeout: float = 120) -> dict:
+    """Run ``script`` (which prints one JSON line last) under RLIMIT_AS in a new interpreter."""
+    code = (
+        f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_BYTES}, {LIMIT_BYTES}))\n"
+        + textwrap.dedent(script)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _tiny_task(n: int = 120, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = (x[:, 0] > 0).astype(int)
+    return from_arrays({"a": x, "b": rng.normal(size=(n, 2))}, y, seed=seed)
+
+
+# -- memory exhaustion from small inputs ---------------------------------------------------
+
+BYTEARRAY_BOMB = (  # {'a': bytearray(2**30)}: 41 bytes asking for 1 GiB
+    b"\x80\x02}X\x01\x00\x00\x00ac__builtin__\nbytearray\nJ\x00\x00\x00\x40\x85Rs."
+)
+
+
+def _memo_bomb(levels: int = 45) -> bytes:
+    """Nested lists sharing memo entries: ~400 bytes expanding to 2^levels floats."""
+    data = b"\x80\x02]q\x00(G?\xf0\x00\x00\x00\x00\x00\x00G?\xf0\x00\x00\x00\x00\x00\x00e"
+    for i in range(1, levels):
+        data += b"]q" + bytes([i]) + b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"e"
+    return data + b"."
+
+
+def test_memory_bombs_are_refused_quickly_under_a_memory_limit(tmp_path):
+    """bytearray(2^30), memo amplification, 12 modalities with all interactions, rank 20000:
+    each refused with one line and exit 4 inside a 3 GiB address space, in seconds."""
+    (tmp_path / "bytearray.pkl").write_bytes(BYTEARRAY_BOMB)
+    (tmp_path / "memo.pkl").write_bytes(_memo_bomb())
+    folder = str(tmp_path)
+    report = _limited(
+        f"""
+        import json, time
+        from click.testing import CliRunner
+        from interfuse.cli import main
+        folder = {folder!r}
+        probs = ",".join(["0.5"] * 12)
+        attacks = {{
+            "bytearray": ["convert", folder + "/bytearray.pkl", folder + "/b.npz"],
+            "memo": ["convert", folder + "/memo.pkl", folder + "/m.npz"],
+            "all12": ["train", "--probs", probs, "--interactions", "all", "--n", "200",
+                      "--out", folder + "/all12"],
+            "rank": ["train", "--rank", "20000", "--n", "200", "--out", folder + "/rank"],
+        }}
+        out = {{}}
+        for name, args in attacks.items():
+            started = time.perf_counter()
+            r = CliRunner().invoke(main, args)
+            out[name] = [r.exit_code, r.output, time.perf_counter() - started,
+                         repr(r.exception) if r.exit_code not in (0, 1, 2, 3, 4, 5) else ""]
+        print(json.dumps(out))
+        """
+    )
+    expected = {
+        "bytearray": "refusing to build bytearray(1073741824)",
+        "memo": "expands to",
+        "all12": "lower --rank, --interactions",
+        "rank": "rank 20000",
+    }
+    for name, fragment in expected.items():
+        code, output, seconds, exception = report[name]
+        assert code == 4, (name, output, exception)
+        assert "Traceback" not in output and output.count("\n") == 1, (name, output)
+        assert fragment in output, (name, output)
+        assert seconds < 30, (name, seconds)
+    assert not (tmp_path / "b.npz").exists() and not (tmp_path / "m.npz").exists()
+
+
+def test_unpickler_caps_allocations_from_a_size_alone():
+    for payload in (
+        BYTEARRAY_BOMB,
+        b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R.",  # bytes(2^30)
+        b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x40\x85R.",  # numpy.ndarray(2^30)
+    ):
+        with pytest.raises(PickleBudgetError, match="from a size alone"):
+            safe_loads(payload, "bomb.pkl")
+    with pytest.raises(PickleBudgetError, match="expands to"):
+        safe_loads(_memo_bomb(30), "memo.pkl")
+    nested = b"\x80\x02" + b"]" * 200 + b"a" * 199 + b"."  # 200 nested lists
+    with pytest.raises(PickleBudgetError, match="nested deeper"):
+        safe_loads(nested, "deep.pkl")
+    # real numpy pickles (via _reconstruct) still load
+    assert safe_loads(pickle.dumps({"x": np.arange(5.0)}), "ok")["x"].sum() == 10
+
+
+# -- tracebacks instead of messages --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A finished one-epoch motif run (n=300) for the commands that read a run folder."""
+    out = tmp_path_factory.mktemp("hardening") / "run"
+    result = _invoke("train", "--n", "300", "--epochs", "1", "--quiet", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_disk_full_at_a_checkpoint_write_names_errno_and_path(tmp_path, monkeypatch):
+    import interfuse.io as io_module
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fsync", full)
+    out = tmp_path / "run"
+    result = _invoke("train", "--n", "300", "--epochs", "1", "--quiet", "--out", str(out))
+    _one_line_error(result, 3, "No space left on device [ENOSPC]", str(out))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("command", ["report", "explain", "predict"])
+def test_read_only_file_system_is_one_line_with_errno(command, small_run, tmp_path, monkeypatch):
+    import interfuse.io as io_module
+
+    data = tmp_path / "x.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, m0=rng.normal(size=(4, 4, 100)))
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & os.O_WRONLY or flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(io_module.os, "open", read_only)
+    args = {
+        "report": ["report", str(small_run)],
+        "explain": ["explain", str(small_run), "--emap-samples", "0", "--quiet"],
+        "predict": ["predict", str(small_run), str(data), "--out", str(tmp_path / "p.csv")],
+    }[command]
+    result = _invoke(*args)
+    line = _one_line_error(result, 3, "Read-only file system [EROFS]")
+    assert str(small_run) in line or str(tmp_path) in line
+
+
+def test_predict_refuses_bad_outputs_and_inputs(small_run, tmp_path):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.npz"
+    np.savez(good, m0=rng.normal(size=(3, 4, 100)))
+    zero = tmp_path / "zero.npz"
+    np.savez(zero, m0=np.zeros((0, 4, 100)))
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (["--out", str(tmp_path / "folder")], good, "is a folder"),
+        (["--out", str(tmp_path / "p.npy")], good, "name a .csv file"),
+        (["--out", str(tmp_path / "no" / "p.csv")], good, "does not exist"),
+        ([], zero, "has 0 samples"),
+    ]
+    for extra, data, fragment in cases:
+        result = _invoke("predict", str(small_run), str(data), *extra)
+        _one_line_error(result, 1, fragment)
+    ints = tmp_path / "ints.npz"
+    np.savez(ints, m0=rng.integers(0, 4, size=(3, 4, 100)), m1=rng.integers(0, 2, (3, 4, 100)))
+    result = _invoke("predict", str(small_run), str(ints), "--out", str(tmp_path / "i.csv"))
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "i.csv").read_text().splitlines()) == 4
+    huge = tmp_path / "huge.npz"
+    np.savez(huge, m0=np.full((2, 4, 100), 1e300))
+    _one_line_error(_invoke("predict", str(small_run), str(huge)), 1, "overflow", "huge.npz")
+
+
+def test_unexpected_stored_load_option_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, a=rng.normal(size=(60, 2)), labels=np.arange(60) % 2)
+    with pytest.raises(ValueError, match="unknown load option"):
+        load_dataset("npz", path=path, bogus=1)
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "report", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
+    plain = _invoke("report", str(tmp_path / "missing"))
+    _one_line_error(plain, 1, "not found")
+
+
+def test_unexpected_exceptions_are_one_line_with_exit_70(monkeypatch, tmp_path):
+    import interfuse.cli.report as report_command
+
+    def broken(folder):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(report_command, "read_results", broken)
+    _one_line_error(_invoke("report", str(tmp_path)), 70, "internal error: KeyError", "--debug")
+
+
+def test_exit_codes_are_documented_in_help():
+    result = _invoke("--help")
+    for code in EXIT_CODES:
+        assert f"{code:>3}  " in result.output
+
+
+# -- silent wrong results ------------------------------------------------------------------
+
+
+def _splits(train_y, val_y, test_y, n_features=3):
+    rng = np.random.default_rng(0)
+
+    def part(y):
+        return {"a": rng.normal(size=(len(y), n_features))}, np.asarray(y)
+
+    return {"train": part(train_y), "val": part(val_y), "test": part(test_y)}
+
+
+def test_single_class_training_split_is_refused():
+    with pytest.raises(ValueError, match="split 'train'.*only '1'"):
+        from_splits(_splits([1] * 20, [0, 1], [0, 1]))
+
+
+def test_class_unseen_in_training_is_refused():
+    with pytest.raises(ValueError, match=r"split 'test': classes \['7'\]"):
+        from_splits(_splits([0, 1] * 10, [0, 1], [0, 7]))
+
+
+def test_nan_labels_are_refused_or_dropped_with_a_count(caplog):
+    y = np.array([0.0, 1.0] * 30)
+    y[5] = np.nan
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(60, 2))}
+    with pytest.raises(ValueError, match="1 of 60 labels are NaN"):
+        from_arrays(x, y, task="classification")
+    with caplog.at_level("WARNING", logger="interfuse"):
+        task = from_arrays(x, y, task="classification", drop_nan_labels=True)
+    assert len(task.train) + len(task.val) + len(task.test) == 59
+    assert "dropped 1 of 60" in caplog.text
+
+
+def test_overflowing_features_keep_their_signal():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    y = (x[:, 0] > 0).astype(int)
+    task = from_arrays({"a": x * 1e300}, y)
+    z = task.train.inputs["a"]
+    assert np.isfinite(z.numpy()).all() and 0.9 < float(z.std()) < 1.1
+    with pytest.raises(ValueError, match="overflow"):
+        from_arrays({"a": x * 1e300}, y, standardize=False)
+
+
+# -- misleading messages -------------------------------------------------------------------
+
+
+def test_diverging_loss_stops_at_once_naming_step_and_lr(tmp_path):
+    result = _invoke(
+        "train",
+        "--n",
+        "300",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e6",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    _one_line_error(result, 5, "training diverged", "step", "learning rate 1e+06", "--lr")
+    # nothing was saved, and a rerun needs no --overwrite
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_divergence_after_a_good_epoch_keeps_last_checkpoint_resumable(tmp_path, monkeypatch):
+    import interfuse.train.runner as runner
+
+    task = _tiny_task()
+    original = runner.RunRecorder.on_before_backward
+
+    def poison(self, trainer, module, loss):
+        if self.run.state.epoch >= 1:  # the second epoch diverges
+            loss = loss * float("nan")
+        original(self, trainer, module, loss)
+
+    monkeypatch.setattr(runner.RunRecorder, "on_before_backward", poison)
+    with pytest.raises(
+        TrainingDiverged, match=r"step \d+ \(epoch 2\).*\(epoch 1\) is the last good checkpoint"
+    ):
+        fit(task, TrainConfig(epochs=3, batch_size=32), tmp_path, progress=False)
+    monkeypatch.setattr(runner.RunRecorder, "on_before_backward", original)
+    result = fit(task, TrainConfig(epochs=3, batch_size=32), tmp_path, resume=True, progress=False)
+    assert result.epochs_run == 3
+
+
+def test_data_errors_name_the_split_modality_and_option(tmp_path):
+    with pytest.raises(ValueError, match="no samples"):
+        from_arrays({"a": np.zeros((0, 3))}, np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match="split 'val': the split is empty"):
+        from_splits(_splits([0, 1] * 5, [], [0, 1]))
+    with pytest.raises(ValueError, match="modality 'a' has no features"):
+        from_splits(_splits([0, 1] * 5, [0, 1], [0, 1], n_features=0))
+    _one_line_error(_invoke("train", "--seed", "-1", "--out", str(tmp_path)), 2, "--seed")
+    _one_line_error(_invoke("train", "--data-seed", "-1", "--out", str(tmp_path)), 2, "--data-seed")
+
+
+def test_truncated_results_json_is_named(small_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in small_run.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "results.json").write_text((small_run / "results.json").read_text()[:100])
+    for command in ("explain", "report"):
+        _one_line_error(_invoke(command, str(broken)), 1, str(broken / "results.json"))
+
+
+# -- half-written state --------------------------------------------------------------------
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_rerun(tmp_path, caplog):
+    """A kill during the first write of last.safetensors leaves config.json, best.safetensors
+    and a temporary file: a plain rerun (and --resume) start afresh, saying so."""
+    task = _tiny_task()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "best.safetensors").write_bytes(b"stale")
+    stale = out / ".last.safetensors.0123456789ab.tmp"
+    stale.write_bytes(b"half")
+    with caplog.at_level("INFO", logger="interfuse"):
+        result = fit(task, TrainConfig(epochs=1, batch_size=32), out, progress=False)
+    assert result.epochs_run == 1
+    assert not stale.exists()
+    assert "first checkpoint never completed" in caplog.text
+    assert "removed 1 unfinished temporary file" in caplog.text
+    (out / "last.safetensors").unlink()
+    (out / "results.json").unlink()
+    fit(task, TrainConfig(epochs=1, batch_size=32), out, resume=True, progress=False)
+
+
+def test_stale_temporaries_are_removed_on_resume(tmp_path):
+    task = _tiny_task()
+    fit(task, TrainConfig(epochs=1, batch_size=32), tmp_path, progress=False)
+    stale = tmp_path / ".history.csv.abcdef012345.tmp"
+    stale.write_text("x")
+    keep = tmp_path / "notes.tmp"  # not ours: kept
+    keep.write_text("x")
+    fit(task, TrainConfig(epochs=2, batch_size=32), tmp_path, resume=True, progress=False)
+    assert not stale.exists() and keep.exists()
+
+
+# -- names in archives ---------------------------------------------------------------------
+
+
+def test_convert_refuses_unsafe_entry_names(tmp_path):
+    for key in ("../../x", "/abs/path", "a\\b", "C:evil"):
+        source = tmp_path / "names.pkl"
+        source.write_bytes(pickle.dumps({key: np.zeros(3), "fine": np.ones(2)}))
+        target = tmp_path / "names.npz"
+        _one_line_error(_invoke("convert", str(source), str(target)), 1, "refusing the key")
+        assert not target.exists()
+    source.write_bytes(pickle.dumps({"train": {"text features": np.zeros(3)}}))
+    assert _invoke("convert", str(source), str(target)).exit_code == 0
+    assert zipfile.ZipFile(target).namelist() == ["train/text features.npy"]
+    assert entry_name("train/vision") == "train/vision"
+
+
+def test_meta_device_model_or_inputs_are_refused_in_one_line():
+    import torch
+
+    from interfuse.inference import model_outputs, predict
+    from interfuse.models import build_model, model_spec
+
+    task = _tiny_task()
+    spec = model_spec("intense", task.encoders, TrainConfig(), task.num_outputs)
+    meta = build_model(spec, device="meta")
+    with pytest.raises(ValueError, match="meta device"):
+        predict(meta, task.test.inputs)
+    with pytest.raises(ValueError, match="meta device"):
+        model_outputs(meta, task.test)
+    model = build_model(spec, seed=0)
+    inputs = {m: torch.empty(x.shape, device="meta") for m, x in task.test.inputs.items()}
+    with pytest.raises(ValueError, match="meta device"):
+        predict(model, inputs)
