@@ -5,7 +5,7 @@ A layer on top of the library: commands parse options, build data and a
 results. Errors the user can fix are printed as one line and exit with status 1.
 """
 
-from . import data, explain, predict, report, train  # noqa: F401  (registers the commands)
+from . import coordinated, data, explain, predict, report, train  # noqa: F401  (registers them)
 from .app import main
 
 __all__ = ["main"]
