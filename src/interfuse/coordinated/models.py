@@ -175,12 +175,13 @@ class DualEncoder(nn.Module):
 class GroundingModel(nn.Module):
     """Word-to-region attention over the 8×8 cells of a small local CNN, learnt from pairs.
 
-    Each vocabulary word ``w`` has a learnt query ``q_w``; each cell ``c`` a key ``k_c`` from a
-    CNN with a small receptive field (10 pixels, so a cell sees little beyond itself), both unit
-    norm. The attention of word ``w`` is ``a_w = softmax_c(s · q_w·k_c)``; the word's match to
-    the image is ``Σ_c a_w,c q_w·k_c`` and the caption–image score is the mean of its words'
-    matches (padding excluded). Trained only from (image, caption) pairs with a symmetric
-    InfoNCE over the batch's caption–image scores: no word is ever told where its object is.
+    Each vocabulary word ``w`` has a learnt query ``q_w``; each cell ``c`` (4×4 pixels) a key
+    ``k_c`` from a CNN whose receptive field (18 pixels) covers one object but not the image,
+    both unit norm. The attention of word ``w`` is ``a_w = softmax_c(s · q_w·k_c)``; the word's
+    match to the image is ``Σ_c a_w,c q_w·k_c`` and the caption–image score is the mean of its
+    words' matches (padding excluded). Trained only from (image, caption) pairs, with a symmetric
+    InfoNCE over the batch's caption–image scores plus a word-presence term (see :meth:`loss`):
+    no word is ever told where its object is.
     After the attention-based alignment of Karpathy & Fei-Fei (*Deep Visual-Semantic
     Alignments*, CVPR 2015) and Lee et al. (*Stacked Cross Attention*, ECCV 2018), reduced to its
     core. Word matches depend on the word only, so they are computed once per vocabulary word.
@@ -197,6 +198,7 @@ class GroundingModel(nn.Module):
             nn.Conv2d(5, half, 3, padding=1), nn.BatchNorm2d(half), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(half, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
             nn.Conv2d(channels, dim, 1),
         )  # fmt: skip
         self.words = nn.Embedding(vocab_size, dim, padding_idx=0)

@@ -444,9 +444,9 @@ class GroundingConfig:
     """Word-to-region attention settings."""
 
     seed: int = 0
-    n_train: int = 4000
+    n_train: int = 3000
     n_test: int = 300
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 96
     lr: float = 3e-3
     dim: int = 64
