@@ -7,7 +7,7 @@ Errors the user can fix are printed as one line and exit with status 1 (see
 :func:`interfuse.cli.app.user_errors`).
 """
 
-from . import data, explain, predict, report, train  # noqa: F401  (registers the commands)
+from . import coordinated, data, explain, predict, report, train  # noqa: F401  (registers them)
 from .app import main
 
 __all__ = ["main"]
