@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .fusion.fast import FAST_MAX_ORDER, FusionPlan, fast_fuse
 from .fusion.interactions import InteractionFactors, IterBN, outer_products, term_presence
 from .fusion.mnl import MNLFusion, Relevance, check_p
 from .fusion.norm import VectorBatchNorm
@@ -118,6 +119,33 @@ class MultimodalModel(nn.Module):
             {t: VectorBatchNorm(d, momentum=momentum) for t, d in block_dims.items()} if vbn else {}
         )
         self.head = MNLFusion(block_dims, num_outputs, p=p)
+        self._plan: FusionPlan | None = None
+
+    def fusion_plan(self) -> FusionPlan:
+        """The fast path's index bookkeeping for this model's terms (built once)."""
+        if self._plan is None:
+            self._plan = FusionPlan(
+                self.modalities,
+                self._dims,
+                self.interaction_terms,
+                list(self.factors.projections),
+                self.rank,
+            )
+            momenta = {m.momentum for m in self.modules() if hasattr(m, "momentum")}
+            self._plan.momentum = momenta.pop() if len(momenta) == 1 else None
+        return self._plan
+
+    def uses_fast_path(self, masks: Mapping[str, Tensor] | None = None) -> bool:
+        """Whether :meth:`fuse` takes the stacked fast path (see :mod:`interfuse.fusion.fast`).
+
+        It does for models with IterBN and vBN on, interaction orders ≤ 4, one momentum for all
+        running statistics, and no presence masks; otherwise the module-by-module path runs.
+        """
+        if masks or not (self.iterbn and self.vbn):
+            return False
+        if any(len(t) > FAST_MAX_ORDER for t in self.interaction_terms):
+            return False
+        return self.fusion_plan().momentum is not None
 
     @property
     def term_names(self) -> list[str]:
@@ -168,6 +196,9 @@ class MultimodalModel(nn.Module):
         a missing modality, and of every interaction containing it, by its expectation 0; batch
         statistics then use present samples only (SPEC §1.10).
         """
+        if self.uses_fast_path(masks):
+            prediction, blocks = fast_fuse(self, embeddings)
+            return FusionOutput(prediction, blocks, dict(embeddings), masks)
         raw: dict[Term, Tensor] = {(m,): embeddings[m] for m in self.modalities}
         if self.interaction_terms:
             factors = self.factors(embeddings, masks)
