@@ -66,60 +66,86 @@ class _VbnHead(torch.autograd.Function):
 
     Inputs: ``x (Q, B, F)``, ``weight (Q, C, F)``, ``mean (Q, 1, F)`` or ``None`` (then ``x`` is
     centred by its own batch mean; a given ``mean`` must equal it — it only saves a pass),
-    ``centred`` (``x`` already has batch mean 0: no centring at all), ``eps``.
-    Outputs: ``ŷ`` part ``(B, C)``, ``z (Q, B, F)``, biased ``E‖c_q‖² (Q,)`` (not differentiable).
+    ``centred`` (``x`` already has batch mean 0: no centring at all), ``inplace`` (``x`` is a
+    temporary nobody else reads: ``z`` is written into it), ``eps``.
+    Outputs: ``ŷ`` part ``(B, C)``, ``z (Q, B, F)``, and, not differentiable, the biased
+    ``E‖c_q‖² (Q,)`` and the batch mean ``(Q, F)`` (``None`` when centred or given).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, mean, centred, eps):  # noqa: D102
-        batch = x.shape[1]
+    def forward(ctx, x, weight, mean, centred, inplace, eps):  # noqa: D102
+        num, batch = x.shape[0], x.shape[1]
+        flat = x.view(num, batch, -1)
+        batch_mean = None
+        if not centred and mean is None:
+            mean = batch_mean = flat.mean(dim=1, keepdim=True)
         if centred:
-            c = x
+            c = flat
         else:
-            c = x - (x.mean(dim=1, keepdim=True) if mean is None else mean)
-        sq = torch.linalg.vector_norm(c.flatten(1), dim=1).square_() / batch
+            c = flat.sub_(mean) if inplace else flat - mean
+        sq = torch.linalg.vector_norm(c.view(num, -1), dim=1).square_().div_(batch)
         scale = (sq + eps).rsqrt_()
         s3 = scale[:, None, None]
-        z = c * s3 if centred else c.mul_(s3)
+        z = c.mul_(s3) if inplace or not centred else c * s3
         partial = torch.bmm(z, weight.transpose(1, 2))  # (Q, B, C)
+        if inplace:
+            z = x  # the same memory, returned as the modified input
         ctx.save_for_backward(z, weight, scale, partial)
-        ctx.mark_non_differentiable(sq)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.x_shape = x.shape
         ctx.set_materialize_grads(False)
-        return partial.sum(dim=0), z, sq
+        if batch_mean is None:
+            ctx.mark_non_differentiable(sq)
+            return partial.sum(dim=0), z, sq, None
+        batch_mean = batch_mean.squeeze(1)
+        ctx.mark_non_differentiable(sq, batch_mean)
+        return partial.sum(dim=0), z, sq, batch_mean
 
     @staticmethod
-    def backward(ctx, grad_out, grad_z, _grad_sq):  # noqa: D102
+    def backward(ctx, grad_out, grad_z, _grad_sq, _grad_mean):  # noqa: D102
         z, weight, scale, partial = ctx.saved_tensors
-        num, batch, _ = z.shape
+        num, batch = z.shape[0], z.shape[1]
+        z = z.view(num, batch, -1)
+        if grad_z is not None:
+            grad_z = grad_z.reshape(num, batch, -1)
         grad_x = grad_w = None
-        # ⟨g, z_q⟩ with g = grad_out W_q (+ grad_z): via the saved (Q, B, C) partial products.
         if grad_out is not None:
-            dot = (partial * grad_out).sum(dim=(1, 2))
-            centred_out = grad_out - grad_out.mean(dim=0, keepdim=True)
+            grad_out = grad_out.contiguous()
+            # ⟨g, z_q⟩ for g = grad_out W_q, from the saved (Q, B, C) partial products
+            dot = torch.mv(partial.view(num, -1), grad_out.view(-1))
         else:
             dot = z.new_zeros(num)
         if grad_z is not None:
             dot = dot + (grad_z * z).sum(dim=(1, 2))
-        coef = (-dot * scale / batch)[:, None, None]
+        scale3 = scale[:, None, None]
         if ctx.needs_input_grad[0]:
+            grad_x = z * (dot * scale * (-1.0 / batch))[:, None, None]
             if grad_out is not None:
-                scaled = scale[:, None, None] * centred_out  # (Q, B, C)
-                grad_x = torch.baddbmm(z * coef, scaled, weight)
-            else:
-                grad_x = z * coef
+                centred_out = grad_out - grad_out.mean(dim=0, keepdim=True)
+                grad_x = grad_x.baddbmm_(scale3 * centred_out, weight)
             if grad_z is not None:
-                grad_x = grad_x + scale[:, None, None] * (grad_z - grad_z.mean(dim=1, keepdim=True))
+                grad_x = grad_x + scale3 * (grad_z - grad_z.mean(dim=1, keepdim=True))
+            grad_x = grad_x.view(ctx.x_shape)
         if ctx.needs_input_grad[1] and grad_out is not None:
-            grad_w = torch.matmul(grad_out.t(), z)  # (Q, C, F)
-        return grad_x, grad_w, None, None, None
+            grad_w = torch.bmm(grad_out.t().expand(num, -1, -1), z)  # (Q, C, F)
+        return grad_x, grad_w, None, None, None, None
 
 
 def vbn_head(
-    x: Tensor, weight: Tensor, eps: float, mean: Tensor | None = None, centred: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(Σ_q vBN(x_q) W_qᵀ, vBN(x), E‖x_q − E x_q‖²)`` with batch statistics; see :class:`_VbnHead`."""
+    x: Tensor,
+    weight: Tensor,
+    eps: float,
+    mean: Tensor | None = None,
+    centred: bool = False,
+    inplace: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(Σ_q vBN(x_q) W_qᵀ, vBN(x), E‖x_q − E x_q‖², E x_q)`` with batch statistics.
+
+    See :class:`_VbnHead`; with ``inplace`` the returned blocks reuse ``x``'s memory.
+    """
     mean = None if mean is None else mean.detach()
-    return _VbnHead.apply(x, weight, mean, centred, eps)
+    return _VbnHead.apply(x, weight, mean, centred, inplace, eps)
 
 
 # --------------------------------------------------------------------------- plan
@@ -135,6 +161,34 @@ class _Correction:
     rest_index: list[int]  # |S∖R| = 1: factor positions; else: level |S∖R| subterms
     moment_shape: list[int]  # view of E[T_R] in S's axes (with the stack axis and a batch 1)
     rest_shape: list[int]  # view of :T_{S∖R}: in S's axes (stack and batch axes -1)
+    layout: tuple[int, int, int, int]  # (L, a, v, c), see :func:`_correction_layout`
+
+
+def _correction_layout(order: int, r_pos: tuple[int, ...], rank: int) -> tuple[int, int, int, int]:
+    """Sizes ``(L, a, v, c)`` with S's axes = ``[L: rest][a: R][v: rest][c: R, ends with l]``.
+
+    Every correction of an order ≤ 4 has this shape, so both of its gradients are one batched
+    matrix product over a view of the block's gradient, ``(Q, B·L, a, v, c)`` (after moving
+    ``v`` before ``a`` when ``a > 1``).
+    """
+    in_r = [p in r_pos for p in range(order)]
+    runs: list[list[bool | int]] = []
+    for flag in in_r:
+        if runs and runs[-1][0] == flag:
+            runs[-1][1] += 1
+        else:
+            runs.append([flag, 1])
+    flags = [f for f, _ in runs]
+    sizes = [rank**n for _, n in runs]
+    if flags == [True]:
+        raise ValueError("a correction needs a non-empty rest")
+    if flags == [False, True]:
+        return sizes[0], 1, 1, sizes[1]
+    if flags == [True, False, True]:
+        return 1, sizes[0], sizes[1], sizes[2]
+    if flags == [False, True, False, True]:
+        return sizes[0], sizes[1], sizes[2], sizes[3]
+    raise NotImplementedError(f"correction pattern {in_r} of order {order}")
 
 
 @dataclass
@@ -203,6 +257,7 @@ class FusionPlan:
                             ],
                             [-1, 1, *(rank if p in r_pos else 1 for p in range(k))],
                             [-1, -1, *(rank if p in rest_pos else 1 for p in range(k))],
+                            _correction_layout(k, r_pos, rank),
                         )
                     )
             # raw-moment constants: E[T_R] ⊗ E[T_{(P∖R) ∪ l}] for R ⊆ P, |R| = k − 2 ≥ 2
@@ -238,6 +293,86 @@ class FusionPlan:
 # --------------------------------------------------------------------------- Wick levels
 
 
+SMALL_CONTRACTION = 64
+"""Per-sample matrices up to this many entries are contracted by broadcasting instead of bmm
+(a batched matrix product of thousands of tiny matrices costs more than it saves)."""
+
+
+def _contract_last(grad: Tensor, vec: Tensor) -> Tensor:
+    """``Σ_j grad[..., i, j] vec[..., j]`` for ``grad (N, a, r)``, ``vec (N, r)`` → ``(N, a)``."""
+    if grad.shape[1] * grad.shape[2] <= SMALL_CONTRACTION:
+        return (grad * vec.unsqueeze(1)).sum(dim=2)
+    return torch.bmm(grad, vec.unsqueeze(2)).squeeze(2)
+
+
+def _contract_first(grad: Tensor, vec: Tensor) -> Tensor:
+    """``Σ_i vec[..., i] grad[..., i, j]`` for ``grad (N, a, r)``, ``vec (N, a)`` → ``(N, r)``."""
+    if grad.shape[1] * grad.shape[2] <= SMALL_CONTRACTION:
+        return (grad * vec.unsqueeze(2)).sum(dim=1)
+    return torch.bmm(vec.unsqueeze(1), grad).squeeze(1)
+
+
+class _WickLevel(torch.autograd.Function):
+    """``X = A ⊗ g − Σ_c E_c ⊗ V_c [− K]`` for a stack of terms of one order (hand-written backward).
+
+    ``A (Q, B, a)``: the prefix blocks ``:T_P:`` (or the first factors), ``g (Q, B, r)``: the last
+    factors, ``K (Q, 1, a·r)`` or ``None``: the shift, and per correction ``c`` a moment
+    ``E_c (Q, …)`` and a rest ``V_c (Q, B, …)`` placed in S's axes as ``layouts[c]`` says. The
+    output is a fresh ``(Q, B, r, …, r)`` tensor. Backward: every gradient is a batched matrix
+    product with the output's gradient ``G`` (``∂A = G·g``, ``∂g = Aᵀ·G``, ``∂E_c = −Σ_n V_cᵀ G``,
+    ``∂V_c = −G·E_c``, ``∂K = −Σ_n G``) — no full-size temporaries except one reordered copy of
+    ``G`` for a correction whose rest sits between axes of its moment.
+    """
+
+    @staticmethod
+    def forward(ctx, order, rank, layouts, moment_shapes, rest_shapes, head, last, shift, *operands):  # noqa: D102
+        num, batch = last.shape[0], last.shape[1]
+        x = head.reshape(num, batch, *([rank] * (order - 1)), 1) * last.reshape(
+            num, batch, *([1] * (order - 1)), rank
+        )
+        for i in range(len(layouts)):
+            moment, rest = operands[2 * i], operands[2 * i + 1]
+            x.addcmul_(
+                moment.reshape(moment_shapes[i]), rest.reshape(num, batch, *rest_shapes[i][2:]),
+                value=-1,
+            )
+        if shift is not None:
+            x.sub_(shift.reshape(num, 1, *([rank] * order)))
+        ctx.layouts = layouts
+        ctx.shift_shape = None if shift is None else shift.shape
+        ctx.save_for_backward(head, last, *operands)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        head, last, *operands = ctx.saved_tensors
+        num, batch, rank = last.shape[0], last.shape[1], last.shape[2]
+        flat = grad.reshape(num * batch, -1, rank)
+        need = ctx.needs_input_grad
+        grad_head = grad_last = grad_shift = None
+        if need[5]:
+            grad_head = _contract_last(flat, last.reshape(num * batch, rank)).view(head.shape)
+        if need[6]:
+            grad_last = _contract_first(flat, head.reshape(num * batch, -1)).view(last.shape)
+        if ctx.shift_shape is not None and need[7]:
+            grad_shift = grad.sum(dim=1).neg_().reshape(ctx.shift_shape)
+        grads: list[Tensor | None] = []
+        for i, (lead, a, v, c) in enumerate(ctx.layouts):
+            moment, rest = operands[2 * i], operands[2 * i + 1]
+            rows = batch * lead
+            if a == 1:
+                g = grad.reshape(num, rows, c)
+            else:  # bring the rest's middle axes next to its leading ones: (Q, B·L·v, a·c)
+                g = grad.reshape(num, rows, a, v, c).transpose(2, 3).reshape(num, rows * v, a * c)
+            grad_moment = grad_rest = None
+            if need[8 + 2 * i]:
+                grad_moment = torch.bmm(rest.reshape(num, 1, -1), g).neg_().view(moment.shape)
+            if need[9 + 2 * i]:
+                grad_rest = torch.bmm(g, moment.reshape(num, -1, 1)).neg_().view(rest.shape)
+            grads += [grad_moment, grad_rest]
+        return (None, None, None, None, None, grad_head, grad_last, grad_shift, *grads)
+
+
 def _take(stack: Tensor, values: list[int], plan: FusionPlan) -> Tensor:
     """Rows ``values`` of ``stack`` (no copy when they are all rows, in order)."""
     if len(values) == stack.shape[0] and values == list(range(len(values))):
@@ -249,16 +384,16 @@ def wick_levels(
     plan: FusionPlan,
     factors: Tensor,
     running: list[Tensor] | None,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Wick products of every level, stacked: ``(blocks, centred, moments)`` per level.
+) -> tuple[list[Tensor], list[bool], list[Tensor], list[Tensor]]:
+    """Wick products of every level, stacked: ``(blocks, centred, shifts, moments)`` per level.
 
     ``factors``: centred factors ``(M_f, B, r)``. Training (``running is None``): batch moments;
     evaluation: ``running[k-2]`` holds the running raw moments ``E[T_R]`` of level k, stacked.
 
-    ``blocks[k-2]``: ``X_S`` of the module docstring, ``(Q_k, B, r, …, r)``; ``centred[k-2]``
-    whether it is already ``:T_S:`` (it is when a higher order needs it, or in evaluation);
-    ``moments[k-2]``: ``E[T_R]`` of the level (training: batch raw moments, detached from nothing;
-    evaluation: the running ones). In training ``:T_S: = X_S − means[k-2]`` where not centred.
+    ``blocks[k-2]`` is ``:T_S:`` for every subterm S of order k when ``centred[k-2]`` (a higher
+    order needs it, or evaluation), else ``X_S`` of the module docstring, with
+    ``:T_S: = X_S − shifts[k-2]`` (the top order in training: vBN centres it anyway).
+    ``moments[k-2]``: ``E[T_R]`` (raw) of the level, batch or running.
     """
     batch, rank = factors.shape[1], plan.rank
     training = running is None
@@ -274,19 +409,6 @@ def wick_levels(
         else:
             head = _take(wick[-1], level.prefix, plan).reshape(num, batch, -1)
         last = _take(factors, level.last, plan)  # (Q, B, r)
-        # (Q, B, r, …, r), built in its final shape: the in-place corrections below must not
-        # act on a view (autograd would then copy the whole block in backward)
-        x = head.reshape(num, batch, *([rank] * (k - 1)), 1) * last.reshape(
-            num, batch, *([1] * (k - 1)), rank
-        )
-        for corr in level.corrections:
-            moment = _take(moments[corr.moment_order - 2], corr.moment_index, plan)
-            rest_stack = factors if corr.rest_order == 1 else wick[corr.rest_order - 2]
-            rest = _take(rest_stack, corr.rest_index, plan)
-            x = x.addcmul_(
-                moment.reshape(corr.moment_shape), rest.reshape(num, batch, *corr.rest_shape[2:]),
-                value=-1,
-            )
         if training:
             # K_S = E[X_S] = E[:T_P: ⊗ g_l] (every correction has batch mean 0)
             shift = torch.bmm(head.transpose(1, 2), last).div_(batch)  # (Q, r^(k-1), r)
@@ -305,13 +427,25 @@ def wick_levels(
                 e_left = _take(moments[k - 4], left, plan).reshape(left_shape)
                 e_right = _take(moments[0], right, plan).reshape(right_shape)
                 shift.addcmul_(e_left, e_right, value=-1)
-        shift = shift.reshape(num, 1, *([rank] * k))
-        if level.needed_below or not training:
-            x = x.sub_(shift)
-            centred_flags.append(True)
-        else:
-            centred_flags.append(False)
-        shifts.append(shift)
+        operands: list[Tensor] = []
+        for corr in level.corrections:
+            operands.append(_take(moments[corr.moment_order - 2], corr.moment_index, plan))
+            rest_stack = factors if corr.rest_order == 1 else wick[corr.rest_order - 2]
+            operands.append(_take(rest_stack, corr.rest_index, plan))
+        centre = level.needed_below or not training
+        x = _WickLevel.apply(
+            k,
+            rank,
+            [c.layout for c in level.corrections],
+            [c.moment_shape for c in level.corrections],
+            [c.rest_shape for c in level.corrections],
+            head,
+            last,
+            shift if centre else None,
+            *operands,
+        )
+        centred_flags.append(centre)
+        shifts.append(shift.reshape(num, 1, -1))
         wick.append(x)
     return wick, centred_flags, shifts, moments
 
@@ -321,6 +455,13 @@ def wick_levels(
 
 def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _like(values: list[Tensor], targets: list[Tensor]) -> list[Tensor]:
+    """``values`` in the dtypes of ``targets`` (the running buffers), converting only if needed."""
+    if all(v.dtype == t.dtype for v, t in zip(values, targets)):
+        return values
+    return [v.to(t.dtype) for v, t in zip(values, targets)]
 
 
 def _check_training_batch(batch: int) -> None:
@@ -360,40 +501,37 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
         nonlocal out
         out = partial if out is None else out + partial
 
-    def head_of(x: Tensor, names: list[str], norms, mean=None, centred=False) -> None:
+    def head_of(x: Tensor, names: list[str], mean=None, centred=False, inplace=True) -> None:
         """vBN + head of the stacked blocks ``x (Q, B, …)`` named ``names``."""
         num = len(names)
-        flat = x.reshape(num, batch, -1)
         weight = _stack([weights[n] for n in names])
+        norms = [norm_modules[n] for n in names]
         if training:
-            eps = norms[0].eps
             if mean is not None:
                 mean = mean.reshape(num, 1, -1)
-            partial, z, sq = vbn_head(flat, weight, eps, mean=mean, centred=centred)
+            partial, z, sq, batch_mean = vbn_head(
+                x, weight, norms[0].eps, mean=mean, centred=centred, inplace=inplace
+            )
             sq_norms.extend(n.running_sq_norm for n in norms)
-            sq_values.extend((sq.detach() * (batch / (batch - 1))).unbind(0))
+            sq_values.extend(sq.mul_(batch / (batch - 1)).unbind(0))
             counters.extend(n.num_batches_tracked for n in norms)
-            if mean is None and not centred:
+            if batch_mean is not None:
                 lerp_to.extend(n.running_mean for n in norms)
-                lerp_from.extend(flat.detach().mean(dim=1).unbind(0))
+                lerp_from.extend(batch_mean.unbind(0))
             else:  # interaction blocks: batch mean exactly 0
                 decay.extend(n.running_mean for n in norms)
         else:
             mean = _stack([n.running_mean for n in norms]).unsqueeze(1)
             scale = (_stack([n.running_sq_norm for n in norms]) + norms[0].eps).rsqrt()
-            z = (flat - mean) * scale[:, None, None]
+            z = (x.reshape(num, batch, -1) - mean) * scale[:, None, None]
             partial = torch.bmm(z, weight.transpose(1, 2)).sum(dim=0)
         add(partial)
-        for i, n in enumerate(names):
-            blocks[n] = z[i]
+        blocks.update(zip(names, z.reshape(num, batch, -1).unbind(0)))
 
     # unimodal blocks
-    norms = model.norms
-    stacked_inputs: dict[int, Tensor] = {}
-    for width, names in plan.unimodal_groups:
-        x = _stack([embeddings[m] for m in names])
-        stacked_inputs[width] = x
-        head_of(x, names, [norms[m] for m in names])
+    norm_modules = model.norms
+    for _, names in plan.unimodal_groups:
+        head_of(_stack([embeddings[m] for m in names]), names, inplace=len(names) > 1)
 
     # interaction blocks
     if plan.levels:
@@ -429,22 +567,18 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
                 continue
             x = _take(x, level.terms, plan)
             names = level.term_names
-            if is_centred:
-                head_of(x, names, [norms[n] for n in names], centred=True)
+            if is_centred:  # a higher order reads these blocks too: no in-place update
+                head_of(x, names, centred=True, inplace=x is not wick[level.order - 2])
             else:
-                head_of(x, names, [norms[n] for n in names], mean=_take(shift, level.terms, plan))
+                head_of(x, names, mean=_take(shift, level.terms, plan))
 
     if training:
         with torch.no_grad():
             momentum = plan.momentum
             if lerp_to:
-                torch._foreach_lerp_(
-                    lerp_to, [v.to(t.dtype) for v, t in zip(lerp_from, lerp_to)], momentum
-                )
+                torch._foreach_lerp_(lerp_to, _like(lerp_from, lerp_to), momentum)
             if sq_norms:
-                torch._foreach_lerp_(
-                    sq_norms, [v.to(t.dtype) for v, t in zip(sq_values, sq_norms)], momentum
-                )
+                torch._foreach_lerp_(sq_norms, _like(sq_values, sq_norms), momentum)
             if decay:
                 torch._foreach_mul_(decay, 1.0 - momentum)
             torch._foreach_add_(counters, 1)
