@@ -138,10 +138,10 @@ class MultimodalModel(nn.Module):
     def uses_fast_path(self, masks: Mapping[str, Tensor] | None = None) -> bool:
         """Whether :meth:`fuse` takes the stacked fast path (see :mod:`interfuse.fusion.fast`).
 
-        It does for models with IterBN and vBN on, interaction orders ≤ 4, one momentum for all
-        running statistics, and no presence masks; otherwise the module-by-module path runs.
+        It does for models with IterBN and vBN on, interaction orders ≤ 4 and one momentum for
+        all running statistics; otherwise the module-by-module path runs.
         """
-        if masks or not (self.iterbn and self.vbn):
+        if not (self.iterbn and self.vbn):
             return False
         if any(len(t) > FAST_MAX_ORDER for t in self.interaction_terms):
             return False
@@ -197,7 +197,7 @@ class MultimodalModel(nn.Module):
         statistics then use present samples only (SPEC §1.10).
         """
         if self.uses_fast_path(masks):
-            prediction, blocks = fast_fuse(self, embeddings)
+            prediction, blocks = fast_fuse(self, embeddings, masks or None)
             return FusionOutput(prediction, blocks, dict(embeddings), masks)
         raw: dict[Term, Tensor] = {(m,): embeddings[m] for m in self.modalities}
         if self.interaction_terms:

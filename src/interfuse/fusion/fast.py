@@ -201,6 +201,7 @@ class _Level:
     last: list[int]  # factor position of the last modality
     corrections: list[_Correction] = field(default_factory=list)
     constants: list[tuple[list[int], list[int], list[int], list[int]]] = field(default_factory=list)
+    members: list[list[int]] = field(default_factory=list)  # factor positions per subterm
     terms: list[int] = field(default_factory=list)  # subterm indices of the model's terms
     term_names: list[str] = field(default_factory=list)
     needed_below: bool = False  # Wick blocks feed a higher order
@@ -225,6 +226,7 @@ class FusionPlan:
             groups.setdefault(dims[m], []).append(m)
         self.unimodal_groups = list(groups.items())
         self.factor_modalities = list(factor_modalities)
+        self.factor_rows = [self.modalities.index(m) for m in self.factor_modalities]
         position = {m: i for i, m in enumerate(self.factor_modalities)}
         order = max((len(t) for t in interaction_terms), default=1)
         self.max_order = order
@@ -239,6 +241,7 @@ class FusionPlan:
                 index[t] = i
             prefix = [position[t[0]] if k == 2 else index[t[:-1]] for t in level_terms]
             level = _Level(k, level_terms, prefix, [position[t[-1]] for t in level_terms])
+            level.members = [p for t in level_terms for p in (position[m] for m in t)]
             # corrections: R ∋ l with 2 ≤ |R| ≤ k−1, one stacked correction per position pattern
             for size in range(2, k):
                 for chosen in itertools.combinations(range(k - 1), size - 1):
@@ -472,12 +475,189 @@ def _check_training_batch(batch: int) -> None:
         )
 
 
-def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(prediction, blocks)`` of ``model.fuse`` without masks; the same values and gradients.
+def _presence_weights(present: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, list[bool]]:
+    """``(weights, counts, ok)`` of a ``(Q, B)`` presence stack: ``weights[q] = present[q] / n_q``
+    (a masked batch mean is ``weights @ x``), ``ok[q]``: ``n_q ≥ 2``, so batch statistics apply."""
+    counts = present.sum(dim=1)
+    weights = present.to(dtype) / counts.clamp(min=1).to(dtype)[:, None]
+    return weights, counts, (counts >= 2).tolist()
+
+
+def _choose(ok: list[bool], batch_value: Tensor, running: Tensor) -> Tensor:
+    """Per stacked row: the batch statistic where ``ok``, else the running one (masked path)."""
+    if all(ok):
+        return batch_value
+    if not any(ok):
+        return running.to(batch_value.dtype).expand_as(batch_value)
+    keep = torch.tensor(ok, device=batch_value.device).view(-1, *([1] * (batch_value.dim() - 1)))
+    return torch.where(keep, batch_value, running.to(batch_value.dtype))
+
+
+def _masked_wick_levels(
+    plan: FusionPlan, factors: Tensor, present: Tensor, running: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[list[bool]]]:
+    """Training with presence masks: ``(blocks :T_S:, presence (Q, B), batch moments, ok)``.
+
+    Moments are means over the samples where every modality of the subterm is present (running
+    means where fewer than 2 are), so corrections no longer have batch mean 0: the shift ``K_S``
+    comes from the moments themselves, and ``E[T_S]`` from the raw product of the prefix
+    (``(w ⊙ T_P)ᵀ g_l``), which this path keeps for every order below the highest.
+    """
+    batch, rank = factors.shape[1], plan.rank
+    wick: list[Tensor] = []
+    raw_products: list[Tensor] = []
+    moments: list[Tensor] = []
+    batch_moments: list[Tensor] = []
+    presences: list[Tensor] = []
+    oks: list[list[bool]] = []
+    for level in plan.levels:
+        k, num = level.order, len(level.subterms)
+        members = plan.index(level.members, present.device)
+        level_present = present.index_select(0, members).view(num, k, batch).all(dim=1)
+        weights, _, ok = _presence_weights(level_present, factors.dtype)
+        raw_head = _take(factors if k == 2 else raw_products[-1], level.prefix, plan)
+        raw_head = raw_head.reshape(num, batch, -1)
+        last = _take(factors, level.last, plan)
+        batch_moment = torch.bmm(raw_head.transpose(1, 2), weights[:, :, None] * last)
+        batch_moment = batch_moment.reshape(num, *([rank] * k))
+        moment = _choose(ok, batch_moment, running[k - 2])
+        moments.append(moment)
+        shift = moment
+        if level.constants:
+            shift = moment.clone()
+            for left, left_shape, right, right_shape in level.constants:
+                e_left = _take(moments[k - 4], left, plan).reshape(left_shape)
+                e_right = _take(moments[0], right, plan).reshape(right_shape)
+                shift = shift.addcmul(e_left, e_right, value=-1)
+        head = factors if k == 2 else wick[-1]
+        head = _take(head, level.prefix, plan).reshape(num, batch, -1)
+        operands: list[Tensor] = []
+        for corr in level.corrections:
+            operands.append(_take(moments[corr.moment_order - 2], corr.moment_index, plan))
+            rest_stack = factors if corr.rest_order == 1 else wick[corr.rest_order - 2]
+            operands.append(_take(rest_stack, corr.rest_index, plan))
+        wick.append(
+            _WickLevel.apply(
+                k,
+                rank,
+                [c.layout for c in level.corrections],
+                [c.moment_shape for c in level.corrections],
+                [c.rest_shape for c in level.corrections],
+                head,
+                last,
+                shift,
+                *operands,
+            )
+        )
+        if k < plan.max_order:
+            raw_products.append(
+                _WickLevel.apply(k, rank, [], [], [], raw_head, last, None)
+            )
+        batch_moments.append(batch_moment.detach())
+        presences.append(level_present)
+        oks.append(ok)
+    return wick, presences, batch_moments, oks
+
+
+class _MaskedVbnHead(torch.autograd.Function):
+    """:class:`_VbnHead` with presence masks: statistics over present samples, absent rows 0.
+
+    For a block with presence ``p_n ∈ {0, 1}``, ``n = Σ p_n`` and ``w_n = p_n / n``:
+    ``μ = Σ_n w_n x_n``, ``c_n = x_n − μ``, ``s = (Σ_n w_n ‖c_n‖² + ε)^{-1/2}``, ``z_n = p_n s c_n``.
+    Blocks with ``n < 2`` (``ok`` false) use the running ``μ`` and ``E‖c‖²`` instead, and their
+    gradient is ``s p_n ∂L/∂z_n``. Otherwise, with ``G_n = p_n ∂L/∂z_n`` and ``D = Σ_n ⟨G_n, z_n⟩``,
+
+        ∂L/∂x_n = s (G_n − (D / n) z_n − w_n Σ_m G_m),
+
+    (the last term is the adjoint of the masked centring), and ``∂L/∂z_n = (∂L/∂ŷ_n) W``
+    gives ``G_n − w_n Σ_m G_m = p_n (∂L/∂ŷ_n − Σ_m w_m ∂L/∂ŷ_m) W``: a small matrix product.
+    Absent rows are zeroed by a product with ``p`` (a non-finite value in an absent row would
+    spread; ``MultimodalModel.encode`` zeroes absent inputs).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, present, running_mean, running_sq, ok, inplace, eps):  # noqa: D102
+        num, batch = x.shape[0], x.shape[1]
+        flat = x.view(num, batch, -1)
+        p = present.to(x.dtype)
+        counts = p.sum(dim=1)
+        w = p / counts.clamp(min=1)[:, None]
+        batch_mean = torch.bmm(w[:, None, :], flat)  # (Q, 1, F)
+        mean = _choose(ok, batch_mean, running_mean)
+        c = flat.sub_(mean) if inplace else flat - mean
+        row_sq = torch.linalg.vector_norm(c, dim=2).square_()  # (Q, B)
+        sq = (row_sq * w).sum(dim=1)
+        scale = (_choose(ok, sq, running_sq) + eps).rsqrt_()
+        z = c.mul_((p * scale[:, None])[:, :, None])
+        partial = torch.bmm(z, weight.transpose(1, 2))  # (Q, B, C)
+        if inplace:
+            ctx.mark_dirty(x)
+            z = x
+        usable = torch.tensor(ok, dtype=x.dtype, device=x.device)
+        ctx.save_for_backward(z, weight, scale, partial, p, counts, usable)
+        ctx.x_shape = x.shape
+        ctx.set_materialize_grads(False)
+        unbiased = sq * counts / (counts - 1).clamp(min=1)
+        batch_mean = batch_mean.squeeze(1)
+        ctx.mark_non_differentiable(batch_mean, unbiased)
+        return partial.sum(dim=0), z, batch_mean, unbiased
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_z, _grad_mean, _grad_sq):  # noqa: D102
+        z, weight, scale, partial, p, counts, usable = ctx.saved_tensors
+        num, batch = z.shape[0], z.shape[1]
+        z = z.view(num, batch, -1)
+        w = (p / counts.clamp(min=1)[:, None])[:, None, :]  # (Q, 1, B)
+        grad_x = grad_w = None
+        if grad_out is not None:
+            grad_out = grad_out.contiguous()
+            dot = torch.mv(partial.view(num, -1), grad_out.view(-1))
+        else:
+            dot = z.new_zeros(num)
+        if grad_z is not None:
+            grad_z = grad_z.reshape(num, batch, -1)
+            dot = dot + (grad_z * z).sum(dim=(1, 2))
+        scale3 = scale[:, None, None]
+        p3 = p[:, :, None]
+        if ctx.needs_input_grad[0]:
+            coef = -usable * scale * dot / counts.clamp(min=1)
+            grad_x = z * coef[:, None, None]
+            if grad_out is not None:
+                expanded = grad_out.expand(num, -1, -1)
+                mean_out = torch.bmm(w, expanded) * usable[:, None, None]  # (Q, 1, C)
+                grad_x = grad_x.baddbmm_(scale3 * p3 * (expanded - mean_out), weight)
+            if grad_z is not None:
+                mean_z = torch.bmm(w, grad_z) * usable[:, None, None]
+                grad_x = grad_x + scale3 * p3 * (grad_z - mean_z)
+            grad_x = grad_x.view(ctx.x_shape)
+        if ctx.needs_input_grad[1] and grad_out is not None:
+            grad_w = torch.bmm(grad_out.t().expand(num, -1, -1), z)
+        return grad_x, grad_w, None, None, None, None, None, None
+
+
+def _masked_vbn_head(
+    x: Tensor, weight: Tensor, present: Tensor, norms: list, inplace: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[bool]]:
+    """``(ŷ part, z, batch mean, unbiased E‖c‖², ok)`` of :class:`_MaskedVbnHead`."""
+    ok = (present.sum(dim=1) >= 2).tolist()
+    running_mean = _stack([n.running_mean for n in norms]).unsqueeze(1)
+    running_sq = _stack([n.running_sq_norm for n in norms])
+    partial, z, batch_mean, unbiased = _MaskedVbnHead.apply(
+        x, weight, present, running_mean, running_sq, ok, inplace, norms[0].eps
+    )
+    return partial, z, batch_mean, unbiased, ok
+
+
+def fast_fuse(
+    model, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(prediction, blocks)`` of ``model.fuse``; the same values and gradients.
 
     ``model`` is a :class:`~interfuse.model.MultimodalModel` with ``iterbn`` and ``vbn`` on and
     interaction orders ≤ :data:`FAST_MAX_ORDER`; its parameters and running buffers are read and
-    (in training) updated exactly as the module-by-module path would.
+    (in training) updated exactly as the module-by-module path would. ``present``
+    (``{m: bool (B,)}`` for every modality) restricts batch statistics to present samples and
+    zeroes the blocks of absent ones.
     """
     plan: FusionPlan = model.fusion_plan()
     training = model.training
@@ -485,8 +665,13 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
     weights = {name: block.weight for name, block in head.blocks.items()}
     first = embeddings[plan.modalities[0]]
     batch = first.shape[0]
-    if training:
+    if training and present is None:
         _check_training_batch(batch)
+    masked = present is not None
+    if masked:
+        everyone = torch.ones(batch, dtype=torch.bool, device=first.device)
+        present_all = _stack([present.get(m, everyone) for m in plan.modalities])  # (M, B)
+        modality_row = {m: i for i, m in enumerate(plan.modalities)}
     blocks: dict[str, Tensor] = {}
     out = None
     # running-statistics updates, collected and applied with a few foreach operations
@@ -501,12 +686,26 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
         nonlocal out
         out = partial if out is None else out + partial
 
-    def head_of(x: Tensor, names: list[str], mean=None, centred=False, inplace=True) -> None:
-        """vBN + head of the stacked blocks ``x (Q, B, …)`` named ``names``."""
+    def head_of(
+        x: Tensor, names: list[str], rows: Tensor | None, mean=None, centred=False, inplace=True
+    ) -> None:
+        """vBN + head of the stacked blocks ``x (Q, B, …)`` named ``names``.
+
+        ``rows``: their presence ``(Q, B)`` (masked path only).
+        """
         num = len(names)
         weight = _stack([weights[n] for n in names])
         norms = [norm_modules[n] for n in names]
-        if training:
+        if training and rows is not None:
+            partial, z, batch_mean, unbiased, ok = _masked_vbn_head(x, weight, rows, norms, inplace)
+            for i, n in enumerate(norms):
+                if ok[i]:
+                    lerp_to.append(n.running_mean)
+                    lerp_from.append(batch_mean[i])
+                    sq_norms.append(n.running_sq_norm)
+                    sq_values.append(unbiased[i])
+                    counters.append(n.num_batches_tracked)
+        elif training:
             if mean is not None:
                 mean = mean.reshape(num, 1, -1)
             partial, z, sq, batch_mean = vbn_head(
@@ -524,6 +723,8 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
             mean = _stack([n.running_mean for n in norms]).unsqueeze(1)
             scale = (_stack([n.running_sq_norm for n in norms]) + norms[0].eps).rsqrt()
             z = (x.reshape(num, batch, -1) - mean) * scale[:, None, None]
+            if rows is not None:
+                z = torch.where(rows[:, :, None], z, 0.0)
             partial = torch.bmm(z, weight.transpose(1, 2)).sum(dim=0)
         add(partial)
         blocks.update(zip(names, z.reshape(num, batch, -1).unbind(0)))
@@ -531,7 +732,10 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
     # unimodal blocks
     norm_modules = model.norms
     for _, names in plan.unimodal_groups:
-        head_of(_stack([embeddings[m] for m in names]), names, inplace=len(names) > 1)
+        rows = None
+        if masked:
+            rows = _stack([present_all[modality_row[m]] for m in names])
+        head_of(_stack([embeddings[m] for m in names]), names, rows, inplace=len(names) > 1)
 
     # interaction blocks
     if plan.levels:
@@ -541,36 +745,81 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
              for m in plan.factor_modalities]
         )  # (M_f, B, r)
         centerings = [fm.centering[m] for m in plan.factor_modalities]
-        if training:
-            factor_mean = projected.mean(dim=1, keepdim=True)
-            factors = projected - factor_mean
-            lerp_to.extend(c.running_mean for c in centerings)
-            lerp_from.extend(factor_mean.detach().squeeze(1).unbind(0))
-            counters.extend(c.num_batches_tracked for c in centerings)
-            running = None
-        else:
-            factors = projected - _stack([c.running_mean for c in centerings]).unsqueeze(1)
+        iterbn = model.wick
+        running = None
+        if not training or masked:
             running = [
-                _stack([getattr(model.wick, model.wick._buffer(t)) for t in level.subterms])
+                _stack([getattr(iterbn, iterbn._buffer(t)) for t in level.subterms])
                 for level in plan.levels
             ]
-        wick, centred, shifts, moments = wick_levels(plan, factors, running)
-        if training:
-            iterbn = model.wick
-            decay.extend(getattr(iterbn, iterbn._buffer((m,))) for m in plan.factor_modalities)
-            for level, moment in zip(plan.levels, moments):
-                lerp_to.extend(getattr(iterbn, iterbn._buffer(t)) for t in level.subterms)
-                lerp_from.extend(moment.detach().unbind(0))
+        if training and masked:
+            factor_present = present_all.index_select(
+                0, plan.index(plan.factor_rows, present_all.device)
+            )
+            weights_f, _, ok_f = _presence_weights(factor_present, projected.dtype)
+            factor_mean = torch.bmm(weights_f[:, None, :], projected)  # (M_f, 1, r)
+            running_f = _stack([c.running_mean for c in centerings]).unsqueeze(1)
+            factors = projected - _choose(ok_f, factor_mean, running_f)
+            for i, c in enumerate(centerings):
+                if ok_f[i]:
+                    lerp_to.append(c.running_mean)
+                    lerp_from.append(factor_mean[i, 0].detach())
+                    counters.append(c.num_batches_tracked)
+                    decay.append(getattr(iterbn, iterbn._buffer((plan.factor_modalities[i],))))
+            wick, level_rows, moments, oks = _masked_wick_levels(
+                plan, factors, factor_present, running
+            )
+            for level, moment, ok in zip(plan.levels, moments, oks):
+                for i, t in enumerate(level.subterms):
+                    if ok[i]:
+                        lerp_to.append(getattr(iterbn, iterbn._buffer(t)))
+                        lerp_from.append(moment[i])
             counters.append(iterbn.num_batches_tracked)
-        for level, x, is_centred, shift in zip(plan.levels, wick, centred, shifts):
-            if not level.terms:
-                continue
-            x = _take(x, level.terms, plan)
-            names = level.term_names
-            if is_centred:  # a higher order reads these blocks too: no in-place update
-                head_of(x, names, centred=True, inplace=x is not wick[level.order - 2])
+            for level, x, rows in zip(plan.levels, wick, level_rows):
+                if level.terms:
+                    taken = _take(x, level.terms, plan)
+                    head_of(
+                        taken,
+                        level.term_names,
+                        _take(rows, level.terms, plan),
+                        inplace=level.order == plan.max_order or taken is not x,
+                    )
+        else:
+            if training:
+                factor_mean = projected.mean(dim=1, keepdim=True)
+                factors = projected - factor_mean
+                lerp_to.extend(c.running_mean for c in centerings)
+                lerp_from.extend(factor_mean.detach().squeeze(1).unbind(0))
+                counters.extend(c.num_batches_tracked for c in centerings)
             else:
-                head_of(x, names, mean=_take(shift, level.terms, plan))
+                factors = projected - _stack([c.running_mean for c in centerings]).unsqueeze(1)
+            wick, centred, shifts, moments = wick_levels(plan, factors, running)
+            if training:
+                decay.extend(
+                    getattr(iterbn, iterbn._buffer((m,))) for m in plan.factor_modalities
+                )
+                for level, moment in zip(plan.levels, moments):
+                    lerp_to.extend(getattr(iterbn, iterbn._buffer(t)) for t in level.subterms)
+                    lerp_from.extend(moment.detach().unbind(0))
+                counters.append(iterbn.num_batches_tracked)
+            for level, x, is_centred, shift in zip(plan.levels, wick, centred, shifts):
+                if not level.terms:
+                    continue
+                x = _take(x, level.terms, plan)
+                names = level.term_names
+                rows = None
+                if masked:  # evaluation with masks: blocks of absent samples are zeroed
+                    members = plan.index(level.members, present_all.device)
+                    factor_rows = present_all.index_select(
+                        0, plan.index(plan.factor_rows, present_all.device)
+                    )
+                    all_rows = factor_rows.index_select(0, members)
+                    all_rows = all_rows.view(len(level.subterms), level.order, batch).all(dim=1)
+                    rows = _take(all_rows, level.terms, plan)
+                if is_centred:  # a higher order reads these blocks too: no in-place update
+                    head_of(x, names, rows, centred=True, inplace=x is not wick[level.order - 2])
+                else:
+                    head_of(x, names, rows, mean=_take(shift, level.terms, plan))
 
     if training:
         with torch.no_grad():
@@ -581,7 +830,8 @@ def fast_fuse(model, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str
                 torch._foreach_lerp_(sq_norms, _like(sq_values, sq_norms), momentum)
             if decay:
                 torch._foreach_mul_(decay, 1.0 - momentum)
-            torch._foreach_add_(counters, 1)
+            if counters:
+                torch._foreach_add_(counters, 1)
     prediction = out + head.bias if head.bias is not None else out
     ordered = {name: blocks[name] for name in head.blocks}
     return prediction, ordered
