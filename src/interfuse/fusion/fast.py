@@ -90,7 +90,9 @@ class _VbnHead(torch.autograd.Function):
         partial = torch.bmm(z, weight.transpose(1, 2))  # (Q, B, C)
         if inplace:
             z = x  # the same memory, returned as the modified input
-        ctx.save_for_backward(z, weight, scale, partial)
+        # a centred input that stays alive (a higher order reads it) is kept instead of z = s·x
+        ctx.input_kept = centred and not inplace
+        ctx.save_for_backward(x if ctx.input_kept else z, weight, scale, partial)
         if inplace:
             ctx.mark_dirty(x)
         ctx.x_shape = x.shape
@@ -107,6 +109,8 @@ class _VbnHead(torch.autograd.Function):
         z, weight, scale, partial = ctx.saved_tensors
         num, batch = z.shape[0], z.shape[1]
         z = z.view(num, batch, -1)
+        # z_q = zscale_q · (what was kept)
+        zscale = scale if ctx.input_kept else torch.ones_like(scale)
         if grad_z is not None:
             grad_z = grad_z.reshape(num, batch, -1)
         grad_x = grad_w = None
@@ -117,10 +121,10 @@ class _VbnHead(torch.autograd.Function):
         else:
             dot = z.new_zeros(num)
         if grad_z is not None:
-            dot = dot + (grad_z * z).sum(dim=(1, 2))
+            dot = dot + (grad_z * z).sum(dim=(1, 2)) * zscale
         scale3 = scale[:, None, None]
         if ctx.needs_input_grad[0]:
-            grad_x = z * (dot * scale * (-1.0 / batch))[:, None, None]
+            grad_x = z * (dot * scale * zscale * (-1.0 / batch))[:, None, None]
             if grad_out is not None:
                 centred_out = grad_out - grad_out.mean(dim=0, keepdim=True)
                 grad_x = grad_x.baddbmm_(scale3 * centred_out, weight)
@@ -129,6 +133,8 @@ class _VbnHead(torch.autograd.Function):
             grad_x = grad_x.view(ctx.x_shape)
         if ctx.needs_input_grad[1] and grad_out is not None:
             grad_w = torch.bmm(grad_out.t().expand(num, -1, -1), z)  # (Q, C, F)
+            if ctx.input_kept:
+                grad_w = grad_w.mul_(scale3)
         return grad_x, grad_w, None, None, None, None
 
 
@@ -315,65 +321,181 @@ def _contract_first(grad: Tensor, vec: Tensor) -> Tensor:
     return torch.bmm(vec.unsqueeze(1), grad).squeeze(1)
 
 
+def _gather(stack: Tensor, index: Tensor | None) -> Tensor:
+    return stack if index is None else stack.index_select(0, index)
+
+
+def _scatter(grad: Tensor, stack: Tensor, index: Tensor | None) -> Tensor:
+    """The adjoint of :func:`_gather`: rows of ``grad`` added into a zero ``stack``."""
+    if index is None:
+        return grad.reshape(stack.shape)
+    out = torch.zeros_like(stack)
+    return out.index_add_(0, index, grad.reshape(-1, *stack.shape[1:]))
+
+
 class _WickLevel(torch.autograd.Function):
     """``X = A ⊗ g − Σ_c E_c ⊗ V_c [− K]`` for a stack of terms of one order (hand-written backward).
 
     ``A (Q, B, a)``: the prefix blocks ``:T_P:`` (or the first factors), ``g (Q, B, r)``: the last
     factors, ``K (Q, 1, a·r)`` or ``None``: the shift, and per correction ``c`` a moment
-    ``E_c (Q, …)`` and a rest ``V_c (Q, B, …)`` placed in S's axes as ``layouts[c]`` says. The
-    output is a fresh ``(Q, B, r, …, r)`` tensor. Backward: every gradient is a batched matrix
-    product with the output's gradient ``G`` (``∂A = G·g``, ``∂g = Aᵀ·G``, ``∂E_c = −Σ_n V_cᵀ G``,
+    ``E_c (Q, …)`` and a rest ``V_c (Q, B, …)`` placed in S's axes as ``layouts[c]`` says. ``A``,
+    ``g`` and the ``V_c`` are given as whole stacks (of a lower order, or of the factors) with
+    the rows to take (``spec``): they are gathered here and only the stacks are kept for the
+    backward pass, so a lower-order block read by several terms is saved once. The output is a
+    fresh ``(Q, B, r, …, r)`` tensor. Backward: every gradient is a batched matrix product with
+    the output's gradient ``G`` (``∂A = G·g``, ``∂g = Aᵀ·G``, ``∂E_c = −Σ_n V_cᵀ G``,
     ``∂V_c = −G·E_c``, ``∂K = −Σ_n G``) — no full-size temporaries except one reordered copy of
     ``G`` for a correction whose rest sits between axes of its moment.
     """
 
     @staticmethod
-    def forward(ctx, order, rank, layouts, moment_shapes, rest_shapes, head, last, shift, *operands):  # noqa: D102
+    def forward(ctx, spec, head_stack, last_stack, shift, *operands):  # noqa: D102
+        order, rank, layouts, moment_shapes, rest_shapes, head_index, last_index, rest_indices = spec
+        last = _gather(last_stack, last_index)
         num, batch = last.shape[0], last.shape[1]
+        head = _gather(head_stack, head_index)
         x = head.reshape(num, batch, *([rank] * (order - 1)), 1) * last.reshape(
             num, batch, *([1] * (order - 1)), rank
         )
         for i in range(len(layouts)):
-            moment, rest = operands[2 * i], operands[2 * i + 1]
+            moment = operands[2 * i]
+            rest = _gather(operands[2 * i + 1], rest_indices[i])
             x.addcmul_(
                 moment.reshape(moment_shapes[i]), rest.reshape(num, batch, *rest_shapes[i][2:]),
                 value=-1,
             )
         if shift is not None:
             x.sub_(shift.reshape(num, 1, *([rank] * order)))
-        ctx.layouts = layouts
+        ctx.spec = spec
         ctx.shift_shape = None if shift is None else shift.shape
-        ctx.save_for_backward(head, last, *operands)
+        ctx.save_for_backward(head_stack, last_stack, *operands)
         return x
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        head, last, *operands = ctx.saved_tensors
+        head_stack, last_stack, *operands = ctx.saved_tensors
+        _, _, layouts, _, _, head_index, last_index, rest_indices = ctx.spec
+        last = _gather(last_stack, last_index)
         num, batch, rank = last.shape[0], last.shape[1], last.shape[2]
         flat = grad.reshape(num * batch, -1, rank)
         need = ctx.needs_input_grad
         grad_head = grad_last = grad_shift = None
-        if need[5]:
-            grad_head = _contract_last(flat, last.reshape(num * batch, rank)).view(head.shape)
-        if need[6]:
-            grad_last = _contract_first(flat, head.reshape(num * batch, -1)).view(last.shape)
-        if ctx.shift_shape is not None and need[7]:
-            grad_shift = grad.sum(dim=1).neg_().reshape(ctx.shift_shape)
+        if need[1] or need[2]:
+            head = _gather(head_stack, head_index).reshape(num * batch, -1)
+            if need[1]:
+                grad = _contract_last(flat, last.reshape(num * batch, rank))
+                grad_head = _scatter(grad, head_stack, head_index)
+            if need[2]:
+                grad = _contract_first(flat, head)
+                grad_last = _scatter(grad, last_stack, last_index)
+        grad_output = flat.view(num, batch, -1)
+        if ctx.shift_shape is not None and need[3]:
+            grad_shift = grad_output.sum(dim=1).neg_().reshape(ctx.shift_shape)
         grads: list[Tensor | None] = []
-        for i, (lead, a, v, c) in enumerate(ctx.layouts):
-            moment, rest = operands[2 * i], operands[2 * i + 1]
+        for i, (lead, a, v, c) in enumerate(layouts):
+            moment, rest_stack = operands[2 * i], operands[2 * i + 1]
             rows = batch * lead
             if a == 1:
-                g = grad.reshape(num, rows, c)
+                g = grad_output.reshape(num, rows, c)
             else:  # bring the rest's middle axes next to its leading ones: (Q, B·L·v, a·c)
-                g = grad.reshape(num, rows, a, v, c).transpose(2, 3).reshape(num, rows * v, a * c)
+                g = grad_output.reshape(num, rows, a, v, c).transpose(2, 3)
+                g = g.reshape(num, rows * v, a * c)
             grad_moment = grad_rest = None
-            if need[8 + 2 * i]:
+            if need[4 + 2 * i]:
+                rest = _gather(rest_stack, rest_indices[i])
                 grad_moment = torch.bmm(rest.reshape(num, 1, -1), g).neg_().view(moment.shape)
-            if need[9 + 2 * i]:
-                grad_rest = torch.bmm(g, moment.reshape(num, -1, 1)).neg_().view(rest.shape)
+            if need[5 + 2 * i]:
+                grad_rest = torch.bmm(g, moment.reshape(num, -1, 1)).neg_()
+                grad_rest = _scatter(grad_rest, rest_stack, rest_indices[i])
             grads += [grad_moment, grad_rest]
-        return (None, None, None, None, None, grad_head, grad_last, grad_shift, *grads)
+        return (None, grad_head, grad_last, grad_shift, *grads)
+
+
+class _Moment(torch.autograd.Function):
+    """``E[T_P ⊗ g_l] = Σ_n w_n T_P,n ⊗ g_l,n`` from whole stacks and row indices (``w_n = 1/B``
+    when ``weights`` is ``None``): a batched matrix product ``(Q, a, B) @ (Q, B, r)``. Only the
+    stacks are kept for the backward pass (``∂T_P,n = w_n G g_l,n``, ``∂g_l,n = w_n Gᵀ T_P,n``).
+    """
+
+    @staticmethod
+    def forward(ctx, head_index, last_index, head_stack, last_stack, weights):  # noqa: D102
+        head = _gather(head_stack, head_index)
+        last = _gather(last_stack, last_index)
+        num, batch = last.shape[0], last.shape[1]
+        head = head.reshape(num, batch, -1)
+        scaled = last / batch if weights is None else last * weights[:, :, None]
+        ctx.indices = head_index, last_index
+        ctx.save_for_backward(head_stack, last_stack, weights)
+        return torch.bmm(head.transpose(1, 2), scaled)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        head_stack, last_stack, weights = ctx.saved_tensors
+        head_index, last_index = ctx.indices
+        last = _gather(last_stack, last_index)
+        num, batch = last.shape[0], last.shape[1]
+        factor = (1.0 / batch) if weights is None else weights[:, :, None]
+        grad_head = grad_last = None
+        if ctx.needs_input_grad[2]:
+            grad_head = torch.bmm(last * factor, grad.transpose(1, 2))  # (Q, B, a)
+            grad_head = _scatter(grad_head, head_stack, head_index)
+        if ctx.needs_input_grad[3]:
+            head = _gather(head_stack, head_index).reshape(num, batch, -1)
+            grad_last = torch.bmm(head, grad) * factor  # (Q, B, r)
+            grad_last = _scatter(grad_last, last_stack, last_index)
+        return None, None, grad_head, grad_last, None
+
+
+def _moment(
+    plan: FusionPlan, level: _Level, head_stack: Tensor, factors: Tensor, weights: Tensor | None
+) -> Tensor:
+    """:class:`_Moment` of every subterm of ``level`` (prefix rows of ``head_stack``)."""
+    return _Moment.apply(
+        _index(head_stack, level.prefix, plan),
+        _index(factors, level.last, plan),
+        head_stack,
+        factors,
+        weights,
+    )
+
+
+def _index(stack: Tensor, values: list[int], plan: FusionPlan) -> Tensor | None:
+    """The index tensor of rows ``values`` of ``stack``, or ``None`` for all rows in order."""
+    if len(values) == stack.shape[0] and values == list(range(len(values))):
+        return None
+    return plan.index(values, stack.device)
+
+
+def _wick_level(
+    plan: FusionPlan,
+    level: _Level,
+    head_stack: Tensor,
+    factors: Tensor,
+    shift: Tensor | None,
+    moments: list[Tensor],
+    wick: list[Tensor],
+    corrections: bool = True,
+) -> Tensor:
+    """:class:`_WickLevel` of one level, its operands taken from the lower levels' stacks."""
+    operands: list[Tensor] = []
+    rest_indices: list[Tensor | None] = []
+    used = level.corrections if corrections else []
+    for corr in used:
+        operands.append(_take(moments[corr.moment_order - 2], corr.moment_index, plan))
+        rest_stack = factors if corr.rest_order == 1 else wick[corr.rest_order - 2]
+        operands.append(rest_stack)
+        rest_indices.append(_index(rest_stack, corr.rest_index, plan))
+    spec = (
+        level.order,
+        plan.rank,
+        [c.layout for c in used],
+        [c.moment_shape for c in used],
+        [c.rest_shape for c in used],
+        _index(head_stack, level.prefix, plan),
+        _index(factors, level.last, plan),
+        rest_indices,
+    )
+    return _WickLevel.apply(spec, head_stack, factors, shift, *operands)
 
 
 def _take(stack: Tensor, values: list[int], plan: FusionPlan) -> Tensor:
@@ -407,14 +529,10 @@ def wick_levels(
     for level in plan.levels:
         k = level.order
         num = len(level.subterms)
-        if k == 2:
-            head = _take(factors, level.prefix, plan)  # (Q, B, r)
-        else:
-            head = _take(wick[-1], level.prefix, plan).reshape(num, batch, -1)
-        last = _take(factors, level.last, plan)  # (Q, B, r)
+        head_stack = factors if k == 2 else wick[-1]
         if training:
             # K_S = E[X_S] = E[:T_P: ⊗ g_l] (every correction has batch mean 0)
-            shift = torch.bmm(head.transpose(1, 2), last).div_(batch)  # (Q, r^(k-1), r)
+            shift = _moment(plan, level, head_stack, factors, None)  # (Q, r^(k-1), r)
             moment = shift.reshape(num, *([rank] * k))  # E[T_S] for k ≤ 3: feeds corrections
             if level.constants:  # k = 4: E[T_S] = K_S + Σ E[T_R] ⊗ E[T_rest]; statistics only
                 moment = moment.detach().clone()
@@ -430,23 +548,8 @@ def wick_levels(
                 e_left = _take(moments[k - 4], left, plan).reshape(left_shape)
                 e_right = _take(moments[0], right, plan).reshape(right_shape)
                 shift.addcmul_(e_left, e_right, value=-1)
-        operands: list[Tensor] = []
-        for corr in level.corrections:
-            operands.append(_take(moments[corr.moment_order - 2], corr.moment_index, plan))
-            rest_stack = factors if corr.rest_order == 1 else wick[corr.rest_order - 2]
-            operands.append(_take(rest_stack, corr.rest_index, plan))
         centre = level.needed_below or not training
-        x = _WickLevel.apply(
-            k,
-            rank,
-            [c.layout for c in level.corrections],
-            [c.moment_shape for c in level.corrections],
-            [c.rest_shape for c in level.corrections],
-            head,
-            last,
-            shift if centre else None,
-            *operands,
-        )
+        x = _wick_level(plan, level, head_stack, factors, shift if centre else None, moments, wick)
         centred_flags.append(centre)
         shifts.append(shift.reshape(num, 1, -1))
         wick.append(x)
@@ -515,10 +618,8 @@ def _masked_wick_levels(
         members = plan.index(level.members, present.device)
         level_present = present.index_select(0, members).view(num, k, batch).all(dim=1)
         weights, _, ok = _presence_weights(level_present, factors.dtype)
-        raw_head = _take(factors if k == 2 else raw_products[-1], level.prefix, plan)
-        raw_head = raw_head.reshape(num, batch, -1)
-        last = _take(factors, level.last, plan)
-        batch_moment = torch.bmm(raw_head.transpose(1, 2), weights[:, :, None] * last)
+        raw_stack = factors if k == 2 else raw_products[-1]
+        batch_moment = _moment(plan, level, raw_stack, factors, weights)
         batch_moment = batch_moment.reshape(num, *([rank] * k))
         moment = _choose(ok, batch_moment, running[k - 2])
         moments.append(moment)
@@ -529,29 +630,11 @@ def _masked_wick_levels(
                 e_left = _take(moments[k - 4], left, plan).reshape(left_shape)
                 e_right = _take(moments[0], right, plan).reshape(right_shape)
                 shift = shift.addcmul(e_left, e_right, value=-1)
-        head = factors if k == 2 else wick[-1]
-        head = _take(head, level.prefix, plan).reshape(num, batch, -1)
-        operands: list[Tensor] = []
-        for corr in level.corrections:
-            operands.append(_take(moments[corr.moment_order - 2], corr.moment_index, plan))
-            rest_stack = factors if corr.rest_order == 1 else wick[corr.rest_order - 2]
-            operands.append(_take(rest_stack, corr.rest_index, plan))
-        wick.append(
-            _WickLevel.apply(
-                k,
-                rank,
-                [c.layout for c in level.corrections],
-                [c.moment_shape for c in level.corrections],
-                [c.rest_shape for c in level.corrections],
-                head,
-                last,
-                shift,
-                *operands,
-            )
-        )
+        head_stack = factors if k == 2 else wick[-1]
+        wick.append(_wick_level(plan, level, head_stack, factors, shift, moments, wick))
         if k < plan.max_order:
             raw_products.append(
-                _WickLevel.apply(k, rank, [], [], [], raw_head, last, None)
+                _wick_level(plan, level, raw_stack, factors, None, moments, wick, False)
             )
         batch_moments.append(batch_moment.detach())
         presences.append(level_present)
@@ -835,3 +918,23 @@ def fast_fuse(
     prediction = out + head.bias if head.bias is not None else out
     ordered = {name: blocks[name] for name in head.blocks}
     return prediction, ordered
+
+
+def wick_products(
+    factors: Mapping[str, Tensor], terms: Sequence[Term], rank: int
+) -> dict[Term, Tensor]:
+    """``{term: :T_S:}`` of centred factors ``{m: (B, r)}`` with batch moments (orders ≤ 4).
+
+    The fast path's Wick products on their own (what ``IterBN(terms, rank,
+    centred_factors=True)`` returns in training), for tests and experiments.
+    """
+    names = list(factors)
+    plan = FusionPlan(names, dict.fromkeys(names, rank), list(terms), names, rank)
+    stacked = torch.stack([factors[m] for m in names])
+    wick, centred, shifts, _ = wick_levels(plan, stacked, None)
+    out: dict[Term, Tensor] = {}
+    for level, x, is_centred, shift in zip(plan.levels, wick, centred, shifts):
+        values = x if is_centred else x - shift.reshape(x.shape[0], 1, *x.shape[2:])
+        for i in level.terms:
+            out[level.subterms[i]] = values[i]
+    return {tuple(t): out[tuple(t)] for t in terms}
