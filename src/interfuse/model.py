@@ -8,13 +8,16 @@ norms of the ``W_t`` (see :mod:`interfuse.fusion.mnl`).
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from collections.abc import Mapping
+from functools import partial
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .fusion.fast import FAST_MAX_ORDER, FusionPlan, fast_fuse
+from .fusion.fast import FusionPlan, apply_updates, fast_fuse
 from .fusion.interactions import InteractionFactors, IterBN, outer_products, term_presence
 from .fusion.mnl import MNLFusion, Relevance, check_p
 from .fusion.norm import VectorBatchNorm
@@ -68,6 +71,11 @@ class MultimodalModel(nn.Module):
         encoder_dims: output sizes of the encoders, if they lack an ``output_dim`` attribute.
         momentum: momentum of all running statistics.
         check_inputs: validate keys, batch sizes and finiteness of inputs on every forward pass.
+        compile: compile the fusion head's training step (no masks) with ``torch.compile`` on
+            first use. It needs a working compiler toolchain (a C++ compiler on CPU); without
+            one, or if compilation fails, the model warns once and runs the eager fast path,
+            which computes the same values. The first compiled step takes a minute or more,
+            and a new batch size compiles again (the last, smaller batch of an epoch: once).
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class MultimodalModel(nn.Module):
         encoder_dims: Mapping[str, int] | None = None,
         momentum: float = 0.1,
         check_inputs: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = validate_modality_names(encoders)
@@ -120,6 +129,10 @@ class MultimodalModel(nn.Module):
         )
         self.head = MNLFusion(block_dims, num_outputs, p=p)
         self._plan: FusionPlan | None = None
+        self.fusion_plan()
+        self.compile_fusion = bool(compile)
+        self._compiled_fuse = None  # built on first use; None after a fallback as well
+        self._compile_failed = False
 
     def fusion_plan(self) -> FusionPlan:
         """The fast path's index bookkeeping for this model's terms (built once)."""
@@ -135,6 +148,40 @@ class MultimodalModel(nn.Module):
             self._plan.momentum = momenta.pop() if len(momenta) == 1 else None
         return self._plan
 
+    def _compiled_step(self, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The fast path through ``torch.compile`` (see ``compile``), or eager after a fallback."""
+        if self._compile_failed:
+            return fast_fuse(self, embeddings)
+        if self._compiled_fuse is None:
+            problem = compiler_problem()
+            if problem is not None:
+                self._fall_back(problem)
+                return fast_fuse(self, embeddings)
+            self._compiled_fuse = torch.compile(partial(fast_fuse, plain=True, defer_updates=True))
+        try:
+            prediction, blocks, updates = self._compiled_fuse(self, embeddings)
+        except Exception as error:  # noqa: BLE001 (any compiler failure: run eagerly)
+            self._fall_back(f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            return fast_fuse(self, embeddings)
+        apply_updates(updates, self.fusion_plan().momentum)
+        return prediction, blocks
+
+    def _fall_back(self, reason: str) -> None:
+        self._compile_failed = True
+        self._compiled_fuse = None
+        warnings.warn(
+            f"MultimodalModel(compile=True): the fusion head runs without torch.compile "
+            f"({reason}); results are the same, only slower. Install a C++ compiler (e.g. g++) "
+            f"to compile, or pass compile=False to silence this warning.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_compiled_fuse"] = None  # compiled code is not copied or pickled; rebuilt on use
+        return state
+
     def uses_fast_path(self, masks: Mapping[str, Tensor] | None = None) -> bool:
         """Whether :meth:`fuse` takes the stacked fast path (see :mod:`interfuse.fusion.fast`).
 
@@ -143,9 +190,8 @@ class MultimodalModel(nn.Module):
         """
         if not (self.iterbn and self.vbn):
             return False
-        if any(len(t) > FAST_MAX_ORDER for t in self.interaction_terms):
-            return False
-        return self.fusion_plan().momentum is not None
+        plan = self.fusion_plan()
+        return plan.supported and plan.momentum is not None
 
     @property
     def term_names(self) -> list[str]:
@@ -197,7 +243,10 @@ class MultimodalModel(nn.Module):
         statistics then use present samples only (SPEC §1.10).
         """
         if self.uses_fast_path(masks):
-            prediction, blocks = fast_fuse(self, embeddings, masks or None)
+            if self.compile_fusion and self.training and not masks:
+                prediction, blocks = self._compiled_step(embeddings)
+            else:
+                prediction, blocks = fast_fuse(self, embeddings, masks or None)
             return FusionOutput(prediction, blocks, dict(embeddings), masks)
         raw: dict[Term, Tensor] = {(m,): embeddings[m] for m in self.modalities}
         if self.interaction_terms:
@@ -325,6 +374,22 @@ class MultimodalModel(nn.Module):
             f"interactions={self.term_names[len(self.modalities) :]}, "
             f"rank={self.rank}, iterbn={self.iterbn}, vbn={self.vbn}"
         )
+
+
+def compiler_problem() -> str | None:
+    """Why ``torch.compile`` cannot run the fusion head here, or ``None`` if it can.
+
+    On CPU, TorchInductor builds C++ code: it needs a C++ compiler (``$CXX``, ``c++``, ``g++`` or
+    ``clang++``) on the ``PATH``.
+    """
+    import os
+
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    candidates = [os.environ.get("CXX"), "c++", "g++", "clang++"]
+    if not any(c and shutil.which(c) for c in candidates):
+        return "no C++ compiler found (looked for $CXX, c++, g++, clang++)"
+    return None
 
 
 def _batch_size(inputs: Mapping[str, Tensor]) -> int:

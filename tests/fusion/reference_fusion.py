@@ -83,9 +83,7 @@ def vector_batch_norm(module, u: Tensor, present: Tensor | None = None) -> Tenso
         with torch.no_grad():
             unbiased = sq_norm.detach() * n / (n - 1)
             module.running_mean.lerp_(mean.detach().to(module.running_mean.dtype), module.momentum)
-            module.running_sq_norm.lerp_(
-                unbiased.to(module.running_sq_norm.dtype), module.momentum
-            )
+            module.running_sq_norm.lerp_(unbiased.to(module.running_sq_norm.dtype), module.momentum)
             module.num_batches_tracked += 1
     else:
         centred = flat - module.running_mean

@@ -106,7 +106,9 @@ def test_fast_path_matches_reference(m, order, rank, masked, dtype):
         model.train(training)
         ref.train(training)
         masks = random_masks(names, step, gen) if masked else None
-        inputs = {n: torch.randn(BATCH, d, generator=gen, dtype=dtype) * 2 + 1 for n, d in dims.items()}
+        inputs = {
+            n: torch.randn(BATCH, d, generator=gen, dtype=dtype) * 2 + 1 for n, d in dims.items()
+        }
         if masked:  # as MultimodalModel.encode leaves them: absent rows are zero
             inputs = {n: torch.where(masks[n][:, None], x, 0.0) for n, x in inputs.items()}
         ours_in = {n: x.clone().requires_grad_() for n, x in inputs.items()}
@@ -121,7 +123,7 @@ def test_fast_path_matches_reference(m, order, rank, masked, dtype):
             close(out.blocks[name], ref_blocks[name], dtype, f"block {name}, step {step}")
 
         # a loss that also reaches the blocks directly (explanations do that)
-        def loss(prediction, blocks, regularizer):
+        def loss(prediction, blocks, regularizer, y=y):
             extra = sum(0.01 * b.pow(3).sum() for b in blocks.values())
             return F.cross_entropy(prediction, y) + 0.05 * regularizer + extra
 
@@ -147,7 +149,11 @@ def test_fast_path_matches_reference(m, order, rank, masked, dtype):
 
 @pytest.mark.parametrize(
     "terms",
-    [[("m0", "m1", "m2")], [("m0", "m2"), ("m1", "m2", "m3")], [("m0", "m1", "m2", "m3"), ("m1", "m3")]],
+    [
+        [("m0", "m1", "m2")],
+        [("m0", "m2"), ("m1", "m2", "m3")],
+        [("m0", "m1", "m2", "m3"), ("m1", "m3")],
+    ],
     ids=["triple-only", "pair+triple", "quad+pair"],
 )
 def test_explicit_term_lists(terms):
@@ -176,7 +182,10 @@ def test_fallbacks_to_the_module_path():
     assert not plain.uses_fast_path()
     names = [f"m{i}" for i in range(5)]
     order5 = MultimodalModel(
-        {m: nn.Identity() for m in names}, interactions=5, rank=2, encoder_dims=dict.fromkeys(names, 2)
+        {m: nn.Identity() for m in names},
+        interactions=5,
+        rank=2,
+        encoder_dims=dict.fromkeys(names, 2),
     )
     assert not order5.uses_fast_path()  # orders > 4: the module path
     ref = copy.deepcopy(order5)
@@ -231,6 +240,7 @@ def test_gradcheck_vbn_head():
     x = torch.randn(3, 7, 5, dtype=torch.float64, generator=gen).requires_grad_()
     w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen).requires_grad_()
     for centred in (False, True):
+
         def fn(x, w, centred=centred):
             u = x - x.mean(dim=1, keepdim=True) if centred else x
             y, z, _, _ = _VbnHead.apply(u, w, None, centred, False, 1e-5)
@@ -264,7 +274,9 @@ def test_gradcheck_wick_level(order, small, monkeypatch):
     """Every correction layout of orders 2–4, both contraction kernels."""
     monkeypatch.setattr(fast, "SMALL_CONTRACTION", small)
     terms = [tuple("abcd"[:order])]
-    plan = FusionPlan(list("abcd"[:order]), dict.fromkeys("abcd"[:order], 2), terms, list("abcd"[:order]), 2)
+    plan = FusionPlan(
+        list("abcd"[:order]), dict.fromkeys("abcd"[:order], 2), terms, list("abcd"[:order]), 2
+    )
     level = plan.levels[-1]
     gen = torch.Generator().manual_seed(order)
     num, batch, r = 1, 5, 2
@@ -273,8 +285,12 @@ def test_gradcheck_wick_level(order, small, monkeypatch):
     shift = torch.randn(num, r ** (order - 1), r, dtype=torch.float64, generator=gen)
     operands = []
     for corr in level.corrections:
-        operands.append(torch.randn(num, *[r] * corr.moment_order, dtype=torch.float64, generator=gen))
-        operands.append(torch.randn(num, batch, *[r] * corr.rest_order, dtype=torch.float64, generator=gen))
+        operands.append(
+            torch.randn(num, *[r] * corr.moment_order, dtype=torch.float64, generator=gen)
+        )
+        operands.append(
+            torch.randn(num, batch, *[r] * corr.rest_order, dtype=torch.float64, generator=gen)
+        )
     inputs = [t.requires_grad_() for t in (head, last, shift, *operands)]
 
     def fn(head, last, shift, *operands):
@@ -304,7 +320,9 @@ def test_fast_wick_matches_slow_reference_up_to_order_four():
     numpy_factors = {m: g.numpy() for m, g in factors.items()}
     for term in terms:
         expected = interactions_tests.reference_wick(numpy_factors, term)
-        np.testing.assert_allclose(out[term].numpy(), expected, atol=1e-10, rtol=0, err_msg=str(term))
+        np.testing.assert_allclose(
+            out[term].numpy(), expected, atol=1e-10, rtol=0, err_msg=str(term)
+        )
 
 
 def test_fast_wick_is_decorrelated_from_lower_orders():

@@ -145,13 +145,39 @@ def vbn_head(
     mean: Tensor | None = None,
     centred: bool = False,
     inplace: bool = False,
+    plain: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(Σ_q vBN(x_q) W_qᵀ, vBN(x), E‖x_q − E x_q‖², E x_q)`` with batch statistics.
 
     See :class:`_VbnHead`; with ``inplace`` the returned blocks reuse ``x``'s memory.
     """
+    if plain:
+        return _vbn_head_plain(x, weight, eps, mean, centred)
     mean = None if mean is None else mean.detach()
     return _VbnHead.apply(x, weight, mean, centred, inplace, eps)
+
+
+def _vbn_head_plain(
+    x: Tensor, weight: Tensor, eps: float, mean: Tensor | None, centred: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`vbn_head` in plain differentiable operations (for ``torch.compile`` to fuse).
+
+    A given ``mean`` must be a differentiable function equal to the batch mean of ``x``.
+    """
+    num, batch = x.shape[0], x.shape[1]
+    flat = x.reshape(num, batch, -1)
+    batch_mean = None
+    if centred:
+        c = flat
+    else:
+        if mean is None:
+            mean = batch_mean = flat.mean(dim=1, keepdim=True)
+        c = flat - mean
+    sq = c.square().sum(dim=(1, 2)) / batch
+    z = c * (sq + eps).rsqrt()[:, None, None]
+    partial = torch.bmm(z, weight.transpose(1, 2)).sum(dim=0)
+    batch_mean = None if batch_mean is None else batch_mean.detach().squeeze(1)
+    return partial, z, sq.detach(), batch_mean
 
 
 # --------------------------------------------------------------------------- plan
@@ -236,13 +262,17 @@ class FusionPlan:
         position = {m: i for i, m in enumerate(self.factor_modalities)}
         order = max((len(t) for t in interaction_terms), default=1)
         self.max_order = order
+        self.supported = order <= FAST_MAX_ORDER  # else: no levels, the module path runs
+        if not self.supported:
+            interaction_terms, order = [], 1
         subterms = {t: None for term in interaction_terms for t in nonempty_subsets(term)}
         self.levels: list[_Level] = []
         index: dict[Term, int] = {}
         for k in range(2, order + 1):
-            level_terms = sorted((t for t in subterms if len(t) == k), key=lambda s: [
-                self.modalities.index(m) for m in s
-            ])
+            level_terms = sorted(
+                (t for t in subterms if len(t) == k),
+                key=lambda s: [self.modalities.index(m) for m in s],
+            )
             for i, t in enumerate(level_terms):
                 index[t] = i
             prefix = [position[t[0]] if k == 2 else index[t[:-1]] for t in level_terms]
@@ -291,6 +321,7 @@ class FusionPlan:
         self._indices: dict[torch.device, dict[int, Tensor]] = {}
         self.momentum: float | None = None  # of every running statistic (set by the model)
 
+
     def index(self, values: list[int], device: torch.device) -> Tensor:
         cache = self._indices.setdefault(device, {})
         key = id(values)
@@ -334,7 +365,7 @@ def _scatter(grad: Tensor, stack: Tensor, index: Tensor | None) -> Tensor:
 
 
 class _WickLevel(torch.autograd.Function):
-    """``X = A ⊗ g − Σ_c E_c ⊗ V_c [− K]`` for a stack of terms of one order (hand-written backward).
+    """``X = A ⊗ g − Σ_c E_c ⊗ V_c [− K]`` for the stacked terms of one order, by hand backward.
 
     ``A (Q, B, a)``: the prefix blocks ``:T_P:`` (or the first factors), ``g (Q, B, r)``: the last
     factors, ``K (Q, 1, a·r)`` or ``None``: the shift, and per correction ``c`` a moment
@@ -350,7 +381,9 @@ class _WickLevel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, head_stack, last_stack, shift, *operands):  # noqa: D102
-        order, rank, layouts, moment_shapes, rest_shapes, head_index, last_index, rest_indices = spec
+        order, rank, layouts, moment_shapes, rest_shapes, head_index, last_index, rest_indices = (
+            spec
+        )
         last = _gather(last_stack, last_index)
         num, batch = last.shape[0], last.shape[1]
         head = _gather(head_stack, head_index)
@@ -361,7 +394,8 @@ class _WickLevel(torch.autograd.Function):
             moment = operands[2 * i]
             rest = _gather(operands[2 * i + 1], rest_indices[i])
             x.addcmul_(
-                moment.reshape(moment_shapes[i]), rest.reshape(num, batch, *rest_shapes[i][2:]),
+                moment.reshape(moment_shapes[i]),
+                rest.reshape(num, batch, *rest_shapes[i][2:]),
                 value=-1,
             )
         if shift is not None:
@@ -447,9 +481,19 @@ class _Moment(torch.autograd.Function):
 
 
 def _moment(
-    plan: FusionPlan, level: _Level, head_stack: Tensor, factors: Tensor, weights: Tensor | None
+    plan: FusionPlan,
+    level: _Level,
+    head_stack: Tensor,
+    factors: Tensor,
+    weights: Tensor | None,
+    plain: bool = False,
 ) -> Tensor:
     """:class:`_Moment` of every subterm of ``level`` (prefix rows of ``head_stack``)."""
+    if plain:  # the same in plain operations, for torch.compile
+        head = _gather(head_stack, _index(head_stack, level.prefix, plan))
+        last = _gather(factors, _index(factors, level.last, plan))
+        head = head.reshape(last.shape[0], last.shape[1], -1)
+        return torch.bmm(head.transpose(1, 2), last) / last.shape[1]
     return _Moment.apply(
         _index(head_stack, level.prefix, plan),
         _index(factors, level.last, plan),
@@ -475,6 +519,7 @@ def _wick_level(
     moments: list[Tensor],
     wick: list[Tensor],
     corrections: bool = True,
+    plain: bool = False,
 ) -> Tensor:
     """:class:`_WickLevel` of one level, its operands taken from the lower levels' stacks."""
     operands: list[Tensor] = []
@@ -495,7 +540,28 @@ def _wick_level(
         _index(factors, level.last, plan),
         rest_indices,
     )
+    if plain:
+        return _wick_level_plain(spec, head_stack, factors, shift, *operands)
     return _WickLevel.apply(spec, head_stack, factors, shift, *operands)
+
+
+def _wick_level_plain(spec, head_stack, last_stack, shift, *operands) -> Tensor:
+    """:class:`_WickLevel`'s forward in plain differentiable operations (for ``torch.compile``)."""
+    order, rank, layouts, moment_shapes, rest_shapes, head_index, last_index, rest_indices = spec
+    last = _gather(last_stack, last_index)
+    num, batch = last.shape[0], last.shape[1]
+    head = _gather(head_stack, head_index)
+    x = head.reshape(num, batch, *([rank] * (order - 1)), 1) * last.reshape(
+        num, batch, *([1] * (order - 1)), rank
+    )
+    for i in range(len(layouts)):
+        rest = _gather(operands[2 * i + 1], rest_indices[i])
+        x = x - operands[2 * i].reshape(moment_shapes[i]) * rest.reshape(
+            num, batch, *rest_shapes[i][2:]
+        )
+    if shift is not None:
+        x = x - shift.reshape(num, 1, *([rank] * order))
+    return x
 
 
 def _take(stack: Tensor, values: list[int], plan: FusionPlan) -> Tensor:
@@ -509,6 +575,7 @@ def wick_levels(
     plan: FusionPlan,
     factors: Tensor,
     running: list[Tensor] | None,
+    plain: bool = False,
 ) -> tuple[list[Tensor], list[bool], list[Tensor], list[Tensor]]:
     """Wick products of every level, stacked: ``(blocks, centred, shifts, moments)`` per level.
 
@@ -520,7 +587,7 @@ def wick_levels(
     ``:T_S: = X_S − shifts[k-2]`` (the top order in training: vBN centres it anyway).
     ``moments[k-2]``: ``E[T_R]`` (raw) of the level, batch or running.
     """
-    batch, rank = factors.shape[1], plan.rank
+    rank = plan.rank
     training = running is None
     wick: list[Tensor] = []
     moments: list[Tensor] = []
@@ -532,7 +599,7 @@ def wick_levels(
         head_stack = factors if k == 2 else wick[-1]
         if training:
             # K_S = E[X_S] = E[:T_P: ⊗ g_l] (every correction has batch mean 0)
-            shift = _moment(plan, level, head_stack, factors, None)  # (Q, r^(k-1), r)
+            shift = _moment(plan, level, head_stack, factors, None, plain)  # (Q, r^(k-1), r)
             moment = shift.reshape(num, *([rank] * k))  # E[T_S] for k ≤ 3: feeds corrections
             if level.constants:  # k = 4: E[T_S] = K_S + Σ E[T_R] ⊗ E[T_rest]; statistics only
                 moment = moment.detach().clone()
@@ -549,7 +616,9 @@ def wick_levels(
                 e_right = _take(moments[0], right, plan).reshape(right_shape)
                 shift.addcmul_(e_left, e_right, value=-1)
         centre = level.needed_below or not training
-        x = _wick_level(plan, level, head_stack, factors, shift if centre else None, moments, wick)
+        x = _wick_level(
+            plan, level, head_stack, factors, shift if centre else None, moments, wick, plain=plain
+        )
         centred_flags.append(centre)
         shifts.append(shift.reshape(num, 1, -1))
         wick.append(x)
@@ -646,7 +715,8 @@ class _MaskedVbnHead(torch.autograd.Function):
     """:class:`_VbnHead` with presence masks: statistics over present samples, absent rows 0.
 
     For a block with presence ``p_n ∈ {0, 1}``, ``n = Σ p_n`` and ``w_n = p_n / n``:
-    ``μ = Σ_n w_n x_n``, ``c_n = x_n − μ``, ``s = (Σ_n w_n ‖c_n‖² + ε)^{-1/2}``, ``z_n = p_n s c_n``.
+    ``μ = Σ_n w_n x_n``, ``c_n = x_n − μ``, ``s = (Σ_n w_n ‖c_n‖² + ε)^{-1/2}`` and
+    ``z_n = p_n s c_n``.
     Blocks with ``n < 2`` (``ok`` false) use the running ``μ`` and ``E‖c‖²`` instead, and their
     gradient is ``s p_n ∂L/∂z_n``. Otherwise, with ``G_n = p_n ∂L/∂z_n`` and ``D = Σ_n ⟨G_n, z_n⟩``,
 
@@ -732,15 +802,22 @@ def _masked_vbn_head(
 
 
 def fast_fuse(
-    model, embeddings: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None
-) -> tuple[Tensor, dict[str, Tensor]]:
+    model,
+    embeddings: Mapping[str, Tensor],
+    present: Mapping[str, Tensor] | None = None,
+    plain: bool = False,
+    defer_updates: bool = False,
+):
     """``(prediction, blocks)`` of ``model.fuse``; the same values and gradients.
 
     ``model`` is a :class:`~interfuse.model.MultimodalModel` with ``iterbn`` and ``vbn`` on and
     interaction orders ≤ :data:`FAST_MAX_ORDER`; its parameters and running buffers are read and
     (in training) updated exactly as the module-by-module path would. ``present``
     (``{m: bool (B,)}`` for every modality) restricts batch statistics to present samples and
-    zeroes the blocks of absent ones.
+    zeroes the blocks of absent ones. ``plain``: plain differentiable operations instead of the
+    hand-written autograd Functions (the form ``torch.compile`` fuses best; no masks).
+    ``defer_updates``: return the running-statistics updates as a third element instead of
+    applying them (:func:`apply_updates`; keeps buffer mutations out of a compiled graph).
     """
     plan: FusionPlan = model.fusion_plan()
     training = model.training
@@ -792,10 +869,10 @@ def fast_fuse(
             if mean is not None:
                 mean = mean.reshape(num, 1, -1)
             partial, z, sq, batch_mean = vbn_head(
-                x, weight, norms[0].eps, mean=mean, centred=centred, inplace=inplace
+                x, weight, norms[0].eps, mean=mean, centred=centred, inplace=inplace, plain=plain
             )
             sq_norms.extend(n.running_sq_norm for n in norms)
-            sq_values.extend(sq.mul_(batch / (batch - 1)).unbind(0))
+            sq_values.extend((sq * (batch / (batch - 1))).unbind(0))
             counters.extend(n.num_batches_tracked for n in norms)
             if batch_mean is not None:
                 lerp_to.extend(n.running_mean for n in norms)
@@ -824,8 +901,10 @@ def fast_fuse(
     if plan.levels:
         fm = model.factors
         projected = _stack(
-            [torch.nn.functional.linear(embeddings[m], fm.projections[m].weight)
-             for m in plan.factor_modalities]
+            [
+                torch.nn.functional.linear(embeddings[m], fm.projections[m].weight)
+                for m in plan.factor_modalities
+            ]
         )  # (M_f, B, r)
         centerings = [fm.centering[m] for m in plan.factor_modalities]
         iterbn = model.wick
@@ -876,11 +955,9 @@ def fast_fuse(
                 counters.extend(c.num_batches_tracked for c in centerings)
             else:
                 factors = projected - _stack([c.running_mean for c in centerings]).unsqueeze(1)
-            wick, centred, shifts, moments = wick_levels(plan, factors, running)
+            wick, centred, shifts, moments = wick_levels(plan, factors, running, plain)
             if training:
-                decay.extend(
-                    getattr(iterbn, iterbn._buffer((m,))) for m in plan.factor_modalities
-                )
+                decay.extend(getattr(iterbn, iterbn._buffer((m,))) for m in plan.factor_modalities)
                 for level, moment in zip(plan.levels, moments):
                     lerp_to.extend(getattr(iterbn, iterbn._buffer(t)) for t in level.subterms)
                     lerp_from.extend(moment.detach().unbind(0))
@@ -904,20 +981,30 @@ def fast_fuse(
                 else:
                     head_of(x, names, rows, mean=_take(shift, level.terms, plan))
 
-    if training:
-        with torch.no_grad():
-            momentum = plan.momentum
-            if lerp_to:
-                torch._foreach_lerp_(lerp_to, _like(lerp_from, lerp_to), momentum)
-            if sq_norms:
-                torch._foreach_lerp_(sq_norms, _like(sq_values, sq_norms), momentum)
-            if decay:
-                torch._foreach_mul_(decay, 1.0 - momentum)
-            if counters:
-                torch._foreach_add_(counters, 1)
     prediction = out + head.bias if head.bias is not None else out
     ordered = {name: blocks[name] for name in head.blocks}
+    updates = (lerp_to, lerp_from, sq_norms, sq_values, decay, counters)
+    if defer_updates:
+        return prediction, ordered, updates
+    if training:
+        apply_updates(updates, plan.momentum)
     return prediction, ordered
+
+
+def apply_updates(updates: tuple[list[Tensor], ...], momentum: float) -> None:
+    """All running-statistics updates of a training step, in four foreach operations:
+    ``running ← lerp(running, batch, momentum)`` for means and squared norms, ``running ←
+    (1 − momentum)·running`` where the batch value is exactly 0, and ``count += 1``."""
+    lerp_to, lerp_from, sq_norms, sq_values, decay, counters = updates
+    with torch.no_grad():
+        if lerp_to:
+            torch._foreach_lerp_(lerp_to, _like(lerp_from, lerp_to), momentum)
+        if sq_norms:
+            torch._foreach_lerp_(sq_norms, _like(sq_values, sq_norms), momentum)
+        if decay:
+            torch._foreach_mul_(decay, 1.0 - momentum)
+        if counters:
+            torch._foreach_add_(counters, 1)
 
 
 def wick_products(
