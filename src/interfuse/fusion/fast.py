@@ -321,7 +321,6 @@ class FusionPlan:
         self._indices: dict[torch.device, dict[int, Tensor]] = {}
         self.momentum: float | None = None  # of every running statistic (set by the model)
 
-
     def index(self, values: list[int], device: torch.device) -> Tensor:
         cache = self._indices.setdefault(device, {})
         key = id(values)
