@@ -86,6 +86,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "profile": [(4, 8, 2), (4, 16, 3), (6, 8, 4)],
         "api_overhead": [(4, 8, 2)],
         "compile": [(2, 8, 2), (4, 8, 2), (3, 8, 3), (4, 16, 3)],
+        "masked": [(2, 8, 2), (4, 8, 2), (6, 8, 2), (3, 8, 3), (4, 16, 3), (4, 4, 4), (5, 8, 4)],
     },
     "quick": {
         "modalities": [2, 4, 6],
@@ -98,6 +99,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "profile": [(4, 8, 2)],
         "api_overhead": [(4, 8, 2)],
         "compile": [],
+        "masked": [(4, 8, 2)],
     },
     "tiny": {
         "modalities": [2],
@@ -110,6 +112,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "profile": [(2, 4, 2)],
         "api_overhead": [(2, 4, 2)],
         "compile": [],
+        "masked": [(2, 4, 2)],
     },
 }
 
@@ -360,6 +363,7 @@ def build(m: int, r: int, k: int, seed: int = 0, compiled: bool = False) -> dict
 
     return {
         "steps": steps,
+        "before": before,
         "saved_ratio": saved_ratio,
         "ours_forward": step_ours_forward,
         "model": model,
@@ -531,6 +535,42 @@ def compile_timing(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str
     }
 
 
+def masked_timing(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Ours vs before with presence masks (each modality missing for ~20 % of the samples)."""
+    import torch
+    from torch.nn import functional as F
+
+    built = build(m, r, k)
+    model, embeddings, y = built["model"], built["embeddings"], built["y"]
+    reference = load_reference()
+    before = built["before"]
+    gen = torch.Generator().manual_seed(1)
+    masks = {n: torch.rand(BATCH, generator=gen) >= 0.2 for n in model.modalities}
+    inputs = {
+        n: torch.where(masks[n][:, None], e.detach(), 0.0).requires_grad_()
+        for n, e in embeddings.items()
+    }
+
+    def step_ours() -> None:
+        built["clear"]()
+        out = model.fuse(inputs, masks)
+        (F.cross_entropy(out.prediction, y) + LAM * model.regularizer()).backward()
+
+    def step_before() -> None:
+        built["clear"]()
+        prediction, _ = reference.reference_fuse(before, inputs, masks)
+        (F.cross_entropy(prediction, y) + LAM * reference.regularizer(before)).backward()
+
+    steps = {"before": step_before, "ours": step_ours}
+    times = interleaved_times(steps, settings["budget_s"], settings["min_reps"], 30)["cpu"]
+    return {
+        "config": {"M": m, "r": r, "K": k, "features": built["features"]},
+        "median_ms": {n: median(t) * 1e3 for n, t in times.items()},
+        "ours_over_before": ratio_median(times["ours"], times["before"]),
+        "reps": len(times["ours"]),
+    }
+
+
 def api_overhead(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str, Any]:
     """``model(inputs)`` (validation + identity encoders) vs ``model.fuse(embeddings)``."""
     built = build(m, r, k)
@@ -645,6 +685,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
             flush=True,
         )
     compiled = [compile_timing(*c, settings) for c in settings.get("compile", [])]
+    masked = [masked_timing(*c, settings) for c in settings.get("masked", [])]
     profiles = [profile_ours(*c) for c in settings["profile"]]
     overhead = [api_overhead(*c, settings) for c in settings["api_overhead"]]
     payload = {
@@ -652,7 +693,9 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "scale": scale,
         "settings": {
             **{
-                k: v for k, v in settings.items() if k not in ("profile", "api_overhead", "compile")
+                k: v
+                for k, v in settings.items()
+                if k not in ("profile", "api_overhead", "compile", "masked")
             },
             "batch": BATCH,
             "encoder_dim": ENCODER_DIM,
@@ -668,6 +711,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "profiles": profiles,
         "api_overhead": overhead,
         "compiled": compiled,
+        "masked": masked,
     }
     return publish(out_dir, SUITE, scale, payload, render)
 
@@ -777,6 +821,27 @@ def render(payload: dict[str, Any]) -> str:
                 parts.append(f"\n\nFell back to eager: {c['fallback']}")
     for c in skipped:
         parts.append(f"\n\ncompile=True not measured: {c['skipped']}")
+    if payload.get("masked"):
+        parts.append(
+            "\n\n#### With presence masks (each modality missing for ~20 % of the samples)\n\n"
+        )
+        parts.append(
+            markdown_table(
+                ["M", "r", "K", "features D", "before ms", "ours ms", "ours / before"],
+                [
+                    [
+                        c["config"]["M"],
+                        c["config"]["r"],
+                        c["config"]["K"],
+                        c["config"]["features"],
+                        fmt(c["median_ms"]["before"], 2),
+                        fmt(c["median_ms"]["ours"], 2),
+                        fmt(c["ours_over_before"], 2),
+                    ]
+                    for c in payload["masked"]
+                ],
+            )
+        )
     for p in payload["profiles"]:
         c = p["config"]
         ops = p["aten_ops_per_step"]
