@@ -47,9 +47,10 @@ interactions_tests = _load("test_interactions")
 BATCH = 12
 
 
-def build(m: int, order: int, rank: int, dtype: torch.dtype, interactions=None):
+def build(m: int, order: int, rank: int, dtype: torch.dtype, interactions=None, equal=False):
     names = [f"m{i}" for i in range(m)]
-    dims = {n: 3 + i % 3 for i, n in enumerate(names)}  # unequal widths: several stacks
+    # unequal widths: several stacks; equal: one stack, shared with the factor projections
+    dims = {n: 4 if equal else 3 + i % 3 for i, n in enumerate(names)}
     model = MultimodalModel(
         {n: nn.Identity() for n in names},
         interactions=interactions if interactions is not None else (order if order > 1 else "none"),
@@ -88,15 +89,18 @@ CONFIGS = [  # (M, K, r)
     (5, 4, 2),
     (6, 2, 2),
     (6, 3, 2),
+    (3, 3, 3, "equal"),
+    (4, 4, 2, "equal"),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masks"])
-@pytest.mark.parametrize("m,order,rank", CONFIGS)
-def test_fast_path_matches_reference(m, order, rank, masked, dtype):
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_fast_path_matches_reference(config, masked, dtype):
+    m, order, rank = config[:3]
     torch.manual_seed(m * 100 + order * 10 + rank)
-    model, names, dims = build(m, order, rank, dtype)
+    model, names, dims = build(m, order, rank, dtype, equal=len(config) > 3)
     assert model.uses_fast_path()
     ref = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -239,14 +243,14 @@ def test_gradcheck_vbn_head():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 7, 5, dtype=torch.float64, generator=gen).requires_grad_()
     w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen).requires_grad_()
-    for centred in (False, True):
+    for centred, keep in [(False, False), (True, False), (False, True), (True, True)]:
 
-        def fn(x, w, centred=centred):
+        def fn(x, w, centred=centred, keep=keep):
             u = x - x.mean(dim=1, keepdim=True) if centred else x
-            y, z, _, _ = _VbnHead.apply(u, w, None, centred, False, 1e-5)
+            y, z, _, _ = _VbnHead.apply(u, w, None, centred, False, keep, 1e-5)
             return y, z
 
-        assert torch.autograd.gradcheck(fn, (x, w))
+        assert torch.autograd.gradcheck(fn, (x, w)), (centred, keep)
 
 
 def test_gradcheck_masked_vbn_head():
@@ -360,10 +364,12 @@ def saved_bytes(step) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("m,order,rank", [(3, 3, 8), (4, 3, 6), (4, 4, 4)])
-def test_saved_for_backward_at_most_0_6_of_the_reference(m, order, rank):
+@pytest.mark.parametrize(
+    "m,order,rank,equal", [(3, 3, 8, False), (4, 3, 6, False), (4, 4, 4, False), (3, 3, 4, True)]
+)
+def test_saved_for_backward_at_most_0_6_of_the_reference(m, order, rank, equal):
     torch.manual_seed(0)
-    model, names, dims = build(m, order, rank, torch.float32)
+    model, names, dims = build(m, order, rank, torch.float32, equal=equal)
     ref = copy.deepcopy(model)
     x = {n: torch.randn(64, d, requires_grad=True) for n, d in dims.items()}
     ours = saved_bytes(lambda: model.fuse(x).prediction.sum() + model.regularizer())

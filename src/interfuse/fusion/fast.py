@@ -67,13 +67,15 @@ class _VbnHead(torch.autograd.Function):
     Inputs: ``x (Q, B, F)``, ``weight (Q, C, F)``, ``mean (Q, 1, F)`` or ``None`` (then ``x`` is
     centred by its own batch mean; a given ``mean`` must equal it — it only saves a pass),
     ``centred`` (``x`` already has batch mean 0: no centring at all), ``inplace`` (``x`` is a
-    temporary nobody else reads: ``z`` is written into it), ``eps``.
+    temporary nobody else reads: ``z`` is written into it), ``keep_input`` (``x`` stays alive
+    anyway: it is kept for the backward pass, with the mean, and ``z`` recomputed from it, so
+    that one copy of the block is saved, not two), ``eps``.
     Outputs: ``ŷ`` part ``(B, C)``, ``z (Q, B, F)``, and, not differentiable, the biased
     ``E‖c_q‖² (Q,)`` and the batch mean ``(Q, F)`` (``None`` when centred or given).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, mean, centred, inplace, eps):  # noqa: D102
+    def forward(ctx, x, weight, mean, centred, inplace, keep_input, eps):  # noqa: D102
         num, batch = x.shape[0], x.shape[1]
         flat = x.view(num, batch, -1)
         batch_mean = None
@@ -90,9 +92,10 @@ class _VbnHead(torch.autograd.Function):
         partial = torch.bmm(z, weight.transpose(1, 2))  # (Q, B, C)
         if inplace:
             z = x  # the same memory, returned as the modified input
-        # a centred input that stays alive (a higher order reads it) is kept instead of z = s·x
-        ctx.input_kept = centred and not inplace
-        ctx.save_for_backward(x if ctx.input_kept else z, weight, scale, partial)
+        # an input that stays alive (a higher order or the factors read it) is kept instead of z
+        ctx.input_kept = not inplace and (centred or keep_input)
+        kept_mean = mean if ctx.input_kept and not centred else None
+        ctx.save_for_backward(x if ctx.input_kept else z, weight, scale, partial, kept_mean)
         if inplace:
             ctx.mark_dirty(x)
         ctx.x_shape = x.shape
@@ -106,11 +109,14 @@ class _VbnHead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_z, _grad_sq, _grad_mean):  # noqa: D102
-        z, weight, scale, partial = ctx.saved_tensors
+        z, weight, scale, partial, kept_mean = ctx.saved_tensors
         num, batch = z.shape[0], z.shape[1]
         z = z.view(num, batch, -1)
+        if kept_mean is not None:  # z recomputed from the kept input
+            z = (z - kept_mean) * scale[:, None, None]
         # z_q = zscale_q · (what was kept)
-        zscale = scale if ctx.input_kept else torch.ones_like(scale)
+        centred_kept = ctx.input_kept and kept_mean is None
+        zscale = scale if centred_kept else torch.ones_like(scale)
         if grad_z is not None:
             grad_z = grad_z.reshape(num, batch, -1)
         grad_x = grad_w = None
@@ -133,9 +139,9 @@ class _VbnHead(torch.autograd.Function):
             grad_x = grad_x.view(ctx.x_shape)
         if ctx.needs_input_grad[1] and grad_out is not None:
             grad_w = torch.bmm(grad_out.t().expand(num, -1, -1), z)  # (Q, C, F)
-            if ctx.input_kept:
+            if centred_kept:
                 grad_w = grad_w.mul_(scale3)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def vbn_head(
@@ -146,6 +152,7 @@ def vbn_head(
     centred: bool = False,
     inplace: bool = False,
     plain: bool = False,
+    keep_input: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(Σ_q vBN(x_q) W_qᵀ, vBN(x), E‖x_q − E x_q‖², E x_q)`` with batch statistics.
 
@@ -154,7 +161,7 @@ def vbn_head(
     if plain:
         return _vbn_head_plain(x, weight, eps, mean, centred)
     mean = None if mean is None else mean.detach()
-    return _VbnHead.apply(x, weight, mean, centred, inplace, eps)
+    return _VbnHead.apply(x, weight, mean, centred, inplace, keep_input, eps)
 
 
 def _vbn_head_plain(
@@ -259,6 +266,11 @@ class FusionPlan:
         self.unimodal_groups = list(groups.items())
         self.factor_modalities = list(factor_modalities)
         self.factor_rows = [self.modalities.index(m) for m in self.factor_modalities]
+        # rows of the factor modalities in their width group, when they all share one
+        self.factor_group: list[int] | None = None
+        for _, names in self.unimodal_groups:
+            if self.factor_modalities and all(m in names for m in self.factor_modalities):
+                self.factor_group = [names.index(m) for m in self.factor_modalities]
         position = {m: i for i, m in enumerate(self.factor_modalities)}
         order = max((len(t) for t in interaction_terms), default=1)
         self.max_order = order
@@ -846,7 +858,13 @@ def fast_fuse(
         out = partial if out is None else out + partial
 
     def head_of(
-        x: Tensor, names: list[str], rows: Tensor | None, mean=None, centred=False, inplace=True
+        x: Tensor,
+        names: list[str],
+        rows: Tensor | None,
+        mean=None,
+        centred=False,
+        inplace=True,
+        keep_input=False,
     ) -> None:
         """vBN + head of the stacked blocks ``x (Q, B, …)`` named ``names``.
 
@@ -868,7 +886,14 @@ def fast_fuse(
             if mean is not None:
                 mean = mean.reshape(num, 1, -1)
             partial, z, sq, batch_mean = vbn_head(
-                x, weight, norms[0].eps, mean=mean, centred=centred, inplace=inplace, plain=plain
+                x,
+                weight,
+                norms[0].eps,
+                mean=mean,
+                centred=centred,
+                inplace=inplace and not keep_input,
+                plain=plain,
+                keep_input=keep_input,
             )
             sq_norms.extend(n.running_sq_norm for n in norms)
             sq_values.extend((sq * (batch / (batch - 1))).unbind(0))
@@ -890,21 +915,34 @@ def fast_fuse(
 
     # unimodal blocks
     norm_modules = model.norms
+    unimodal_stacks: dict[str, tuple[Tensor, int]] = {}
     for _, names in plan.unimodal_groups:
         rows = None
         if masked:
             rows = _stack([present_all[modality_row[m]] for m in names])
-        head_of(_stack([embeddings[m] for m in names]), names, rows, inplace=len(names) > 1)
+        x = _stack([embeddings[m] for m in names])
+        # in training the factors are projected from this stack too: keep it, not a copy
+        keep = training and not masked and plan.factor_group is not None and len(names) > 1
+        if keep:
+            unimodal_stacks.update({m: (x, i) for i, m in enumerate(names)})
+        head_of(x, names, rows, inplace=len(names) > 1, keep_input=keep)
 
     # interaction blocks
     if plan.levels:
         fm = model.factors
-        projected = _stack(
-            [
-                torch.nn.functional.linear(embeddings[m], fm.projections[m].weight)
-                for m in plan.factor_modalities
-            ]
-        )  # (M_f, B, r)
+        projections = [fm.projections[m].weight for m in plan.factor_modalities]
+        shared = unimodal_stacks.get(plan.factor_modalities[0])
+        if shared is not None:  # one batched product over the unimodal stack
+            stack, _ = shared
+            rows = _take(stack, plan.factor_group, plan)
+            projected = torch.bmm(rows, torch.stack(projections).transpose(1, 2))
+        else:
+            projected = _stack(
+                [
+                    torch.nn.functional.linear(embeddings[m], w)
+                    for m, w in zip(plan.factor_modalities, projections)
+                ]
+            )  # (M_f, B, r)
         centerings = [fm.centering[m] for m in plan.factor_modalities]
         iterbn = model.wick
         running = None
