@@ -38,9 +38,14 @@ IterBN tracks. In evaluation ``K_S`` comes from the running means. ``:T_S:`` has
 training, so the vBN that follows never needs to centre it again (its running mean decays to 0,
 as the module path's does).
 
-Scope: ``iterbn=True`` and ``vbn=True`` models with interaction orders ≤ 4, without presence
-masks (masks take :func:`masked_fuse`, a per-term path with the same economies where they still
-hold). Anything else runs the module-by-module path.
+**Presence masks.** Moments are then means over the samples where a subterm's modalities are
+present, so corrections no longer have batch mean 0: ``K_S`` comes from the moments, ``E[T_S]``
+from the raw prefix products, and vBN (:class:`_MaskedVbnHead`) centres and scales with
+presence weights and zeroes absent rows; a block with fewer than 2 present samples uses (and does
+not update) its running statistics, as before.
+
+Scope: ``iterbn=True`` and ``vbn=True`` models with interaction orders ≤ 4, training and
+evaluation, with or without masks. Anything else runs the module-by-module path.
 """
 
 from __future__ import annotations
