@@ -1,10 +1,15 @@
-"""Speed and memory of the fusion head: ours vs a linear floor vs a naive Wick implementation.
+"""Speed and memory of the fusion head: ours (fast path) vs before vs a linear floor vs naive.
 
 One training step (forward + backward of cross-entropy + λ·regulariser, grads w.r.t. parameters
 and w.r.t. the encoder outputs) on a batch of ``BATCH`` random encoder outputs
 (``ENCODER_DIM`` features per modality; encoders = identity, ``encoder_dims`` given), for
 
-* ``ours``: ``MultimodalModel.fuse`` — factors → IterBN → vBN → MNL head (train mode);
+* ``ours``: ``MultimodalModel.fuse`` — the fast path (``interfuse.fusion.fast``), train mode;
+* ``before``: the module-by-module implementation the library had before the fast path, kept as
+  the reference of the tests (``tests/fusion/reference_fusion.py``), on a copy of the same model:
+  factors → IterBN → one vBN and one ``Linear`` per block;
+* ``compiled`` (a few configurations, ``compile`` in the settings, where a C++ compiler exists):
+  ``MultimodalModel(..., compile=True)``; its one-time cost (first step) is recorded;
 * ``floor``: one ``nn.Linear`` over a ready-made input with the same total feature count D as all
   of our blocks together (input requires grad, as our blocks do), + λ‖W‖²: the cost of the head
   alone, a lower bound for any implementation;
@@ -23,6 +28,9 @@ are skipped and listed: the two beyond it, M=5 r=16 K=4 (371,360 features) and M
 (1,068,992), would take ~25 s and over a minute per step of ours here, and several GiB.
 Times are medians of interleaved repetitions (implementations alternate, so load changes hit all
 of them alike); ratios are medians of per-repetition ratios.
+
+Saved for backward: bytes of the distinct storages autograd keeps for the backward pass of one
+step (``torch.autograd.graph.saved_tensors_hooks``), ours / before — deterministic.
 
 Peak memory: each configuration runs in a fresh subprocess with glibc's mmap threshold fixed at
 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer is returned to the OS when freed and
@@ -63,7 +71,7 @@ BATCH = 256
 ENCODER_DIM = 32
 NUM_OUTPUTS = 2
 LAM = 0.05
-IMPLEMENTATIONS = ("floor", "ours", "naive")
+IMPLEMENTATIONS = ("floor", "before", "ours", "naive")
 
 SCALE_SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
@@ -77,6 +85,8 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "memory": "all",
         "profile": [(4, 8, 2), (4, 16, 3), (6, 8, 4)],
         "api_overhead": [(4, 8, 2)],
+        "compile": [(2, 8, 2), (4, 8, 2), (3, 8, 3), (4, 16, 3)],
+        "masked": [(2, 8, 2), (4, 8, 2), (6, 8, 2), (3, 8, 3), (4, 16, 3), (4, 4, 4), (5, 8, 4)],
     },
     "quick": {
         "modalities": [2, 4, 6],
@@ -88,6 +98,8 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "memory": "some",
         "profile": [(4, 8, 2)],
         "api_overhead": [(4, 8, 2)],
+        "compile": [],
+        "masked": [(4, 8, 2)],
     },
     "tiny": {
         "modalities": [2],
@@ -99,6 +111,8 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "memory": "one",
         "profile": [(2, 4, 2)],
         "api_overhead": [(2, 4, 2)],
+        "compile": [],
+        "masked": [(2, 4, 2)],
     },
 }
 
@@ -216,8 +230,21 @@ def make_naive(
     return NaiveFusion()
 
 
-def build(m: int, r: int, k: int, seed: int = 0) -> dict[str, Any]:
-    """The three implementations of one configuration, with shared inputs and weights."""
+def load_reference() -> Any:
+    """``tests/fusion/reference_fusion.py``: the fusion head before the fast path."""
+    import importlib.util
+
+    path = ROOT / "tests" / "fusion" / "reference_fusion.py"
+    spec = importlib.util.spec_from_file_location("_interfuse_reference_fusion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(m: int, r: int, k: int, seed: int = 0, compiled: bool = False) -> dict[str, Any]:
+    """The implementations of one configuration, with shared inputs and weights."""
+    import copy
+
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -234,6 +261,8 @@ def build(m: int, r: int, k: int, seed: int = 0) -> dict[str, Any]:
         p=2.0,
         encoder_dims={n: ENCODER_DIM for n in names},
     ).train()
+    reference = load_reference()
+    before = copy.deepcopy(model)
     terms = list(model.interaction_terms)
     naive = make_naive(names, terms, r, NUM_OUTPUTS).train()
     with torch.no_grad():
@@ -256,7 +285,7 @@ def build(m: int, r: int, k: int, seed: int = 0) -> dict[str, Any]:
             e.grad = None
 
     def clear_all() -> None:
-        for module in (floor, model, naive):
+        for module in (floor, model, before, naive):
             clear(module)
 
     def step_floor() -> None:
@@ -268,6 +297,12 @@ def build(m: int, r: int, k: int, seed: int = 0) -> dict[str, Any]:
         clear(model)
         out = model.fuse(embeddings)
         loss = F.cross_entropy(out.prediction, y) + LAM * model.regularizer()
+        loss.backward()
+
+    def step_before() -> None:
+        clear(before)
+        prediction, _ = reference.reference_fuse(before, embeddings)
+        loss = F.cross_entropy(prediction, y) + LAM * reference.regularizer(before)
         loss.backward()
 
     def step_ours_forward() -> None:  # the public path: input validation + identity encoders
@@ -287,8 +322,49 @@ def build(m: int, r: int, k: int, seed: int = 0) -> dict[str, Any]:
             b = naive(embeddings)
         return float((a - b).abs().max() / (a.abs().max() + 1e-12))
 
+    steps = {"floor": step_floor, "before": step_before, "ours": step_ours, "naive": step_naive}
+    if compiled:
+        fast_model = model
+        compiled_model = copy.deepcopy(model)
+        compiled_model.compile_fusion = True
+
+        def step_compiled() -> None:
+            clear(compiled_model)
+            out = compiled_model.fuse(embeddings)
+            loss = F.cross_entropy(out.prediction, y) + LAM * compiled_model.regularizer()
+            loss.backward()
+
+        steps = {"before": step_before, "ours": step_ours, "compiled": step_compiled}
+        del fast_model
+
+    def saved_ratio() -> float:
+        """Saved-for-backward bytes of ours / before (one step each, distinct storages)."""
+
+        def saved(step: Callable[[], None]) -> int:
+            seen: dict[int, int] = {}
+
+            def pack(t: Any) -> Any:
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                step()
+            return sum(seen.values())
+
+        ours_bytes = saved(lambda: model.fuse(embeddings).prediction.sum() + model.regularizer())
+        before_bytes = saved(
+            lambda: (
+                reference.reference_fuse(before, embeddings)[0].sum()
+                + reference.regularizer(before)
+            )
+        )
+        return ours_bytes / before_bytes
+
     return {
-        "steps": {"floor": step_floor, "ours": step_ours, "naive": step_naive},
+        "steps": steps,
+        "before": before,
+        "saved_ratio": saved_ratio,
         "ours_forward": step_ours_forward,
         "model": model,
         "features": features,
@@ -386,15 +462,13 @@ def memory_in_subprocess(m: int, r: int, k: int, threads: int) -> dict[str, Any]
 
 
 def profile_ours(m: int, r: int, k: int, steps: int = 3) -> dict[str, Any]:
-    """Where one step of ours spends its time: stage timings and the top operators."""
-    from torch.nn import functional as F
+    """Where one step of ours spends its time: operator counts and the top operators."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     built = build(m, r, k)
-    model, embeddings, y = built["model"], built["embeddings"], built["y"]
     for _ in range(2):
-        built["steps"]["ours"]()
-        built["steps"]["floor"]()
+        for step in built["steps"].values():
+            step()
 
     def count_ops(fn: Callable[[], None]) -> tuple[int, list[dict[str, Any]]]:
         # the first profiled steps absorb the profiler's start-up cost: record after a warm-up
@@ -423,41 +497,77 @@ def profile_ours(m: int, r: int, k: int, steps: int = 3) -> dict[str, Any]:
         return round(sum(e.count for e in top_level) / steps), table
 
     ours_ops, ours_top = count_ops(built["steps"]["ours"])
+    before_ops, _ = count_ops(built["steps"]["before"])
     floor_ops, _ = count_ops(built["steps"]["floor"])
-
-    # stage timings (forward of each stage, backward as a whole), medians of interleaved reps
-    stages: dict[str, list[float]] = {
-        "factors": [],
-        "iterbn": [],
-        "vbn": [],
-        "head+loss": [],
-        "backward": [],
-    }
-    from interfuse.terms import term_name
-
-    for _ in range(max(5, steps * 3)):
-        model.zero_grad(set_to_none=True)
-        t0 = time.process_time()
-        factors = model.factors(embeddings) if model.interaction_terms else {}
-        t1 = time.process_time()
-        products = model.wick(factors) if model.interaction_terms else {}
-        raw = {(n,): embeddings[n] for n in model.modalities}
-        raw.update({t: products[t].flatten(start_dim=1) for t in model.interaction_terms})
-        t2 = time.process_time()
-        blocks = {term_name(t): model.norms[term_name(t)](z) for t, z in raw.items()}
-        t3 = time.process_time()
-        loss = F.cross_entropy(model.head(blocks), y) + LAM * model.regularizer()
-        t4 = time.process_time()
-        loss.backward()
-        t5 = time.process_time()
-        for key, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]):
-            stages[key].append(b - a)
-    stage_ms = {key: median(v) * 1e3 for key, v in stages.items()}
     return {
         "config": {"M": m, "r": r, "K": k, "features": built["features"]},
-        "aten_ops_per_step": {"ours": ours_ops, "floor": floor_ops},
+        "aten_ops_per_step": {"ours": ours_ops, "before": before_ops, "floor": floor_ops},
         "top_ops_ours": ours_top,
-        "stage_ms": stage_ms,
+    }
+
+
+def compile_timing(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """``compile=True`` vs ours (eager) vs before: the first step's cost, then interleaved."""
+    from interfuse.model import compiler_problem
+
+    problem = compiler_problem()
+    if problem is not None:
+        return {"config": {"M": m, "r": r, "K": k}, "skipped": problem}
+    import warnings
+
+    built = build(m, r, k, compiled=True)
+    steps = built["steps"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wall, cpu = _seconds(steps["compiled"])
+    fallback = [str(w.message) for w in caught if "compile=True" in str(w.message)]
+    times = interleaved_times(steps, settings["budget_s"], settings["min_reps"], 30)["cpu"]
+    return {
+        "config": {"M": m, "r": r, "K": k, "features": built["features"]},
+        "first_step_wall_s": wall,
+        "first_step_cpu_s": cpu,
+        "fallback": fallback[0] if fallback else None,
+        "median_ms": {n: median(t) * 1e3 for n, t in times.items()},
+        "compiled_over_before": ratio_median(times["compiled"], times["before"]),
+        "ours_over_before": ratio_median(times["ours"], times["before"]),
+        "compiled_over_ours": ratio_median(times["compiled"], times["ours"]),
+        "reps": len(times["ours"]),
+    }
+
+
+def masked_timing(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Ours vs before with presence masks (each modality missing for ~20 % of the samples)."""
+    import torch
+    from torch.nn import functional as F
+
+    built = build(m, r, k)
+    model, embeddings, y = built["model"], built["embeddings"], built["y"]
+    reference = load_reference()
+    before = built["before"]
+    gen = torch.Generator().manual_seed(1)
+    masks = {n: torch.rand(BATCH, generator=gen) >= 0.2 for n in model.modalities}
+    inputs = {
+        n: torch.where(masks[n][:, None], e.detach(), 0.0).requires_grad_()
+        for n, e in embeddings.items()
+    }
+
+    def step_ours() -> None:
+        built["clear"]()
+        out = model.fuse(inputs, masks)
+        (F.cross_entropy(out.prediction, y) + LAM * model.regularizer()).backward()
+
+    def step_before() -> None:
+        built["clear"]()
+        prediction, _ = reference.reference_fuse(before, inputs, masks)
+        (F.cross_entropy(prediction, y) + LAM * reference.regularizer(before)).backward()
+
+    steps = {"before": step_before, "ours": step_ours}
+    times = interleaved_times(steps, settings["budget_s"], settings["min_reps"], 30)["cpu"]
+    return {
+        "config": {"M": m, "r": r, "K": k, "features": built["features"]},
+        "median_ms": {n: median(t) * 1e3 for n, t in times.items()},
+        "ours_over_before": ratio_median(times["ours"], times["before"]),
+        "reps": len(times["ours"]),
     }
 
 
@@ -495,11 +605,14 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
     configs, skipped = grid(settings)
     passes = settings.get("passes", 1)
     collected: dict[tuple[int, int, int], dict[str, Any]] = {}
+    saved_ratios: dict[tuple[int, int, int], float] = {}
     for pass_index in range(passes):
         # several passes over the grid, minutes apart: a burst of load from other processes
         # on this shared machine then spoils only part of a configuration's repetitions
         for m, r, k in configs:
             built = build(m, r, k)
+            if (m, r, k) not in saved_ratios and k >= 2:
+                saved_ratios[(m, r, k)] = built["saved_ratio"]()
             entry = collected.setdefault(
                 (m, r, k),
                 {
@@ -541,6 +654,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
             "median_ms": {n: median(t) * 1e3 for n, t in times.items()},
             "median_wall_ms": {n: median(t) * 1e3 for n, t in measured["wall"].items()},
             "ours_over_floor": ratio_median(times["ours"], times["floor"]),
+            "ours_over_before": ratio_median(times["ours"], times["before"]),
+            "before_over_floor": ratio_median(times["before"], times["floor"]),
             "naive_over_ours": ratio_median(times["naive"], times["ours"]),
             "ours_over_floor_wall": ratio_median(
                 measured["wall"]["ours"], measured["wall"]["floor"]
@@ -556,23 +671,32 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
             measure = index == len(configs) - 1
         if measure:
             row["peak_extra_mib"] = memory_in_subprocess(m, r, k, threads)
+        if k >= 2:
+            row["saved_ratio"] = saved_ratios[(m, r, k)]
         rows.append(row)
         med = row["median_ms"]
         print(
             f"[speed] M={m} r={r} K={k} D={row['features']}: floor {med['floor']:.2f} ms, "
-            f"ours {med['ours']:.2f} ms (x{row['ours_over_floor']:.1f}), naive "
+            f"before {med['before']:.2f} ms, ours {med['ours']:.2f} ms "
+            f"(x{row['ours_over_before']:.2f} before, x{row['ours_over_floor']:.1f} floor), naive "
             f"{med['naive']:.2f} ms (x{row['naive_over_ours']:.1f} ours), "
             f"mem {row.get('peak_extra_mib', '-')}, load {row['load'][0]}",
             file=sys.stderr,
             flush=True,
         )
+    compiled = [compile_timing(*c, settings) for c in settings.get("compile", [])]
+    masked = [masked_timing(*c, settings) for c in settings.get("masked", [])]
     profiles = [profile_ours(*c) for c in settings["profile"]]
     overhead = [api_overhead(*c, settings) for c in settings["api_overhead"]]
     payload = {
         "suite": SUITE,
         "scale": scale,
         "settings": {
-            **{k: v for k, v in settings.items() if k not in ("profile", "api_overhead")},
+            **{
+                k: v
+                for k, v in settings.items()
+                if k not in ("profile", "api_overhead", "compile", "masked")
+            },
             "batch": BATCH,
             "encoder_dim": ENCODER_DIM,
             "num_outputs": NUM_OUTPUTS,
@@ -586,6 +710,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "skipped": skipped,
         "profiles": profiles,
         "api_overhead": overhead,
+        "compiled": compiled,
+        "masked": masked,
     }
     return publish(out_dir, SUITE, scale, payload, render)
 
@@ -606,13 +732,17 @@ def render(payload: dict[str, Any]) -> str:
         "K",
         "features D",
         "floor ms",
+        "before ms",
         "ours ms",
         "naive ms",
+        "ours / before",
         "ours / floor",
+        "before / floor",
         "naive / ours",
+        "saved bytes ours / before",
     ]
     if has_memory:
-        header += ["floor MiB", "ours MiB", "naive MiB"]
+        header += ["floor MiB", "before MiB", "ours MiB", "naive MiB"]
     rows = []
     for row in payload["rows"]:
         med = row["median_ms"]
@@ -622,13 +752,17 @@ def render(payload: dict[str, Any]) -> str:
             row["K"],
             row["features"],
             fmt(med["floor"], 2),
+            fmt(med["before"], 2),
             fmt(med["ours"], 2),
             fmt(med["naive"], 2),
+            fmt(row["ours_over_before"], 2),
             fmt(row["ours_over_floor"], 1),
+            fmt(row["before_over_floor"], 1),
             fmt(row["naive_over_ours"], 1),
+            fmt(row["saved_ratio"], 2) if "saved_ratio" in row else "—",
         ]
         if has_memory:
-            cells += [mem(row, "floor"), mem(row, "ours"), mem(row, "naive")]
+            cells += [mem(row, "floor"), mem(row, "before"), mem(row, "ours"), mem(row, "naive")]
         rows.append(cells)
     parts = [
         f"### Fusion head, one training step (forward + backward), batch {s['batch']}, "
@@ -645,17 +779,75 @@ def render(payload: dict[str, Any]) -> str:
     parts.append(
         f"\n\nNaive and ours agree: max relative difference of the predictions {worst:.1e}."
     )
-    for p in payload["profiles"]:
-        c = p["config"]
+    compiled = [c for c in payload.get("compiled", []) if "skipped" not in c]
+    skipped = [c for c in payload.get("compiled", []) if "skipped" in c]
+    if compiled:
         parts.append(
-            f"\n\n#### Profile of ours, M={c['M']} r={c['r']} K={c['K']} (D={c['features']}): "
-            f"{p['aten_ops_per_step']['ours']} aten ops per step (floor: "
-            f"{p['aten_ops_per_step']['floor']})\n\n"
+            "\n\n#### `MultimodalModel(..., compile=True)`: compiled training step of the head\n\n"
         )
         parts.append(
-            "Stage medians (CPU ms; forward per stage, backward as a whole): "
-            + ", ".join(f"{k} {v:.2f}" for k, v in p["stage_ms"].items())
-            + "\n\n"
+            markdown_table(
+                [
+                    "M",
+                    "r",
+                    "K",
+                    "first step s (wall / CPU)",
+                    "before ms",
+                    "ours ms",
+                    "compiled ms",
+                    "compiled / before",
+                    "ours / before",
+                    "compiled / ours",
+                ],
+                [
+                    [
+                        c["config"]["M"],
+                        c["config"]["r"],
+                        c["config"]["K"],
+                        f"{c['first_step_wall_s']:.1f} / {c['first_step_cpu_s']:.1f}",
+                        fmt(c["median_ms"]["before"], 2),
+                        fmt(c["median_ms"]["ours"], 2),
+                        fmt(c["median_ms"]["compiled"], 2),
+                        fmt(c["compiled_over_before"], 2),
+                        fmt(c["ours_over_before"], 2),
+                        fmt(c["compiled_over_ours"], 2),
+                    ]
+                    for c in compiled
+                ],
+            )
+        )
+        for c in compiled:
+            if c.get("fallback"):
+                parts.append(f"\n\nFell back to eager: {c['fallback']}")
+    for c in skipped:
+        parts.append(f"\n\ncompile=True not measured: {c['skipped']}")
+    if payload.get("masked"):
+        parts.append(
+            "\n\n#### With presence masks (each modality missing for ~20 % of the samples)\n\n"
+        )
+        parts.append(
+            markdown_table(
+                ["M", "r", "K", "features D", "before ms", "ours ms", "ours / before"],
+                [
+                    [
+                        c["config"]["M"],
+                        c["config"]["r"],
+                        c["config"]["K"],
+                        c["config"]["features"],
+                        fmt(c["median_ms"]["before"], 2),
+                        fmt(c["median_ms"]["ours"], 2),
+                        fmt(c["ours_over_before"], 2),
+                    ]
+                    for c in payload["masked"]
+                ],
+            )
+        )
+    for p in payload["profiles"]:
+        c = p["config"]
+        ops = p["aten_ops_per_step"]
+        parts.append(
+            f"\n\n#### Profile of ours, M={c['M']} r={c['r']} K={c['K']} (D={c['features']}): "
+            f"{ops['ours']} aten ops per step (before: {ops['before']}, floor: {ops['floor']})\n\n"
         )
         parts.append("Top operators by self CPU time under torch.profiler (shares only: the ")
         parts.append("profiler inflates absolute times of large configurations):\n\n")

@@ -231,3 +231,75 @@ def test_all_pairs_terms_present_for_many_modalities():
     model = MultimodalModel(linear_encoders(dims), interactions="pairs", rank=2)
     expected = ["*".join(c) for c in itertools.combinations(dims, 2)]
     assert model.term_names[4:] == expected
+
+
+# --------------------------------------------------------------------------- compile switch
+
+
+def _compile_model(compile_flag=True):
+    dims = {"a": 3, "b": 4, "c": 2}
+    torch.manual_seed(0)
+    return MultimodalModel(
+        linear_encoders(dims, out=4),
+        interactions="all",
+        rank=2,
+        num_outputs=2,
+        compile=compile_flag,
+    ), dims
+
+
+def test_compile_falls_back_with_one_warning(monkeypatch):
+    import copy
+    import warnings
+
+    from interfuse import model as model_module
+
+    monkeypatch.setattr(model_module, "compiler_problem", lambda: "no C++ compiler found (test)")
+    model, dims = _compile_model()
+    eager = copy.deepcopy(model)
+    eager.compile_fusion = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in range(3):
+            x = make_inputs(dims, seed=seed)
+            torch.testing.assert_close(model(x).prediction, eager(x).prediction)
+    relevant = [w for w in caught if "compile=True" in str(w.message)]
+    assert len(relevant) == 1 and "C++ compiler" in str(relevant[0].message)
+    for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
+        torch.testing.assert_close(b, c, msg=name)
+
+
+def test_compile_flag_survives_copy_and_state_dict():
+    import copy
+
+    model, dims = _compile_model()
+    assert model.compile_fusion
+    clone = copy.deepcopy(model)
+    assert clone.compile_fusion and clone._compiled_fuse is None
+    plain, _ = _compile_model(False)
+    plain.load_state_dict(model.state_dict())  # no extra keys
+
+
+@pytest.mark.compile
+def test_compiled_step_matches_eager():
+    """Slow (compiles for tens of seconds): run with ``pytest -m compile``."""
+    import copy
+
+    from interfuse.model import compiler_problem
+
+    if compiler_problem() is not None:
+        pytest.skip(compiler_problem())
+    model, dims = _compile_model()
+    eager = copy.deepcopy(model)
+    eager.compile_fusion = False
+    for seed in range(2):
+        x = make_inputs(dims, seed=seed)
+        a, b = model(x), eager(x)
+        torch.testing.assert_close(a.prediction, b.prediction)
+        a.prediction.pow(2).sum().backward()
+        b.prediction.pow(2).sum().backward()
+    assert model._compiled_fuse is not None and not model._compile_failed
+    for (name, p), (_, q) in zip(model.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
+        torch.testing.assert_close(b, c, msg=name)

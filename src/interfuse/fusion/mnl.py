@@ -94,7 +94,7 @@ class MNLFusion(nn.Module):
 
     def block_norms(self) -> Tensor:
         """``‖W_t‖_F`` for every term, in :attr:`term_names` order."""
-        return torch.stack([torch.linalg.vector_norm(b.weight) for b in self.blocks.values()])
+        return torch.stack(torch._foreach_norm([b.weight for b in self.blocks.values()]))
 
     def regularizer(self, p: float | None = None) -> Tensor:
         """``Ω_p(W) = (Σ_t ‖W_t‖_F^q)^{2/q}``, differentiable."""

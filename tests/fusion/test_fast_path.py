@@ -1,0 +1,379 @@
+"""The fast path of the fusion head against the pre-fast-path implementation kept in tests.
+
+``reference_fusion.py`` (next to this file) is a frozen copy of what ``MultimodalModel.fuse``
+computed before the fast path. A model and a deep copy are stepped side by side — the model
+through ``fuse`` (fast path), the copy through ``reference_fuse`` — and must agree in
+predictions, blocks, gradients of every parameter and input, running buffers and relevance,
+after several optimiser steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from interfuse import MultimodalModel
+from interfuse.fusion import fast
+from interfuse.fusion.fast import (
+    FusionPlan,
+    _MaskedVbnHead,
+    _VbnHead,
+    _WickLevel,
+    wick_products,
+)
+
+
+def _load(name: str):
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_interfuse_tests_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = _load("reference_fusion")
+interactions_tests = _load("test_interactions")
+
+BATCH = 12
+
+
+def build(m: int, order: int, rank: int, dtype: torch.dtype, interactions=None, equal=False):
+    names = [f"m{i}" for i in range(m)]
+    # unequal widths: several stacks; equal: one stack, shared with the factor projections
+    dims = {n: 4 if equal else 3 + i % 3 for i, n in enumerate(names)}
+    model = MultimodalModel(
+        {n: nn.Identity() for n in names},
+        interactions=interactions if interactions is not None else (order if order > 1 else "none"),
+        rank=rank,
+        num_outputs=3,
+        encoder_dims=dims,
+    ).to(dtype)
+    with torch.no_grad():  # non-zero bias and running statistics, so that every buffer matters
+        model.head.bias.normal_()
+    return model, names, dims
+
+
+def random_masks(names, step, gen):
+    masks = {n: torch.rand(BATCH, generator=gen) < 0.7 for n in names}
+    masks[names[-1]][:] = False  # missing for the whole batch
+    if step == 1:  # a single present sample: running statistics, no update
+        masks[names[0]][:] = False
+        masks[names[0]][2] = True
+    return masks
+
+
+def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    scale = max(b.abs().max().item(), 1.0)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    diff = (a - b).abs().max().item() if a.numel() else 0.0
+    assert diff <= tol * scale, f"{what}: max difference {diff:.3g} (scale {scale:.3g})"
+
+
+CONFIGS = [  # (M, K, r)
+    (2, 1, 3),
+    (2, 2, 3),
+    (3, 2, 4),
+    (3, 3, 3),
+    (4, 3, 2),
+    (4, 4, 2),
+    (5, 4, 2),
+    (6, 2, 2),
+    (6, 3, 2),
+    (3, 3, 3, "equal"),
+    (4, 4, 2, "equal"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masks"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_fast_path_matches_reference(config, masked, dtype):
+    m, order, rank = config[:3]
+    torch.manual_seed(m * 100 + order * 10 + rank)
+    model, names, dims = build(m, order, rank, dtype, equal=len(config) > 3)
+    assert model.uses_fast_path()
+    ref = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for step, training in enumerate([True, True, True, False, True, False]):
+        model.train(training)
+        ref.train(training)
+        masks = random_masks(names, step, gen) if masked else None
+        inputs = {
+            n: torch.randn(BATCH, d, generator=gen, dtype=dtype) * 2 + 1 for n, d in dims.items()
+        }
+        if masked:  # as MultimodalModel.encode leaves them: absent rows are zero
+            inputs = {n: torch.where(masks[n][:, None], x, 0.0) for n, x in inputs.items()}
+        ours_in = {n: x.clone().requires_grad_() for n, x in inputs.items()}
+        ref_in = {n: x.clone().requires_grad_() for n, x in inputs.items()}
+        y = torch.randint(0, 3, (BATCH,), generator=gen)
+
+        out = model.fuse(ours_in, masks)
+        ref_prediction, ref_blocks = reference.reference_fuse(ref, ref_in, masks)
+        close(out.prediction, ref_prediction, dtype, f"prediction, step {step}")
+        assert list(out.blocks) == list(ref_blocks)
+        for name in ref_blocks:
+            close(out.blocks[name], ref_blocks[name], dtype, f"block {name}, step {step}")
+
+        # a loss that also reaches the blocks directly (explanations do that)
+        def loss(prediction, blocks, regularizer, y=y):
+            extra = sum(0.01 * b.pow(3).sum() for b in blocks.values())
+            return F.cross_entropy(prediction, y) + 0.05 * regularizer + extra
+
+        opt.zero_grad()
+        opt_ref.zero_grad()
+        loss(out.prediction, out.blocks, model.regularizer()).backward()
+        loss(ref_prediction, ref_blocks, reference.regularizer(ref)).backward()
+        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+            close(p.grad, q.grad, dtype, f"grad {name}, step {step}")
+        for n in names:
+            close(ours_in[n].grad, ref_in[n].grad, dtype, f"input grad {n}, step {step}")
+        for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers()):
+            if b.is_floating_point():
+                close(b, c, dtype, f"buffer {name}, step {step}")
+            else:
+                assert torch.equal(b, c), f"buffer {name}, step {step}"
+        opt.step()
+        opt_ref.step()
+    ours, theirs = model.relevance(), ref.relevance()
+    for t in ours.beta:
+        assert ours.beta[t] == pytest.approx(theirs.beta[t], rel=1e-4, abs=1e-7), t
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        [("m0", "m1", "m2")],
+        [("m0", "m2"), ("m1", "m2", "m3")],
+        [("m0", "m1", "m2", "m3"), ("m1", "m3")],
+    ],
+    ids=["triple-only", "pair+triple", "quad+pair"],
+)
+def test_explicit_term_lists(terms):
+    """Sub-terms that are not model terms still provide moments and lower Wick blocks."""
+    torch.manual_seed(1)
+    model, names, dims = build(4, 0, 3, torch.float64, interactions=terms)
+    ref = copy.deepcopy(model)
+    inputs = {n: torch.randn(BATCH, d, dtype=torch.float64) for n, d in dims.items()}
+    for training in (True, False):
+        model.train(training)
+        ref.train(training)
+        x1 = {n: v.clone().requires_grad_() for n, v in inputs.items()}
+        x2 = {n: v.clone().requires_grad_() for n, v in inputs.items()}
+        out = model.fuse(x1)
+        prediction, _ = reference.reference_fuse(ref, x2)
+        close(out.prediction, prediction, torch.float64, "prediction")
+        out.prediction.pow(2).sum().backward()
+        prediction.pow(2).sum().backward()
+        for n in names:
+            close(x1[n].grad, x2[n].grad, torch.float64, f"input grad {n}")
+
+
+def test_fallbacks_to_the_module_path():
+    dims = {"a": 3, "b": 3}
+    plain = MultimodalModel({m: nn.Identity() for m in dims}, iterbn=False, encoder_dims=dims)
+    assert not plain.uses_fast_path()
+    names = [f"m{i}" for i in range(5)]
+    order5 = MultimodalModel(
+        {m: nn.Identity() for m in names},
+        interactions=5,
+        rank=2,
+        encoder_dims=dict.fromkeys(names, 2),
+    )
+    assert not order5.uses_fast_path()  # orders > 4: the module path
+    ref = copy.deepcopy(order5)
+    x = {m: torch.randn(8, 2) for m in names}
+    torch.testing.assert_close(order5.fuse(x).prediction, reference.reference_fuse(ref, x)[0])
+
+
+def test_training_batch_of_one_is_an_error():
+    model, names, dims = build(2, 2, 2, torch.float32)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        model.fuse({n: torch.randn(1, d) for n, d in dims.items()})
+    model.eval()
+    assert model.fuse({n: torch.randn(1, d) for n, d in dims.items()}).prediction.shape == (1, 3)
+
+
+def test_state_dict_layout_is_unchanged():
+    """The fast path reads the modules' own parameters and buffers: old checkpoints load as is."""
+    model, _, _ = build(3, 3, 2, torch.float32)
+    keys = set(model.state_dict())
+    expected = {
+        "factors.projections.m0.weight",
+        "factors.centering.m0.running_mean",
+        "factors.centering.m0.num_batches_tracked",
+        "wick.running_mean_m0",
+        "wick.running_mean_m0*m1",
+        "wick.running_mean_m0*m1*m2",
+        "wick.num_batches_tracked",
+        "norms.m0*m1*m2.running_mean",
+        "norms.m0*m1*m2.running_sq_norm",
+        "norms.m0*m1*m2.num_batches_tracked",
+        "head.blocks.m0*m1*m2.weight",
+        "head.bias",
+    }
+    assert expected <= keys
+    assert model.state_dict()["wick.running_mean_m0*m1*m2"].shape == (2, 2, 2)
+    # a state_dict written by the reference path loads into a fresh model and predicts the same
+    ref = copy.deepcopy(model)
+    x = {n: torch.randn(BATCH, d) for n, d in zip(["m0", "m1", "m2"], [3, 4, 5])}
+    reference.reference_fuse(ref, x)  # one training step's statistics
+    fresh, _, _ = build(3, 3, 2, torch.float32)
+    fresh.load_state_dict(ref.state_dict())
+    fresh.eval()
+    ref.eval()
+    torch.testing.assert_close(fresh.fuse(x).prediction, reference.reference_fuse(ref, x)[0])
+
+
+# --------------------------------------------------------------------------- the Functions
+
+
+def test_gradcheck_vbn_head():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, dtype=torch.float64, generator=gen).requires_grad_()
+    w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen).requires_grad_()
+    for centred, keep in [(False, False), (True, False), (False, True), (True, True)]:
+
+        def fn(x, w, centred=centred, keep=keep):
+            u = x - x.mean(dim=1, keepdim=True) if centred else x
+            y, z, _, _ = _VbnHead.apply(u, w, None, centred, False, keep, 1e-5)
+            return y, z
+
+        assert torch.autograd.gradcheck(fn, (x, w)), (centred, keep)
+
+
+def test_gradcheck_masked_vbn_head():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, 5, dtype=torch.float64, generator=gen).requires_grad_()
+    w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen).requires_grad_()
+    present = torch.rand(3, 7, generator=gen) < 0.6
+    present[0] = True
+    present[2] = False
+    present[2, 1] = True  # one present sample: running statistics
+    ok = (present.sum(1) >= 2).tolist()
+    running_mean = torch.randn(3, 1, 5, dtype=torch.float64, generator=gen)
+    running_sq = torch.rand(3, dtype=torch.float64, generator=gen) + 0.5
+
+    def fn(x, w):
+        y, z, _, _ = _MaskedVbnHead.apply(x, w, present, running_mean, running_sq, ok, False, 1e-5)
+        return y, z
+
+    assert torch.autograd.gradcheck(fn, (x, w))
+
+
+@pytest.mark.parametrize("small", [0, 10**9], ids=["bmm", "broadcast"])
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_gradcheck_wick_level(order, small, monkeypatch):
+    """Every correction layout of orders 2–4, both contraction kernels."""
+    monkeypatch.setattr(fast, "SMALL_CONTRACTION", small)
+    terms = [tuple("abcd"[:order])]
+    plan = FusionPlan(
+        list("abcd"[:order]), dict.fromkeys("abcd"[:order], 2), terms, list("abcd"[:order]), 2
+    )
+    level = plan.levels[-1]
+    gen = torch.Generator().manual_seed(order)
+    num, batch, r = 1, 5, 2
+    head = torch.randn(num, batch, r ** (order - 1), dtype=torch.float64, generator=gen)
+    last = torch.randn(num, batch, r, dtype=torch.float64, generator=gen)
+    shift = torch.randn(num, r ** (order - 1), r, dtype=torch.float64, generator=gen)
+    operands = []
+    for corr in level.corrections:
+        operands.append(
+            torch.randn(num, *[r] * corr.moment_order, dtype=torch.float64, generator=gen)
+        )
+        operands.append(
+            torch.randn(num, batch, *[r] * corr.rest_order, dtype=torch.float64, generator=gen)
+        )
+    inputs = [t.requires_grad_() for t in (head, last, shift, *operands)]
+
+    def fn(head, last, shift, *operands):
+        spec = (
+            order,
+            r,
+            [c.layout for c in level.corrections],
+            [c.moment_shape for c in level.corrections],
+            [c.rest_shape for c in level.corrections],
+            None,
+            None,
+            [None] * len(level.corrections),
+        )
+        return _WickLevel.apply(spec, head, last, shift, *operands)
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+# --------------------------------------------------------------------------- math tests
+
+
+def test_fast_wick_matches_slow_reference_up_to_order_four():
+    """The loop reference of ``test_interactions`` against the fast path's Wick products."""
+    factors = interactions_tests.random_factors(n=24, r=3, seed=0, centred=True)
+    terms = interactions_tests.ALL_TERMS
+    out = wick_products(factors, terms, rank=3)
+    numpy_factors = {m: g.numpy() for m, g in factors.items()}
+    for term in terms:
+        expected = interactions_tests.reference_wick(numpy_factors, term)
+        np.testing.assert_allclose(
+            out[term].numpy(), expected, atol=1e-10, rtol=0, err_msg=str(term)
+        )
+
+
+def test_fast_wick_is_decorrelated_from_lower_orders():
+    n, r = 20_000, 2
+    gen = torch.Generator().manual_seed(4)
+    cov_root = torch.randn(4 * r, 4 * r, generator=gen, dtype=torch.float64) * 0.5
+    cov_root += torch.eye(4 * r, dtype=torch.float64)
+    z = torch.randn(n, 4 * r, generator=gen, dtype=torch.float64) @ cov_root
+    factors = {m: z[:, i * r : (i + 1) * r] for i, m in enumerate("abcd")}
+    factors = {m: g - g.mean(0) for m, g in factors.items()}
+    terms = interactions_tests.ALL_TERMS
+    wick = wick_products(factors, terms, rank=r)
+    wick.update({(m,): g for m, g in factors.items()})
+    for term in terms:
+        for k in range(1, len(term)):
+            for sub in itertools.combinations(term, k):
+                t = interactions_tests.z_scores(wick[term].flatten(1), wick[sub].flatten(1))
+                assert t.abs().max().item() < 5.5, (term, sub)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def saved_bytes(step) -> int:
+    """Bytes of distinct storages autograd saves for backward during ``step()``."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(
+    "m,order,rank,equal", [(3, 3, 8, False), (4, 3, 6, False), (4, 4, 4, False), (3, 3, 4, True)]
+)
+def test_saved_for_backward_at_most_0_6_of_the_reference(m, order, rank, equal):
+    torch.manual_seed(0)
+    model, names, dims = build(m, order, rank, torch.float32, equal=equal)
+    ref = copy.deepcopy(model)
+    x = {n: torch.randn(64, d, requires_grad=True) for n, d in dims.items()}
+    ours = saved_bytes(lambda: model.fuse(x).prediction.sum() + model.regularizer())
+    theirs = saved_bytes(
+        lambda: reference.reference_fuse(ref, x)[0].sum() + reference.regularizer(ref)
+    )
+    assert ours <= 0.6 * theirs, (ours, theirs, ours / theirs)
