@@ -8,6 +8,7 @@ norms of the ``W_t`` (see :mod:`interfuse.fusion.mnl`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -387,8 +388,6 @@ def compiler_problem() -> str | None:
     On CPU, TorchInductor builds C++ code: it needs a C++ compiler (``$CXX``, ``c++``, ``g++`` or
     ``clang++``) on the ``PATH``.
     """
-    import os
-
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile"
     candidates = [os.environ.get("CXX"), "c++", "g++", "clang++"]

@@ -1,6 +1,7 @@
 """Multiple-norm-learning (MNL) head: one linear block per term, lp-norm relevance weights β.
 
-The seed's objective learns modality weights β ≥ 0, ‖β‖_p ≤ 1, by penalising Σ_t ‖W_t‖²/β_t.
+The objective of Interpretable Tensor Fusion learns term weights β ≥ 0, ‖β‖_p ≤ 1, by penalising
+Σ_t ‖W_t‖²/β_t (derivation: docs/model.md §8).
 Minimising over β in closed form (Kloft et al., *lp-Norm Multiple Kernel Learning*, JMLR 2011;
 Varshneya et al., *Interpretable Tensor Fusion*, IJCAI 2024) leaves the group-norm regulariser
 

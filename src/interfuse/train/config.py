@@ -25,8 +25,9 @@ __all__ = ["CLASS_WEIGHTS", "RESUMABLE_CHANGES", "TrainConfig"]
 
 CLASS_WEIGHTS = ("none", "balanced")
 
-RESUMABLE_CHANGES = frozenset({"epochs"})
-"""Settings that may differ when a run is resumed (train longer); every other one must match."""
+RESUMABLE_CHANGES = frozenset({"epochs", "compile"})
+"""Settings that may differ when a run is resumed: ``epochs`` (train longer) and ``compile`` (how
+the same math is executed); every other one must match."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -96,6 +97,13 @@ class TrainConfig:
             "weight n_negative / n_positive per label), computed on the training split."
         ),
     )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "Compile the fusion head's training step with torch.compile (needs a C++ compiler; "
+            "falls back with one warning; the first step takes tens of seconds)."
+        ),
+    )
     modality_dropout: float = field(
         default=0.0,
         metadata=_help(
@@ -148,6 +156,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.compile and not MODELS.get(self.model).relevance:
+            raise ValueError(
+                f"compile applies to the fusion head of intense/mnl, not {self.model!r}"
+            )
         if self.modality_dropout > 0 and not MODELS.get(self.model).masks:
             capable = [n for n in MODELS.names() if MODELS.get(n).masks]
             raise ValueError(

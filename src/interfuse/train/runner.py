@@ -48,6 +48,7 @@ from ..explain.removal import ModalityRemoval
 from ..inference import evaluate
 from ..io import atomic_write_text, remove_stale_temporaries
 from ..metrics import balanced_weights
+from ..model import MultimodalModel
 from ..models import MODELS, ModelSpec, build_model, model_entry, model_spec
 from ..results import Relevance, RunResult
 from ..run import (
@@ -301,6 +302,8 @@ class _Run:
             self.state = TrainingState.from_dict(header["state"])
         else:
             self.model = build_model(spec, seed=config.seed, encoders=encoders)
+        if isinstance(self.model, MultimodalModel):
+            self.model.compile_fusion = config.compile
             atomic_write_text(out / CONFIG, json.dumps(self.header(), indent=2, default=str) + "\n")
 
     def _check_resumable(self, header: Mapping[str, Any]) -> None:
