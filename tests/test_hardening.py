@@ -425,3 +425,24 @@ def test_meta_device_model_or_inputs_are_refused_in_one_line():
     inputs = {m: torch.empty(x.shape, device="meta") for m, x in task.test.inputs.items()}
     with pytest.raises(ValueError, match="meta device"):
         predict(model, inputs)
+
+
+def test_model_call_with_integer_or_meta_inputs_is_one_line():
+    """``model(...)`` directly: integer inputs an encoder cannot take, or meta tensors, are named."""
+    import torch
+    from torch import nn
+
+    from interfuse import MultimodalModel
+
+    model = MultimodalModel(
+        {"a": nn.Linear(3, 4), "b": nn.Linear(2, 4)}, encoder_dims={"a": 4, "b": 4}
+    )
+    floats = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="modality 'a': its encoder cannot take torch.int64"):
+        model({"a": torch.ones(5, 3, dtype=torch.long), "b": floats})
+    with pytest.raises(ValueError, match="modality 'a': the input is on the meta device"):
+        model({"a": torch.empty(5, 3, device="meta"), "b": floats})
+    with torch.device("meta"):
+        skeleton = MultimodalModel({"a": nn.Linear(3, 4)}, encoder_dims={"a": 4})
+    with pytest.raises(ValueError, match="the model is on the meta device"):
+        skeleton({"a": torch.randn(4, 3)})

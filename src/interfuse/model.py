@@ -229,7 +229,16 @@ class MultimodalModel(nn.Module):
             keep = present.get(m) if present else None
             if keep is not None:
                 x = torch.where(keep.reshape(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
-            h = encoder(x)
+            try:
+                h = encoder(x)
+            except RuntimeError as error:
+                if x.is_floating_point():
+                    raise
+                first = str(error).splitlines()[0]
+                raise ValueError(
+                    f"modality {m!r}: its encoder cannot take {x.dtype} input ({first}); pass "
+                    f"floating-point inputs (x.float()) or an encoder that takes {x.dtype}"
+                ) from None
             if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != batch:
                 shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
                 raise ValueError(
@@ -350,8 +359,18 @@ class MultimodalModel(nn.Module):
             sizes[m] = x.shape[0]
         if len(set(sizes.values())) > 1:
             raise ValueError(f"modalities have different batch sizes: {sizes}")
-        dtype = next(self.head.parameters()).dtype
+        parameter = next(self.head.parameters())
+        if parameter.device.type == "meta":
+            raise ValueError(
+                "the model is on the meta device (built without weights); load its weights first "
+                "(e.g. load_state_dict(state, assign=True)) or build it on a real device"
+            )
+        dtype = parameter.dtype
         for m, x in inputs.items():
+            if x.device.type == "meta":
+                raise ValueError(
+                    f"modality {m!r}: the input is on the meta device (it holds no data)"
+                )
             if x.is_floating_point() and x.dtype != dtype:
                 raise ValueError(
                     f"modality {m!r}: input dtype {x.dtype} differs from the model's {dtype}; "
