@@ -428,7 +428,7 @@ def test_meta_device_model_or_inputs_are_refused_in_one_line():
 
 
 def test_model_call_with_integer_or_meta_inputs_is_one_line():
-    """``model(...)`` directly: integer inputs an encoder cannot take, or meta tensors, are named."""
+    """``model(...)``: integer inputs an encoder cannot take, or meta tensors, are named."""
     import torch
     from torch import nn
 
