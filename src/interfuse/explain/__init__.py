@@ -2,8 +2,8 @@
 
 Every method rests on one operator that removes modalities (:mod:`.removal`) and on the
 coalition metrics computed from it (:mod:`.coalitions`). Each explainer is one file that
-registers itself (:mod:`.base`): :mod:`.builtin`, :mod:`.ablation`, :mod:`.shapley`,
-:mod:`.mobius`, :mod:`.emap`. :func:`explain_model` (:mod:`.posthoc`) runs them all.
+registers itself (:mod:`.base`; the list is :data:`EXPLAINERS`), imported below;
+:func:`explain_model` (:mod:`.posthoc`) runs them all.
 The pure game theory (Shapley, Möbius) lives in :mod:`interfuse.games`.
 """
 
