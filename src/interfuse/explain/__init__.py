@@ -13,6 +13,7 @@ from interfuse.explain import ablation
 from interfuse.explain import shapley
 from interfuse.explain import mobius
 from interfuse.explain import emap
+from interfuse.explain import term_ablation
 from interfuse.explain.base import EXPLAINERS, ExplainContext, Explainer, register_explainer
 from interfuse.explain.posthoc import explain_cost, explain_model, rank_agreement
 from interfuse.explain.removal import ModalityRemoval
@@ -31,4 +32,5 @@ __all__ = [
     "rank_agreement",
     "register_explainer",
     "shapley",
+    "term_ablation",
 ]
