@@ -107,3 +107,23 @@ def test_a_class_that_is_not_an_explainer_is_refused():
         @register_explainer
         class NotOne:
             name = "broken"
+
+
+def test_term_ablation_removes_exactly_one_block(contexts):
+    from interfuse.explain.term_ablation import _outputs_and_contributions
+
+    context = contexts["ours"]
+    model = context.model
+    full, parts = _outputs_and_contributions(model, context)
+    # the prediction is the sum of the term contributions plus the bias
+    torch.testing.assert_close(full - sum(parts.values()), model.head.bias.expand_as(full))
+    # a term whose weight block is zero changes nothing when removed
+    with torch.no_grad():
+        saved = model.head.blocks["a*b"].weight.clone()
+        model.head.blocks["a*b"].weight.zero_()
+    try:
+        scores = EXPLAINERS.get("term_ablation").explain(context).scores
+    finally:
+        with torch.no_grad():
+            model.head.blocks["a*b"].weight.copy_(saved)
+    assert scores["a*b"] == 0.0 and any(v != 0.0 for t, v in scores.items() if t != "a*b")
