@@ -17,6 +17,7 @@ from interfuse import load_run
 from interfuse.cli import main
 from interfuse.data import from_arrays
 from interfuse.metrics import balanced_weights, compute_metrics
+from interfuse.report import render_report
 from interfuse.train import TrainConfig, fit
 
 GEN = np.random.default_rng(0)
@@ -102,6 +103,11 @@ def test_multilabel_trains_with_relevance_and_predicts_label_sets(tmp_path):
     assert test["f1@0"] > 0.8 and test["f1@1"] > 0.8
     shares = result.relevance.shares
     assert shares["a"] > shares["c"] and shares["b"] > shares["c"]
+    per_label = result.label_relevance
+    assert set(per_label) == {"left", "right", "rare"}
+    assert per_label["left"].shares["a"] > per_label["left"].shares["b"]  # label 0 comes from a
+    assert per_label["right"].shares["b"] > per_label["right"].shares["a"]  # label 1 from b
+    assert "Relevance per label" in render_report(result, tmp_path / "run").read_text()
     prediction = load_run(tmp_path / "run").predict({m: x[:50] for m, x in inputs.items()})
     assert prediction.probabilities.shape == (50, 3)
     on = [set(p.split("+")) for p in prediction.labels]

@@ -96,8 +96,9 @@ class RunResult:
         ground_truth: known relevance of synthetic data (``term_shares``, ``bayes_accuracy``…).
         class_names: display names of classes ``0 .. C-1`` (classification).
         data: provenance — ``source`` (dataset, options, path, SHA-256 of the file),
-            ``fingerprint`` (SHA-256 of the preprocessed splits), ``split_sizes`` and the
-            loader's ``info``.
+            ``fingerprint`` (SHA-256 of the preprocessed splits), ``split_sizes``, ``present``
+            (samples with each modality per split) and the loader's ``info``.
+        label_relevance: multilabel tasks, per label: relevance from the head rows of that label.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -115,6 +116,7 @@ class RunResult:
     ground_truth: dict[str, Any] | None = None
     class_names: list[str] | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    label_relevance: dict[str, Relevance] | None = None
     schema: str = SCHEMA
 
     @property
@@ -136,6 +138,11 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["relevance"] = None if self.relevance is None else self.relevance.to_dict()
+        values["label_relevance"] = (
+            None
+            if self.label_relevance is None
+            else {k: r.to_dict() for k, r in self.label_relevance.items()}
+        )
         return json_safe(values)
 
     def to_json(self) -> str:
@@ -160,10 +167,14 @@ class RunResult:
             raise SchemaError(f"{source}: unexpected keys {unexpected}")
         try:
             relevance = values.get("relevance")
+            labels = values.get("label_relevance")
             return cls(
                 **{
                     **dict(values),
                     "relevance": None if relevance is None else Relevance.from_dict(relevance),
+                    "label_relevance": None
+                    if labels is None
+                    else {k: Relevance.from_dict(r) for k, r in labels.items()},
                 }
             )
         except (TypeError, KeyError, ValueError, AttributeError) as error:

@@ -119,3 +119,17 @@ def test_missing_block_is_named():
     head = MNLFusion({"a": 2, "b": 3}, num_outputs=1)
     with pytest.raises(ValueError, match="'b'"):
         head({"a": torch.randn(4, 2)})
+
+
+def test_output_relevance_uses_the_rows_of_one_output():
+    torch.manual_seed(0)
+    single = MNLFusion({"a": 3, "b": 2}, num_outputs=1, p=2.0)
+    one, whole = single.output_relevance(0), single.relevance()
+    assert one.shares == pytest.approx(whole.shares) and one.beta == pytest.approx(whole.beta)
+    head = MNLFusion({"a": 3, "b": 2}, num_outputs=2, p=2.0)
+    with torch.no_grad():
+        head.blocks["a"].weight[1].zero_()  # output 1 does not read term a
+    assert head.output_relevance(1).shares["a"] == 0.0
+    assert head.output_relevance(0).shares["a"] > 0.0
+    with pytest.raises(ValueError, match="output must be in 0..1"):
+        head.output_relevance(2)

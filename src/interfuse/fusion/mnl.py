@@ -107,6 +107,15 @@ class MNLFusion(nn.Module):
         p = self.p if p is None else p
         return relevance_from_norms(self.term_names, self.block_norms().detach().double().cpu(), p)
 
+    def output_relevance(self, output: int, p: float | None = None) -> Relevance:
+        """Relevance for one output k (e.g. one label of a multilabel task): the same closed form
+        applied to the norms ``‖W_t[k, :]‖`` of the rows that produce output k."""
+        if not 0 <= output < self.num_outputs:
+            raise ValueError(f"output must be in 0..{self.num_outputs - 1}, got {output}")
+        p = self.p if p is None else p
+        norms = [layer.weight[output].detach().double().norm() for layer in self.blocks.values()]
+        return relevance_from_norms(self.term_names, torch.stack(norms).cpu(), p)
+
     def extra_repr(self) -> str:
         return f"terms={self.term_names}, num_outputs={self.num_outputs}, p={self.p:g}"
 

@@ -265,6 +265,8 @@ def render_report(
             "run `interfuse explain` on this folder for post-hoc relevance (ablation, Shapley, "
             "Möbius, EMAP).\n"
         )
+    if result.label_relevance:
+        parts += ["## Relevance per label\n", _label_relevance_section(result)]
     parts += ["## Metrics\n", _metrics_section(result)]
     presence = _presence_section(result)
     if presence:
@@ -301,6 +303,18 @@ def _missing_section(result: RunResult) -> str:
         "Train with `--modality-dropout P` to make the model robust to this.\n"
     )
     return intro + "\n" + markdown_table(["missing", *names], rows, "l" + "r" * len(names))
+
+
+def _label_relevance_section(result: RunResult) -> str:
+    """Shares per term (rows) for each label (columns), from the head rows of that label."""
+    labels = result.label_relevance or {}
+    terms = list(next(iter(labels.values())).shares)
+    rows = [[code(t), *(fmt(labels[k].shares[t], 3) for k in labels)] for t in terms]
+    return (
+        "Each label has its own rows in the head; the same closed form on those rows gives the "
+        "share of each term for that label.\n\n"
+        + markdown_table(["term", *map(code, labels)], rows)
+    )
 
 
 def _presence_section(result: RunResult) -> str:

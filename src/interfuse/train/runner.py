@@ -660,6 +660,11 @@ def finish(run: _Run) -> RunResult:
         ground_truth=data.ground_truth,
         class_names=data.class_names,
         data=run.provenance,
+        label_relevance={
+            name: run.model.head.output_relevance(k) for k, name in enumerate(data.class_names)
+        }
+        if data.task == "multilabel" and isinstance(run.model, MultimodalModel) and data.class_names
+        else None,
     )
     atomic_write_text(run.out / RESULTS, result.to_json())
     run.write_history()
