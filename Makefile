@@ -30,8 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks all
 
 # Mutation testing of the core math (slow; not part of `make test`). MUTATION_ARGS, e.g.
-# `--sample 12 --seed 0` (mutants drawn per module) or `--module src/interfuse/fusion/mnl.py`.
-MUTATION_ARGS ?= --sample 12 --seed 0
+# `--sample 6 --seed 0` (mutants drawn per module) or `--module src/interfuse/fusion/mnl.py`.
+MUTATION_ARGS ?= --sample 6 --seed 0
 mutation: $(STAMP)
 	nice -n 10 $(BIN)/python tools/mutate.py --jobs 2 $(MUTATION_ARGS)
 
