@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench mutation clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks all
+
+# Mutation testing of the core math (slow; not part of `make test`). MUTATION_ARGS, e.g.
+# `--sample 6 --seed 0` (mutants drawn per module) or `--module src/interfuse/fusion/mnl.py`.
+MUTATION_ARGS ?= --sample 6 --seed 0
+mutation: $(STAMP)
+	nice -n 10 $(BIN)/python tools/mutate.py --jobs 2 $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

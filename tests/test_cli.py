@@ -52,12 +52,31 @@ def test_train_writes_the_run_folder(tiny_run):
     assert "m0*m1" in output and "report:" in output
 
 
-def test_report_rerenders(tiny_run):
+def test_report_rerenders_the_same_report_from_results_json(tiny_run):
     out, _ = tiny_run
+    before = (out / "report.md").read_text()
     (out / "report.md").unlink()
     result = run("report", str(out))
     assert result.exit_code == 0, result.output
-    assert (out / "report.md").exists()
+    assert (out / "report.md").read_text() == before
+    shares = json.loads((out / "results.json").read_text())["relevance"]["shares"]
+    assert "m0*m1" in before and f"{shares['m0']:.3f}" in before
+
+
+def test_demo_end_to_end_on_a_tiny_setting_with_the_normalisation_comparison(tmp_path):
+    out = tmp_path / "demo"
+    args = ["--n", "300", "--epochs", "2", "--quiet", "--out", str(out)]
+    result = run("demo", *args, "--compare-normalisation")
+    assert result.exit_code == 0, result.output
+    for name, terms in (("motif", 4 + 6), ("xor", 3 + 3), ("motif-no-normalisation", 4 + 6)):
+        results = json.loads((out / name / "results.json").read_text())
+        assert len(results["relevance"]["shares"]) == terms, name
+        assert results["config"]["epochs"] == 2
+        assert (out / name / "report.md").exists()
+    off = json.loads((out / "motif-no-normalisation" / "results.json").read_text())["config"]
+    assert off["iterbn"] is False and off["vbn"] is False
+    assert "interaction share with IterBN+vBN:" in result.output
+    assert any((out / "comparison").iterdir())
 
 
 def test_resume_of_a_corrupt_checkpoint_fails_cleanly(tiny_run):

@@ -58,6 +58,8 @@ def test_regression_metrics_match_sklearn_and_scipy():
     assert m["rmse"] == pytest.approx(math.sqrt(skm.mean_squared_error(t, p)))
     assert m["r2"] == pytest.approx(skm.r2_score(t, p))
     assert m["pearson"] == pytest.approx(stats.pearsonr(p, t).statistic)
+    constant = compute_metrics("regression", torch.zeros(50, 1, dtype=torch.float64), targets)
+    assert math.isnan(constant["pearson"]) and constant["mae"] == pytest.approx(np.abs(t).mean())
 
 
 def test_multilabel_metrics_match_sklearn():
@@ -71,6 +73,8 @@ def test_multilabel_metrics_match_sklearn():
     assert m["accuracy"] == pytest.approx(np.mean(y == predicted))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro"))
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, probabilities, average="macro"))
+    ap = skm.average_precision_score(y, probabilities, average="macro")
+    assert m["auprc"] == pytest.approx(ap, rel=1e-6)
     for k in range(4):
         assert m[f"f1@{k}"] == pytest.approx(skm.f1_score(y[:, k], predicted[:, k]))
     bce = skm.log_loss(y.ravel(), probabilities.ravel())

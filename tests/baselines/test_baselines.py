@@ -101,11 +101,16 @@ def test_late_fusion_linear_and_mlp_heads():
     assert mlp(inputs()).prediction.shape == (6, 1)
 
 
-def test_encode_then_fuse_equals_forward():
-    for model in (LateFusion(encoders()), TensorFusion(encoders()), LowRankFusion(encoders())):
-        model.eval()
+def test_encode_applies_each_modalitys_own_encoder():
+    for cls in (LateFusion, TensorFusion, LowRankFusion):
+        enc = encoders()
+        model = cls(enc).eval()
         x = inputs()
-        torch.testing.assert_close(model.fuse(model.encode(x)).prediction, model(x).prediction)
+        embeddings = model.encode(x)
+        assert list(embeddings) == list(DIMS)
+        for m, layer in enc.items():
+            torch.testing.assert_close(embeddings[m], layer(x[m]))
+        assert torch.equal(model(x).embeddings["video"], embeddings["video"])
 
 
 def test_early_fusion_flattens_and_concatenates():

@@ -91,10 +91,34 @@ def test_relevance_p1_shares_equal_beta():
         assert rel.beta[t] == pytest.approx(rel.shares[t])
 
 
-def test_relevance_is_detached_and_on_cpu():
-    head = MNLFusion({"a": 2, "b": 3}, num_outputs=2)
+def test_relevance_is_plain_floats_from_the_float64_block_norms():
+    torch.manual_seed(0)
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=2, p=2.0)  # float32 weights, with grad
     rel = head.relevance()
-    assert all(isinstance(v, float) for v in rel.beta.values())
+    assert all(type(v) is float for v in (*rel.beta.values(), *rel.shares.values()))
+    norms = np.array(
+        [np.linalg.norm(head.blocks[t].weight.detach().double().numpy()) for t in "ab"]
+    )
+    beta = norms ** (2 / 3) / np.sum(norms ** (4 / 3)) ** 0.5  # p = 2
+    assert [rel.beta[t] for t in "ab"] == pytest.approx(beta, rel=1e-6)
+    assert [rel.shares[t] for t in "ab"] == pytest.approx(beta / beta.sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_all_zero_block_norms_give_zero_beta_and_zero_shares(p):
+    beta = optimal_beta(torch.zeros(3, dtype=torch.float64), p)
+    assert torch.equal(beta, torch.zeros(3, dtype=torch.float64))
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=1, p=p)
+    with torch.no_grad():
+        for block in head.blocks.values():
+            block.weight.zero_()
+    rel = head.relevance()
+    assert rel.beta == {"a": 0.0, "b": 0.0} and rel.shares == {"a": 0.0, "b": 0.0}
+
+
+def test_one_non_zero_block_gets_beta_one():
+    beta = optimal_beta(torch.tensor([0.0, 3.0, 0.0], dtype=torch.float64), 2.0)
+    assert beta.tolist() == [0.0, 1.0, 0.0]
 
 
 def test_forward_is_sum_of_blocks():

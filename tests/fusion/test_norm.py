@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from interfuse.fusion.interactions import IterBN
 from interfuse.fusion.norm import BatchCentering, VectorBatchNorm
 
 
@@ -36,14 +37,43 @@ def test_vbn_eval_uses_running_statistics():
     np.testing.assert_allclose(out, (y - mean) / np.sqrt(sq_norm + 1e-5), rtol=1e-12)
 
 
-def test_vbn_running_statistics_converge():
-    torch.manual_seed(3)
-    vbn = VectorBatchNorm(4)
-    for _ in range(200):
-        vbn(torch.randn(128, 4) * 2.0 + 1.0)
-    torch.testing.assert_close(vbn.running_mean, torch.ones(4), atol=0.15, rtol=0)
-    assert vbn.running_sq_norm.item() == pytest.approx(16.0, rel=0.1)
-    assert vbn.num_batches_tracked.item() == 200
+def test_vbn_running_statistics_follow_the_momentum_recursion_with_unbiased_norm():
+    """running ← (1 − m)·running + m·batch, with the unbiased E‖u − E u‖² (n − 1), exactly."""
+    gen = torch.Generator().manual_seed(3)
+    vbn = VectorBatchNorm(4, momentum=0.25).double()
+    mean, sq_norm = torch.zeros(4, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64)
+    for n in (5, 8, 3):  # small batches: n/(n − 1) is far from 1
+        x = torch.randn(n, 4, generator=gen, dtype=torch.float64) * 2.0 + 1.0
+        vbn(x)
+        batch_sq = (x - x.mean(0)).pow(2).sum() / (n - 1)
+        mean = 0.75 * mean + 0.25 * x.mean(0)
+        sq_norm = 0.75 * sq_norm + 0.25 * batch_sq
+    torch.testing.assert_close(vbn.running_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vbn.running_sq_norm, sq_norm, rtol=1e-12, atol=1e-12)
+    assert vbn.num_batches_tracked.item() == 3
+
+
+def test_reset_running_stats_restores_the_initial_buffers():
+    vbn, centring = VectorBatchNorm(3), BatchCentering(3)
+    fresh = {k: v.clone() for k, v in (*vbn.state_dict().items(), *centring.state_dict().items())}
+    for module in (vbn, centring):
+        module(torch.randn(6, 3) + 5.0)
+    assert vbn.running_sq_norm.item() != 3.0 and centring.running_mean.abs().min() > 0
+    vbn.reset_running_stats()
+    centring.reset_running_stats()
+    after = {k: v for k, v in (*vbn.state_dict().items(), *centring.state_dict().items())}
+    for key, value in fresh.items():
+        assert torch.equal(after[key], value), key
+    assert vbn.running_sq_norm.item() == 3.0  # like BatchNorm's variance 1 per coordinate
+
+
+def test_iterbn_reset_running_stats_zeroes_every_moment():
+    wick = IterBN([("a", "b"), ("a", "b", "c")], rank=2)
+    wick({m: torch.randn(5, 2) + 1.0 for m in "abc"})
+    assert all(b.abs().sum() > 0 for n, b in wick.named_buffers() if n.startswith("running"))
+    wick.reset_running_stats()
+    for name, buffer in wick.named_buffers():
+        assert not buffer.any(), name
 
 
 def test_vbn_zero_block_stays_zero():

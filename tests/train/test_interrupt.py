@@ -36,10 +36,10 @@ def train(out, *extra):
 
 
 def completed_epochs(out):
-    try:
-        return load_checkpoint(out / "last.safetensors")[1]["state"]["epoch"]
-    except Exception:
+    path = out / "last.safetensors"  # written atomically (temporary file, then rename)
+    if not path.exists():
         return 0
+    return load_checkpoint(path)[1]["state"]["epoch"]
 
 
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn import metrics as skm
 
 from interfuse.metrics import compute_metrics, sentiment_metrics
 
@@ -47,3 +49,26 @@ def test_metric_sets():
         )
     with pytest.raises(ValueError, match="unknown metric set"):
         compute_metrics("regression", preds, labels, "nope")
+
+
+def test_sentiment_metrics_match_sklearn_on_fixed_predictions():
+    gen = np.random.default_rng(4)
+    labels = np.round(gen.uniform(-3, 3, 80) * 2) / 2  # many exact zeros and halves
+    labels[:10] = 0.0
+    preds = gen.normal(0, 1.5, 80)
+    preds[10:15] = 0.0  # zero predictions count as non-negative
+    m = compute_metrics(
+        "regression", torch.tensor(preds)[:, None], torch.tensor(labels), "sentiment"
+    )
+    nz = labels != 0
+    assert m["acc2_nonzero"] == pytest.approx(skm.accuracy_score(labels[nz] > 0, preds[nz] > 0))
+    assert m["f1_nonzero"] == pytest.approx(
+        skm.f1_score(labels[nz] > 0, preds[nz] > 0, average="weighted")
+    )
+    assert m["acc2_with_zero"] == pytest.approx(skm.accuracy_score(labels >= 0, preds >= 0))
+    assert m["f1_with_zero"] == pytest.approx(
+        skm.f1_score(labels >= 0, preds >= 0, average="weighted")
+    )
+    seven = np.round(np.clip(labels, -3, 3)), np.round(np.clip(preds, -3, 3))
+    assert m["acc7"] == pytest.approx(skm.accuracy_score(*seven))
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(labels, preds))

@@ -421,9 +421,29 @@ def train(
     type=click.IntRange(min=0),
     help="Seed of data and training.",
 )
+@click.option(
+    "--n",
+    "n",
+    default=None,
+    type=click.IntRange(min=100),
+    help="Samples per experiment (default: 6000 motif, 4000 XOR).",
+)
+@click.option(
+    "--epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Maximal epochs per run (default: that of `interfuse train`).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None:
+def demo(
+    out: Path,
+    compare_normalisation: bool,
+    seed: int,
+    n: int | None,
+    epochs: int | None,
+    quiet: bool,
+) -> None:
     """Run the synthetic DNA experiment: find relevant modalities and an XOR interaction.
 
     (a) motif data, 4 modalities with insertion probabilities 0.9, 0.6, 0.3, 0.0;
@@ -440,18 +460,21 @@ def demo(out: Path, compare_normalisation: bool, seed: int, quiet: bool) -> None
         "xor": ("XOR data: label = motif(m0) XOR motif(m1), m2 distractor", "0,0,0", "0,1"),
     }
     summary = {}
+
+    def config(**switches: bool) -> TrainConfig:
+        return TrainConfig(seed=seed, **switches, **({"epochs": epochs} if epochs else {}))
+
     for name, (title, probs, xor) in experiments.items():
-        task = _synthetic_task(
-            probs, xor, 1.0, 6000 if name == "motif" else 4000, 100, 7, seed, name
-        )
-        result = _train_and_report(task, TrainConfig(seed=seed), out / name, quiet, overwrite=True)
+        size = n or (6000 if name == "motif" else 4000)
+        task = _synthetic_task(probs, xor, 1.0, size, 100, 7, seed, name)
+        result = _train_and_report(task, config(), out / name, quiet, overwrite=True)
         print_run(title, result, out / name)
         summary[name] = result
     if compare_normalisation:
-        task = _synthetic_task(DEFAULT_PROBS, None, 1.0, 6000, 100, 7, seed, "motif")
+        task = _synthetic_task(DEFAULT_PROBS, None, 1.0, n or 6000, 100, 7, seed, "motif")
         result = _train_and_report(
             task,
-            TrainConfig(seed=seed, iterbn=False, vbn=False),
+            config(iterbn=False, vbn=False),
             out / "motif-no-normalisation",
             quiet,
             overwrite=True,
