@@ -162,9 +162,12 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
     )
     if "bayes_accuracy" in truth:
         line += f" (Bayes-optimal {truth['bayes_accuracy']:.3f})"
+    click.echo(f"\n== {title}")
+    if result.verdict is not None:
+        click.echo(result.verdict.headline)
     click.echo(
-        f"\n== {title}: {line}; best epoch {result.best_epoch} of "
-        f"{result.epochs_run}, {result.train_seconds:.0f} s"
+        f"{line}; best epoch {result.best_epoch} of {result.epochs_run}, "
+        f"{result.train_seconds:.0f} s"
     )
     if result.relevance is not None:
         click.echo(result.relevance.table())

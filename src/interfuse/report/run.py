@@ -249,6 +249,8 @@ def render_report(
     relevance = result.relevance
     history_png = plot_history(history, folder / "history.png")
     parts = [f"# Run report: {dataset}\n"]
+    if result.verdict is not None:
+        parts.append(_verdict_section(result))
     if relevance is not None:
         plot_relevance(
             relevance.shares, folder / "relevance.png", truth=truth, title=f"Relevance — {dataset}"
@@ -285,6 +287,20 @@ def render_report(
         parts += ["## Training history\n", "![history](history.png)\n"]
     parts += ["## Configuration\n", _config_table({"dataset": dataset, **result.config})]
     return atomic_write_text(folder / "report.md", "\n".join(parts))
+
+
+def _verdict_section(result: RunResult) -> str:
+    """The first lines of a report: whether the model learnt anything on held-out data."""
+    verdict = result.verdict
+    assert verdict is not None
+    text = f"**{verdict.headline}**"
+    if verdict.status != "learnt":
+        text = "> " + text
+    return (
+        text + f' ({verdict.split} split, {verdict.draws} bootstrap resamples; "clearly": the '
+        f"one-sided {verdict.level:.0%} lower bound of the gain exceeds "
+        f"{verdict.margin:.0%} of the chance loss.)\n"
+    )
 
 
 def _missing_section(result: RunResult) -> str:

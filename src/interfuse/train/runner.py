@@ -45,6 +45,7 @@ from ..data.preprocess import Preprocessor
 from ..data.task import TaskData
 from ..explain.ablation import modality_ablation
 from ..explain.removal import ModalityRemoval
+from ..explain.trust import learnt_verdict
 from ..inference import evaluate
 from ..io import atomic_write_text, remove_stale_temporaries
 from ..metrics import balanced_weights
@@ -665,6 +666,7 @@ def finish(run: _Run) -> RunResult:
         }
         if data.task == "multilabel" and isinstance(run.model, MultimodalModel) and data.class_names
         else None,
+        verdict=learnt_verdict(run.model, data, seed=run.config.seed),
     )
     atomic_write_text(run.out / RESULTS, result.to_json())
     run.write_history()
