@@ -2,6 +2,9 @@
 
 * :func:`learnt_verdict`: is the model clearly better than chance, and than its best single
   modality, on held-out data? (:class:`~interfuse.results.LearntVerdict`)
+* :func:`relevance_evidence`: an interval of each term's held-out share and a verdict per term
+  from removing only its block (:class:`~interfuse.results.RelevanceEvidence`, whose docstring
+  says what the interval is an interval of).
 
 Every statistic here is a mean of a per-sample quantity over the validation samples, so one
 paired bootstrap (:func:`bootstrap_means`: the same resampled indices for every column) gives
@@ -15,12 +18,25 @@ import torch
 from torch import Tensor, nn
 
 from ..data.task import TaskData
+from ..fusion.mnl import relevance_from_norms
 from ..inference import model_outputs
 from ..metrics import per_sample_loss
-from ..results import LearntVerdict
+from ..model import MultimodalModel
+from ..results import LearntVerdict, RelevanceEvidence, TermEvidence
 from .removal import ModalityRemoval, supports_masks
+from .term_ablation import term_contributions
 
-__all__ = ["bootstrap_means", "chance_prediction", "learnt_verdict"]
+__all__ = [
+    "ALPHA",
+    "bootstrap_means",
+    "chance_prediction",
+    "evidence_from_contributions",
+    "learnt_verdict",
+    "relevance_evidence",
+]
+
+ALPHA = 0.05
+"""False-positive rate per term of the "relevant" verdict."""
 
 DRAWS = 1000
 LEVEL = 0.95
@@ -155,3 +171,73 @@ def learnt_verdict(
         draws=draws,
         split="val",
     )
+
+
+def relevance_evidence(
+    model: MultimodalModel,
+    data: TaskData,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    alpha: float = ALPHA,
+    seed: int = 0,
+) -> RelevanceEvidence:
+    """Intervals of the held-out shares and a verdict per term on the validation split."""
+    outputs, parts = term_contributions(model, data.val)
+    dims = {t: layer.in_features for t, layer in model.head.blocks.items()}
+    return evidence_from_contributions(
+        data.task, outputs, parts, data.val.targets, dims, model.head.p, draws, level, alpha, seed
+    )
+
+
+def evidence_from_contributions(
+    task: str,
+    outputs: Tensor,
+    parts: dict[str, Tensor],
+    targets: Tensor,
+    dims: dict[str, int],
+    p: float,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    alpha: float = ALPHA,
+    seed: int = 0,
+) -> RelevanceEvidence:
+    """:func:`relevance_evidence` from the predictions ``(N, C)``, each term's contribution
+    ``W_t z_t`` ``(N, C)`` and its block size ``D_t``.
+
+    Per sample: ``D_t ‖W_t z_t‖²`` (its mean is the squared held-out block norm ``a_t²``) and
+    the loss increase when only ``W_t z_t`` is removed. One paired bootstrap of their means
+    gives the percentile interval of the held-out share (the β closed form on ``a``) and the
+    one-sided test of "removing the term raises the loss" (``p_value``: the fraction of resamples
+    whose increase is ≤ 0).
+    """
+    terms = list(parts)
+    base = per_sample_loss(task, outputs, targets)
+    columns = [dims[t] * parts[t].double().pow(2).sum(dim=1) for t in terms]
+    columns += [per_sample_loss(task, outputs - parts[t], targets) - base for t in terms]
+    values = torch.stack(columns, dim=1)
+    k = len(terms)
+    means = values.mean(dim=0)
+    boot = bootstrap_means(values, draws, seed)
+    point = relevance_from_norms(terms, means[:k].clamp(min=0).sqrt(), p).shares
+    # share_t = β_t / Σβ = a_t^(2/(p+1)) / Σ_s a_s^(2/(p+1)), per resample (a_t² = column mean)
+    powered = boot[:, :k].clamp(min=0).pow(1.0 / (p + 1.0))
+    shares = powered / powered.sum(dim=1, keepdim=True).clamp(min=1e-300)
+    tail = (1.0 - level) / 2
+    low = torch.quantile(shares, tail, dim=0)
+    high = torch.quantile(shares, 1.0 - tail, dim=0)
+    increase = boot[:, k:]
+    p_values = ((increase <= 0).double().sum(dim=0) + 1) / (draws + 1)
+    lower = torch.quantile(increase, 1.0 - level, dim=0)
+    evidence = {
+        t: TermEvidence(
+            heldout_share=float(point[t]),
+            share_low=float(low[i]),
+            share_high=float(high[i]),
+            loss_increase=float(means[k + i]),
+            loss_increase_low=float(lower[i]),
+            p_value=float(p_values[i]),
+            verdict="relevant" if float(p_values[i]) < alpha else "not significant",
+        )
+        for i, t in enumerate(terms)
+    }
+    return RelevanceEvidence(evidence, level=level, alpha=alpha, draws=draws, split="val")
