@@ -371,7 +371,7 @@ def _missing_section(result: RunResult) -> str:
     rows_by_set: Mapping[str, Mapping[str, float]] = result.missing_modalities or {}
     names = [k for k in next(iter(rows_by_set.values())) if k in ("accuracy", "loss", "mae")]
     rows = [
-        ["none" if missing == "none" else code(missing)]
+        ["none" if missing == "none" else code("{" + missing.replace(_SEPARATOR, ",") + "}")]
         + [fmt(metrics.get(name), 4) for name in names]
         for missing, metrics in rows_by_set.items()
     ]
