@@ -368,3 +368,13 @@ def test_render_comparison_errors(tmp_path):
 def test_png_pixels_are_not_blank(tmp_path):
     image = imread(plot_relevance(SHARES, tmp_path / "rel.png", truth=TRUTH))
     assert np.ptp(image[..., :3]) > 0.5
+
+
+def test_missing_modality_sets_are_written_as_sets(motif_demo_run, tmp_path):
+    """A removed set is `{a,b}`; `a*b` names an interaction term (issue 12 item 5)."""
+    from interfuse.report import render_report
+
+    _, result, _ = motif_demo_run
+    text = render_report(result, tmp_path).read_text()
+    section = text.split("## Missing modalities at test time")[1].split("##")[0]
+    assert "`{m0,m1}`" in section and "`m0*m1`" not in section

@@ -43,6 +43,7 @@ __all__ = [
     "balanced_weights",
     "compute_metrics",
     "format_metrics",
+    "per_sample_loss",
     "sentiment_metrics",
     "task_loss",
 ]
@@ -65,6 +66,20 @@ def task_loss(
             prediction, targets.to(prediction.dtype), pos_weight=weight
         )
     return F.mse_loss(prediction.reshape(targets.shape), targets.to(prediction.dtype))
+
+
+def per_sample_loss(task: str, prediction: Tensor, targets: Tensor) -> Tensor:
+    """The unweighted loss of :func:`task_loss` per sample ``(N,)`` (its mean is ``task_loss``):
+    cross-entropy, binary cross-entropy averaged over labels, squared error averaged over
+    targets."""
+    prediction = prediction.detach().double()
+    if task == "classification":
+        return F.cross_entropy(prediction, targets, reduction="none")
+    if task == "multilabel":
+        losses = F.binary_cross_entropy_with_logits(prediction, targets.double(), reduction="none")
+        return losses.reshape(len(targets), -1).mean(dim=1)
+    error = prediction.reshape(targets.shape) - targets.double()
+    return error.pow(2).reshape(len(targets), -1).mean(dim=1)
 
 
 def balanced_weights(task: str, targets: Tensor, num_outputs: int) -> Tensor | None:

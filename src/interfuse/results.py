@@ -18,11 +18,14 @@ from typing import Any
 __all__ = [
     "SCHEMA",
     "Explanation",
+    "LearntVerdict",
     "PosthocResult",
     "Relevance",
+    "RelevanceEvidence",
     "RunResult",
     "SchemaError",
     "SeedSummary",
+    "TermEvidence",
     "json_safe",
     "summarize_seeds",
 ]
@@ -79,6 +82,130 @@ class Relevance:
 
 
 @dataclass(frozen=True)
+class LearntVerdict:
+    """Did the model learn anything the relevance could describe? Decided on the validation
+    split (never the test split) by a paired bootstrap over its samples.
+
+    The measure is the validation loss (cross-entropy / MSE, the quantity the model is selected
+    on). ``chance``: the loss of the best constant predictor fitted on the training targets
+    (class or label frequencies, the mean); ``single``: the loss of the best single modality
+    through the model's missing-modality path (``None`` for models without one). A gain is
+    "clear" when the lower end of its one-sided ``level`` bootstrap interval exceeds ``margin``
+    (a fraction of the chance loss).
+
+    ``status``: ``"not_learnt"`` (not clearly better than chance: the shares do not describe the
+    data), ``"single_modality"`` (better than chance, not clearly better than the best single
+    modality alone: shares of the other terms are not supported), ``"learnt"``.
+    """
+
+    status: str
+    message: str
+    loss: float
+    chance: float
+    gain_over_chance: float
+    gain_over_chance_low: float
+    best_single: str | None = None
+    single: float | None = None
+    gain_over_single: float | None = None
+    gain_over_single_low: float | None = None
+    margin: float = 0.01
+    level: float = 0.95
+    draws: int = 1000
+    split: str = "val"
+
+    @property
+    def learnt(self) -> bool:
+        return self.status != "not_learnt"
+
+    @property
+    def headline(self) -> str:
+        """The one line a run prints first."""
+        return {
+            "not_learnt": "NOT LEARNT — ",
+            "single_modality": "NO GAIN OVER ONE MODALITY — ",
+        }.get(self.status, "Learnt — ") + self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LearntVerdict:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TermEvidence:
+    """Held-out evidence for one term (see :class:`RelevanceEvidence`)."""
+
+    heldout_share: float
+    share_low: float
+    share_high: float
+    loss_increase: float
+    loss_increase_low: float
+    p_value: float
+    verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class RelevanceEvidence:
+    """Intervals and a verdict per term, from the validation split (bootstrap over its samples).
+
+    The built-in β shares are a function of the trained weights only; they have no sampling
+    distribution over held-out data. What is bootstrapped is their *held-out* counterpart: the
+    same closed form (``relevance_from_norms``) applied to block norms measured on validation
+    data, ``a_t = sqrt(D_t · mean_i ‖W_t z_t,i‖²)`` — equal to ‖W_t‖_F when the normalised block
+    is isotropic (E z zᵀ = I/D_t, the vBN scale), so the held-out share then equals the β
+    share. ``share_low``/``share_high`` is the percentile ``level`` interval of that held-out
+    share for this fixed model: it covers sampling noise of the validation data, not the
+    variability of training (seeds, training sample).
+
+    ``verdict`` per term: ``"relevant"`` when removing only that term's block from the head
+    (its expectation 0 in place of W_t z_t) raises the validation loss, by a one-sided bootstrap
+    test of H0: loss increase ≤ 0 at false-positive rate ``alpha`` per term (``p_value`` < alpha);
+    else ``"not significant"``.
+    """
+
+    terms: dict[str, TermEvidence]
+    level: float = 0.95
+    alpha: float = 0.05
+    draws: int = 1000
+    split: str = "val"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(
+            {
+                "terms": {t: e.to_dict() for t, e in self.terms.items()},
+                "level": self.level,
+                "alpha": self.alpha,
+                "draws": self.draws,
+                "split": self.split,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RelevanceEvidence:
+        return cls(
+            terms={
+                str(t): TermEvidence(
+                    **{k: (math.nan if v is None and k != "verdict" else v) for k, v in e.items()}
+                )
+                for t, e in values["terms"].items()
+            },
+            level=float(values.get("level", 0.95)),
+            alpha=float(values.get("alpha", 0.05)),
+            draws=int(values.get("draws", 1000)),
+            split=str(values.get("split", "val")),
+        )
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        return {t: (e.share_low, e.share_high) for t, e in self.terms.items()}
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What one training run produced (the content of ``results.json``).
 
@@ -99,6 +226,10 @@ class RunResult:
             ``fingerprint`` (SHA-256 of the preprocessed splits), ``split_sizes``, ``present``
             (samples with each modality per split) and the loader's ``info``.
         label_relevance: multilabel tasks, per label: relevance from the head rows of that label.
+        verdict: whether the model learnt anything on held-out data (:class:`LearntVerdict`);
+            ``None`` for runs that did not compute it.
+        relevance_evidence: intervals and a verdict per term (:class:`RelevanceEvidence`);
+            ``None`` for models without an MNL head.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -117,6 +248,8 @@ class RunResult:
     class_names: list[str] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     label_relevance: dict[str, Relevance] | None = None
+    verdict: LearntVerdict | None = None
+    relevance_evidence: RelevanceEvidence | None = None
     schema: str = SCHEMA
 
     @property
@@ -143,6 +276,10 @@ class RunResult:
             if self.label_relevance is None
             else {k: r.to_dict() for k, r in self.label_relevance.items()}
         )
+        values["verdict"] = None if self.verdict is None else self.verdict.to_dict()
+        values["relevance_evidence"] = (
+            None if self.relevance_evidence is None else self.relevance_evidence.to_dict()
+        )
         return json_safe(values)
 
     def to_json(self) -> str:
@@ -168,6 +305,8 @@ class RunResult:
         try:
             relevance = values.get("relevance")
             labels = values.get("label_relevance")
+            verdict = values.get("verdict")
+            evidence = values.get("relevance_evidence")
             return cls(
                 **{
                     **dict(values),
@@ -175,6 +314,10 @@ class RunResult:
                     "label_relevance": None
                     if labels is None
                     else {k: Relevance.from_dict(r) for k, r in labels.items()},
+                    "verdict": None if verdict is None else LearntVerdict.from_dict(verdict),
+                    "relevance_evidence": None
+                    if evidence is None
+                    else RelevanceEvidence.from_dict(evidence),
                 }
             )
         except (TypeError, KeyError, ValueError, AttributeError) as error:

@@ -110,11 +110,11 @@ def test_a_class_that_is_not_an_explainer_is_refused():
 
 
 def test_term_ablation_removes_exactly_one_block(contexts):
-    from interfuse.explain.term_ablation import _outputs_and_contributions
+    from interfuse.explain.term_ablation import term_contributions
 
     context = contexts["ours"]
     model = context.model
-    full, parts = _outputs_and_contributions(model, context)
+    full, parts = term_contributions(model, context.data, context.batch_size)
     # the prediction is the sum of the term contributions plus the bias
     torch.testing.assert_close(full - sum(parts.values()), model.head.bias.expand_as(full))
     # a term whose weight block is zero changes nothing when removed

@@ -162,12 +162,28 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
     )
     if "bayes_accuracy" in truth:
         line += f" (Bayes-optimal {truth['bayes_accuracy']:.3f})"
+    click.echo(f"\n== {title}")
+    if result.verdict is not None:
+        click.echo(result.verdict.headline)
     click.echo(
-        f"\n== {title}: {line}; best epoch {result.best_epoch} of "
-        f"{result.epochs_run}, {result.train_seconds:.0f} s"
+        f"{line}; best epoch {result.best_epoch} of {result.epochs_run}, "
+        f"{result.train_seconds:.0f} s"
     )
     if result.relevance is not None:
         click.echo(result.relevance.table())
+        evidence = result.relevance_evidence
+        if evidence is not None:
+            click.echo(
+                f"held-out share [{evidence.level:.0%} interval] and verdict "
+                f"(term removal on {evidence.split}, false-positive rate {evidence.alpha:g}):"
+            )
+            for t in result.relevance.ranking():
+                e = evidence.terms.get(t)
+                if e is not None:
+                    click.echo(
+                        f"  {t:<12} {e.heldout_share:.3f} [{e.share_low:.3f}, "
+                        f"{e.share_high:.3f}]  {e.verdict} (p={e.p_value:.3f})"
+                    )
     else:
         click.echo("no built-in relevance (baseline); post-hoc: interfuse explain " + str(out))
     if result.truth_shares:

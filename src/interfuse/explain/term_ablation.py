@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.batching import batch_loader
+from ..data.batching import TensorData, batch_loader
 from ..metrics import LOWER_IS_BETTER, compute_metrics
 from ..model import MultimodalModel
 from ..results import Explanation
@@ -36,7 +36,7 @@ class TermAblation:
         names = [term_name(t) for t in context.terms]
         if not isinstance(model, MultimodalModel):
             return Explanation(self.name, self.label, self.description, {})
-        full, parts = _outputs_and_contributions(model, context)
+        full, parts = term_contributions(model, context.data, context.batch_size)
         targets = context.data.targets
         metric, sign = context.metric, -1.0 if context.metric in LOWER_IS_BETTER else 1.0
         reference = compute_metrics(context.task, full, targets, context.metric_set)[metric]
@@ -47,15 +47,15 @@ class TermAblation:
         return Explanation(self.name, self.label, self.description, scores)
 
 
-def _outputs_and_contributions(
-    model: MultimodalModel, context: ExplainContext
+def term_contributions(
+    model: MultimodalModel, data: TensorData, batch_size: int = 1024
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Predictions ``(N, C)`` and each term's share of them, ``W_t z_t`` ``(N, C)``."""
     device = next(model.parameters()).device
     outputs: list[torch.Tensor] = []
     parts: dict[str, list[torch.Tensor]] = {t: [] for t in model.head.blocks}
     with evaluation_mode(model):
-        for inputs, _, masks in batch_loader(context.data, context.batch_size, shuffle=False):
+        for inputs, _, masks in batch_loader(data, batch_size, shuffle=False):
             batch = {m: x.to(device) for m, x in inputs.items()}
             out = model(batch, masks={m: k.to(device) for m, k in masks.items()} or None)
             outputs.append(out.prediction.cpu())

@@ -26,7 +26,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..io import atomic_write_bytes, atomic_write_text
 from ..ranks import fidelity
-from ..results import RunResult, SeedSummary
+from ..results import RelevanceEvidence, RunResult, SeedSummary
 from ..terms import TERM_SEPARATOR
 from .tables import by_share, code, finite_or, fmt, is_number, markdown_table
 
@@ -63,15 +63,20 @@ def relevance_table(
     shares: Mapping[str, float],
     beta: Mapping[str, float] | None = None,
     truth: Mapping[str, float] | None = None,
+    evidence: RelevanceEvidence | None = None,
 ) -> str:
     """GitHub-markdown table of terms sorted by share, largest first.
 
     Columns: term, kind, share, and β / ground truth when given (a term missing from
-    ``truth`` has ground-truth share 0).
+    ``truth`` has ground-truth share 0); with ``evidence``, the held-out share and its interval,
+    the loss increase when only the term is removed, its p-value and the verdict.
     """
     header = ["term", "kind", "share"]
     if beta is not None:
         header.append("β")
+    if evidence is not None:
+        level = f"{evidence.level:.0%}"
+        header += [f"held-out share [{level}]", "removal Δloss", "p", "verdict"]
     if truth is not None:
         header.append("ground truth")
     rows = []
@@ -79,6 +84,18 @@ def relevance_table(
         row = [code(term), term_kind(term), fmt(shares[term], 3)]
         if beta is not None:
             row.append(fmt(beta.get(term), 3))
+        if evidence is not None:
+            e = evidence.terms.get(term)
+            row += (
+                [
+                    f"{fmt(e.heldout_share, 3)} [{fmt(e.share_low, 3)}, {fmt(e.share_high, 3)}]",
+                    fmt(e.loss_increase, 4),
+                    fmt(e.p_value, 3),
+                    e.verdict,
+                ]
+                if e is not None
+                else ["—"] * 4
+            )
         if truth is not None:
             row.append(fmt(truth.get(term, 0.0), 3))
         rows.append(row)
@@ -136,11 +153,13 @@ def plot_relevance(
     path: str | Path,
     truth: Mapping[str, float] | None = None,
     title: str | None = None,
+    evidence: RelevanceEvidence | None = None,
 ) -> Path:
     """Horizontal bar chart of the share per term (largest on top), saved as a PNG.
 
     Interaction terms are orange and hatched, unimodal terms blue; ground-truth shares (a
-    missing term counts as 0) are drawn as hollow diamonds.
+    missing term counts as 0) are drawn as hollow diamonds; with ``evidence``, the held-out
+    share of each term is a black dot with its interval as an error bar.
     """
     if not shares:
         raise ValueError("plot_relevance: no terms to plot")
@@ -160,6 +179,26 @@ def plot_relevance(
         truth_values = [finite_or(truth.get(t, 0.0), 0.0) for t in terms]
         handles.append(ax.scatter(truth_values, y, **_truth_marker_kwargs()))
         top = max(top, *truth_values)
+    if evidence is not None:
+        known = [(yi, evidence.terms[t]) for yi, t in zip(y, terms) if t in evidence.terms]
+        centre = np.array([finite_or(e.heldout_share, 0.0) for _, e in known])
+        low = np.array([finite_or(e.share_low, 0.0) for _, e in known])
+        high = np.array([finite_or(e.share_high, 0.0) for _, e in known])
+        handles.append(
+            ax.errorbar(
+                centre,
+                [yi for yi, _ in known],
+                xerr=np.vstack([np.maximum(centre - low, 0), np.maximum(high - centre, 0)]),
+                fmt="o",
+                color="black",
+                markersize=3,
+                capsize=3,
+                linewidth=1,
+                zorder=4,
+                label=f"held-out share, {evidence.level:.0%} interval",
+            )
+        )
+        top = max(top, *high) if len(high) else top
     ax.set_yticks(y, terms, fontsize=9 if len(terms) <= 15 else 8)
     ax.invert_yaxis()
     ax.set_xlim(0.0, max(top, 1e-9) * 1.05)
@@ -249,14 +288,22 @@ def render_report(
     relevance = result.relevance
     history_png = plot_history(history, folder / "history.png")
     parts = [f"# Run report: {dataset}\n"]
+    if result.verdict is not None:
+        parts.append(_verdict_section(result))
     if relevance is not None:
+        evidence = result.relevance_evidence
         plot_relevance(
-            relevance.shares, folder / "relevance.png", truth=truth, title=f"Relevance — {dataset}"
+            relevance.shares,
+            folder / "relevance.png",
+            truth=truth,
+            title=f"Relevance — {dataset}",
+            evidence=evidence,
         )
         parts += [
             _EXPLANATION.format(p=fmt(relevance.p, 1)) + "\n",
             "## Relevance\n",
-            relevance_table(relevance.shares, relevance.beta, truth),
+            *([_evidence_note(evidence)] if evidence is not None else []),
+            relevance_table(relevance.shares, relevance.beta, truth, evidence),
             "![relevance](relevance.png)\n",
         ]
     else:
@@ -287,12 +334,44 @@ def render_report(
     return atomic_write_text(folder / "report.md", "\n".join(parts))
 
 
+def _evidence_note(evidence: RelevanceEvidence) -> str:
+    """What the interval and the verdict columns are (they come from held-out data)."""
+    level = f"{evidence.level:.0%}"
+    return (
+        f"The β shares are a function of the trained weights, not of data, so they have no "
+        f"interval of their own. The **held-out share** is the same closed form applied to the "
+        f"block norms measured on the {evidence.split} split, sqrt(D_t · mean ‖W_t z_t‖²) (equal "
+        f"to ‖W_t‖ when the normalised block is isotropic, and then equal to the β share); its "
+        f"{level} interval is a percentile bootstrap over {evidence.split} samples "
+        f"({evidence.draws} resamples) for this trained model — it does not include the "
+        f"variability of training (seed, training sample). **Verdict**: removing only the "
+        f"term's block from the head raises the {evidence.split} loss by **removal Δloss**; "
+        f"*relevant* when a one-sided bootstrap test of an increase ≤ 0 rejects at "
+        f"{evidence.alpha:g} (false-positive rate {evidence.alpha:g} per term), else *not "
+        f"significant*.\n"
+    )
+
+
+def _verdict_section(result: RunResult) -> str:
+    """The first lines of a report: whether the model learnt anything on held-out data."""
+    verdict = result.verdict
+    assert verdict is not None
+    text = f"**{verdict.headline}**"
+    if verdict.status != "learnt":
+        text = "> " + text
+    return (
+        text + f' ({verdict.split} split, {verdict.draws} bootstrap resamples; "clearly": the '
+        f"one-sided {verdict.level:.0%} lower bound of the gain exceeds "
+        f"{verdict.margin:.0%} of the chance loss.)\n"
+    )
+
+
 def _missing_section(result: RunResult) -> str:
     """Test metrics with each modality (and pair) missing, through the model's mask path."""
     rows_by_set: Mapping[str, Mapping[str, float]] = result.missing_modalities or {}
     names = [k for k in next(iter(rows_by_set.values())) if k in ("accuracy", "loss", "mae")]
     rows = [
-        ["none" if missing == "none" else code(missing)]
+        ["none" if missing == "none" else code("{" + missing.replace(_SEPARATOR, ",") + "}")]
         + [fmt(metrics.get(name), 4) for name in names]
         for missing, metrics in rows_by_set.items()
     ]

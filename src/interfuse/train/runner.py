@@ -45,6 +45,7 @@ from ..data.preprocess import Preprocessor
 from ..data.task import TaskData
 from ..explain.ablation import modality_ablation
 from ..explain.removal import ModalityRemoval
+from ..explain.trust import learnt_verdict, relevance_evidence
 from ..inference import evaluate
 from ..io import atomic_write_text, remove_stale_temporaries
 from ..metrics import balanced_weights
@@ -664,6 +665,10 @@ def finish(run: _Run) -> RunResult:
             name: run.model.head.output_relevance(k) for k, name in enumerate(data.class_names)
         }
         if data.task == "multilabel" and isinstance(run.model, MultimodalModel) and data.class_names
+        else None,
+        verdict=learnt_verdict(run.model, data, seed=run.config.seed),
+        relevance_evidence=relevance_evidence(run.model, data, seed=run.config.seed)
+        if run.entry.relevance and isinstance(run.model, MultimodalModel)
         else None,
     )
     atomic_write_text(run.out / RESULTS, result.to_json())

@@ -1,0 +1,76 @@
+"""The 'not learnt' verdict (issue 12 item 3): decided on the validation split, printed first."""
+
+import pytest
+import torch
+
+from interfuse.cli.app import print_run
+from interfuse.data.synthetic import make_motif_data
+from interfuse.data.task import synthetic_task
+from interfuse.explain.trust import bootstrap_means, learnt_verdict
+from interfuse.models import build_model, model_spec
+from interfuse.report import render_report
+from interfuse.results import RunResult
+from interfuse.train import TrainConfig
+from interfuse.train.runner import fit
+
+
+@pytest.fixture(scope="module")
+def unlearnt(tmp_path_factory):
+    """A run whose learning rate is so small that nothing is learnt (0 effective epochs)."""
+    task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1000, seed=0), seed=0)
+    out = tmp_path_factory.mktemp("unlearnt")
+    with pytest.warns(UserWarning):
+        result = fit(task, TrainConfig(seed=0, epochs=1, lr=1e-9), out, progress=False)
+    return task, result, out
+
+
+def test_verdict_fires_on_a_model_that_learnt_nothing(unlearnt):
+    _, result, _ = unlearnt
+    assert result.verdict is not None
+    assert result.verdict.status == "not_learnt" and not result.verdict.learnt
+    assert result.verdict.split == "val"
+    assert result.verdict.gain_over_chance_low <= result.verdict.margin * result.verdict.chance
+
+
+def test_verdict_does_not_fire_on_the_demo_motif_data(motif_demo_run):
+    _, result, _ = motif_demo_run
+    assert result.verdict.status == "learnt"
+    assert result.verdict.best_single == "m0"
+    assert result.verdict.gain_over_single_low > 0
+
+
+def test_verdict_is_printed_first_and_heads_the_report(unlearnt, capsys):
+    _, result, out = unlearnt
+    print_run("motif", result, out)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("== motif")
+    assert lines[1].startswith("NOT LEARNT")
+    report = render_report(result, out).read_text().splitlines()
+    first = next(line for line in report[1:] if line.strip())
+    assert "NOT LEARNT" in first
+
+
+def test_verdict_round_trips_and_old_results_still_read(unlearnt):
+    _, result, _ = unlearnt
+    again = RunResult.from_json(result.to_json())
+    assert again.verdict == result.verdict
+    values = result.to_dict()
+    del values["verdict"], values["relevance_evidence"]  # written before the verdict existed
+    assert RunResult.from_dict(values).verdict is None
+
+
+def test_untrained_model_is_not_learnt(unlearnt):
+    """Evaluating a freshly built model (no training at all) gives the same verdict."""
+    task, _, _ = unlearnt
+    config = TrainConfig().with_defaults(task.train_defaults)
+    shapes = {m: list(x.shape[1:]) for m, x in task.train.inputs.items()}
+    spec = model_spec(config.model, task.encoders, config, task.num_outputs, input_shapes=shapes)
+    model = build_model(spec, seed=1)
+    assert learnt_verdict(model, task).status == "not_learnt"
+
+
+def test_bootstrap_means_are_seeded_and_centred():
+    values = torch.arange(10, dtype=torch.float64).reshape(-1, 1)
+    a, b = bootstrap_means(values, 200, seed=3), bootstrap_means(values, 200, seed=3)
+    torch.testing.assert_close(a, b)
+    assert abs(float(a.mean()) - 4.5) < 0.2
