@@ -9,6 +9,7 @@ from interfuse import MultimodalModel
 from interfuse.baselines import EarlyFusion
 from interfuse.data.batching import TensorData
 from interfuse.explain.emap import emap, emap_cost, emap_projection, subsample
+from interfuse.metrics import compute_metrics
 
 
 def reps(n=12, seed=0, dims=(2, 3, 1)):
@@ -110,5 +111,20 @@ def test_emap_of_a_model_without_encoders():
         torch.randint(0, 2, (15,), generator=gen),
     )
     result = emap(model, data, "classification", n_samples=10, seed=1)
-    assert result.n_samples == 10
-    assert set(result.to_dict()) >= {"model", "emap", "gap", "accuracy_gap", "evaluations"}
+    assert result.n_samples == 10 and result.evaluations == emap_cost(10, 2)
+    # brute force on the same subsample: f̂(i) = mean_j f(a_i, b_j) + mean_j f(a_j, b_i) − mean f
+    index = subsample(15, 10, 1)
+    a, b, y = data.inputs["a"][index], data.inputs["b"][index], data.targets[index]
+    with torch.no_grad():
+        grid = torch.stack(
+            [
+                torch.stack(
+                    [model({"a": a[i : i + 1], "b": b[j : j + 1]}).prediction[0] for j in range(10)]
+                )
+                for i in range(10)
+            ]
+        )  # grid[i, j] = f(a_i, b_j)
+        projection = grid.mean(dim=1) + grid.mean(dim=0) - grid.mean(dim=(0, 1))
+        outputs = model({"a": a, "b": b}).prediction
+    assert result.emap == pytest.approx(compute_metrics("classification", projection, y))
+    assert result.model == pytest.approx(compute_metrics("classification", outputs, y))
