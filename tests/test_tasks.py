@@ -84,8 +84,24 @@ def test_multilabel_metrics_match_sklearn():
 def test_balanced_weights():
     w = balanced_weights("classification", torch.tensor([0, 0, 0, 1]), 3)
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])  # class 2 absent: weight 1
-    y = torch.tensor([[1, 0], [0, 0], [0, 1], [0, 1]]).float()
-    assert balanced_weights("multilabel", y, 2).tolist() == pytest.approx([3.0, 1.0])
+    y = torch.tensor([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 1, 0]]).float()
+    # label 2 never positive: weight 1
+    assert balanced_weights("multilabel", y, 3).tolist() == pytest.approx([3.0, 1.0, 1.0])
+
+
+def test_multilabel_ranking_scores_skip_labels_with_one_value():
+    logits = torch.tensor(GEN.normal(size=(30, 3)))
+    targets = torch.tensor(GEN.integers(0, 2, (30, 3))).float()
+    targets[:, 2] = 1.0  # every sample has label 2: its AUROC is undefined
+    m = compute_metrics("multilabel", logits, targets)
+    probabilities = torch.sigmoid(logits).numpy()
+    expected = [skm.roc_auc_score(targets[:, k], probabilities[:, k]) for k in range(2)]
+    assert m["auroc"] == pytest.approx(np.mean(expected))
+
+
+def test_pearson_of_two_samples_is_defined():
+    m = compute_metrics("regression", torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 5.0]))
+    assert m["pearson"] == pytest.approx(1.0)
     assert balanced_weights("regression", torch.zeros(3), 1) is None
 
 
