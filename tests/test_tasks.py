@@ -89,7 +89,7 @@ def test_balanced_weights():
     assert balanced_weights("multilabel", y, 3).tolist() == pytest.approx([3.0, 1.0, 1.0])
 
 
-def test_multilabel_ranking_scores_skip_labels_with_one_value():
+def test_multilabel_ranking_metrics_skip_labels_with_one_value():
     logits = torch.tensor(GEN.normal(size=(30, 3)))
     targets = torch.tensor(GEN.integers(0, 2, (30, 3))).float()
     targets[:, 2] = 1.0  # every sample has label 2: its AUROC is undefined
@@ -99,9 +99,13 @@ def test_multilabel_ranking_scores_skip_labels_with_one_value():
     assert m["auroc"] == pytest.approx(np.mean(expected))
 
 
-def test_pearson_of_two_samples_is_defined():
+def test_pearson_metrics_of_small_samples_are_defined():
     m = compute_metrics("regression", torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 5.0]))
     assert m["pearson"] == pytest.approx(1.0)
+    # a prediction or target whose standard deviation is exactly 1 is not "constant"
+    for pred, true in (([0.0, 1.0, 2.0], [0.0, 1.0, 3.0]), ([0.0, 1.0, 3.0], [0.0, 1.0, 2.0])):
+        m = compute_metrics("regression", torch.tensor(pred)[:, None], torch.tensor(true))
+        assert m["pearson"] == pytest.approx(stats.pearsonr(pred, true).statistic)
     assert balanced_weights("regression", torch.zeros(3), 1) is None
 
 
@@ -170,3 +174,38 @@ def test_float_labels_that_look_like_classes_warn_and_task_overrides(tmp_path):
     assert load_run(tmp_path / "run").task == "classification"
     done = CliRunner().invoke(main, ["train", "--task", "regression", "--out", str(tmp_path / "x")])
     assert done.exit_code == 2 and "--task applies to --dataset npz" in done.output
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel", "regression"])
+def test_per_sample_loss_metrics_average_to_the_task_loss(task):
+    from interfuse.metrics import per_sample_loss, task_loss
+
+    n = 12
+    if task == "classification":
+        prediction, targets = (
+            torch.tensor(GEN.normal(size=(n, 3))),
+            torch.tensor(GEN.integers(0, 3, n)),
+        )
+    elif task == "multilabel":
+        prediction = torch.tensor(GEN.normal(size=(n, 4)))
+        targets = torch.tensor(GEN.integers(0, 2, (n, 4))).float()
+    else:
+        prediction, targets = (
+            torch.tensor(GEN.normal(size=(n, 1))),
+            torch.tensor(GEN.normal(size=n)),
+        )
+    losses = per_sample_loss(task, prediction, targets)
+    assert losses.shape == (n,)
+    assert float(losses.mean()) == pytest.approx(
+        float(task_loss(task, prediction.double(), targets))
+    )
+
+
+def test_sentiment_acc7_metrics_clip_predictions_to_the_scale():
+    from interfuse.metrics import sentiment_metrics
+
+    # predictions and labels are both clipped to [-3, 3], at both ends
+    m = sentiment_metrics(
+        torch.tensor([3.8, -3.6, 0.4, 3.0, -3.0]), torch.tensor([3.0, -3.0, 1.0, 3.6, -3.6])
+    )
+    assert m["acc7"] == pytest.approx(4 / 5)
