@@ -90,13 +90,16 @@ def test_balanced_weights():
 
 
 def test_multilabel_ranking_metrics_skip_labels_with_one_value():
-    logits = torch.tensor(GEN.normal(size=(30, 3)))
-    targets = torch.tensor(GEN.integers(0, 2, (30, 3))).float()
+    logits = torch.tensor(GEN.normal(size=(30, 4)))
+    targets = torch.tensor(GEN.integers(0, 2, (30, 4))).float()
     targets[:, 2] = 1.0  # every sample has label 2: its AUROC is undefined
+    targets[:, 3] = 0.0  # no sample has label 3: undefined too
     m = compute_metrics("multilabel", logits, targets)
     probabilities = torch.sigmoid(logits).numpy()
-    expected = [skm.roc_auc_score(targets[:, k], probabilities[:, k]) for k in range(2)]
-    assert m["auroc"] == pytest.approx(np.mean(expected))
+    auroc = [skm.roc_auc_score(targets[:, k], probabilities[:, k]) for k in range(2)]
+    auprc = [skm.average_precision_score(targets[:, k], probabilities[:, k]) for k in range(2)]
+    assert m["auroc"] == pytest.approx(np.mean(auroc))
+    assert m["auprc"] == pytest.approx(np.mean(auprc))
 
 
 def test_pearson_metrics_of_small_samples_are_defined():
