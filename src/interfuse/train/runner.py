@@ -379,8 +379,8 @@ class _Run:
 
 def fit(
     data: TaskData,
-    config: TrainConfig | None = None,
-    out_dir: str | Path = "runs/run",
+    config: TrainConfig | None,
+    out_dir: str | Path,
     *,
     resume: bool = False,
     overwrite: bool = False,
@@ -399,7 +399,8 @@ def fit(
 
     Args:
         data: the task (splits, encoders, preprocessing, dataset defaults).
-        config: training settings; fields not set explicitly take ``data.train_defaults``.
+        config: training settings (``None``: all defaults); fields not set explicitly take
+            ``data.train_defaults``.
         out_dir: the run folder (created; locked while training).
         resume: continue the run in ``out_dir`` from ``last.safetensors``; refused when the
             data, the model or any setting other than ``epochs`` differs.
