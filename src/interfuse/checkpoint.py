@@ -6,7 +6,7 @@ safetensors metadata, a JSON document (the header: model description, optimiser'
 state, training state, …) with a SHA-256 over the header *and* all tensor bytes, so editing
 either is detected. Nothing is ever unpickled. A file is replaced only by a complete new one
 (temp file + rename), so a killed run leaves either the old or the new checkpoint, never half of
-one. :func:`tensor_shapes` reads the shapes without loading any tensor, so that sizes can be
+one. :func:`read_header` reads the shapes without loading any tensor, so that sizes can be
 checked before anything is allocated.
 """
 
@@ -95,13 +95,6 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, 
     if header.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has unknown format {header.get('format')!r}")
     return header, shapes
-
-
-def tensor_shapes(path: str | Path, group: str = "model") -> dict[str, tuple[int, ...]]:
-    """Shapes of one group's tensors (``model`` → the state_dict keys), read from the header."""
-    _, shapes = read_header(path)
-    prefix = f"{group}."
-    return {k[len(prefix) :]: s for k, s in shapes.items() if k.startswith(prefix)}
 
 
 def load_checkpoint(

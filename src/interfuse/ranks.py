@@ -28,6 +28,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         return float(stats.spearmanr(a, b).statistic)
 
 
+def interaction_share(shares: Mapping[str, float]) -> float:
+    """Total share on interaction terms (names containing ``*``)."""
+    return float(sum(v for t, v in shares.items() if TERM_SEPARATOR in t))
+
+
 def fidelity(shares: Mapping[str, float], truth_shares: Mapping[str, float]) -> dict[str, float]:
     """How well relevance shares match known ground-truth shares.
 
@@ -45,5 +50,5 @@ def fidelity(shares: Mapping[str, float], truth_shares: Mapping[str, float]) -> 
         "spearman": spearman([share[t] for t in unimodal], [truth[t] for t in unimodal]),
         "l1": float(sum(abs(share[t] - truth[t]) for t in terms)),
         "leakage": float(sum(share[t] for t in terms if truth[t] == 0.0)),
-        "interaction_share": float(sum(share[t] for t in terms if TERM_SEPARATOR in t)),
+        "interaction_share": interaction_share(share),
     }

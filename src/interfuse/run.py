@@ -174,7 +174,7 @@ def read_history(folder: Path) -> list[dict[str, float]]:
 
 
 @dataclass(frozen=True)
-class RunPrediction:
+class RunPrediction(Prediction):
     """Predictions for raw inputs.
 
     ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels (the raw label
@@ -184,16 +184,8 @@ class RunPrediction:
     which samples lacked it.
     """
 
-    outputs: Tensor
-    labels: list[str] | None
-    probabilities: Tensor | None
-    missing: dict[str, Tensor]
-
-    def missing_names(self) -> list[str]:
-        return Prediction(self.outputs, self.missing).missing_names()
-
-    def missing_counts(self) -> dict[str, int]:
-        return Prediction(self.outputs, self.missing).missing_counts()
+    labels: list[str] | None = None
+    probabilities: Tensor | None = None
 
 
 @dataclass
@@ -254,14 +246,14 @@ class Run:
             )
         result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
         if self.task == "regression":
-            return RunPrediction(result.outputs, None, None, result.missing)
+            return RunPrediction(result.outputs, result.missing)
         if self.task == "multilabel":
             probabilities = torch.sigmoid(result.outputs.double())
             labels = self.preprocessor.decode(probabilities >= 0.5)
         else:
             probabilities = torch.softmax(result.outputs.double(), dim=1)
             labels = self.preprocessor.decode(probabilities.argmax(dim=1))
-        return RunPrediction(result.outputs, labels, probabilities, result.missing)
+        return RunPrediction(result.outputs, result.missing, labels, probabilities)
 
     def evaluate(
         self,

@@ -17,6 +17,7 @@ from ..data.registry import DatasetInfo, dataset_info, list_datasets, load_datas
 from ..data.task import TASKS, TaskData
 from ..io import atomic_write_text
 from ..metrics import format_metrics
+from ..ranks import interaction_share
 from ..report import render_comparison, render_report, render_seed_summary
 from ..results import RunResult, summarize_seeds
 from ..run import read_history
@@ -487,15 +488,10 @@ def demo(
         path = render_comparison(
             {"IterBN+vBN on": summary["motif"], "IterBN+vBN off": result}, out / "comparison"
         )
-        inter_on = _interaction_share(summary["motif"])
-        inter_off = _interaction_share(result)
+        inter_on = interaction_share(summary["motif"].relevance.shares)
+        inter_off = interaction_share(result.relevance.shares)
         click.echo(
             f"\ninteraction share with IterBN+vBN: {inter_on:.3f}; without: "
             f"{inter_off:.3f} (the data has no true interaction). Comparison: {path}"
         )
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; reports under {out}/")
-
-
-def _interaction_share(result: RunResult) -> float:
-    shares = result.relevance.shares if result.relevance else {}
-    return sum(s for t, s in shares.items() if "*" in t)

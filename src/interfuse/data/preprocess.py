@@ -288,10 +288,6 @@ class Preprocessor:
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"malformed preprocessing state ({error!r})") from None
 
-    def fingerprint_arrays(self) -> list[np.ndarray]:
-        """The arrays that define this preprocessing (for data fingerprints)."""
-        return [a for s in self.scalers.values() for a in (s.mean, s.std)]
-
 
 def raw_values(raw: Any) -> np.ndarray:
     values = raw.detach().cpu().numpy() if isinstance(raw, Tensor) else np.asarray(raw)

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from ..io import atomic_write_bytes, atomic_write_text
-from ..ranks import fidelity
+from ..ranks import fidelity, interaction_share
 from ..results import RelevanceEvidence, RunResult, SeedSummary
 from ..terms import TERM_SEPARATOR
 from .tables import by_share, code, finite_or, fmt, is_number, markdown_table
@@ -493,7 +493,7 @@ def render_comparison(runs: Mapping[str, RunResult], out_dir: str | Path) -> Pat
     rows.append(
         [
             "interaction share (total)",
-            *(fmt(_interaction_total(s), 3) for s in all_shares.values()),
+            *(fmt(interaction_share(s), 3) for s in all_shares.values()),
         ]
     )
     rows.append(
@@ -507,7 +507,7 @@ def render_comparison(runs: Mapping[str, RunResult], out_dir: str | Path) -> Pat
         header.append("ground truth")
         for row, term in zip(rows[: len(terms)], terms, strict=True):
             row.append(fmt(truth.get(term, 0.0), 3))
-        rows[-2].append(fmt(_interaction_total(truth), 3))
+        rows[-2].append(fmt(interaction_share(truth), 3))
         bayes = ground_truth.get("bayes_accuracy")
         rows[-1].append(f"{fmt(bayes, 4)} (Bayes)" if is_number(bayes) else "—")
 
@@ -524,10 +524,6 @@ def render_comparison(runs: Mapping[str, RunResult], out_dir: str | Path) -> Pat
         ]
     )
     return atomic_write_text(out / "comparison.md", text)
-
-
-def _interaction_total(shares: Mapping[str, float]) -> float:
-    return float(sum(v for t, v in shares.items() if _SEPARATOR in t))
 
 
 def _plot_comparison(
