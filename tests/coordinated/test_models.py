@@ -42,3 +42,24 @@ def test_grounding_attention_is_a_distribution_over_cells():
     loss = model.loss(x, ids)
     loss.backward()
     assert model.words.weight.grad is not None
+
+
+def test_grounding_local_path_sees_only_its_own_cell():
+    # The local path's receptive field is exactly one 4×4 cell: changing every pixel outside
+    # cell (2, 5) leaves that cell's local features unchanged, and changing one pixel inside
+    # changes them (eval mode: BatchNorm uses running statistics).
+    torch.manual_seed(0)
+    model = GroundingModel(12, dim=8, channels=8).eval()
+    x = torch.rand(1, 3, 32, 32)
+    outside = torch.rand(1, 3, 32, 32)
+    outside[..., 8:12, 20:24] = x[..., 8:12, 20:24]
+    with torch.no_grad():
+        for layer in model.local:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.2, 0.2)
+        base = model.local(x)[0, :, 2, 5]
+        assert torch.equal(model.local(outside)[0, :, 2, 5], base)
+        inside = x.clone()
+        inside[0, 0, 9, 21] += 1.0
+        assert not torch.allclose(model.local(inside)[0, :, 2, 5], base)
+        assert model.local(x).shape[-2:] == (8, 8)

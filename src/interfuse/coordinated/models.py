@@ -29,6 +29,9 @@ __all__ = [
     "zero_shot_predict",
 ]
 
+CELL = 4
+"""Side of a grounding cell in pixels (an image of side 32 has 8×8 cells)."""
+
 
 def hinge_rank_loss(scores: Tensor, targets: Tensor, margin: float = 0.1) -> Tensor:
     """DeViSE hinge rank loss, averaged over the batch.
@@ -176,12 +179,15 @@ class GroundingModel(nn.Module):
     """Word-to-region attention over the 8×8 cells of a small local CNN, learnt from pairs.
 
     Each vocabulary word ``w`` has a learnt query ``q_w``; each cell ``c`` (4×4 pixels) a key
-    ``k_c`` from a CNN whose receptive field (18 pixels) covers one object but not the image,
-    both unit norm. The attention of word ``w`` is ``a_w = softmax_c(s · q_w·k_c)``; the word's
-    match to the image is ``Σ_c a_w,c q_w·k_c`` and the caption–image score is the mean of its
-    words' matches (padding excluded). Trained only from (image, caption) pairs, with a symmetric
-    InfoNCE over the batch's caption–image scores plus a word-presence term (see :meth:`loss`):
-    no word is ever told where its object is.
+    ``k_c = normalize(W [g_c; l_c])`` mixing two paths: a context CNN ``g`` whose receptive field
+    (18 pixels) covers one object but not the image (it can recognise a shape), and a local path
+    ``l`` (one 4×4 convolution with stride 4) that sees only the cell's own pixels, so a cell on
+    the object and its neighbour, which share most of their context, still get different keys.
+    Queries and keys are unit norm. The attention of word ``w`` is
+    ``a_w = softmax_c(s · q_w·k_c)``; the word's match to the image is ``Σ_c a_w,c q_w·k_c`` and
+    the caption–image score is the mean of its words' matches (padding excluded). Trained only
+    from (image, caption) pairs, with a symmetric InfoNCE over the batch's caption–image scores
+    plus a word-presence term (see :meth:`loss`): no word is ever told where its object is.
     After the attention-based alignment of Karpathy & Fei-Fei (*Deep Visual-Semantic
     Alignments*, CVPR 2015) and Lee et al. (*Stacked Cross Attention*, ECCV 2018), reduced to its
     core. Word matches depend on the word only, so they are computed once per vocabulary word.
@@ -194,13 +200,18 @@ class GroundingModel(nn.Module):
         if vocab_size < 2 or dim < 1 or channels < 2:
             raise ValueError("GroundingModel: vocab_size >= 2, dim >= 1, channels >= 2 required")
         half = channels // 2
-        self.encoder = nn.Sequential(
+        self.context = nn.Sequential(
             nn.Conv2d(5, half, 3, padding=1), nn.BatchNorm2d(half), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(half, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, dim, 1),
         )  # fmt: skip
+        # Receptive field exactly one cell: the key can tell the cell on the object from its
+        # neighbours, which the 18-pixel context path alone cannot (measured: BENCHMARKS.md §6).
+        self.local = nn.Sequential(
+            nn.Conv2d(3, half, CELL, stride=CELL), nn.BatchNorm2d(half), nn.ReLU()
+        )
+        self.mix = nn.Conv2d(channels + half, dim, 1)
         self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.sharpness = sharpness
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -209,13 +220,14 @@ class GroundingModel(nn.Module):
 
     def cells(self, x: Tensor) -> Tensor:
         """Unit-norm cell keys ``(B, cells, dim)`` (cells row-major over the 8×8 grid)."""
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 4 or x.shape[3] % 4:
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % CELL or x.shape[3] % CELL:
             raise ValueError(f"GroundingModel expects (batch, 3, H, W) images, got {x.shape}")
         grid_y = torch.linspace(-1, 1, x.shape[2], device=x.device)
         grid_x = torch.linspace(-1, 1, x.shape[3], device=x.device)
         yy, xx = torch.meshgrid(grid_y, grid_x, indexing="ij")
         coords = torch.stack([xx, yy]).unsqueeze(0).expand(x.shape[0], -1, -1, -1)
-        keys = self.encoder(torch.cat([x, coords], dim=1))
+        context = self.context(torch.cat([x, coords], dim=1))
+        keys = self.mix(torch.cat([context, self.local(x)], dim=1))
         return F.normalize(keys.flatten(2).transpose(1, 2), dim=-1)
 
     def vocabulary_similarity(self, x: Tensor) -> Tensor:
