@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 
 def _check_batch(x: Tensor, name: str) -> None:
@@ -33,6 +32,22 @@ def _check_batch(x: Tensor, name: str) -> None:
 def distributed() -> bool:
     """Whether a process group of more than one process is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """``Σ_r x_r`` over the processes; the gradient of every ``x_r`` is ``Σ_r ∂L_r/∂(Σ x)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]  # noqa: D102
+        total = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]  # noqa: D102
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
 
 
 def present_count(x: Tensor, present: Tensor | None, sync: bool = False) -> int:
@@ -66,7 +81,7 @@ def masked_mean(
         local_sum = x.sum(dim=0)
     else:
         local_sum = (x * present.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))).sum(dim=0)
-    return differentiable_all_reduce(local_sum) / max(total_count, 1), total_count
+    return _SumOverProcesses.apply(local_sum) / max(total_count, 1), total_count
 
 
 def use_batch_statistics(

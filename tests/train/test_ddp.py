@@ -1,0 +1,207 @@
+"""Distributed data-parallel training on CPU with gloo (Lightning's DDP strategy).
+
+Every run here is a separate process (``ddp_worker.py``, or the command line), as on a cluster;
+the runs of one comparison start together to keep the wall time down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from interfuse.checkpoint import load_checkpoint
+from interfuse.data.batching import EpochBatchSampler
+from interfuse.run import BEST, LAST, RESULTS
+from interfuse.train import TrainingState
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+TIMEOUT = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", **(env or {})}
+    environment.setdefault("MASTER_PORT", str(free_port()))
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, err = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
+
+
+def states(folder: Path) -> dict[int, dict[str, torch.Tensor]]:
+    return {int(f.stem[4:]): load_file(str(f)) for f in sorted(folder.glob("rank*.safetensors"))}
+
+
+def relevance(folder: Path) -> dict[int, dict]:
+    return {int(f.stem[4:]): json.loads(f.read_text()) for f in sorted(folder.glob("rank*.json"))}
+
+
+def largest_difference(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str
+) -> float:
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys
+    return max(float((a[k] - b[k]).abs().max()) for k in keys)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process with batch 64; two processes with batch 32 and --sync-stats; the same on two
+    "nodes" (separate launches, NODE_RANK 0/1, loopback); two processes SIGTERMed on rank 1 at
+    the start of epoch 2, then resumed."""
+    root = tmp_path_factory.mktemp("ddp")
+    port = free_port()
+    started = {
+        "single": launch(str(root / "single"), str(root / "single-dump"), "--batch", "64"),
+        "ddp": launch(
+            str(root / "ddp"),
+            str(root / "ddp-dump"),
+            "--batch",
+            "32",
+            "--devices",
+            "2",
+            "--sync-stats",
+        ),
+        "killed": launch(
+            str(root / "killed"),
+            str(root / "killed-dump"),
+            "--batch",
+            "32",
+            "--devices",
+            "2",
+            "--sync-stats",
+            "--term-at",
+            "1",
+        ),
+        **{
+            f"node{rank}": launch(
+                str(root / "nodes"),
+                str(root / "nodes-dump"),
+                "--batch",
+                "32",
+                "--num-nodes",
+                "2",
+                "--sync-stats",
+                env={"NODE_RANK": str(rank), "MASTER_PORT": str(port)},
+            )
+            for rank in (0, 1)
+        },
+    }
+    codes = {name: finish(process) for name, process in started.items()}
+    (root / "codes.json").write_text(json.dumps({k: c for k, (c, _) in codes.items()}))
+    for name, (code, err) in codes.items():
+        assert code == (143 if name == "killed" else 0), f"{name}: exit {code}\n{err[-3000:]}"
+    code, err = finish(
+        launch(
+            str(root / "killed"),
+            str(root / "killed-dump"),
+            "--batch",
+            "32",
+            "--devices",
+            "2",
+            "--sync-stats",
+            "--resume",
+        )
+    )
+    assert code == 0, err[-3000:]
+    return root
+
+
+def test_sampler_splits_each_global_batch_between_ranks() -> None:
+    single = list(EpochBatchSampler(50, 8, shuffle=True, seed=3))
+    ranks = [
+        list(EpochBatchSampler(50, 4, shuffle=True, seed=3, rank=r, world_size=2)) for r in (0, 1)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 6
+    for step, batch in enumerate(single):
+        assert torch.equal(torch.cat([ranks[0][step], ranks[1][step]]), batch)
+    used = torch.cat([b for r in ranks for b in r])
+    assert len(used) == len(set(used.tolist())) == 48  # once each; the incomplete batch dropped
+    # evaluation order: contiguous, unpadded parts covering every sample exactly once
+    parts = [
+        torch.cat(list(EpochBatchSampler(11, 4, False, rank=r, world_size=3))) for r in range(3)
+    ]
+    assert torch.equal(torch.cat(parts), torch.arange(11))
+    with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
+        EpochBatchSampler(10, 4, True, rank=2, world_size=2)
+
+
+def test_sync_stats_step_equals_one_process_with_the_union_batch(tmp_path: Path) -> None:
+    """One step: 2 gloo processes × 32 samples with sync_stats = 1 process × 64 samples
+    (predictions, every gradient, every running statistic), with and without presence masks;
+    per-process moments differ (so the comparison can fail)."""
+    out = tmp_path / "step.json"
+    code, err = finish(launch("--step", str(out), str(free_port())))
+    assert code == 0, err[-3000:]
+    diffs = json.loads(out.read_text())
+    for masks in (True, False):
+        assert diffs[f"sync=True,masks={masks}"] < 1e-5
+        assert diffs[f"sync=False,masks={masks}"] > 1e-2
+
+
+def test_two_processes_train_as_one_with_the_double_batch(runs: Path) -> None:
+    """The weights that decide predictions and relevance agree with the single process up to
+    float noise; the ranks agree exactly (weights, running statistics, relevance)."""
+    ranks = states(runs / "ddp-dump")
+    assert sorted(ranks) == [0, 1]
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    shares = relevance(runs / "ddp-dump")
+    assert shares[0] == shares[1]
+    (single,) = states(runs / "single-dump").values()
+    # Adam turns float noise in the gradients of parameters the loss is invariant to (encoder
+    # biases before centring) into lr-sized steps, so those are not compared; the head is.
+    assert largest_difference(ranks[0], single, "head.") < 1e-3
+    (single_shares,) = relevance(runs / "single-dump").values()
+    for term, share in single_shares["shares"].items():
+        assert abs(shares[0]["shares"][term] - share) < 1e-5
+    # only rank 0 wrote the run folder, once per epoch
+    history = (runs / "ddp" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3
+    assert json.loads((runs / "ddp" / RESULTS).read_text())["epochs_run"] == 3
+
+
+def test_two_nodes_on_localhost_match_two_local_processes(runs: Path) -> None:
+    nodes, local = states(runs / "nodes-dump"), states(runs / "ddp-dump")
+    assert sorted(nodes) == [0, 1]
+    for key in local[0]:
+        assert torch.equal(nodes[0][key], nodes[1][key]), key
+        assert torch.allclose(nodes[0][key], local[0][key], atol=1e-6), key
+    assert (runs / "nodes" / RESULTS).exists()
+
+
+def test_sigterm_on_one_rank_stops_all_and_resume_continues_exactly(runs: Path) -> None:
+    codes = json.loads((runs / "codes.json").read_text())
+    assert codes["killed"] == 143  # 128 + SIGTERM, the command line's status
+    resumed, uninterrupted = states(runs / "killed-dump"), states(runs / "ddp-dump")
+    for key in uninterrupted[0]:
+        assert torch.equal(resumed[0][key], resumed[1][key]), key
+        assert torch.allclose(resumed[0][key], uninterrupted[0][key], atol=1e-6), key
+    _, header, _ = load_checkpoint(runs / "killed" / LAST)
+    assert TrainingState.from_dict(header["state"]).epoch == 3
+    assert (runs / "killed" / BEST).exists()
