@@ -262,7 +262,14 @@ class MultimodalModel(nn.Module):
         ``masks`` (``{m: bool (B,)}``, True = present; see :meth:`presence`) replace the block of
         a missing modality, and of every interaction containing it, by its expectation 0; batch
         statistics then use present samples only.
+
+        Under mixed precision (autocast) the encoders run in the low precision and the fusion
+        (batch statistics, IterBN, vBN, the head) in float32, as batch norm does.
         """
+        device = next(iter(embeddings.values())).device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self.fuse({m: e.float() for m, e in embeddings.items()}, masks)
         if self.uses_fast_path(masks):
             if self.compile_fusion and self.training and not masks:
                 prediction, blocks = self._compiled_step(embeddings)

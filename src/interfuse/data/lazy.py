@@ -137,7 +137,7 @@ def _scaler_rows(x: np.ndarray, present: np.ndarray | None) -> np.ndarray:
     if present is not None:
         x = x[present]
     mask = _padding_mask(x)
-    return x.reshape(len(x), -1) if mask is None else x[mask]
+    return x.reshape(len(x), int(np.prod(x.shape[1:]))) if mask is None else x[mask]
 
 
 # -- manifest ----------------------------------------------------------------------------
