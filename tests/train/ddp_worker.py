@@ -6,10 +6,10 @@ when training ends, writes this rank's model state (``DUMP/rank<r>.safetensors``
 (``DUMP/rank<r>.json``). ``--term-at E``: rank 1 (rank 0 when alone) sends itself SIGTERM when
 epoch E (0-based) starts. Exits with the status the command line would use for an interrupt.
 
-``python ddp_worker.py --step OUT.json PORT``: one training step of an MNL model on a batch of
-2b samples in one process, and on the two halves in two gloo processes (with and without
-``sync_stats``, with and without presence masks); writes the largest differences of
-predictions, loss, every gradient and every running statistic.
+``--step-check OUT.json`` (2 processes): after training, in the same gloo process group, one
+training step of an MNL model on a batch of 2b samples in one process against the two halves on
+the two ranks (with and without ``sync_stats``, with and without presence masks); rank 0 writes
+the largest differences of predictions, every gradient and every running statistic.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 
@@ -89,11 +88,15 @@ def _step(model: torch.nn.Module, x: dict, y: torch.Tensor, masks: dict | None) 
     return out
 
 
-def _step_rank(rank: int, port: int, reference: dict, result: dict) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def step_check(path: Path) -> None:
+    """In a running 2-process group: one step on this rank's half of the batch, against one
+    process computing the step on the whole batch; rank 0 writes the largest differences."""
+    rank = dist.get_rank()
     spec, x, y, masks = _step_setup()
+    reference = {}
+    for masked in (True, False):  # one process, the whole batch (no collectives)
+        model = build_model(spec, seed=0)
+        reference[masked] = _step(model, x, y, masks if masked else None)
     half = slice(rank * STEP_BATCH, (rank + 1) * STEP_BATCH)
     x = {m: v[half] for m, v in x.items()}
     diffs = {}
@@ -104,36 +107,19 @@ def _step_rank(rank: int, port: int, reference: dict, result: dict) -> None:
             # gradients averaged over the processes, as Lightning's DDP strategy does
             ddp = DistributedDataParallel(model)
             got = _step(ddp, x, y[half], {m: v[half] for m, v in masks.items()} if masked else None)
-            ref = reference[masked]
             worst = 0.0
             for key, value in got.items():
-                expected = ref[key][half] if key == "prediction" else ref[key]
                 if key == "loss":  # this process's mean loss; the reference is over 2b
                     continue
+                expected = reference[masked][key]
+                expected = expected[half] if key == "prediction" else expected
                 worst = max(worst, float((value - expected).abs().max()))
             diffs[f"sync={sync},masks={masked}"] = worst
     if rank == 0:
-        result.update(diffs)
-    dist.destroy_process_group()
-
-
-def step_check(path: Path, port: int) -> None:
-    torch.set_num_threads(1)
-    spec, x, y, masks = _step_setup()
-    reference = {}
-    for masked in (True, False):
-        model = build_model(spec, seed=0)
-        reference[masked] = _step(model, x, y, masks if masked else None)
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_step_rank, args=(port, reference, result), nprocs=2)
-        path.write_text(json.dumps(dict(result)))
+        path.write_text(json.dumps(diffs))
 
 
 def main() -> None:
-    if sys.argv[1] == "--step":
-        step_check(Path(sys.argv[2]), int(sys.argv[3]))
-        return
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("dump", type=Path)
@@ -145,6 +131,7 @@ def main() -> None:
     parser.add_argument("--term-at", type=int, default=None)
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--step-check", type=Path, default=None)
     args = parser.parse_args()
     task = load_motif(n=320, length=40, seed=0)
     config = TrainConfig(
@@ -175,6 +162,8 @@ def main() -> None:
     except TrainingInterrupted as error:
         print(error, file=sys.stderr)
         sys.exit(error.exit_code)
+    if args.step_check is not None:
+        step_check(args.step_check)
 
 
 if __name__ == "__main__":

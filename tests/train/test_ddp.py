@@ -71,11 +71,29 @@ def largest_difference(
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One process with batch 64; two processes with batch 32 and --sync-stats; the same on two
-    "nodes" (separate launches, NODE_RANK 0/1, loopback); two processes SIGTERMed on rank 1 at
-    the start of epoch 2, then resumed."""
+    """Started together: one process with batch 64; two processes with batch 32 and
+    --sync-stats (then the one-step check in their process group); the same on two "nodes"
+    (separate launches, NODE_RANK 0/1, loopback), SIGTERMed on rank 1 when the second epoch
+    starts. Then the two nodes resume the interrupted run."""
     root = tmp_path_factory.mktemp("ddp")
     port = free_port()
+
+    def nodes(*extra: str) -> dict[str, subprocess.Popen]:
+        return {
+            f"node{rank}": launch(
+                str(root / "nodes"),
+                str(root / "nodes-dump"),
+                "--batch",
+                "32",
+                "--num-nodes",
+                "2",
+                "--sync-stats",
+                *extra,
+                env={"NODE_RANK": str(rank), "MASTER_PORT": str(port)},
+            )
+            for rank in (0, 1)
+        }
+
     started = {
         "single": launch(str(root / "single"), str(root / "single-dump"), "--batch", "64"),
         "ddp": launch(
@@ -86,49 +104,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--devices",
             "2",
             "--sync-stats",
+            "--step-check",
+            str(root / "step.json"),
         ),
-        "killed": launch(
-            str(root / "killed"),
-            str(root / "killed-dump"),
-            "--batch",
-            "32",
-            "--devices",
-            "2",
-            "--sync-stats",
-            "--term-at",
-            "1",
-        ),
-        **{
-            f"node{rank}": launch(
-                str(root / "nodes"),
-                str(root / "nodes-dump"),
-                "--batch",
-                "32",
-                "--num-nodes",
-                "2",
-                "--sync-stats",
-                env={"NODE_RANK": str(rank), "MASTER_PORT": str(port)},
-            )
-            for rank in (0, 1)
-        },
+        **nodes("--term-at", "1"),
     }
     codes = {name: finish(process) for name, process in started.items()}
     (root / "codes.json").write_text(json.dumps({k: c for k, (c, _) in codes.items()}))
     for name, (code, err) in codes.items():
-        assert code == (143 if name == "killed" else 0), f"{name}: exit {code}\n{err[-3000:]}"
-    code, err = finish(
-        launch(
-            str(root / "killed"),
-            str(root / "killed-dump"),
-            "--batch",
-            "32",
-            "--devices",
-            "2",
-            "--sync-stats",
-            "--resume",
-        )
-    )
-    assert code == 0, err[-3000:]
+        assert code == (143 if name.startswith("node") else 0), f"{name}: {code}\n{err[-3000:]}"
+    port = free_port()
+    for name, process in nodes("--resume").items():
+        code, err = finish(process)
+        assert code == 0, f"{name}: {code}\n{err[-3000:]}"
     return root
 
 
@@ -151,14 +139,11 @@ def test_sampler_splits_each_global_batch_between_ranks() -> None:
         EpochBatchSampler(10, 4, True, rank=2, world_size=2)
 
 
-def test_sync_stats_step_equals_one_process_with_the_union_batch(tmp_path: Path) -> None:
+def test_sync_stats_step_equals_one_process_with_the_union_batch(runs: Path) -> None:
     """One step: 2 gloo processes × 32 samples with sync_stats = 1 process × 64 samples
     (predictions, every gradient, every running statistic), with and without presence masks;
     per-process moments differ (so the comparison can fail)."""
-    out = tmp_path / "step.json"
-    code, err = finish(launch("--step", str(out), str(free_port())))
-    assert code == 0, err[-3000:]
-    diffs = json.loads(out.read_text())
+    diffs = json.loads((runs / "step.json").read_text())
     for masks in (True, False):
         assert diffs[f"sync=True,masks={masks}"] < 1e-5
         assert diffs[f"sync=False,masks={masks}"] > 1e-2
@@ -186,22 +171,20 @@ def test_two_processes_train_as_one_with_the_double_batch(runs: Path) -> None:
     assert json.loads((runs / "ddp" / RESULTS).read_text())["epochs_run"] == 3
 
 
-def test_two_nodes_on_localhost_match_two_local_processes(runs: Path) -> None:
-    nodes, local = states(runs / "nodes-dump"), states(runs / "ddp-dump")
-    assert sorted(nodes) == [0, 1]
-    for key in local[0]:
-        assert torch.equal(nodes[0][key], nodes[1][key]), key
-        assert torch.allclose(nodes[0][key], local[0][key], atol=1e-6), key
-    assert (runs / "nodes" / RESULTS).exists()
-
-
-def test_sigterm_on_one_rank_stops_all_and_resume_continues_exactly(runs: Path) -> None:
+def test_two_nodes_sigterm_on_one_rank_stops_both_and_resume_continues_exactly(
+    runs: Path,
+) -> None:
+    """Two node processes on localhost: SIGTERM on rank 1 stops both with status 143 after one
+    complete epoch; resumed, they end where two local processes that were never interrupted
+    end (the same global batches, the same synchronised statistics)."""
     codes = json.loads((runs / "codes.json").read_text())
-    assert codes["killed"] == 143  # 128 + SIGTERM, the command line's status
-    resumed, uninterrupted = states(runs / "killed-dump"), states(runs / "ddp-dump")
+    assert codes["node0"] == codes["node1"] == 143  # 128 + SIGTERM, the command line's status
+    resumed, uninterrupted = states(runs / "nodes-dump"), states(runs / "ddp-dump")
+    assert sorted(resumed) == [0, 1]
     for key in uninterrupted[0]:
         assert torch.equal(resumed[0][key], resumed[1][key]), key
         assert torch.allclose(resumed[0][key], uninterrupted[0][key], atol=1e-6), key
-    _, header, _ = load_checkpoint(runs / "killed" / LAST)
-    assert TrainingState.from_dict(header["state"]).epoch == 3
-    assert (runs / "killed" / BEST).exists()
+    _, header, _ = load_checkpoint(runs / "nodes" / LAST)
+    state = TrainingState.from_dict(header["state"])
+    assert state.epoch == 3 and len(state.history) == 3
+    assert (runs / "nodes" / BEST).exists() and (runs / "nodes" / RESULTS).exists()
