@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,6 +26,44 @@ from interfuse.run import BEST, LAST, RESULTS
 from interfuse.train import TrainingState
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+README = Path(__file__).resolve().parents[2] / "README.md"
+SMALL = ["--epochs", "1", "--rank", "2", "--threads", "1", "--device", "cpu", "--quiet"]
+
+
+def readme_commands() -> list[list[str]]:
+    """The single-machine commands of the README's "Scaling out" section."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- scaling-commands: [^>]*-->\n```bash\n(.*?)```", text, re.S)
+    assert found, "README: the tested scaling commands block is missing"
+    lines = [line.split("#")[0] for line in found.group(1).splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith("interfuse ")]
+
+
+def launch_readme(folder: Path) -> subprocess.Popen:
+    """The README commands in ``folder`` (on a small data.npz), one after the other."""
+    rng = np.random.default_rng(0)
+    n = 300
+    np.savez(
+        folder / "data.npz",
+        a=rng.normal(size=(n, 4)),
+        b=rng.normal(size=(n, 3)),
+        labels=rng.integers(0, 2, n),
+    )
+    commands = []
+    for command in readme_commands():
+        argv = [sys.executable, "-m", "interfuse", *command[1:]]
+        commands.append(shlex.join(argv + (SMALL if command[1] == "train" else [])))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+    return subprocess.Popen(
+        ["bash", "-c", " && ".join(commands)],
+        cwd=folder,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 TIMEOUT = 240
 
 
@@ -94,7 +135,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for rank in (0, 1)
         }
 
+    (root / "readme").mkdir()
     started = {
+        "readme": launch_readme(root / "readme"),
         "single": launch(str(root / "single"), str(root / "single-dump"), "--batch", "64"),
         "ddp": launch(
             str(root / "ddp"),
@@ -188,3 +231,15 @@ def test_two_nodes_sigterm_on_one_rank_stops_both_and_resume_continues_exactly(
     state = TrainingState.from_dict(header["state"])
     assert state.epoch == 3 and len(state.history) == 3
     assert (runs / "nodes" / BEST).exists() and (runs / "nodes" / RESULTS).exists()
+
+
+def test_readme_single_machine_commands_run(runs: Path) -> None:
+    """The README's convert + 2-process train commands (small data, one epoch)."""
+    commands = readme_commands()
+    assert [c[:2] for c in commands] == [["interfuse", "convert"], ["interfuse", "train"]]
+    assert "--devices" in commands[1] and "--sync-stats" in commands[1]
+    folder = runs / "readme"
+    assert (folder / "big" / "manifest.json").exists()
+    results = json.loads((folder / "runs" / "ddp" / RESULTS).read_text())
+    assert results["config"]["sync_stats"] is True
+    assert results["epochs_run"] == 1
