@@ -49,3 +49,18 @@ def test_training_on_gpu_matches_cpu(tmp_path: Path) -> None:
     assert cpu.relevance is not None and gpu.relevance is not None
     for term, share in cpu.relevance.shares.items():
         assert abs(gpu.relevance.shares[term] - share) < 1e-3, term
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"strategy": "bogus"}, "cannot train with these device settings .*invalid strategy"),
+        ({"devices": 0}, "devices must be an integer >= 1, got 0"),
+        ({"num_nodes": True}, "num_nodes must be an integer >= 1, got True"),
+    ],
+)
+def test_bad_device_settings_are_one_line_errors(tmp_path: Path, options, message) -> None:  # noqa: ANN001
+    task = load_motif(n=120, length=20, seed=0)
+    with pytest.raises(ValueError, match=message):
+        fit(task, TrainConfig(epochs=1), tmp_path / "run", progress=False, **options)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was touched

@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch import nn
 
 from ..budget import (
@@ -521,7 +521,7 @@ def fit(
     }
     interrupted = InterruptFlag()
     recorder = RunRecorder(None, interrupted, None if bar else (log or print))
-    with _quiet_lightning(not verbose), _lightning_warnings():
+    with _quiet_lightning(not verbose), _lightning_warnings(), _lightning_errors():
         trainer = pl.Trainer(
             max_epochs=config.epochs,
             enable_checkpointing=False,
@@ -580,6 +580,20 @@ def _finish_everywhere(run: _Run, trainer: pl.Trainer) -> RunResult:
     if result is None:
         raise RuntimeError(message)
     return result
+
+
+@contextlib.contextmanager
+def _lightning_errors() -> Iterator[None]:
+    """Lightning's refusal of a device setting (no such accelerator, strategy or device count)
+    as one ``ValueError`` naming the options."""
+    try:
+        yield
+    except (MisconfigurationException, RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot train with these device settings (--device/accelerator, --devices, "
+            f"--num-nodes, --strategy, --precision): {first}"
+        ) from None
 
 
 @contextlib.contextmanager
