@@ -17,7 +17,8 @@ Steps (each timed):
    steps are warm-up).
 
 Peak RSS: the sum over the driver and all its descendants of ``VmRSS`` (``/proc``), sampled every
-50 ms, and the largest single child (``getrusage(RUSAGE_CHILDREN)``). The folder lives in a
+50 ms, and rank 0's own peak (``VmHWM``; ``ru_maxrss`` would include the RSS the driver had when
+it forked). The folder lives in a
 temporary directory under /tmp and is deleted afterwards.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -150,6 +150,15 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+def _high_water_mark() -> int:
+    """Peak RSS of this process since its ``exec`` (``VmHWM``), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class PeakRss:
     """Samples the summed RSS of this process and all its descendants in a thread."""
 
@@ -235,8 +244,8 @@ def worker(folder: Path, devices: int, steps: int, warmup: int, batch: int, out:
                     "timed_steps": len(timed) - 1,
                     "seconds": seconds,
                     "samples_per_s": samples / seconds,
-                    "max_rss_rank0_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                    * 1024,
+                    # VmHWM of this process (ru_maxrss would include the forking driver's RSS)
+                    "max_rss_rank0_bytes": _high_water_mark(),
                     "threads_per_process": torch.get_num_threads(),
                 }
             )

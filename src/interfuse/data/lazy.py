@@ -16,10 +16,11 @@ checked against the manifest before any data is read, and a problem is one line 
 
 Reading: the training split stays on disk (:class:`LazyData`): a batch is gathered from the
 memory maps with sorted indices (one sequential sweep per modality), standardised, and put back
-in the sampler's order; pages already read are handed back to the kernel regularly, so the
-resident memory stays bounded however large the file. In distributed training every rank gathers
-only the samples of its own batches. Validation and test splits are read into memory (they are
-evaluated whole, on rank 0).
+in the sampler's order. The maps are opened for random access (no read-ahead around a page
+fault) and the pages a batch touched are handed back to the kernel after each gather, so the
+resident memory stays bounded by one batch however large the file. In distributed training
+every rank gathers only the samples of its own batches. Validation and test splits are read into
+memory (they are evaluated whole, on rank 0).
 
 Writing (:class:`LazyWriter`, used by ``interfuse convert`` and the scale benchmark): chunks of
 samples are appended to each file; in the same single pass the writer hashes every file and
@@ -70,8 +71,6 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 TARGETS = "targets"
 MASK = ".mask"
-RELEASE_BYTES = 64 << 20
-"""Resident pages of the memory maps are released after this many bytes were gathered."""
 _DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 )
@@ -405,7 +404,8 @@ class LazyData(Dataset):
         self.targets = targets
         self.masks = {m: k for m, k in masks.items() if not bool(k.all())}
         self.scalers = dict(scalers)
-        self._gathered = 0
+        for mapping in self._mappings():
+            mapping.madvise(mmap.MADV_RANDOM)  # a batch touches scattered rows: no read-ahead
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -427,23 +427,24 @@ class LazyData(Dataset):
         inputs = {}
         for m, array in self.inputs.items():
             raw = array[ascending]  # one ascending sweep through the file
-            self._gathered += raw.nbytes
             x = self.scalers[m].apply(raw) if m in self.scalers else raw.astype(np.float32)
             x = torch.from_numpy(np.ascontiguousarray(x[inverse]))
             if m in self.masks:
                 x[~self.masks[m][index]] = 0.0  # missing rows: finite, ignored
             inputs[m] = x
-        if self._gathered >= RELEASE_BYTES:
-            self.release()
+        self.release()
         return inputs, self.targets[index], {m: k[index] for m, k in self.masks.items()}
 
+    def _mappings(self) -> list[mmap.mmap]:
+        """The ``mmap`` objects under the memory-mapped arrays (none for in-memory arrays)."""
+        found = [getattr(array, "_mmap", None) for array in self.inputs.values()]
+        return [m for m in found if isinstance(m, mmap.mmap) and hasattr(m, "madvise")]
+
     def release(self) -> None:
-        """Hand the pages read so far back to the kernel (they stay in the page cache)."""
-        self._gathered = 0
-        for array in self.inputs.values():
-            mapping = getattr(array, "_mmap", None)
-            if isinstance(mapping, mmap.mmap) and hasattr(mapping, "madvise"):
-                mapping.madvise(mmap.MADV_DONTNEED)
+        """Hand the mapped pages back to the kernel: they leave this process's resident memory
+        and stay in the page cache (a read-only file mapping loses nothing)."""
+        for mapping in self._mappings():
+            mapping.madvise(mmap.MADV_DONTNEED)
 
     def materialise(self) -> TensorData:
         """The whole split in memory (for the small validation and test splits)."""
@@ -512,10 +513,21 @@ def load_lazy(path: str | os.PathLike[str], seed: int = 0) -> TaskData:
 
 @dataclass
 class _Array:
-    path: Path
-    array: np.ndarray
+    """One ``.npy`` being appended to with plain writes (no mapping: written pages never become
+    this process's resident memory)."""
+
+    file: Any
+    shape: tuple[int, ...]
+    dtype: np.dtype
     filled: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> _Array:
+        file = path.open("wb")
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(file, {**header, "shape": shape})
+        return cls(file, shape, dtype)
 
 
 class LazyWriter:
@@ -576,8 +588,7 @@ class LazyWriter:
         for relative, (shape, dtype) in _expected_files(self.manifest).items():
             path = self.tmp / relative
             path.parent.mkdir(exist_ok=True)
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
-            self.arrays[relative] = _Array(path, array)
+            self.arrays[relative] = _Array.create(path, shape, np.dtype(dtype))
         return self
 
     def append(
@@ -601,16 +612,17 @@ class LazyWriter:
             if len(values) != n:
                 raise ValueError(f"{relative}: {len(values)} rows in a chunk of {n} samples")
             end = target.filled + n
-            if end > len(target.array):
-                raise ValueError(f"{relative}: more than the {len(target.array)} samples declared")
-            block = np.ascontiguousarray(values, dtype=target.array.dtype)
-            if block.shape[1:] != target.array.shape[1:]:
+            if end > target.shape[0]:
+                raise ValueError(f"{relative}: more than the {target.shape[0]} samples declared")
+            block = np.ascontiguousarray(values, dtype=target.dtype)
+            if block.shape[1:] != target.shape[1:]:
                 raise ValueError(
                     f"{relative}: samples of shape {block.shape[1:]}, expected "
-                    f"{target.array.shape[1:]}"
+                    f"{target.shape[1:]}"
                 )
-            target.array[target.filled : end] = block
-            target.digest.update(block.tobytes())
+            data = block.tobytes()
+            target.file.write(data)
+            target.digest.update(data)
             target.filled = end
         if split == "train" and self.standardize:
             for m in self.manifest.modalities:
@@ -619,18 +631,21 @@ class LazyWriter:
                 self.moments[m].update(rows)
 
     def __exit__(self, kind: type | None, *rest: Any) -> None:
+        for target in self.arrays.values():
+            target.file.close()
         if kind is not None:
             self.arrays.clear()
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        short = [r for r, a in self.arrays.items() if a.filled != len(a.array)]
+        short = [r for r, a in self.arrays.items() if a.filled != a.shape[0]]
         if short:
             self.arrays.clear()
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise ValueError(f"{self.dest}: fewer samples written than declared in {short[0]}")
         files = {}
         for relative, target in self.arrays.items():
-            target.array.flush()
+            with open(self.tmp / relative, "rb+") as f:
+                os.fsync(f.fileno())
             files[relative] = target.digest.hexdigest()
         self.arrays.clear()
         statistics = None
