@@ -617,8 +617,7 @@ class LazyWriter:
             block = np.ascontiguousarray(values, dtype=target.dtype)
             if block.shape[1:] != target.shape[1:]:
                 raise ValueError(
-                    f"{relative}: samples of shape {block.shape[1:]}, expected "
-                    f"{target.shape[1:]}"
+                    f"{relative}: samples of shape {block.shape[1:]}, expected {target.shape[1:]}"
                 )
             data = block.tobytes()
             target.file.write(data)

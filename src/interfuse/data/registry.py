@@ -251,8 +251,7 @@ def _register_builtins() -> None:
             task=None,
             modalities=(ModalityInfo("<manifest>", (None,), "any"),),
             loader=_load_lazy,
-            source="a folder with manifest.json and one .npy per modality and split "
-            "(--data-path)",
+            source="a folder with manifest.json and one .npy per modality and split (--data-path)",
             needs_path=True,
             status=lambda: "needs --data-path",
         )
