@@ -19,6 +19,7 @@ from interfuse.data.lazy import (
     LazyData,
     LazyWriter,
     RunningMoments,
+    _gather,
     _scaler_rows,
     convert_task,
     load_lazy,
@@ -201,3 +202,23 @@ def test_convert_and_train_from_the_command_line(npz: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["data"]["split_sizes"]["train"] == len(load_lazy(dest).train)
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_gathering_a_batch_keeps_the_file_out_of_resident_memory(tmp_path: Path) -> None:
+    """A random batch from a 64 MiB memory map: the rows are copied, the touched pages released
+    group by group, so the resident file pages do not grow with the file (a plain fancy index
+    maps the neighbourhood of every row it faults on)."""
+    rows = np.random.default_rng(0).normal(size=(250_000, 64)).astype(np.float32)
+    np.save(tmp_path / "big.npy", rows)
+    array = np.load(tmp_path / "big.npy", mmap_mode="r", allow_pickle=False)
+    index = np.sort(np.random.default_rng(1).choice(len(array), 512, replace=False))
+    before = _rss_file_kib()
+    got = _gather(array, index)
+    grown = _rss_file_kib() - before
+    np.testing.assert_array_equal(got, rows[index])
+    assert grown < 8 * 1024, f"{grown} KiB of the file stayed resident"
