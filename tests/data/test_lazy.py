@@ -18,11 +18,10 @@ from interfuse.data.lazy import (
     MANIFEST,
     LazyData,
     LazyWriter,
-    RunningMoments,
     _gather,
-    _scaler_rows,
     convert_task,
     load_lazy,
+    streaming_scaler,
 )
 from interfuse.data.preprocess import Scaler
 
@@ -76,20 +75,21 @@ def test_lazy_folder_trains_on_what_the_npz_gives(npz: Path, folder: Path) -> No
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
-def test_streaming_moments_equal_the_in_memory_scaler(chunk: int) -> None:
+def test_streaming_moments_equal_the_in_memory_scaler(chunk: int, tmp_path: Path) -> None:
     rng = np.random.default_rng(chunk)
-    for x, present in (
-        (rng.normal(5, 3, (123, 4)), rng.random(123) > 0.3),
-        (np.concatenate([np.zeros((50, 3, 2)), rng.normal(1, 2, (50, 4, 2))], axis=1), None),
-    ):
-        moments = RunningMoments()
-        for start in range(0, len(x), chunk):
-            part = slice(start, start + chunk)
-            moments.update(_scaler_rows(x[part], None if present is None else present[part]))
-        streamed = moments.scaler((x.shape[-1],) if x.ndim == 3 else (4,), x.ndim == 3)
-        full = Scaler.fit(x if present is None else x[present])
-        np.testing.assert_allclose(streamed.mean, full.mean, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(streamed.std, full.std, rtol=1e-12, atol=1e-12)
+    features = rng.normal(5, 3, (123, 4))
+    present = rng.random(123) > 0.3
+    padded = np.concatenate([np.zeros((50, 3, 2)), rng.normal(1, 2, (50, 4, 2))], axis=1)
+    padded[:7, :5] = 0  # shorter sequences
+    for x, keep in ((features, present), (padded, None)):
+        full = Scaler.fit(x if keep is None else x[keep])
+        np.save(tmp_path / "x.npy", x)
+        mapped = np.load(tmp_path / "x.npy", mmap_mode="r", allow_pickle=False)
+        for source in (x, mapped):
+            streamed = streaming_scaler(source, keep, chunk)
+            assert streamed.sequence == full.sequence
+            np.testing.assert_allclose(streamed.mean, full.mean, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(streamed.std, full.std, rtol=1e-12, atol=1e-12)
 
 
 def test_release_keeps_the_values(folder: Path) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "convert_task",
     "load_lazy",
     "read_manifest",
+    "streaming_scaler",
 ]
 
 FORMAT = "interfuse-lazy"
@@ -133,6 +134,24 @@ class RunningMoments:
             return Scaler(np.zeros(width), np.ones(width), sequence)
         std = np.sqrt(self.m2 / self.count)
         return Scaler(self.mean, np.where(std > 1e-12, std, 1.0), sequence)
+
+
+def streaming_scaler(
+    array: np.ndarray, present: np.ndarray | None = None, chunk: int = 65536
+) -> Scaler:
+    """:meth:`Scaler.fit` of ``array`` (``(N, ...)``, e.g. a memory map) in one pass of
+    ``chunk`` samples, releasing each chunk's pages of a memory map once read."""
+    moments = RunningMoments()
+    mapping = getattr(array, "_mmap", None)
+    for first in range(0, len(array), chunk):
+        part = slice(first, first + chunk)
+        rows = np.array(array[part])  # a copy: the mapped pages can go
+        if isinstance(mapping, mmap.mmap):
+            mapping.madvise(mmap.MADV_DONTNEED)
+        moments.update(_scaler_rows(rows, None if present is None else present[part]))
+    sequence = array.ndim == 3
+    width = (array.shape[-1],) if sequence else (int(np.prod(array.shape[1:])),)
+    return moments.scaler(width, sequence)
 
 
 def _scaler_rows(x: np.ndarray, present: np.ndarray | None) -> np.ndarray:
