@@ -122,7 +122,7 @@ def test_throughput_variants(tiny_results: tuple[Path, str]) -> None:
     assert all(_is_number(v) for v in result["step_breakdown_ms"].values())
 
 
-def test_scale_writes_streams_and_trains_on_one_and_two_processes(
+def test_scale_writes_streams_and_trains_lazily(
     tiny_results: tuple[Path, str],
 ) -> None:
     data = _load(tiny_results[0], "scale")
@@ -131,7 +131,7 @@ def test_scale_writes_streams_and_trains_on_one_and_two_processes(
     assert _is_number(written["write_hash_statistics_s"]) and _is_number(
         written["statistics_pass_s"]
     )
-    assert [r["processes"] for r in data["training"]] == [1, 2]
+    assert [r["processes"] for r in data["training"]] == [1]  # tiny: 1 (2 in test_ddp.py)
     for result in data["training"]:
         assert _is_number(result["samples_per_s"]) and result["samples_per_s"] > 0
         assert result["timed_steps"] >= 1
