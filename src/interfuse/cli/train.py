@@ -396,6 +396,11 @@ def train(
         raise click.UsageError(f"--task applies to --dataset npz; {dataset} has a fixed task")
     if drop_nan_labels and dataset != "npz":
         raise click.UsageError("--drop-nan-labels: only for --dataset npz")
+    if seeds is not None and devices * num_nodes > 1:
+        raise click.UsageError(
+            "--seeds trains one run after another in one process; with --devices or "
+            "--num-nodes above 1 start one command per seed (--seed S --out DIR/seed-S)"
+        )
     config = config_from_options(given_options(context, config_values))
     runtime = {
         "accelerator": device,
