@@ -506,7 +506,8 @@ def fit(
     for name, value in (("devices", devices), ("num_nodes", num_nodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if strategy == "ddp" and (partial or config.modality_dropout > 0):
+    several = devices * num_nodes > 1
+    if strategy in ("ddp", "auto") and several and (partial or config.modality_dropout > 0):
         # a modality missing from a whole batch leaves its encoder without gradients
         strategy = "ddp_find_unused_parameters_true"
     trainer_options = {
