@@ -38,7 +38,7 @@ import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -751,8 +751,3 @@ def convert_task(
                     {m: k[part].numpy() for m, k in data.masks.items()},
                 )
     return writer.dest
-
-
-def iter_chunks(n: int, chunk: int) -> Iterable[slice]:
-    """``slice``s of ``chunk`` samples covering ``0 .. n``."""
-    return (slice(start, min(start + chunk, n)) for start in range(0, n, chunk))
