@@ -152,12 +152,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         **nodes("--term-at", "1"),
     }
-    codes = {name: finish(process) for name, process in started.items()}
+    # the interrupted nodes first, so that their resume runs while the others still train
+    codes = {name: finish(started.pop(name)) for name in ("node0", "node1")}
+    port = free_port()
+    resumed = nodes("--resume")
+    codes.update({name: finish(process) for name, process in started.items()})
     (root / "codes.json").write_text(json.dumps({k: c for k, (c, _) in codes.items()}))
     for name, (code, err) in codes.items():
         assert code == (143 if name.startswith("node") else 0), f"{name}: {code}\n{err[-3000:]}"
-    port = free_port()
-    for name, process in nodes("--resume").items():
+    for name, process in resumed.items():
         code, err = finish(process)
         assert code == 0, f"{name}: {code}\n{err[-3000:]}"
     return root

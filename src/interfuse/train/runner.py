@@ -102,20 +102,34 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
         ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise RunFolderError(f"output folder {out} is not writable")
-    has_last = (out / LAST).exists()
-    incomplete = not has_last and not (out / RESULTS).exists()
-    started = (out / CONFIG).exists() or (out / BEST).exists()
-    if incomplete and started and not overwrite:
+    if _never_checkpointed(out) and not overwrite:
         logger.info(f"{out} holds a run whose first checkpoint never completed; starting it afresh")
         return out
+    refusal = _refusal(out, resume, overwrite)
+    if refusal is not None:
+        raise RunFolderError(refusal)
+    return out
+
+
+def _never_checkpointed(out: Path) -> bool:
+    """A run was started in ``out`` but its first checkpoint never completed."""
+    incomplete = not (out / LAST).exists() and not (out / RESULTS).exists()
+    return incomplete and ((out / CONFIG).exists() or (out / BEST).exists())
+
+
+def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Why ``out`` cannot be used with these flags (reads only; ``None``: it can). The other
+    ranks of a distributed run check this too, so that all stop, not rank 0 alone."""
+    if _never_checkpointed(out) and not overwrite:
+        return None
     if resume:
-        if not has_last:
-            raise RunFolderError(f"nothing to resume: {out / LAST} does not exist")
+        if not (out / LAST).exists():
+            return f"nothing to resume: {out / LAST} does not exist"
     elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
-        raise RunFolderError(
+        return (
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    return out
+    return None
 
 
 def _resumes(out: Path, resume: bool) -> bool:
@@ -540,6 +554,9 @@ def fit(
         out = prepare_run_folder(out_dir, resume, overwrite)
     else:
         out = Path(out_dir)
+        refusal = _refusal(out, resume, overwrite)
+        if refusal is not None:
+            raise RunFolderError(refusal)
     lock = lock_run_folder(out) if writer else contextlib.nullcontext()
     with lock, _quiet_lightning(not verbose), _threads(threads):
         if writer:
