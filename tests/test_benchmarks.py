@@ -21,20 +21,27 @@ SUITES = ("fidelity", "accuracy", "speed", "throughput")
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``all --scale tiny``, and the ``scale`` suite (run by name only) at the same time."""
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "all", "--scale", "tiny", "--threads", "1"]
-        + ["--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out, done.stdout
+    common = ["--scale", "tiny", "--threads", "1", "--out", str(out)]
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks", suite, *common],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for suite in ("all", "scale")
+    ]
+    outputs = []
+    for process in started:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-4000:]
+        outputs.append(stdout)
+    return out, outputs[0]
 
 
 def _load(out: Path, suite: str) -> dict:
@@ -113,3 +120,19 @@ def test_throughput_variants(tiny_results: tuple[Path, str]) -> None:
     for variant in ("fit", "bare", "bare+val+ckpt", "data only"):
         assert _is_number(result["samples_per_s"][variant]) and result["samples_per_s"][variant] > 0
     assert all(_is_number(v) for v in result["step_breakdown_ms"].values())
+
+
+def test_scale_writes_streams_and_trains_lazily(
+    tiny_results: tuple[Path, str],
+) -> None:
+    data = _load(tiny_results[0], "scale")
+    written = data["write"]
+    assert written["bytes"] > 4000 * 4 * 64 * 4  # the training arrays alone
+    assert _is_number(written["write_hash_statistics_s"]) and _is_number(
+        written["statistics_pass_s"]
+    )
+    assert [r["processes"] for r in data["training"]] == [1]  # tiny: 1 (2 in test_ddp.py)
+    for result in data["training"]:
+        assert _is_number(result["samples_per_s"]) and result["samples_per_s"] > 0
+        assert result["timed_steps"] >= 1
+        assert 0 < result["peak_rss_all_processes_bytes"] < 2 * 2**30

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .fusion.fast import FusionPlan, apply_updates, fast_fuse
 from .fusion.interactions import InteractionFactors, IterBN, outer_products, term_presence
 from .fusion.mnl import MNLFusion, Relevance, check_p
-from .fusion.norm import VectorBatchNorm
+from .fusion.norm import VectorBatchNorm, distributed
 from .terms import InteractionSpec, Term, resolve_interactions, term_name, validate_modality_names
 
 _DIM_ATTRIBUTES = ("output_dim", "out_features", "out_dim")
@@ -133,6 +133,8 @@ class MultimodalModel(nn.Module):
         self._plan: FusionPlan | None = None
         self.fusion_plan()
         self.compile_fusion = bool(compile)
+        # batch moments over all processes of a process group (fusion.set_sync_stats)
+        self.sync_stats = False
         self._compiled_fuse = None  # built on first use; None after a fallback as well
         self._compile_failed = False
 
@@ -192,8 +194,12 @@ class MultimodalModel(nn.Module):
         """Whether :meth:`fuse` takes the stacked fast path (see :mod:`interfuse.fusion.fast`).
 
         It does for models with IterBN and vBN on, interaction orders ≤ 4 and one momentum for
-        all running statistics; otherwise the module-by-module path runs.
+        all running statistics; otherwise the module-by-module path runs. Training with
+        statistics synchronised across processes (``sync_stats`` in a process group) also runs
+        the module-by-module path, whose moments are all-reduced.
         """
+        if self.sync_stats and self.training and distributed():
+            return False
         if not (self.iterbn and self.vbn):
             return False
         plan = self.fusion_plan()
@@ -256,7 +262,14 @@ class MultimodalModel(nn.Module):
         ``masks`` (``{m: bool (B,)}``, True = present; see :meth:`presence`) replace the block of
         a missing modality, and of every interaction containing it, by its expectation 0; batch
         statistics then use present samples only.
+
+        Under mixed precision (autocast) the encoders run in the low precision and the fusion
+        (batch statistics, IterBN, vBN, the head) in float32, as batch norm does.
         """
+        device = next(iter(embeddings.values())).device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self.fuse({m: e.float() for m, e in embeddings.items()}, masks)
         if self.uses_fast_path(masks):
             if self.compile_fusion and self.training and not masks:
                 prediction, blocks = self._compiled_step(embeddings)

@@ -5,7 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
+from interfuse.cli import main
 from interfuse.data.affect import AFFECT_DATASETS, load_affect
 from interfuse.data.arrays import sequence_lengths
 from interfuse.data.registry import load_dataset
@@ -200,3 +203,19 @@ def test_a_run_predicts_raw_affect_features_as_training_saw_them(tmp_path, name)
         raw, data["test"]["labels"].reshape(-1) if name == "mosi" else task.test.targets.numpy()
     )
     assert metrics["loss"] == pytest.approx(run.result.metrics["test"]["loss"], rel=1e-5)
+
+
+def test_convert_to_a_dataset_folder_keeps_sequences_and_padding(tmp_path):
+    """interfuse convert FILE DIR --dataset mosi: the folder trains on what the pickle gives."""
+    source = write_pickle(tmp_path / "mosi.pkl", affect_data("mosi"))
+    dest = tmp_path / "mosi-lazy"
+    result = CliRunner().invoke(main, ["convert", str(source), str(dest), "--dataset", "mosi"])
+    assert result.exit_code == 0, result.output
+    lazy, direct = load_dataset("lazy", path=dest), load_dataset("mosi", path=source)
+    assert lazy.task == direct.task == "regression" and lazy.metrics == direct.metrics
+    inputs, targets, _ = lazy.train[torch.arange(len(lazy.train))]
+    for m, x in direct.train.inputs.items():
+        assert torch.allclose(inputs[m], x, atol=1e-5), m
+    assert torch.equal(targets, direct.train.targets)
+    assert lazy.encoders == direct.encoders
+    assert lazy.preprocessor.sample_shapes == direct.preprocessor.sample_shapes

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import click
 
-from ..data.registry import dataset_info, list_datasets
+from ..data.affect import AFFECT_DATASETS
+from ..data.lazy import convert_task
+from ..data.registry import dataset_info, list_datasets, load_dataset
 from ..data.safe_pickle import convert_pickle
+from ..data.task import TASKS
 from .app import main, user_errors
+
+LAZY_SOURCES = ("npz", *AFFECT_DATASETS)
+"""Formats ``interfuse convert`` reads into a dataset folder."""
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:
@@ -38,24 +44,83 @@ def datasets() -> None:
 
 
 @main.command()
-@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("target", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace TARGET if it exists.")
+@click.option(
+    "--dataset",
+    "dataset",
+    type=click.Choice(LAZY_SOURCES),
+    default="npz",
+    show_default=True,
+    help="Dataset folder only: how to read SOURCE (npz: .npz file or array folder; the "
+    "MultiBench affect formats: their pickle or .npz).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Dataset folder only: seed of the train/val/test split of an unsplit npz pool.",
+)
+@click.option(
+    "--task",
+    "task_kind",
+    type=click.Choice(TASKS),
+    default=None,
+    help="Dataset folder only: what to predict (npz; default inferred from the labels).",
+)
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Dataset folder only: samples written per chunk.",
+)
 @user_errors
-def convert(source: Path, target: Path, overwrite: bool) -> None:
-    """Convert a data pickle (e.g. a MultiBench .pkl) to an .npz file, once.
+def convert(
+    source: Path,
+    target: Path,
+    overwrite: bool,
+    dataset: str,
+    seed: int,
+    task_kind: str | None,
+    chunk: int,
+) -> None:
+    """Convert data once: a pickle to .npz, or any readable data to a dataset folder.
 
-    The pickle is read with a restricted unpickler that only rebuilds numpy arrays, dicts,
-    lists, strings and numbers, so a malicious file is refused without running anything.
-    Nested keys are joined with '/' (train/vision, valid/labels, ...); the .npz is written
-    atomically and is read later without pickle, e.g. interfuse train --dataset mosi
-    --data-path TARGET.
+    TARGET ending in .npz: SOURCE is a data pickle (e.g. a MultiBench .pkl), read with a
+    restricted unpickler that only rebuilds numpy arrays, dicts, lists, strings and numbers, so
+    a malicious file is refused without running anything. Nested keys are joined with '/'
+    (train/vision, valid/labels, ...); the .npz is written atomically and is read later without
+    pickle, e.g. interfuse train --dataset mosi --data-path TARGET.
+
+    Any other TARGET: a dataset folder read lazily from disk (larger than memory), written
+    chunk by chunk into a temporary folder renamed when complete, with the training split's
+    standardisation statistics computed in the same pass: interfuse convert data.npz big/ then
+    interfuse train --dataset lazy --data-path big/ --out DIR.
     """
     if target.exists() and not overwrite:
         raise click.ClickException(f"{target} exists; pass --overwrite to replace it")
-    written, skipped = convert_pickle(source, target)
-    for key, (shape, dtype) in written.items():
-        click.echo(f"  {key}: {shape} {dtype}")
-    for key, why in skipped.items():
-        click.echo(f"  skipped {key}: {why}")
-    click.echo(f"wrote {len(written)} arrays to {target}")
+    if target.suffix == ".npz":
+        if source.is_dir():
+            raise click.ClickException(f"{source} is a folder; converting to .npz needs a pickle")
+        written, skipped = convert_pickle(source, target)
+        for key, (shape, dtype) in written.items():
+            click.echo(f"  {key}: {shape} {dtype}")
+        for key, why in skipped.items():
+            click.echo(f"  skipped {key}: {why}")
+        click.echo(f"wrote {len(written)} arrays to {target}")
+        return
+    options: dict[str, object] = {"path": source, "standardize": False}
+    if dataset == "npz":
+        options["seed"] = seed
+        if task_kind is not None:
+            options["task"] = task_kind
+    elif task_kind is not None:
+        raise click.UsageError(f"--task applies to --dataset npz; {dataset} has a fixed task")
+    task = load_dataset(dataset, **options)
+    folder = convert_task(task, target, chunk=chunk, overwrite=overwrite)
+    sizes = ", ".join(f"{s} {len(getattr(task, s))}" for s in ("train", "val", "test"))
+    click.echo(f"wrote dataset folder {folder} ({sizes}; modalities {', '.join(task.modalities)})")
+    click.echo(f"train on it with: interfuse train --dataset lazy --data-path {folder} --out DIR")

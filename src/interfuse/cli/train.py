@@ -21,7 +21,7 @@ from ..ranks import interaction_share
 from ..report import render_comparison, render_report, render_seed_summary
 from ..results import RunResult, summarize_seeds
 from ..run import read_history
-from ..train import NotConverged, TrainConfig, fit
+from ..train import NotConverged, TrainConfig, fit, is_global_zero
 from .app import float_list, main, print_run, user_errors
 from .options import config_from_options, config_options, given_options
 
@@ -113,6 +113,8 @@ def _train_and_report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NotConverged)
         result = fit(task, config, out, progress=bar, log=click.echo, **options)
+    if not is_global_zero():
+        return result  # rank 0 reports; the other processes of a distributed run stay quiet
     for warning in caught:
         if issubclass(warning.category, NotConverged):
             click.echo(f"warning: {warning.message}", err=True)
@@ -146,6 +148,29 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default="32",
             show_default=True,
             help="Numeric precision of training (mixed precision needs a GPU to pay off).",
+        ),
+        click.option(
+            "--devices",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Processes (GPUs, or CPU processes) per machine for data-parallel training; "
+            "--batch-size is per process.",
+        ),
+        click.option(
+            "--num-nodes",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Machines taking part (each started with the same command; MASTER_ADDR, "
+            "MASTER_PORT and NODE_RANK, or torchrun/SLURM, say who is who).",
+        ),
+        click.option(
+            "--strategy",
+            default="auto",
+            show_default=True,
+            help="Lightning strategy: auto (DDP when there is more than one process), ddp, "
+            "ddp_find_unused_parameters_true, …",
         ),
     ]
     for option in reversed(options):
@@ -185,6 +210,8 @@ def _train_one(
     result = _train_and_report(
         task, config, out, quiet, resume=resume, overwrite=overwrite, **runtime
     )
+    if not is_global_zero():
+        return result
     write_run_yaml(out / RUN_YAML, data, result)
     print_run(info.name, result, out)
     if info.name != "motif":
@@ -340,6 +367,9 @@ def train(
     device: str,
     threads: int | None,
     precision: str,
+    devices: int,
+    num_nodes: int,
+    strategy: str,
     drop_nan_labels: bool,
     quiet: bool,
     seeds: list[int] | None,
@@ -366,11 +396,19 @@ def train(
         raise click.UsageError(f"--task applies to --dataset npz; {dataset} has a fixed task")
     if drop_nan_labels and dataset != "npz":
         raise click.UsageError("--drop-nan-labels: only for --dataset npz")
+    if seeds is not None and devices * num_nodes > 1:
+        raise click.UsageError(
+            "--seeds trains one run after another in one process; with --devices or "
+            "--num-nodes above 1 start one command per seed (--seed S --out DIR/seed-S)"
+        )
     config = config_from_options(given_options(context, config_values))
     runtime = {
         "accelerator": device,
         "threads": threads,
         "precision": "32-true" if precision == "32" else precision,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
     }
     data_options = {k: context.params[k] for k in (*SYNTHETIC_OPTIONS, "data_seed")}
     data_options.update(
@@ -392,6 +430,8 @@ def train(
             overwrite,
             runtime,
         )
+    if not is_global_zero():
+        return
     summary = summarize_seeds(results)
     atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     path = render_seed_summary(summary, out, dataset)

@@ -116,42 +116,87 @@ class EpochBatchSampler(Sampler[Tensor]):
     The epoch counter advances on every pass, starting at ``start_epoch``: a resumed run sees
     exactly the batches an uninterrupted run would, with no RNG state to save. Incomplete final
     batches are dropped when shuffling (batch statistics need more than one sample).
+
+    Distributed training (``world_size`` P > 1, this process ``rank``): every process draws the
+    same permutation and cuts it into *global* batches of ``P · batch_size`` samples; process r
+    takes the r-th slice of ``batch_size`` of each. The union of the P batches of a step is the
+    batch one process with ``P · batch_size`` would see, every sample is used at most once per
+    epoch (exactly once but for the dropped incomplete global batch), and no sample is padded or
+    repeated. Without shuffling (evaluation) the whole order is cut into P contiguous parts.
     """
 
     def __init__(
-        self, n: int, batch_size: int, shuffle: bool, seed: int = 0, start_epoch: int = 0
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        start_epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if shuffle and world_size > 1 and n < world_size * 2:
+            raise ValueError(
+                f"{n} training samples are too few for {world_size} processes with batches of at "
+                f"least 2"
+            )
         self.n = n
-        self.batch_size = min(batch_size, n)
+        self.world_size = world_size
+        self.rank = rank
+        self.batch_size = min(batch_size, n // world_size if shuffle else n)
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = start_epoch
 
+    def _part(self) -> tuple[int, int]:
+        """``[start, stop)`` of this process's contiguous part of the unshuffled order."""
+        base, extra = divmod(self.n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.shuffle else -(-self.n // self.batch_size)
+        if self.shuffle:
+            return self.n // (self.batch_size * self.world_size)
+        start, stop = self._part()
+        return -(-(stop - start) // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=generator)
-            self.epoch += 1
-        else:
-            order = torch.arange(self.n)
-        yield from (
-            order[: len(self) * self.batch_size].split(self.batch_size)
-            if self.shuffle
-            else order.split(self.batch_size)
-        )
+        if not self.shuffle:
+            start, stop = self._part()
+            yield from torch.arange(start, stop).split(self.batch_size)
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        self.epoch += 1
+        step = self.batch_size * self.world_size
+        batches = order[: len(self) * step].view(len(self), self.world_size, self.batch_size)
+        yield from batches[:, self.rank].unbind(0)
 
 
 def batch_loader(
-    data: TensorData, batch_size: int, shuffle: bool, seed: int = 0, start_epoch: int = 0
+    data: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    start_epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader yielding whole :data:`Batch` es ``(inputs, targets, masks)`` by index."""
-    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, start_epoch)
-    return DataLoader(data, batch_size=None, sampler=sampler, collate_fn=_identity)
+    """A DataLoader yielding whole :data:`Batch` es ``(inputs, targets, masks)`` by index.
+
+    ``data`` is a :class:`TensorData` or any dataset indexed by a 1-D index tensor (the lazily
+    read :class:`~interfuse.data.lazy.LazyData`). ``rank``/``world_size``: this process's share in
+    distributed training (see :class:`EpochBatchSampler`); ``pin_memory`` for CUDA transfers.
+    """
+    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, start_epoch, rank, world_size)
+    return DataLoader(
+        data, batch_size=None, sampler=sampler, collate_fn=_identity, pin_memory=pin_memory
+    )
 
 
 def _identity(batch: Batch) -> Batch:

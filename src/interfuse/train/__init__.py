@@ -9,6 +9,7 @@ from interfuse.train.runner import (
     TrainingDiverged,
     TrainingState,
     fit,
+    is_global_zero,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingState",
     "fit",
+    "is_global_zero",
 ]

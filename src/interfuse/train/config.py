@@ -104,6 +104,14 @@ class TrainConfig:
             "falls back with one warning; the first step takes tens of seconds)."
         ),
     )
+    sync_stats: bool = field(
+        default=False,
+        metadata=_help(
+            "Distributed training: compute the batch moments of centring, IterBN and vBN over "
+            "all processes (all-reduced sums and counts, like SyncBatchNorm) instead of per "
+            "process; P processes with batch b then train as one with batch P·b."
+        ),
+    )
     modality_dropout: float = field(
         default=0.0,
         metadata=_help(

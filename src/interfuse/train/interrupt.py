@@ -59,3 +59,14 @@ def catch_interrupts(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def install_handlers(
+    flag: InterruptFlag, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+) -> None:
+    """Make ``flag`` the handler of ``signals`` again (main thread only), replacing handlers a
+    library installed meanwhile; :func:`catch_interrupts` still restores the original ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in signals:
+        signal.signal(s, flag._handle)

@@ -27,8 +27,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch import nn
 
 from ..budget import (
@@ -46,6 +47,7 @@ from ..data.task import TaskData
 from ..explain.ablation import modality_ablation
 from ..explain.removal import ModalityRemoval
 from ..explain.trust import learnt_verdict, relevance_evidence
+from ..fusion.norm import set_sync_stats
 from ..inference import evaluate
 from ..io import atomic_write_text, remove_stale_temporaries
 from ..metrics import balanced_weights
@@ -63,7 +65,7 @@ from ..run import (
     save_run_checkpoint,
 )
 from .config import RESUMABLE_CHANGES, TrainConfig
-from .interrupt import InterruptFlag, TrainingInterrupted, catch_interrupts
+from .interrupt import InterruptFlag, TrainingInterrupted, catch_interrupts, install_handlers
 from .module import FusionModule
 
 __all__ = [
@@ -71,6 +73,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingState",
     "fit",
+    "is_global_zero",
     "missing_modality_metrics",
     "prepare_run_folder",
 ]
@@ -99,20 +102,34 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
         ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise RunFolderError(f"output folder {out} is not writable")
-    has_last = (out / LAST).exists()
-    incomplete = not has_last and not (out / RESULTS).exists()
-    started = (out / CONFIG).exists() or (out / BEST).exists()
-    if incomplete and started and not overwrite:
+    if _never_checkpointed(out) and not overwrite:
         logger.info(f"{out} holds a run whose first checkpoint never completed; starting it afresh")
         return out
+    refusal = _refusal(out, resume, overwrite)
+    if refusal is not None:
+        raise RunFolderError(refusal)
+    return out
+
+
+def _never_checkpointed(out: Path) -> bool:
+    """A run was started in ``out`` but its first checkpoint never completed."""
+    incomplete = not (out / LAST).exists() and not (out / RESULTS).exists()
+    return incomplete and ((out / CONFIG).exists() or (out / BEST).exists())
+
+
+def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Why ``out`` cannot be used with these flags (reads only; ``None``: it can). The other
+    ranks of a distributed run check this too, so that all stop, not rank 0 alone."""
+    if _never_checkpointed(out) and not overwrite:
+        return None
     if resume:
-        if not has_last:
-            raise RunFolderError(f"nothing to resume: {out / LAST} does not exist")
+        if not (out / LAST).exists():
+            return f"nothing to resume: {out / LAST} does not exist"
     elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
-        raise RunFolderError(
+        return (
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    return out
+    return None
 
 
 def _resumes(out: Path, resume: bool) -> bool:
@@ -152,13 +169,21 @@ class TrainingState:
 
 
 class RunRecorder(pl.Callback):
-    """After every epoch: validate, log relevance, checkpoint, select the best model, stop early."""
+    """After every epoch: validate, log relevance, checkpoint, select the best model, stop early.
+
+    Distributed training: rank 0 validates on the whole validation split (no sampler padding, no
+    duplicates) and broadcasts the metrics and relevance; every rank then takes the same
+    decisions (best epoch, early stop) from the same numbers, and only rank 0 writes. Running
+    statistics are broadcast from rank 0 at the end of every epoch, so the model is identical on
+    every rank. A signal or a non-finite loss on any rank stops every rank (an all-reduced flag).
+    """
 
     def __init__(
-        self, run: _Run, interrupted: InterruptFlag, log: Callable[[str], None] | None = None
+        self, run: _Run | None, interrupted: InterruptFlag, log: Callable[[str], None] | None = None
     ) -> None:
-        self.run = run
+        self.run: _Run = run  # type: ignore[assignment]  # set by fit before training
         self.interrupted = interrupted
+        self.agreed = InterruptFlag()  # the signal every rank agreed to stop on
         self.echo = log
         self.started = time.perf_counter()
 
@@ -166,17 +191,36 @@ class RunRecorder(pl.Callback):
         self.started = time.perf_counter()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning's own SIGTERM handler broadcasts from inside the handler, which can deadlock
+        # a process group; ours only records the signal, and the ranks agree at step boundaries.
+        install_handlers(self.interrupted)
         if self.run.optimizer_state is not None:
             trainer.optimizers[0].load_state_dict(self.run.optimizer_state)
             self.run.optimizer_state = None
 
+    def _agree(self, trainer: pl.Trainer, nonfinite: bool = False) -> bool:
+        """All-reduce (max) of this rank's signal and non-finite flag; returns whether any rank
+        saw a non-finite loss, and records an agreed signal in ``self.agreed``."""
+        if trainer.world_size == 1:
+            self.agreed.signum = self.interrupted.signum
+            return nonfinite
+        flags = torch.tensor(
+            [float(nonfinite), float(self.interrupted.signum or 0)],
+            device=trainer.strategy.root_device,
+        )
+        flags = trainer.strategy.reduce(flags, reduce_op=dist.ReduceOp.MAX)
+        if flags[1] > 0:
+            self.agreed.signum = int(flags[1])
+        return bool(flags[0] > 0)
+
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any
     ) -> None:
-        """Stop at the first non-finite loss, before it reaches the weights."""
-        value = float(loss.detach())
-        if math.isfinite(value):
+        """Stop at the first non-finite loss (on any rank), before it reaches the weights."""
+        finite = bool(torch.isfinite(loss.detach()))
+        if not self._agree(trainer, not finite):
             return
+        value = float(loss.detach())
         run = self.run
         step = trainer.global_step + 1
         epoch = run.state.epoch + 1
@@ -188,8 +232,9 @@ class RunRecorder(pl.Callback):
             )
         else:
             keep = "No epoch completed, so nothing was saved; rerun with a lower --lr"
+        where = f"{value}" if not finite else "not finite on another process"
         raise TrainingDiverged(
-            f"training diverged: the loss is {value} at step {step} (epoch {epoch}); the "
+            f"training diverged: the loss is {where} at step {step} (epoch {epoch}); the "
             f"learning rate {run.config.lr:g} is likely too high (or the data holds extreme "
             f"values). {keep}",
             step,
@@ -197,19 +242,26 @@ class RunRecorder(pl.Callback):
         )
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self.interrupted:
+        if self.agreed:
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.interrupted:
+        self._agree(trainer)
+        if self.agreed:
             return  # a partial epoch: last.safetensors keeps the last complete one
         run, state = self.run, self.run.state
+        if trainer.world_size > 1:
+            for buffer in run.model.buffers():  # running statistics: rank 0's, on every rank
+                dist.broadcast(buffer, src=0)
         state.epoch += 1
         train_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")
         }
-        val = evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics)
-        relevance = run.relevance()
+        outcome: tuple[dict[str, float], Relevance | None] | None = None
+        if trainer.is_global_zero:
+            val = evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics)
+            outcome = (val, run.relevance())
+        val, relevance = trainer.strategy.broadcast(outcome, src=0)
         row = {"epoch": state.epoch, **train_metrics}
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
@@ -229,17 +281,20 @@ class RunRecorder(pl.Callback):
             )
         for key in ("loss", "accuracy"):
             if key in val:
-                pl_module.log(f"val_{key}", val[key], prog_bar=True)
+                pl_module.log(f"val_{key}", val[key], prog_bar=True, rank_zero_only=True)
         # every validation metric and the relevance reach the user's loggers (CSV, TensorBoard…)
         pl_module.log_dict(
             {
                 f"val_{k}": v
                 for k, v in val.items()
                 if k not in ("loss", "accuracy") and math.isfinite(v)
-            }
+            },
+            rank_zero_only=True,
         )
         if relevance is not None:
-            pl_module.log_dict({f"share/{t}": v for t, v in relevance.shares.items()})
+            pl_module.log_dict(
+                {f"share/{t}": v for t, v in relevance.shares.items()}, rank_zero_only=True
+            )
 
         best = val["loss"] < state.best_loss
         if best:
@@ -247,7 +302,7 @@ class RunRecorder(pl.Callback):
             run.save(BEST)
         else:
             state.bad_epochs += 1
-        if self.echo is not None:
+        if self.echo is not None and run.writer:
             self.echo(_epoch_line(state.epoch, run.config.epochs, row, best, self.started))
         if state.bad_epochs >= run.config.patience:
             state.stopped_early = True
@@ -277,8 +332,10 @@ class _Run:
         out: Path,
         resume: bool,
         encoders: Mapping[str, nn.Module],
+        writer: bool = True,
     ) -> None:
         self.data = data
+        self.writer = writer  # rank 0 (or the only process) writes the run folder
         self.config = config
         self.out = out
         self.spec = spec
@@ -305,6 +362,8 @@ class _Run:
             self.model = build_model(spec, seed=config.seed, encoders=encoders)
         if isinstance(self.model, MultimodalModel):
             self.model.compile_fusion = config.compile
+        set_sync_stats(self.model, config.sync_stats)
+        if isinstance(self.model, MultimodalModel) and writer:
             atomic_write_text(out / CONFIG, json.dumps(self.header(), indent=2, default=str) + "\n")
 
     def _check_resumable(self, header: Mapping[str, Any]) -> None:
@@ -359,6 +418,8 @@ class _Run:
         return self.model.relevance() if self.entry.relevance else None
 
     def save(self, name: str, optimizer: Any = None) -> None:
+        if not self.writer:
+            return
         header = {**self.header(), "state": asdict(self.state)}
         state = optimizer.state_dict() if optimizer is not None else None
         save_run_checkpoint(
@@ -366,6 +427,8 @@ class _Run:
         )
 
     def write_history(self) -> None:
+        if not self.writer:
+            return
         rows = self.state.history
         columns: list[str] = []
         for row in rows:
@@ -394,6 +457,9 @@ def fit(
     precision: str = "32-true",
     threads: int | None = None,
     verbose: bool = False,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
 ) -> RunResult:
     """Train, select the best epoch on validation, evaluate, and write the run folder.
 
@@ -420,6 +486,13 @@ def fit(
             precision (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``); ``threads``: torch
             intra-op threads during training (tiny models run fastest on one).
         verbose: keep Lightning's own messages (banner, tips); quiet by default.
+        devices, num_nodes, strategy: distributed data-parallel training on ``devices``
+            processes per node on ``num_nodes`` machines (Lightning's ``strategy``, e.g.
+            ``"ddp"``; ``"auto"`` is DDP when there is more than one process). Each process
+            trains on its own ``config.batch_size`` samples per step (see
+            :class:`~interfuse.data.batching.EpochBatchSampler`); ``config.sync_stats`` computes
+            batch moments over all of them. Only rank 0 writes ``out_dir``; every rank returns
+            the same :class:`RunResult`. Resuming needs ``out_dir`` readable by every rank.
 
     Returns the :class:`RunResult` also written to ``results.json``. A warning is issued when
     the best epoch is the last one (training may not have converged).
@@ -443,27 +516,118 @@ def fit(
     check_training_budget(config, specs, data.num_outputs)
     spec = model_spec(config.model, specs, config, data.num_outputs, input_shapes=shapes)
     check_model_budget(spec, config.batch_size, modules)
-    out = prepare_run_folder(out_dir, resume, overwrite)
     bar = sys.stderr.isatty() if progress is None else progress
+    for name, value in (("devices", devices), ("num_nodes", num_nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    several = devices * num_nodes > 1
+    if strategy in ("ddp", "auto") and several and (partial or config.modality_dropout > 0):
+        # a modality missing from a whole batch leaves its encoder without gradients
+        strategy = "ddp_find_unused_parameters_true"
     trainer_options = {
         "accelerator": accelerator,
-        "devices": 1,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
         "precision": precision,
         "logger": list(loggers) if isinstance(loggers, Sequence) else (loggers or False),
         "enable_progress_bar": bar,
         **dict(trainer_kwargs or {}),
     }
-    with lock_run_folder(out), _quiet_lightning(not verbose), _threads(threads):
-        removed = remove_stale_temporaries(out)
-        if removed:
-            logger.info(f"removed {len(removed)} unfinished temporary file(s) from {out}")
+    interrupted = InterruptFlag()
+    recorder = RunRecorder(None, interrupted, None if bar else (log or print))
+    with _quiet_lightning(not verbose), _lightning_warnings(), _lightning_errors():
+        trainer = pl.Trainer(
+            max_epochs=config.epochs,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            gradient_clip_val=config.max_grad_norm,
+            callbacks=[recorder, *callbacks],
+            # our sampler gives each rank its share of every global batch (exact, unpadded)
+            use_distributed_sampler=False,
+            **trainer_options,
+        )
+    writer = trainer.is_global_zero
+    if writer:
+        out = prepare_run_folder(out_dir, resume, overwrite)
+    else:
+        out = Path(out_dir)
+        refusal = _refusal(out, resume, overwrite)
+        if refusal is not None:
+            raise RunFolderError(refusal)
+    lock = lock_run_folder(out) if writer else contextlib.nullcontext()
+    with lock, _quiet_lightning(not verbose), _threads(threads):
+        if writer:
+            removed = remove_stale_temporaries(out)
+            if removed:
+                logger.info(f"removed {len(removed)} unfinished temporary file(s) from {out}")
         resuming = _resumes(out, resume)
-        if not resuming:
+        if not resuming and writer:
             for stale in (LAST, BEST, RESULTS):  # of a half-started or an overwritten run
                 (out / stale).unlink(missing_ok=True)
-        run = _Run(data, config, spec, out, resuming, modules)
-        _train(run, trainer_options, list(callbacks), None if bar else (log or print))
+        run = _Run(data, config, spec, out, resuming, modules, writer=writer)
+        recorder.run = run
+        _train(run, trainer, recorder, accelerator)
+        return _finish_everywhere(run, trainer)
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of distributed training (or not distributed): the one
+    that writes the run folder and reports."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _finish_everywhere(run: _Run, trainer: pl.Trainer) -> RunResult:
+    """Rank 0 evaluates and writes ``results.json``; the result (or its failure) reaches every
+    rank, so no rank waits forever for one that failed."""
+    if trainer.world_size == 1:
         return finish(run)
+    outcome: tuple[RunResult | None, str | None] = (None, None)
+    failure: BaseException | None = None
+    if trainer.is_global_zero:
+        try:
+            outcome = (finish(run), None)
+        except Exception as error:  # re-raised below, after the other ranks were told
+            failure = error
+            outcome = (None, f"rank 0 failed to finish the run: {error}")
+    result, message = trainer.strategy.broadcast(outcome, src=0)
+    if failure is not None:
+        raise failure
+    if result is None:
+        raise RuntimeError(message)
+    return result
+
+
+@contextlib.contextmanager
+def _lightning_errors() -> Iterator[None]:
+    """Lightning's refusal of a device setting (no such accelerator, strategy or device count)
+    as one ``ValueError`` naming the options."""
+    try:
+        yield
+    except (MisconfigurationException, RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot train with these device settings (--device/accelerator, --devices, "
+            f"--num-nodes, --strategy, --precision): {first}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _lightning_warnings() -> Iterator[None]:
+    """Lightning's warnings about choices ``fit`` makes on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        # fit validates in RunRecorder (on the whole split, for exact resume), not in the loop
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        warnings.filterwarnings("ignore", message=".*distributed_sampler.*")
+        warnings.filterwarnings("ignore", message=".*static graph.*")
+        yield
 
 
 @contextlib.contextmanager
@@ -578,12 +742,7 @@ def check_model_budget(spec: ModelSpec, batch_size: int, encoders: Mapping[str, 
     )
 
 
-def _train(
-    run: _Run,
-    trainer_options: Mapping[str, Any],
-    callbacks: list[pl.Callback],
-    log: Callable[[str], None] | None,
-) -> None:
+def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: str) -> None:
     config = run.config
     remaining = config.epochs - run.state.epoch
     if remaining <= 0 or run.state.stopped_early:
@@ -603,38 +762,26 @@ def _train(
         else None,
         metric_set=run.data.metrics,
     )
-    interrupted = InterruptFlag()
-    trainer = pl.Trainer(
-        max_epochs=remaining,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        gradient_clip_val=config.max_grad_norm,
-        callbacks=[RunRecorder(run, interrupted, log), *callbacks],
-        **trainer_options,
-    )
+    trainer.fit_loop.max_epochs = remaining
     loader = batch_loader(
         run.data.train,
         config.batch_size,
         shuffle=True,
         seed=config.seed,
         start_epoch=run.state.epoch,
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+        pin_memory=torch.cuda.is_available() and accelerator in ("auto", "cuda", "gpu"),
     )
     started = time.perf_counter()
-    with warnings.catch_warnings(), catch_interrupts(interrupted):
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-        # fit validates in RunRecorder (on the whole split, for exact resume), not in the loop
-        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no.*")
-        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    interrupted = recorder.interrupted
+    with _lightning_warnings(), catch_interrupts(interrupted):
         try:
             trainer.fit(module, train_dataloaders=loader)
         except SIGTERMException:
-            pass  # Lightning's reaction to the SIGTERM that `interrupted` recorded
-    if interrupted:
-        raise TrainingInterrupted(interrupted.signum, run.state.epoch, str(run.out / LAST))
+            recorder.agreed.signum = recorder.agreed.signum or interrupted.signum
+    if recorder.agreed:
+        raise TrainingInterrupted(recorder.agreed.signum, run.state.epoch, str(run.out / LAST))
     run.state.train_seconds += time.perf_counter() - started
     run.save(LAST, optimizer=trainer.optimizers[0])  # keeps the accumulated time
 

@@ -1,0 +1,224 @@
+"""Dataset folders read lazily (interfuse-lazy): conversion, streaming statistics, validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from interfuse.cli import main
+from interfuse.data import load_dataset
+from interfuse.data.arrays import load_npz_dataset
+from interfuse.data.batching import batch_loader
+from interfuse.data.lazy import (
+    MANIFEST,
+    LazyData,
+    LazyWriter,
+    _gather,
+    convert_task,
+    load_lazy,
+    streaming_scaler,
+)
+from interfuse.data.preprocess import Scaler
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Features with missing rows (NaN), front-padded sequences, string labels."""
+    rng = np.random.default_rng(0)
+    n = 400
+    a = rng.normal(3, 2, (n, 5))
+    a[rng.random(n) < 0.2] = np.nan
+    b = rng.normal(size=(n, 7, 3))
+    b[:, :2] = 0
+    b[:60, :5] = 0
+    path = tmp_path_factory.mktemp("lazy") / "d.npz"
+    np.savez(path, a=a, b=b, labels=rng.choice(["x", "y", "z"], n))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(npz: Path) -> Path:
+    raw = load_npz_dataset(npz, standardize=False, seed=1)
+    return convert_task(raw, npz.parent / "d.lazy", chunk=37)
+
+
+def test_lazy_folder_trains_on_what_the_npz_gives(npz: Path, folder: Path) -> None:
+    reference = load_npz_dataset(npz, seed=1)
+    lazy = load_dataset("lazy", path=folder)
+    assert isinstance(lazy.train, LazyData)
+    assert lazy.class_names == reference.class_names == ["x", "y", "z"]
+    # any order, repeated indices: the sampler's order is kept although the gather is sorted
+    index = torch.tensor([7, 3, 270, 3, 0, 199])
+    inputs, targets, masks = lazy.train[index]
+    want_inputs, want_targets, want_masks = reference.train[index]
+    for m in ("a", "b"):
+        assert torch.allclose(inputs[m], want_inputs[m], atol=1e-6), m
+    assert torch.equal(targets, want_targets)
+    assert torch.equal(masks["a"], want_masks["a"])
+    assert inputs["a"][~masks["a"]].eq(0).all()  # missing rows are finite zeros
+    for split in ("val", "test"):
+        for m in ("a", "b"):
+            got, want = getattr(lazy, split).inputs[m], getattr(reference, split).inputs[m]
+            assert torch.allclose(got, want, atol=1e-6), (split, m)
+    batches = list(batch_loader(lazy.train, 64, shuffle=True, seed=2))
+    assert sum(len(t) for _, t, _ in batches) == len(lazy.train) // 64 * 64
+    # the whole split (padding stays zero after standardisation, as in memory)
+    everything = lazy.train[torch.arange(len(lazy.train))][0]
+    for m in ("a", "b"):
+        assert torch.allclose(everything[m], reference.train.inputs[m], atol=1e-6), m
+    assert everything["b"].eq(0).any(dim=2).any()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_streaming_moments_equal_the_in_memory_scaler(chunk: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(chunk)
+    features = rng.normal(5, 3, (123, 4))
+    present = rng.random(123) > 0.3
+    padded = np.concatenate([np.zeros((50, 3, 2)), rng.normal(1, 2, (50, 4, 2))], axis=1)
+    padded[:7, :5] = 0  # shorter sequences
+    for x, keep in ((features, present), (padded, None)):
+        full = Scaler.fit(x if keep is None else x[keep])
+        np.save(tmp_path / "x.npy", x)
+        mapped = np.load(tmp_path / "x.npy", mmap_mode="r", allow_pickle=False)
+        for source in (x, mapped):
+            streamed = streaming_scaler(source, keep, chunk)
+            assert streamed.sequence == full.sequence
+            np.testing.assert_allclose(streamed.mean, full.mean, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(streamed.std, full.std, rtol=1e-12, atol=1e-12)
+
+
+def test_release_keeps_the_values(folder: Path) -> None:
+    data = load_lazy(folder).train
+    index = torch.arange(len(data))
+    before = data[index][0]
+    data.release()
+    after = data[index][0]
+    assert all(torch.equal(before[m], after[m]) for m in before)
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    for file in folder.rglob("*"):
+        if file.is_file():
+            target = copy / file.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+    return copy
+
+
+def _edit(folder: Path, change) -> None:  # noqa: ANN001
+    manifest = json.loads((folder / MANIFEST).read_text())
+    change(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(extra=1), r"manifest.json: unknown entries \['extra'\]"),
+        (lambda m: m.update(version=2), "format version 2 is not supported"),
+        (lambda m: m.update(format="npz"), "format must be 'interfuse-lazy'"),
+        (lambda m: m["splits"]["train"].update(n=5), r"train/a.npy: shape \(\d+, 5\), the manif"),
+        (lambda m: m["modalities"]["a"].update(shape=[6]), "statistics of 'a' do not match"),
+        (
+            lambda m: (m["modalities"]["a"].update(shape=[6]), m.update(statistics=None)),
+            r"train/a.npy: shape .* says \(\d+, 6\)",
+        ),
+        (lambda m: m["modalities"]["a"].update(dtype="float64"), "train/a.npy: dtype float32"),
+        (lambda m: m["modalities"]["a"].update(dtype="object"), "dtype 'object' is not a number"),
+        (lambda m: m.pop("statistics"), "missing entry 'statistics'"),
+        (lambda m: m["statistics"]["a"].update(std=[0.0] * 5), "finite with std > 0"),
+    ],
+)
+def test_manifest_is_validated_strictly(folder: Path, tmp_path: Path, change, message) -> None:  # noqa: ANN001
+    copy = _copy(folder, tmp_path)
+    _edit(copy, change)
+    with pytest.raises(ValueError, match=message):
+        load_lazy(copy)
+
+
+def test_pickled_or_missing_arrays_are_refused_by_name(folder: Path, tmp_path: Path) -> None:
+    copy = _copy(folder, tmp_path)
+    np.save(copy / "val" / "b.npy", np.empty((3, 7, 3), dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"val/b.npy: holds Python objects"):
+        load_lazy(copy)
+    (copy / "val" / "b.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val/b.npy: missing"):
+        load_lazy(copy)
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        load_lazy(tmp_path)
+
+
+def test_writer_is_atomic(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    writer = LazyWriter(
+        dest,
+        task="regression",
+        sizes={"train": 4, "val": 2, "test": 2},
+        shapes={"a": (3,)},
+        encoders={"a": {"type": "mlp"}},
+        target_dtype="float32",
+    )
+    with pytest.raises(RuntimeError, match="stop"), writer:
+        writer.append("train", {"a": np.ones((2, 3))}, np.zeros(2))
+        raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary
+    with pytest.raises(ValueError, match="fewer samples written than declared"), writer:
+        writer.append("train", {"a": np.ones((4, 3))}, np.zeros(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_and_train_from_the_command_line(npz: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    dest = tmp_path / "big"
+    result = runner.invoke(main, ["convert", str(npz), str(dest), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(main, ["convert", str(npz), str(dest)])
+    assert again.exit_code == 1 and "exists" in again.output
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "--dataset",
+            "lazy",
+            "--data-path",
+            str(dest),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--rank",
+            "2",
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["data"]["split_sizes"]["train"] == len(load_lazy(dest).train)
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_gathering_a_batch_keeps_the_file_out_of_resident_memory(tmp_path: Path) -> None:
+    """A random batch from a 64 MiB memory map: the rows are copied, the touched pages released
+    group by group, so the resident file pages do not grow with the file (a plain fancy index
+    maps the neighbourhood of every row it faults on)."""
+    rows = np.random.default_rng(0).normal(size=(250_000, 64)).astype(np.float32)
+    np.save(tmp_path / "big.npy", rows)
+    array = np.load(tmp_path / "big.npy", mmap_mode="r", allow_pickle=False)
+    index = np.sort(np.random.default_rng(1).choice(len(array), 512, replace=False))
+    before = _rss_file_kib()
+    got = _gather(array, index)
+    grown = _rss_file_kib() - before
+    np.testing.assert_array_equal(got, rows[index])
+    assert grown < 8 * 1024, f"{grown} KiB of the file stayed resident"
