@@ -44,6 +44,7 @@ from ..data.batching import batch_loader
 from ..data.preprocess import Preprocessor
 from ..data.task import TaskData
 from ..explain.ablation import modality_ablation
+from ..explain.estimators import relevance_estimates
 from ..explain.removal import ModalityRemoval
 from ..explain.trust import learnt_verdict, relevance_evidence
 from ..inference import evaluate
@@ -669,6 +670,9 @@ def finish(run: _Run) -> RunResult:
         else None,
         verdict=learnt_verdict(run.model, data, seed=run.config.seed),
         relevance_evidence=relevance_evidence(run.model, data, seed=run.config.seed)
+        if run.entry.relevance and isinstance(run.model, MultimodalModel)
+        else None,
+        estimates=relevance_estimates(run.model, data.task, data.val, seed=run.config.seed)
         if run.entry.relevance and isinstance(run.model, MultimodalModel)
         else None,
     )
