@@ -481,5 +481,9 @@ class HeldoutEstimators:
             self.label,
             self.description,
             dict(estimates[HEADLINE].shares),
-            {"headline": HEADLINE, **{k: e.to_dict() for k, e in estimates.items()}},
+            {
+                "headline": HEADLINE,
+                "margin": settings.margin,
+                **{k: e.to_dict() for k, e in estimates.items()},
+            },
         )

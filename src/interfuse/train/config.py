@@ -76,6 +76,13 @@ class TrainConfig:
     epochs: int = field(default=20, metadata=_help("Maximal number of epochs."))
     batch_size: int = field(default=128, metadata=_help("Training batch size."))
     lr: float = field(default=3e-3, metadata=_help("AdamW learning rate."))
+    lr_decay: float = field(
+        default=1.0,
+        metadata=_help(
+            "Multiply the learning rate by this after every epoch without a better validation "
+            "loss (1 keeps it constant)."
+        ),
+    )
     weight_decay: float = field(
         default=1e-4,
         metadata=_help("AdamW weight decay of encoders and factors (never of the MNL head)."),
@@ -129,6 +136,10 @@ class TrainConfig:
                 f"batch_size must be >= 2 (batch statistics), got {self.batch_size}",
             ),
             (_real(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (
+                _real(self.lr_decay) and 0 < self.lr_decay <= 1,
+                f"lr_decay must be in (0, 1], got {self.lr_decay}",
+            ),
             (
                 _real(self.weight_decay) and self.weight_decay >= 0,
                 f"weight_decay must be >= 0, got {self.weight_decay}",

@@ -248,6 +248,8 @@ class RunRecorder(pl.Callback):
             run.save(BEST)
         else:
             state.bad_epochs += 1
+            for group in trainer.optimizers[0].param_groups:  # saved with the optimiser state
+                group["lr"] *= run.config.lr_decay
         if self.echo is not None:
             self.echo(_epoch_line(state.epoch, run.config.epochs, row, best, self.started))
         if state.bad_epochs >= run.config.patience:
