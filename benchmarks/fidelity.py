@@ -3,7 +3,8 @@
 Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
 game (``GroundTruth.term_shares``). For every configuration and seed we train with
 ``interfuse.train.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
-rank 8, p = 2, λ = 0.05, early stopping on validation) and compare the shares of the selected model
+rank 8, p = 2, λ = 0.05, lr 1e-2 halved after every epoch without improvement, early stopping on
+validation) and compare the shares of the selected model
 with the truth using ``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1,
 leakage, interaction share), plus test accuracy vs the Bayes-optimal accuracy, the entropy of the
 shares, the number of terms with share > 0.01 and the number of *relevant* terms (truth > 0) that
@@ -337,7 +338,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "settings": {
             **settings,
             "train_config": "TrainConfig defaults (pairs, rank 8, p 2, lam 0.05, batch 128, "
-            "lr 3e-3, patience 5) unless overridden",
+            "lr 1e-2 halved after every epoch without a better val loss, patience 5) unless "
+            "overridden",
             "drop_threshold": DROP_THRESHOLD,
         },
         "environment": env,

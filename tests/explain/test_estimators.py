@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from interfuse.explain import estimators
 from interfuse.explain.estimators import (
     ESTIMATORS,
     HEADLINE,
@@ -133,7 +132,7 @@ def test_sampled_shapley_agrees_with_exact(monkeypatch):
     terms = _additive(300, torch.Generator().manual_seed(3))
     estimator = ESTIMATORS.get("shapley")
     exact = estimator.estimate(terms, EstimateSettings(draws=200))
-    monkeypatch.setattr(estimators, "EXACT_MAX_TERMS", 0)
+    monkeypatch.setattr(type(estimator), "exact_max_terms", 0)
     sampled = estimator.estimate(terms, EstimateSettings(draws=200))
     assert exact.details["exact"] and not sampled.details["exact"]
     se = sampled.details["monte_carlo_se"] / exact.details["total"]

@@ -109,6 +109,12 @@ CHUNK = 2048
 REFIT_ITERATIONS = 50
 """L-BFGS iterations of each recalibration (:func:`refit_losses`)."""
 
+REFIT_EXACT_MAX_TERMS = 10
+"""The recalibrated game fits one small model per coalition: exact up to 2^10 coalitions."""
+
+REFIT_PAIRS = 64
+"""Antithetic pairs of orders of the sampled recalibrated game (128 orders)."""
+
 REFIT_RIDGE = 1e-3
 """Ridge on the recalibration scales (towards the trained head's 1)."""
 
@@ -254,6 +260,8 @@ class _ShapleyEstimator:
     label = ""
     description = ""
     unit = "loss reduction (nats for cross-entropy)"
+    exact_max_terms = EXACT_MAX_TERMS
+    pairs = SAMPLED_PAIRS
 
     def losses(self, terms: HeldoutTerms, masks: Tensor, seed: int) -> Tensor:
         """Per-sample held-out losses ``(R, N)`` of the coalitions ``masks`` ``(R, K)``."""
@@ -261,7 +269,11 @@ class _ShapleyEstimator:
 
     def estimate(self, terms: HeldoutTerms, settings: EstimateSettings) -> RelevanceEstimate:
         phi, mc_error, exact = term_shapley(
-            partial(self.losses, terms, seed=settings.seed), len(terms.terms), seed=settings.seed
+            partial(self.losses, terms, seed=settings.seed),
+            len(terms.terms),
+            seed=settings.seed,
+            pairs=self.pairs,
+            exact_max_terms=self.exact_max_terms,
         )
         columns = torch.from_numpy(np.ascontiguousarray(phi.T))  # per-sample values (N, K)
         boot = bootstrap_means(columns, settings.draws, settings.seed)
@@ -273,7 +285,7 @@ class _ShapleyEstimator:
         point = columns.mean(dim=0)
         k = len(terms.terms)
         details: dict[str, object] = {"exact": exact, "players": k, "total": float(point.sum())}
-        details["coalitions" if exact else "orders"] = 2**k if exact else 2 * SAMPLED_PAIRS
+        details["coalitions" if exact else "orders"] = 2**k if exact else 2 * self.pairs
         if mc_error is not None:
             details["monte_carlo_se"] = float(np.max(mc_error))
         return _estimate(self, terms.terms, point, boot, settings, details)
@@ -303,6 +315,9 @@ class RefitShapley(_ShapleyEstimator):
         "Shapley value of the term in the held-out loss game where each coalition's terms are "
         "recalibrated (one scale per term and a bias, 2-fold cross-fitted on held-out data)"
     )
+
+    exact_max_terms = REFIT_EXACT_MAX_TERMS
+    pairs = REFIT_PAIRS
 
     def losses(self, terms: HeldoutTerms, masks: Tensor, seed: int) -> Tensor:
         return refit_losses(terms, masks, seed)
@@ -371,19 +386,23 @@ def _refit_fold(
 
 
 def term_shapley(
-    losses: Callable[[Tensor], Tensor], k: int, seed: int = 0, pairs: int = SAMPLED_PAIRS
+    losses: Callable[[Tensor], Tensor],
+    k: int,
+    seed: int = 0,
+    pairs: int = SAMPLED_PAIRS,
+    exact_max_terms: int = EXACT_MAX_TERMS,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, bool]:
     """Per-sample Shapley values ``(K, N)`` of the game ``v_i(T) = ℓ_i(∅) − ℓ_i(T)`` given the
     per-sample losses of coalitions (``losses(masks (R, K)) -> (R, N)``), the Monte-Carlo
     standard error of their means ``(K,)`` (``None`` when exact) and whether they are exact.
 
     Exact over the ``2^K`` coalitions (:func:`~interfuse.games.shapley_table`) for
-    ``K ≤ EXACT_MAX_TERMS`` while ``2^K·N ≤ EXACT_MAX_CELLS``; else from ``pairs`` antithetic
+    ``K ≤ exact_max_terms`` while ``2^K·N ≤ EXACT_MAX_CELLS``; else from ``pairs`` antithetic
     pairs of random orders (:func:`~interfuse.games.order_shapley`).
     """
     empty = losses(torch.zeros(1, k, dtype=torch.bool))
     n = empty.shape[1]
-    if k <= EXACT_MAX_TERMS and 2**k * n <= EXACT_MAX_CELLS:
+    if k <= exact_max_terms and 2**k * n <= EXACT_MAX_CELLS:
         bits = torch.arange(k)
         rows = []
         for start in range(0, 2**k, CHUNK):
