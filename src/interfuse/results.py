@@ -383,6 +383,8 @@ class RunResult:
         estimates: every registered relevance estimator with intervals and verdicts, and the
             headline (:class:`RelevanceEstimates`); ``None`` for models without an MNL head
             and for results of schema ``interfuse-run/2``.
+        attempts: training attempts (1 + the restarts that fired, see ``TrainConfig.restarts``);
+            the selected model is the best on validation over all of them.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -404,6 +406,7 @@ class RunResult:
     verdict: LearntVerdict | None = None
     relevance_evidence: RelevanceEvidence | None = None
     estimates: RelevanceEstimates | None = None
+    attempts: int = 1
     schema: str = SCHEMA
 
     @property

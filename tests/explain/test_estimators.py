@@ -139,7 +139,7 @@ def test_sampled_shapley_agrees_with_exact(monkeypatch):
     for t in terms.terms:
         assert abs(sampled.terms[t].share - exact.terms[t].share) <= 5 * se + 1e-9
     phi, error, is_exact = term_shapley(
-        lambda masks: estimator.losses(terms, masks, 0), len(terms.terms), pairs=8
+        lambda masks: estimator.losses(terms, masks, 0), len(terms.terms), 0, 8, exact_max_terms=0
     )
     assert not is_exact and error is not None and phi.shape == (4, 300)
 

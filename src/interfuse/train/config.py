@@ -75,20 +75,28 @@ class TrainConfig:
     )
     epochs: int = field(default=20, metadata=_help("Maximal number of epochs."))
     batch_size: int = field(default=128, metadata=_help("Training batch size."))
-    lr: float = field(
-        default=1e-2,
-        metadata=_help(
-            "AdamW learning rate (the initial one when --lr-decay < 1). 1e-2 escapes the plateau "
-            "of interaction-only signals (XOR) on every seed where 3e-3 stalled on some "
-            "(BENCHMARKS.md §1)."
-        ),
-    )
+    lr: float = field(default=3e-3, metadata=_help("AdamW learning rate."))
     lr_decay: float = field(
-        default=0.5,
+        default=1.0,
         metadata=_help(
             "Multiply the learning rate by this after every epoch without a better validation "
-            "loss (1 keeps it constant): a high rate to find the signal, smaller steps once "
-            "the validation loss stalls."
+            "loss (1 keeps it constant)."
+        ),
+    )
+    restarts: int = field(
+        default=1,
+        metadata=_help(
+            "When the selected model is not clearly better than chance or than its best single "
+            "modality on validation (the learnt verdict), train again from the same "
+            "initialisation with --restart-lr, up to this many times; the best validation loss "
+            "over all attempts is kept (0: never)."
+        ),
+    )
+    restart_lr: float = field(
+        default=1e-2,
+        metadata=_help(
+            "Learning rate of a restart (a larger step escapes the plateau on which "
+            "interaction-only signals such as XOR can stall)."
         ),
     )
     weight_decay: float = field(
@@ -147,6 +155,14 @@ class TrainConfig:
             (
                 _real(self.lr_decay) and 0 < self.lr_decay <= 1,
                 f"lr_decay must be in (0, 1], got {self.lr_decay}",
+            ),
+            (
+                _int(self.restarts) and self.restarts >= 0,
+                f"restarts must be an integer >= 0, got {self.restarts}",
+            ),
+            (
+                _real(self.restart_lr) and self.restart_lr > 0,
+                f"restart_lr must be a finite number > 0, got {self.restart_lr}",
             ),
             (
                 _real(self.weight_decay) and self.weight_decay >= 0,

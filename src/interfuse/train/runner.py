@@ -146,6 +146,8 @@ class TrainingState:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    attempt: int = 0
+    attempt_start: int = 0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingState:
@@ -212,6 +214,8 @@ class RunRecorder(pl.Callback):
         val = evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics)
         relevance = run.relevance()
         row = {"epoch": state.epoch, **train_metrics}
+        if state.attempt:
+            row["attempt"] = state.attempt
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
         state.history.append(row)
@@ -251,7 +255,10 @@ class RunRecorder(pl.Callback):
             for group in trainer.optimizers[0].param_groups:  # saved with the optimiser state
                 group["lr"] *= run.config.lr_decay
         if self.echo is not None:
-            self.echo(_epoch_line(state.epoch, run.config.epochs, row, best, self.started))
+            line = _epoch_line(
+                state.epoch - state.attempt_start, run.config.epochs, row, best, self.started
+            )
+            self.echo(f"restart {state.attempt}: {line}" if state.attempt else line)
         if state.bad_epochs >= run.config.patience:
             state.stopped_early = True
             trainer.should_stop = True
@@ -297,6 +304,7 @@ class _Run:
             "info": data.info,
         }
         self.optimizer_state: dict[str, Any] | None = None
+        self.encoders = dict(encoders)
         self.state = TrainingState()
         if resume:
             model_state, header, self.optimizer_state = load_checkpoint(out / LAST)
@@ -465,8 +473,47 @@ def fit(
             for stale in (LAST, BEST, RESULTS):  # of a half-started or an overwritten run
                 (out / stale).unlink(missing_ok=True)
         run = _Run(data, config, spec, out, resuming, modules)
-        _train(run, trainer_options, list(callbacks), None if bar else (log or print))
+        echo = None if bar else (log or print)
+        _train(run, trainer_options, list(callbacks), echo)
+        while _needs_restart(run):
+            _restart(run, echo)
+            _train(run, trainer_options, list(callbacks), echo)
         return finish(run)
+
+
+def _needs_restart(run: _Run) -> bool:
+    """Whether the best model so far is not clearly learnt (:func:`learnt_verdict` on the
+    validation split) while restarts are left. Runs with encoder modules passed in are never
+    restarted (a fresh initialisation cannot be rebuilt from trained modules)."""
+    state, config = run.state, run.config
+    if state.attempt >= config.restarts or run.encoders or not (run.out / BEST).exists():
+        return False
+    best_state, _, _ = load_checkpoint(run.out / BEST)
+    run.model.load_state_dict(best_state)
+    return learnt_verdict(run.model, run.data, seed=config.seed).status != "learnt"
+
+
+def _restart(run: _Run, echo: Callable[[str], None] | None) -> None:
+    """A new attempt from the run's initialisation (same seed) with ``restart_lr``; the best
+    validation loss so far stays the bar a new best must beat, so the selection is over all
+    attempts. Saved at once, so an interrupted restart resumes as a restart."""
+    state = run.state
+    state.attempt += 1
+    state.attempt_start = state.epoch
+    state.bad_epochs = 0
+    state.stopped_early = False
+    fresh = build_model(run.spec, seed=run.config.seed)
+    run.model.load_state_dict(fresh.state_dict())
+    run.optimizer_state = None
+    message = (
+        f"restart {state.attempt}: the best model (epoch {state.best_epoch}) is not clearly "
+        f"better than chance or its best single modality on validation; training again from "
+        f"the same initialisation with learning rate {run.config.restart_lr:g}"
+    )
+    logger.info(message)
+    if echo is not None:
+        echo(message)
+    run.save(LAST)
 
 
 @contextlib.contextmanager
@@ -588,14 +635,14 @@ def _train(
     log: Callable[[str], None] | None,
 ) -> None:
     config = run.config
-    remaining = config.epochs - run.state.epoch
+    remaining = config.epochs - (run.state.epoch - run.state.attempt_start)
     if remaining <= 0 or run.state.stopped_early:
         return
     module = FusionModule(
         run.model,
         run.data.task,
         config.lam,
-        config.lr,
+        config.restart_lr if run.state.attempt else config.lr,
         config.weight_decay,
         modality_dropout=config.modality_dropout,
         seed=config.seed,
@@ -659,6 +706,7 @@ def finish(run: _Run) -> RunResult:
         relevance=run.relevance(),
         best_epoch=run.state.best_epoch,
         epochs_run=run.state.epoch,
+        attempts=run.state.attempt + 1,
         stopped_early=run.state.stopped_early,
         train_seconds=round(run.state.train_seconds, 2),
         missing_modalities=missing_modality_metrics(run.model, data) if run.entry.masks else None,
