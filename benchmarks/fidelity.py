@@ -253,6 +253,7 @@ def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[s
         "estimators": estimators,
         "headline": results.estimates.headline if results.estimates else None,
         "verdict": results.verdict.status if results.verdict else None,
+        "attempts": results.attempts,
         "truth": dict(truth.term_shares),
         "epochs_run": results.epochs_run,
         "best_epoch": results.best_epoch,
