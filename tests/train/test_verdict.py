@@ -34,7 +34,7 @@ def test_a_model_that_learnt_nothing_is_restarted_and_the_better_attempt_kept(tm
         result = fit(task, config, tmp_path / "run", progress=False, log=lines.append)
     assert result.attempts == 2 and result.epochs_run == 2 and result.best_epoch == 2
     assert result.verdict.status != "not_learnt"
-    assert any(line.startswith("restart 1: the best model") for line in lines)
+    assert any(line.startswith("restart 1: epoch   1/1") for line in lines)
     assert RunResult.from_json(result.to_json()).attempts == 2
 
 

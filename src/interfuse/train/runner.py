@@ -476,7 +476,7 @@ def fit(
         echo = None if bar else (log or print)
         _train(run, trainer_options, list(callbacks), echo)
         while _needs_restart(run):
-            _restart(run, echo)
+            _restart(run)
             _train(run, trainer_options, list(callbacks), echo)
         return finish(run)
 
@@ -493,7 +493,7 @@ def _needs_restart(run: _Run) -> bool:
     return learnt_verdict(run.model, run.data, seed=config.seed).status != "learnt"
 
 
-def _restart(run: _Run, echo: Callable[[str], None] | None) -> None:
+def _restart(run: _Run) -> None:
     """A new attempt from the run's initialisation (same seed) with ``restart_lr``; the best
     validation loss so far stays the bar a new best must beat, so the selection is over all
     attempts. Saved at once, so an interrupted restart resumes as a restart."""
@@ -511,8 +511,6 @@ def _restart(run: _Run, echo: Callable[[str], None] | None) -> None:
         f"the same initialisation with learning rate {run.config.restart_lr:g}"
     )
     logger.info(message)
-    if echo is not None:
-        echo(message)
     run.save(LAST)
 
 
