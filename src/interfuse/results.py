@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from scipy.stats import t as student_t
+
 __all__ = [
     "SCHEMA",
     "Explanation",
@@ -599,13 +601,20 @@ class PosthocResult:
 class SeedSummary:
     """Mean and standard deviation over runs that differ only in their seed.
 
-    ``metrics[split][metric]`` and ``shares[term]`` are ``(mean, std)`` over the runs (std with
-    ``n − 1``; 0 for one run); ``seeds`` lists the seeds in run order.
+    ``metrics[split][metric]`` and ``shares[term]`` (β shares) are ``(mean, std)`` over the runs
+    (std with ``n − 1``; 0 for one run); ``seeds`` lists the seeds in run order.
+    ``headline_shares[term]``: ``(mean, std)`` of the headline estimator's shares (named
+    ``headline``) and ``headline_intervals[term]`` the 95 % Student-t interval of their mean over
+    seeds (``mean ± t_{0.975, n−1} · std / √n``; it includes training variability, and the
+    held-out sampling noise of each run as part of the seed-to-seed spread; empty for one run).
     """
 
     seeds: list[int]
     metrics: dict[str, dict[str, tuple[float, float]]]
     shares: dict[str, tuple[float, float]]
+    headline: str | None = None
+    headline_shares: dict[str, tuple[float, float]] = field(default_factory=dict)
+    headline_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
@@ -616,6 +625,11 @@ class SeedSummary:
                     for s, v in self.metrics.items()
                 },
                 "shares": {t: {"mean": m, "std": d} for t, (m, d) in self.shares.items()},
+                "headline": self.headline,
+                "headline_shares": {
+                    t: {"mean": m, "std": d} for t, (m, d) in self.headline_shares.items()
+                },
+                "headline_intervals": {t: list(v) for t, v in self.headline_intervals.items()},
             }
         )
 
@@ -646,4 +660,21 @@ def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
         for t in terms
         if all(r.relevance is not None and t in r.relevance.shares for r in runs)
     }
-    return SeedSummary(list(results), metrics, shares)
+    headline = runs[0].estimates.headline if runs[0].estimates is not None else None
+    headline_shares: dict[str, tuple[float, float]] = {}
+    headline_intervals: dict[str, tuple[float, float]] = {}
+    if headline is not None and all(
+        r.estimates is not None and r.estimates.headline == headline for r in runs
+    ):
+        per_run = [r.estimates.best.shares for r in runs if r.estimates is not None]
+        for t in per_run[0]:
+            mean, std = stats([s[t] for s in per_run])
+            headline_shares[t] = (mean, std)
+            if len(per_run) > 1:
+                half = float(student_t.ppf(0.975, len(per_run) - 1)) * std / math.sqrt(len(per_run))
+                headline_intervals[t] = (max(mean - half, 0.0), min(mean + half, 1.0))
+    else:
+        headline = None
+    return SeedSummary(
+        list(results), metrics, shares, headline, headline_shares, headline_intervals
+    )

@@ -481,10 +481,11 @@ class HeldoutEstimators:
     """``interfuse explain``: the held-out estimators on the explained split, with intervals."""
 
     name = "estimators"
-    label = "loss Shapley share"
+    label = "headline share"
     description = (
-        "Shapley share of the term in the loss game of the explained split (absent terms at "
-        "their mean); details hold every registered estimator with 95 % intervals"
+        "the headline relevance estimator's share of the term on the explained split "
+        "(relevance estimators, docs/explain.md §8); details hold every registered estimator "
+        "with 95 % intervals"
     )
 
     def explain(self, context: ExplainContext) -> Explanation:

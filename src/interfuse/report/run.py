@@ -719,7 +719,26 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
         "## Test metrics\n",
         markdown_table(["metric", "mean ± std"], metric_rows),
     ]
-    if share_rows:
+    if summary.headline_shares:
+        intervals = summary.headline_intervals
+        rows = [
+            [
+                code(t),
+                f"{m:.3f} ± {d:.3f}",
+                f"[{intervals[t][0]:.3f}, {intervals[t][1]:.3f}]" if t in intervals else "—",
+                f"{summary.shares[t][0]:.3f} ± {summary.shares[t][1]:.3f}"
+                if t in summary.shares
+                else "—",
+            ]
+            for t, (m, d) in sorted(summary.headline_shares.items(), key=lambda i: -i[1][0])
+        ]
+        parts += [
+            "## Relevance shares\n",
+            f"Headline estimator `{summary.headline}` (mean ± std over seeds, and the 95 % "
+            "Student-t interval of the mean over seeds), beside the β shares.\n",
+            markdown_table(["term", "headline share", "95 % interval (seeds)", "β share"], rows),
+        ]
+    elif share_rows:
         parts += [
             "## Relevance shares\n",
             markdown_table(["term", "share (mean ± std)"], share_rows),
