@@ -522,3 +522,58 @@ def _share_cell(experiment: dict) -> str:
     if rest:
         cells.append(f"others ({len(rest)}) {sum(shares[t]['mean'] for t in rest):.2f}/0")
     return "; ".join(cells)
+
+
+def render_old_vs_new(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Markdown: per configuration, the β shares of ``old`` (a payload of the suite before the
+    estimators existed) next to every estimator of ``new``: L1, leakage, ρ, test accuracy and
+    learnt runs."""
+    before = {e["label"]: e for e in old["experiments"]}
+    rows = []
+    for e in new["experiments"]:
+        if e["group"] not in ("main", "heldout"):
+            continue
+        o = before.get(e["label"])
+        if o is not None:
+            s = o["summary"]
+            rows.append(
+                [
+                    e["label"],
+                    "β (old training)",
+                    pm(s["l1"]),
+                    pm(s["leakage"]),
+                    pm(s["spearman"], 2),
+                    pm(s["test_accuracy"]),
+                    "—",
+                    "—",
+                ]
+            )
+        accuracy = pm(e["summary"]["test_accuracy"])
+        attempts = sum(r.get("attempts", 1) > 1 for r in e["runs"])
+        for name, est in e.get("estimators", {}).items():
+            s = est["summary"]
+            rows.append(
+                [
+                    e["label"],
+                    name,
+                    pm(s["l1"]),
+                    pm(s["leakage"]),
+                    pm(s["spearman"], 2),
+                    accuracy,
+                    f"{attempts}/{len(e['runs'])}",
+                    f"{e['learnt']}/{len(e['runs'])}",
+                ]
+            )
+    return markdown_table(
+        [
+            "configuration",
+            "estimator",
+            "L1 to truth",
+            "leakage",
+            "Spearman ρ",
+            "test acc",
+            "restarted",
+            "learnt (verdict)",
+        ],
+        rows,
+    )
