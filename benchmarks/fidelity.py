@@ -474,10 +474,12 @@ def _render_estimators(payload: dict[str, Any]) -> str:
                     _rate(totals, "strong_rel", "strong"),
                 ]
             )
+    # the headline chosen from these numbers (payload["headline"]) or the one of the runs
+    chosen = payload.get("headline") or shown[0]["runs"][0].get("headline")
     headline = [
-        [e["label"], f"{e['learnt']}/{len(e['runs'])}", _share_cell_of(e, e["runs"][0]["headline"])]
+        [e["label"], f"{e['learnt']}/{len(e['runs'])}", _share_cell_of(e, chosen)]
         for e in shown
-        if e["runs"][0].get("headline") in e["estimators"]
+        if chosen in e["estimators"]
     ]
     return "".join(
         [
@@ -500,7 +502,7 @@ def _render_estimators(payload: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
-            "\n\n#### Headline estimator: mean shares vs ground truth\n",
+            f"\n\n#### Headline estimator ({chosen}): mean shares vs ground truth\n",
             markdown_table(["configuration", "learnt (verdict)", "shares"], headline),
         ]
     )
