@@ -86,10 +86,10 @@ class TrainConfig:
     restarts: int = field(
         default=1,
         metadata=_help(
-            "When the selected model is not clearly better than chance or than its best single "
-            "modality on validation (the learnt verdict), train again from the same "
-            "initialisation with --restart-lr, up to this many times; the best validation loss "
-            "over all attempts is kept (0: never)."
+            "When training stopped early and the selected model is not clearly better than "
+            "chance or than its best single modality on validation (the learnt verdict), train "
+            "again from the same initialisation with --restart-lr, up to this many times; the "
+            "best validation loss over all attempts is kept (0: never)."
         ),
     )
     restart_lr: float = field(

@@ -482,11 +482,16 @@ def fit(
 
 
 def _needs_restart(run: _Run) -> bool:
-    """Whether the best model so far is not clearly learnt (:func:`learnt_verdict` on the
-    validation split) while restarts are left. Runs with encoder modules passed in are never
-    restarted (a fresh initialisation cannot be rebuilt from trained modules)."""
+    """Whether the attempt stalled: it stopped early (no better validation loss for
+    ``patience`` epochs) and its best model is not clearly learnt (:func:`learnt_verdict` on the
+    validation split), while restarts are left. An attempt that used its whole epoch budget is
+    not restarted (train it longer instead, with ``--resume`` and a larger ``--epochs``); nor is
+    a run with encoder modules passed in (a fresh initialisation cannot be rebuilt from trained
+    modules)."""
     state, config = run.state, run.config
-    if state.attempt >= config.restarts or run.encoders or not (run.out / BEST).exists():
+    if state.attempt >= config.restarts or not state.stopped_early or run.encoders:
+        return False
+    if not (run.out / BEST).exists():
         return False
     best_state, _, _ = load_checkpoint(run.out / BEST)
     run.model.load_state_dict(best_state)
