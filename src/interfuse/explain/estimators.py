@@ -24,6 +24,14 @@ validation split's contributions into one share per term (non-negative, summing 
   ``SAMPLED_PAIRS`` antithetic pairs of random orders (:func:`~interfuse.games.sampled_shapley`)
   and the Monte-Carlo error is folded into the interval. By efficiency ``Σ_t φ_t = v(all)``;
   the share is ``φ_t⁺ / Σ_s φ_s⁺`` (a term whose presence *raises* the held-out loss gets 0).
+* ``shapley_refit`` — the same Shapley shares of a held-out loss game in which each coalition's
+  terms are **recalibrated**: ``f_T = b_T + Σ_{t∈T} a_{T,t} c_t`` with one scale per term and a
+  bias fitted per coalition on one half of the held-out samples and evaluated on the other
+  (2-fold cross-fitting, :func:`refit_losses`), so ``v(T)`` is the held-out loss reduction of the
+  best use of the terms in ``T`` rather than of their use inside the full head (a weak term that
+  the full head down-weights still shows what it carries). Exact up to
+  ``REFIT_EXACT_MAX_TERMS`` terms, else ``REFIT_PAIRS`` antithetic pairs of orders. This is the
+  :data:`HEADLINE`.
 
 Uncertainty (Efron 1979): every estimator above except ``beta`` is a function of means of
 per-sample quantities (for ``shapley``, per-sample Shapley values of the per-sample games,
@@ -118,9 +126,6 @@ REFIT_PAIRS = 64
 
 REFIT_RIDGE = 1e-3
 """Ridge on the recalibration scales (towards the trained head's 1)."""
-
-_Z95 = 1.959963984540054
-
 
 @dataclass(frozen=True)
 class HeldoutTerms:
