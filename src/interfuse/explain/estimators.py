@@ -127,6 +127,7 @@ REFIT_PAIRS = 64
 REFIT_RIDGE = 1e-3
 """Ridge on the recalibration scales (towards the trained head's 1)."""
 
+
 @dataclass(frozen=True)
 class HeldoutTerms:
     """A fixed model's additive head on one split: ``outputs = rest + Σ_t parts[t]``.
