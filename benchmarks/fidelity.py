@@ -3,7 +3,8 @@
 Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
 game (``GroundTruth.term_shares``). For every configuration and seed we train with
 ``interfuse.train.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
-rank 8, p = 2, λ = 0.05, early stopping on validation) and compare the shares of the selected model
+rank 8, p = 2, λ = 0.05, lr 1e-2 halved after every epoch without improvement, early stopping on
+validation) and compare the shares of the selected model
 with the truth using ``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1,
 leakage, interaction share), plus test accuracy vs the Bayes-optimal accuracy, the entropy of the
 shares, the number of terms with share > 0.01 and the number of *relevant* terms (truth > 0) that
@@ -48,6 +49,9 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
     "full": {"seeds": 5, "n": 4000, "epochs": 20},
     "quick": {"seeds": 2, "n": 1000, "epochs": 3},
     "tiny": {"seeds": 1, "n": 200, "epochs": 1, "only": ["motif3", "mixed", "IterBN+vBN off"]},
+    # the configurations of the targets and the held-out one, without the sweeps (same settings
+    # as full): ``python -c "from benchmarks import fidelity; fidelity.run('main', OUT)"``
+    "main": {"seeds": 5, "n": 4000, "epochs": 20, "groups": ("main", "heldout")},
 }
 
 DROP_THRESHOLD = 0.01
@@ -111,6 +115,9 @@ def _redundant(n: int, seed: int) -> Any:
     return dataclasses.replace(data, ground_truth=truth)
 
 
+HELDOUT_PROBS = [0.7, 0.0, 0.5, 0.0, 0.25]
+
+
 DATASETS: dict[str, Dataset] = {
     "motif3": Dataset("motif, p = (0.8, 0.4, 0)", _motif([0.8, 0.4, 0.0])),
     "motif4": Dataset("motif (demo), p = (0.9, 0.6, 0.3, 0)", _motif([0.9, 0.6, 0.3, 0.0])),
@@ -120,6 +127,8 @@ DATASETS: dict[str, Dataset] = {
     "xor": Dataset("XOR m0*m1, m2 distractor", _xor),
     "mixed": Dataset("m0 p = 0.5, XOR m1*m2 with q = 0.8, m3 noise", _mixed),
     "redundant": Dataset("m1 = copy of m0 (0.8), m2 0.4, m3 0", _redundant),
+    # held out from every design decision: checked, never tuned on
+    "motif5": Dataset("held out: motif, p = (0.7, 0, 0.5, 0, 0.25)", _motif(HELDOUT_PROBS)),
 }
 
 
@@ -149,7 +158,11 @@ EXPERIMENTS = [
     Experiment("p", "p=4/3", "motif6", {"p": 4.0 / 3.0}),
     Experiment("p", "p=2", "motif6"),
     Experiment("p", "p=4", "motif6", {"p": 4.0}),
+    Experiment("heldout", "motif5 (held out)", "motif5"),
 ]
+
+RELEVANT_TRUTH = 0.05
+"""Terms with at least this true share should be judged "relevant" (targets of issue 12)."""
 
 METRICS = (
     "spearman",
@@ -179,6 +192,27 @@ def share_metrics(shares: dict[str, float], truth: dict[str, float]) -> dict[str
     return metrics
 
 
+def _calibration(estimate: Any, truth: dict[str, float]) -> dict[str, float]:
+    """Interval coverage and verdict rates of one estimate (NaN where they do not apply):
+    ``covered``/``intervals`` (terms whose interval holds the truth / terms with an interval),
+    ``zero_ns``/``zero`` (truth-0 terms judged not significant / truth-0 terms) and
+    ``strong_rel``/``strong`` (terms with truth ≥ RELEVANT_TRUTH judged relevant / such terms)."""
+    counts = dict.fromkeys(("covered", "intervals", "zero_ns", "zero", "strong_rel", "strong"), 0.0)
+    for t, e in estimate.terms.items():
+        if not math.isfinite(e.low):
+            continue
+        value = float(truth.get(t, 0.0))
+        counts["intervals"] += 1
+        counts["covered"] += float(e.low - 1e-9 <= value <= e.high + 1e-9)
+        if value == 0.0:
+            counts["zero"] += 1
+            counts["zero_ns"] += float(e.verdict != "relevant")
+        if value >= RELEVANT_TRUTH:
+            counts["strong"] += 1
+            counts["strong_rel"] += float(e.verdict == "relevant")
+    return counts
+
+
 def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[str, Any]) -> dict:
     from interfuse.data import synthetic_task
     from interfuse.train import TrainConfig
@@ -200,10 +234,26 @@ def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[s
         bayes_accuracy=truth.bayes_accuracy,
         accuracy_gap=truth.bayes_accuracy - accuracy,
     )
+    estimators = {}
+    for name, estimate in (results.estimates.estimates if results.estimates else {}).items():
+        est_shares = dict(estimate.shares)
+        estimators[name] = {
+            "metrics": {
+                **share_metrics(est_shares, truth.term_shares),
+                **_calibration(estimate, truth.term_shares),
+            },
+            "shares": est_shares,
+            "intervals": {t: [e.low, e.high] for t, e in estimate.terms.items()},
+            "verdicts": {t: e.verdict for t, e in estimate.terms.items()},
+        }
     return {
         "seed": seed,
         "metrics": metrics,
         "shares": shares,
+        "estimators": estimators,
+        "headline": results.estimates.headline if results.estimates else None,
+        "verdict": results.verdict.status if results.verdict else None,
+        "attempts": results.attempts,
         "truth": dict(truth.term_shares),
         "epochs_run": results.epochs_run,
         "best_epoch": results.best_epoch,
@@ -220,8 +270,13 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
     started = time.perf_counter()
     cache: dict[Any, list[dict]] = {}
     only = settings.get("only")
+    groups = settings.get("groups")
     experiments_run = [
-        e for e in EXPERIMENTS if only is None or e.label in only or e.dataset in only
+        e
+        for e in EXPERIMENTS
+        if (only is None or e.label in only or e.dataset in only)
+        and (groups is None or e.group in groups)
+        and (only is not None or groups is not None or e.group != "heldout" or scale == "full")
     ]
     for experiment in experiments_run:
         if experiment.key in cache:
@@ -247,6 +302,22 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         summary = {k: mean_std(r["metrics"][k] for r in runs) for k in METRICS}
         terms = list(runs[0]["shares"])
         mean_shares = {t: mean_std(r["shares"][t] for r in runs) for t in terms}
+        estimator_summary = {
+            name: {
+                "summary": {
+                    k: mean_std(r["estimators"][name]["metrics"][k] for r in runs)
+                    for k in runs[0]["estimators"][name]["metrics"]
+                },
+                "totals": {
+                    k: sum(r["estimators"][name]["metrics"][k] for r in runs)
+                    for k in ("covered", "intervals", "zero_ns", "zero", "strong_rel", "strong")
+                },
+                "mean_shares": {
+                    t: mean_std(r["estimators"][name]["shares"][t] for r in runs) for t in terms
+                },
+            }
+            for name in runs[0]["estimators"]
+        }
         experiments.append(
             {
                 "group": experiment.group,
@@ -256,6 +327,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
                 "overrides": experiment.overrides,
                 "summary": summary,
                 "mean_shares": mean_shares,
+                "estimators": estimator_summary,
+                "learnt": sum(r["verdict"] == "learnt" for r in runs),
                 "truth": runs[0]["truth"],
                 "runs": runs,
             }
@@ -266,7 +339,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "settings": {
             **settings,
             "train_config": "TrainConfig defaults (pairs, rank 8, p 2, lam 0.05, batch 128, "
-            "lr 3e-3, patience 5) unless overridden",
+            "lr 1e-2 halved after every epoch without a better val loss, patience 5) unless "
+            "overridden",
             "drop_threshold": DROP_THRESHOLD,
         },
         "environment": env,
@@ -317,7 +391,9 @@ def render(payload: dict[str, Any]) -> str:
             ["configuration", "shares"],
             [
                 [e["label"], _share_cell(e)]
-                for e in _find(payload, "main") + _find(payload, "inflation")[1:]
+                for e in _find(payload, "main")
+                + _find(payload, "inflation")[1:]
+                + _find(payload, "heldout")
             ],
         ),
         "\n\n### Degree inflation: motif data (0.9, 0.6, 0.3, 0), no true interaction, pairs on\n",
@@ -364,7 +440,77 @@ def render(payload: dict[str, Any]) -> str:
             ],
         ),
     ]
+    parts.append(_render_estimators(payload))
     return "".join(parts) + "\n"
+
+
+def _rate(totals: dict[str, float], hit: str, of: str) -> str:
+    return (
+        f"{totals[hit] / totals[of]:.2f} ({totals[hit]:.0f}/{totals[of]:.0f})"
+        if totals[of]
+        else "—"
+    )
+
+
+def _render_estimators(payload: dict[str, Any]) -> str:
+    """Every estimator on every configuration (held-out validation split of each run)."""
+    shown = [e for e in payload["experiments"] if e.get("estimators") and e["group"] != "p"]
+    if not shown:
+        return ""
+    rows = []
+    for e in shown:
+        for name, est in e["estimators"].items():
+            summary, totals = est["summary"], est["totals"]
+            rows.append(
+                [
+                    e["label"],
+                    name,
+                    pm(summary["spearman"], 2),
+                    pm(summary["l1"]),
+                    pm(summary["leakage"]),
+                    pm(summary["interaction_share"]),
+                    _rate(totals, "covered", "intervals"),
+                    _rate(totals, "zero_ns", "zero"),
+                    _rate(totals, "strong_rel", "strong"),
+                ]
+            )
+    # the headline chosen from these numbers (payload["headline"]) or the one of the runs
+    chosen = payload.get("headline") or shown[0]["runs"][0].get("headline")
+    headline = [
+        [e["label"], f"{e['learnt']}/{len(e['runs'])}", _share_cell_of(e, chosen)]
+        for e in shown
+        if chosen in e["estimators"]
+    ]
+    return "".join(
+        [
+            "\n\n### Relevance estimators side by side (validation split of each run; "
+            "mean ± std over seeds)\n",
+            "Coverage: terms whose 95 % interval holds the truth; truth 0 → n.s.: terms with "
+            "truth 0 judged not significant; truth ≥ 0.05 → rel.: such terms judged relevant "
+            "(rates pooled over seeds and terms).\n\n",
+            markdown_table(
+                [
+                    "configuration",
+                    "estimator",
+                    "Spearman ρ",
+                    "L1 to truth",
+                    "leakage",
+                    "interaction share",
+                    "coverage",
+                    "truth 0 → n.s.",
+                    "truth ≥ 0.05 → rel.",
+                ],
+                rows,
+            ),
+            f"\n\n#### Headline estimator ({chosen}): mean shares vs ground truth\n",
+            markdown_table(["configuration", "learnt (verdict)", "shares"], headline),
+        ]
+    )
+
+
+def _share_cell_of(experiment: dict, estimator: str) -> str:
+    est = experiment["estimators"][estimator]
+    return _share_cell({"mean_shares": est["mean_shares"], "truth": experiment["truth"]})
 
 
 def _share_cell(experiment: dict) -> str:
@@ -378,3 +524,58 @@ def _share_cell(experiment: dict) -> str:
     if rest:
         cells.append(f"others ({len(rest)}) {sum(shares[t]['mean'] for t in rest):.2f}/0")
     return "; ".join(cells)
+
+
+def render_old_vs_new(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Markdown: per configuration, the β shares of ``old`` (a payload of the suite before the
+    estimators existed) next to every estimator of ``new``: L1, leakage, ρ, test accuracy and
+    learnt runs."""
+    before = {e["label"]: e for e in old["experiments"]}
+    rows = []
+    for e in new["experiments"]:
+        if e["group"] not in ("main", "heldout"):
+            continue
+        o = before.get(e["label"])
+        if o is not None:
+            s = o["summary"]
+            rows.append(
+                [
+                    e["label"],
+                    "β (old training)",
+                    pm(s["l1"]),
+                    pm(s["leakage"]),
+                    pm(s["spearman"], 2),
+                    pm(s["test_accuracy"]),
+                    "—",
+                    "—",
+                ]
+            )
+        accuracy = pm(e["summary"]["test_accuracy"])
+        attempts = sum(r.get("attempts", 1) > 1 for r in e["runs"])
+        for name, est in e.get("estimators", {}).items():
+            s = est["summary"]
+            rows.append(
+                [
+                    e["label"],
+                    name,
+                    pm(s["l1"]),
+                    pm(s["leakage"]),
+                    pm(s["spearman"], 2),
+                    accuracy,
+                    f"{attempts}/{len(e['runs'])}",
+                    f"{e['learnt']}/{len(e['runs'])}",
+                ]
+            )
+    return markdown_table(
+        [
+            "configuration",
+            "estimator",
+            "L1 to truth",
+            "leakage",
+            "Spearman ρ",
+            "test acc",
+            "restarted",
+            "learnt (verdict)",
+        ],
+        rows,
+    )

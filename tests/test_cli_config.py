@@ -89,3 +89,31 @@ def test_summarize_seeds_values():
     assert summary.shares["a"] == pytest.approx((0.7, 0.1))
     with pytest.raises(ValueError, match="no runs"):
         summarize_seeds({})
+
+
+def test_summarize_seeds_gives_the_headline_an_interval_over_seeds():
+    from interfuse.results import RelevanceEstimate, RelevanceEstimates, TermEstimate
+
+    def result(share):
+        terms = {"a": TermEstimate(share, share), "b": TermEstimate(1 - share, 1 - share)}
+        estimate = RelevanceEstimate("shapley", "loss Shapley share", "d", "nats", terms)
+        return RunResult(
+            dataset="d",
+            task="classification",
+            model={},
+            config={},
+            metrics={"test": {"accuracy": 1.0}},
+            relevance=Relevance(2.0, {"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 0.5}),
+            best_epoch=1,
+            epochs_run=2,
+            stopped_early=False,
+            train_seconds=0.0,
+            estimates=RelevanceEstimates("shapley", {"shapley": estimate}),
+        )
+
+    summary = summarize_seeds({0: result(0.6), 1: result(0.7), 2: result(0.8)})
+    assert summary.headline == "shapley"
+    assert summary.headline_shares["a"] == pytest.approx((0.7, 0.1))
+    half = 4.302652729911275 * 0.1 / 3**0.5  # t_{0.975, 2}
+    assert summary.headline_intervals["a"] == pytest.approx((0.7 - half, 0.7 + half))
+    assert summarize_seeds({0: result(0.6)}).headline_intervals == {}

@@ -378,3 +378,25 @@ def test_missing_modality_sets_are_written_as_sets(motif_demo_run, tmp_path):
     text = render_report(result, tmp_path).read_text()
     section = text.split("## Missing modalities at test time")[1].split("##")[0]
     assert "`{m0,m1}`" in section and "`m0*m1`" not in section
+
+
+def test_report_leads_with_the_headline_estimate_and_shows_beta_beside_it(motif_demo_run, tmp_path):
+    """With estimates, the relevance table is sorted by the headline share and shows its
+    interval and verdict, then every other estimator; the figure has error bars."""
+    from interfuse.report import estimates_table, render_report
+
+    _, result, _ = motif_demo_run
+    estimates = result.estimates
+    table = estimates_table(estimates, result.truth_shares, result.relevance_evidence)
+    header = table.splitlines()[0]
+    assert estimates.best.label in header and "verdict" in header
+    for e in estimates.estimates.values():
+        assert e.label in header
+    first_row = table.splitlines()[2]
+    top = max(estimates.best.shares, key=estimates.best.shares.__getitem__)
+    assert f"`{top}`" in first_row and "[" in first_row and "relevant" in first_row
+    text = render_report(result, tmp_path).read_text()
+    assert f"**Headline: {estimates.best.label}**" in text
+    section = text.split("## Fidelity to the ground truth")[1].split("##")[0]
+    assert estimates.best.label in section and "β share" in section
+    assert_png(tmp_path / "relevance.png")

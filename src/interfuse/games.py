@@ -33,9 +33,13 @@ from numpy.typing import NDArray
 
 __all__ = [
     "MAX_PLAYERS",
+    "antithetic_orders",
     "coalition_values",
     "inverse_mobius",
     "mobius_transform",
+    "order_shapley",
+    "prefix_masks",
+    "shapley_table",
     "shapley_values",
 ]
 
@@ -78,6 +82,76 @@ def shapley_values(values: Mapping[Coalition, float], players: Sequence[str]) ->
         w = weight[_split(sizes, i)[:, 0]]
         result[player] = float(np.sum(w * (v[:, 1] - v[:, 0])))
     return result
+
+
+def shapley_table(table: NDArray, m: int) -> NDArray[np.float64]:
+    """Exact Shapley values of many games at once (Shapley 1953).
+
+    ``table`` has shape ``(2^m, *rest)``: entry ``[S, j]`` is ``v_j(S)`` with coalitions in
+    bit-mask order (bit ``i`` ⇔ player ``i``). Returns ``(m, *rest)`` with
+    ``φ_i[j] = Σ_{S ⊆ N∖{i}} |S|! (m − |S| − 1)! / m! · (v_j(S ∪ {i}) − v_j(S))`` — the formula
+    of :func:`shapley_values`, vectorised over the games ``j`` (e.g. one game per held-out
+    sample, whose mean game's Shapley values are the means, by linearity).
+    """
+    table = np.asarray(table, dtype=np.float64)
+    if m < 1 or m > MAX_PLAYERS or table.shape[0] != 2**m:
+        raise ValueError(f"shapley_table: expected 2^{m} rows for {m} players, got {table.shape}")
+    rest = table.shape[1:]
+    weight = np.array([1.0 / (m * comb(m - 1, s)) for s in range(m)])
+    sizes = _coalition_sizes(m)
+    out = np.empty((m, *rest))
+    for i in range(m):
+        v = table.reshape(-1, 2, 2**i, *rest)
+        w = weight[_split(sizes, i)[:, 0]].reshape(-1, 2**i, *([1] * len(rest)))
+        out[i] = np.sum(w * (v[:, 1] - v[:, 0]), axis=(0, 1))
+    return out
+
+
+def antithetic_orders(m: int, pairs: int, seed: int = 0) -> NDArray[np.int64]:
+    """``2·pairs`` orders of the players ``0 .. m−1``: seeded uniform random orders, each
+    followed by its reverse (antithetic sampling: a player early in one order is late in the
+    other, which lowers the variance of :func:`order_shapley`)."""
+    if pairs < 1 or m < 1:
+        raise ValueError(f"antithetic_orders needs m >= 1 and pairs >= 1, got {m}, {pairs}")
+    rng = np.random.default_rng(seed)
+    forward = np.stack([rng.permutation(m) for _ in range(pairs)])
+    return np.stack([forward, forward[:, ::-1]], axis=1).reshape(2 * pairs, m)
+
+
+def prefix_masks(orders: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Membership ``(O, m+1, m)`` of the coalitions along each order: row ``j`` of order ``o``
+    holds its first ``j`` players."""
+    o, m = orders.shape
+    rank = np.empty_like(orders)
+    rank[np.arange(o)[:, None], orders] = np.arange(m)
+    return rank[:, None, :] < np.arange(m + 1)[None, :, None]
+
+
+def order_shapley(
+    prefix_values: NDArray, orders: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Shapley values estimated from orders (Shapley 1953; the permutation-sampling estimator
+    of Castro, Gómez & Tejada 2009).
+
+    ``prefix_values[o, j]`` is ``v(first j players of orders[o])`` (shape ``(O, m+1, *rest)``,
+    e.g. from :func:`prefix_masks`). Since ``φ_i = E_π[v(P_i^π ∪ {i}) − v(P_i^π)]`` for a
+    uniformly random order π, the mean marginal contribution over the orders is unbiased when
+    they are uniform (:func:`antithetic_orders`: pairs of an order and its reverse).
+
+    Returns the estimate ``(m, *rest)`` and the per-pair estimates of the mean game
+    ``(O/2, m)`` (orders ``2k`` and ``2k+1`` averaged, then averaged over the trailing axes
+    ``rest``, e.g. samples); their standard deviation / sqrt(O/2) is the Monte-Carlo error.
+    """
+    values = np.asarray(prefix_values, dtype=np.float64)
+    o, m = orders.shape
+    if values.shape[:2] != (o, m + 1) or o % 2:
+        raise ValueError(f"order_shapley: {values.shape} values for {orders.shape} orders")
+    steps = values[:, 1:] - values[:, :-1]  # marginal contribution of orders[o, j]
+    marginal = np.empty_like(steps)
+    marginal[np.arange(o)[:, None], orders] = steps
+    per_order = marginal.reshape(o, m, -1).mean(axis=2)
+    per_pair = per_order.reshape(o // 2, 2, m).mean(axis=1)
+    return marginal.mean(axis=0), per_pair
 
 
 def mobius_transform(

@@ -68,11 +68,13 @@ def task_loss(
     return F.mse_loss(prediction.reshape(targets.shape), targets.to(prediction.dtype))
 
 
-def per_sample_loss(task: str, prediction: Tensor, targets: Tensor) -> Tensor:
+def per_sample_loss(
+    task: str, prediction: Tensor, targets: Tensor, differentiable: bool = False
+) -> Tensor:
     """The unweighted loss of :func:`task_loss` per sample ``(N,)`` (its mean is ``task_loss``):
     cross-entropy, binary cross-entropy averaged over labels, squared error averaged over
-    targets."""
-    prediction = prediction.detach().double()
+    targets. In float64; detached from the graph unless ``differentiable``."""
+    prediction = prediction.double() if differentiable else prediction.detach().double()
     if task == "classification":
         return F.cross_entropy(prediction, targets, reduction="none")
     if task == "multilabel":

@@ -28,6 +28,18 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         return float(stats.spearmanr(a, b).statistic)
 
 
+TIE_TOLERANCE = 0.01
+"""In rank agreement, values within this fraction of a method's largest absolute value of 0
+count as tied at 0 (their order is noise, not a ranking)."""
+
+
+def tied_near_zero(values: Sequence[float], tolerance: float = TIE_TOLERANCE) -> list[float]:
+    """``values`` with every entry whose magnitude is below ``tolerance × max |value|`` set to 0,
+    so that near-zero values tie instead of being ranked by noise."""
+    scale = max((abs(v) for v in values), default=0.0)
+    return [v if abs(v) >= tolerance * scale else 0.0 for v in values]
+
+
 def interaction_share(shares: Mapping[str, float]) -> float:
     """Total share on interaction terms (names containing ``*``)."""
     return float(sum(v for t, v in shares.items() if TERM_SEPARATOR in t))

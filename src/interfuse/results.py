@@ -15,23 +15,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from scipy.stats import t as student_t
+
 __all__ = [
     "SCHEMA",
     "Explanation",
     "LearntVerdict",
     "PosthocResult",
     "Relevance",
+    "RelevanceEstimate",
+    "RelevanceEstimates",
     "RelevanceEvidence",
     "RunResult",
     "SchemaError",
     "SeedSummary",
+    "TermEstimate",
     "TermEvidence",
     "json_safe",
     "summarize_seeds",
 ]
 
-SCHEMA = "interfuse-run/2"
-"""Schema of ``results.json`` written by this version."""
+SCHEMA = "interfuse-run/3"
+"""Schema of ``results.json`` written by this version (``/3`` added ``estimates``)."""
+
+READABLE_SCHEMAS = ("interfuse-run/2", SCHEMA)
+"""Schemas this version reads: ``/2`` files load with ``estimates = None``."""
 
 
 class SchemaError(ValueError):
@@ -206,6 +214,150 @@ class RelevanceEvidence:
 
 
 @dataclass(frozen=True)
+class TermEstimate:
+    """One term under one relevance estimator (see :class:`RelevanceEstimate`).
+
+    ``share``: the term's share (non-negative, the shares of an estimator sum to 1);
+    ``value``: the estimator's raw value (unit in :attr:`RelevanceEstimate.unit`);
+    ``low``/``high``: the percentile interval of the share (NaN when the estimator has no
+    sampling distribution); ``p_value`` and ``verdict``: the test of "share > margin" (NaN and
+    ``""`` without an interval).
+    """
+
+    share: float
+    value: float
+    low: float = math.nan
+    high: float = math.nan
+    p_value: float = math.nan
+    verdict: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TermEstimate:
+        return cls(
+            **{
+                k: (str(v) if k == "verdict" else (math.nan if v is None else float(v)))
+                for k, v in values.items()
+            }
+        )
+
+    def covers(self, value: float) -> bool:
+        """Whether the interval contains ``value`` (False without an interval)."""
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
+class RelevanceEstimate:
+    """One estimator's relevance of every term, on held-out data, with intervals.
+
+    ``method``/``label``/``description``: the estimator (registry name, column heading, what a
+    value is); ``unit`` of :attr:`TermEstimate.value`; ``details``: anything else the estimator
+    reports (JSON-safe; e.g. exact or sampled, the Monte-Carlo error).
+    """
+
+    method: str
+    label: str
+    description: str
+    unit: str
+    terms: dict[str, TermEstimate]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {t: e.share for t, e in self.terms.items()}
+
+    @property
+    def has_intervals(self) -> bool:
+        return any(math.isfinite(e.low) for e in self.terms.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(
+            {
+                "method": self.method,
+                "label": self.label,
+                "description": self.description,
+                "unit": self.unit,
+                "terms": {t: e.to_dict() for t, e in self.terms.items()},
+                "details": self.details,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RelevanceEstimate:
+        return cls(
+            method=str(values["method"]),
+            label=str(values["label"]),
+            description=str(values["description"]),
+            unit=str(values["unit"]),
+            terms={str(t): TermEstimate.from_dict(e) for t, e in values["terms"].items()},
+            details=dict(values.get("details") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class RelevanceEstimates:
+    """Every registered relevance estimator on the validation split, and the headline.
+
+    ``headline`` names the estimator the report leads with (the most faithful one in the
+    fidelity suite, BENCHMARKS.md §1). Intervals are paired percentile bootstrap intervals
+    (Efron 1979) at ``level`` over the ``split``'s samples (``draws`` resamples, the same
+    resamples for every estimator), for this fixed model: they cover the sampling noise of the
+    held-out data (and the Monte-Carlo error of a sampled estimator), not the variability of
+    training. ``verdict`` per term: ``"relevant"`` when the share exceeds ``margin`` by a
+    one-sided bootstrap test at false-positive rate ``alpha`` (H0: share ≤ margin), else
+    ``"not significant"``.
+    """
+
+    headline: str
+    estimates: dict[str, RelevanceEstimate]
+    level: float = 0.95
+    alpha: float = 0.05
+    margin: float = 0.01
+    draws: int = 1000
+    split: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.headline not in self.estimates:
+            raise ValueError(
+                f"headline estimator {self.headline!r} is not among {sorted(self.estimates)}"
+            )
+
+    @property
+    def best(self) -> RelevanceEstimate:
+        """The headline estimate."""
+        return self.estimates[self.headline]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(
+            {
+                "headline": self.headline,
+                "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+                "level": self.level,
+                "alpha": self.alpha,
+                "margin": self.margin,
+                "draws": self.draws,
+                "split": self.split,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RelevanceEstimates:
+        return cls(
+            headline=str(values["headline"]),
+            estimates={
+                str(k): RelevanceEstimate.from_dict(e) for k, e in values["estimates"].items()
+            },
+            level=float(values.get("level", 0.95)),
+            alpha=float(values.get("alpha", 0.05)),
+            margin=float(values.get("margin", 0.01)),
+            draws=int(values.get("draws", 1000)),
+            split=str(values.get("split", "val")),
+        )
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What one training run produced (the content of ``results.json``).
 
@@ -230,6 +382,11 @@ class RunResult:
             ``None`` for runs that did not compute it.
         relevance_evidence: intervals and a verdict per term (:class:`RelevanceEvidence`);
             ``None`` for models without an MNL head.
+        estimates: every registered relevance estimator with intervals and verdicts, and the
+            headline (:class:`RelevanceEstimates`); ``None`` for models without an MNL head
+            and for results of schema ``interfuse-run/2``.
+        attempts: training attempts (1 + the restarts that fired, see ``TrainConfig.restarts``);
+            the selected model is the best on validation over all of them.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -250,6 +407,8 @@ class RunResult:
     label_relevance: dict[str, Relevance] | None = None
     verdict: LearntVerdict | None = None
     relevance_evidence: RelevanceEvidence | None = None
+    estimates: RelevanceEstimates | None = None
+    attempts: int = 1
     schema: str = SCHEMA
 
     @property
@@ -280,6 +439,7 @@ class RunResult:
         values["relevance_evidence"] = (
             None if self.relevance_evidence is None else self.relevance_evidence.to_dict()
         )
+        values["estimates"] = None if self.estimates is None else self.estimates.to_dict()
         return json_safe(values)
 
     def to_json(self) -> str:
@@ -291,13 +451,16 @@ class RunResult:
         if not isinstance(values, Mapping):
             raise SchemaError(f"{source}: expected a JSON object at the top level")
         schema = values.get("schema")
-        if schema != SCHEMA:
+        if schema not in READABLE_SCHEMAS:
             if schema is None:
                 raise SchemaError(
                     f"{source} was made by an older version of interfuse (no schema version; "
                     f"this version reads {SCHEMA!r}); retrain the run to use it here"
                 )
-            raise SchemaError(f"{source}: unknown schema {schema!r}; this version reads {SCHEMA!r}")
+            raise SchemaError(
+                f"{source}: unknown schema {schema!r}; this version reads "
+                f"{', '.join(map(repr, READABLE_SCHEMAS))}"
+            )
         known = {f.name for f in fields(cls)}
         unexpected = sorted(set(values) - known)
         if unexpected:
@@ -307,6 +470,7 @@ class RunResult:
             labels = values.get("label_relevance")
             verdict = values.get("verdict")
             evidence = values.get("relevance_evidence")
+            estimates = values.get("estimates")
             return cls(
                 **{
                     **dict(values),
@@ -318,6 +482,10 @@ class RunResult:
                     "relevance_evidence": None
                     if evidence is None
                     else RelevanceEvidence.from_dict(evidence),
+                    "estimates": None
+                    if estimates is None
+                    else RelevanceEstimates.from_dict(estimates),
+                    "schema": SCHEMA,
                 }
             )
         except (TypeError, KeyError, ValueError, AttributeError) as error:
@@ -433,13 +601,20 @@ class PosthocResult:
 class SeedSummary:
     """Mean and standard deviation over runs that differ only in their seed.
 
-    ``metrics[split][metric]`` and ``shares[term]`` are ``(mean, std)`` over the runs (std with
-    ``n − 1``; 0 for one run); ``seeds`` lists the seeds in run order.
+    ``metrics[split][metric]`` and ``shares[term]`` (β shares) are ``(mean, std)`` over the runs
+    (std with ``n − 1``; 0 for one run); ``seeds`` lists the seeds in run order.
+    ``headline_shares[term]``: ``(mean, std)`` of the headline estimator's shares (named
+    ``headline``) and ``headline_intervals[term]`` the 95 % Student-t interval of their mean over
+    seeds (``mean ± t_{0.975, n−1} · std / √n``; it includes training variability, and the
+    held-out sampling noise of each run as part of the seed-to-seed spread; empty for one run).
     """
 
     seeds: list[int]
     metrics: dict[str, dict[str, tuple[float, float]]]
     shares: dict[str, tuple[float, float]]
+    headline: str | None = None
+    headline_shares: dict[str, tuple[float, float]] = field(default_factory=dict)
+    headline_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
@@ -450,6 +625,11 @@ class SeedSummary:
                     for s, v in self.metrics.items()
                 },
                 "shares": {t: {"mean": m, "std": d} for t, (m, d) in self.shares.items()},
+                "headline": self.headline,
+                "headline_shares": {
+                    t: {"mean": m, "std": d} for t, (m, d) in self.headline_shares.items()
+                },
+                "headline_intervals": {t: list(v) for t, v in self.headline_intervals.items()},
             }
         )
 
@@ -480,4 +660,21 @@ def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
         for t in terms
         if all(r.relevance is not None and t in r.relevance.shares for r in runs)
     }
-    return SeedSummary(list(results), metrics, shares)
+    headline = runs[0].estimates.headline if runs[0].estimates is not None else None
+    headline_shares: dict[str, tuple[float, float]] = {}
+    headline_intervals: dict[str, tuple[float, float]] = {}
+    if headline is not None and all(
+        r.estimates is not None and r.estimates.headline == headline for r in runs
+    ):
+        per_run = [r.estimates.best.shares for r in runs if r.estimates is not None]
+        for t in per_run[0]:
+            mean, std = stats([s[t] for s in per_run])
+            headline_shares[t] = (mean, std)
+            if len(per_run) > 1:
+                half = float(student_t.ppf(0.975, len(per_run) - 1)) * std / math.sqrt(len(per_run))
+                headline_intervals[t] = (max(mean - half, 0.0), min(mean + half, 1.0))
+    else:
+        headline = None
+    return SeedSummary(
+        list(results), metrics, shares, headline, headline_shares, headline_intervals
+    )

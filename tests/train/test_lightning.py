@@ -65,7 +65,7 @@ def test_fit_sends_metrics_and_shares_to_loggers_and_runs_callbacks(task, tmp_pa
         def on_train_epoch_end(self, trainer, pl_module):
             Count.epochs += 1
 
-    config = TrainConfig(epochs=3, patience=10, seed=0)
+    config = TrainConfig(epochs=3, patience=10, seed=0, restarts=0)
     before = torch.get_num_threads()
     fit(
         task,
@@ -110,6 +110,8 @@ def test_a_log_file_gets_one_line_per_epoch(tmp_path):
                 "20",
                 "--patience",
                 "30",
+                "--restarts",
+                "0",
                 "--threads",
                 "1",
                 "--out",

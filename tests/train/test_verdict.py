@@ -20,8 +20,22 @@ def unlearnt(tmp_path_factory):
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1000, seed=0), seed=0)
     out = tmp_path_factory.mktemp("unlearnt")
     with pytest.warns(UserWarning):
-        result = fit(task, TrainConfig(seed=0, epochs=1, lr=1e-9), out, progress=False)
+        result = fit(task, TrainConfig(seed=0, epochs=1, lr=1e-9, restarts=0), out, progress=False)
     return task, result, out
+
+
+def test_a_model_that_learnt_nothing_is_restarted_and_the_better_attempt_kept(tmp_path):
+    """restarts=1: the first attempt (lr 1e-9) learns nothing, so the run is restarted from the
+    same initialisation with restart_lr; validation picks the restart's model."""
+    task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1000, seed=0), seed=0)
+    config = TrainConfig(seed=0, epochs=4, patience=1, lr=1e-9, restarts=1, restart_lr=1e-2)
+    lines: list[str] = []
+    result = fit(task, config, tmp_path / "run", progress=False, log=lines.append)
+    first = next(i for i, line in enumerate(lines) if line.startswith("restart 1:"))
+    assert result.attempts == 2 and result.best_epoch > first
+    assert result.verdict.status != "not_learnt"
+    assert any(line.startswith("restart 1: epoch   1/4") for line in lines)
+    assert RunResult.from_json(result.to_json()).attempts == 2
 
 
 def test_verdict_fires_on_a_model_that_learnt_nothing(unlearnt):

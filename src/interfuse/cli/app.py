@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..results import RunResult
+from ..results import RelevanceEstimates, RunResult
 from ..train import TrainingInterrupted
 
 EXIT_INVALID = 1
@@ -169,7 +169,9 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
         f"{line}; best epoch {result.best_epoch} of {result.epochs_run}, "
         f"{result.train_seconds:.0f} s"
     )
-    if result.relevance is not None:
+    if result.relevance is not None and result.estimates is not None:
+        click.echo(estimates_text(result.estimates))
+    elif result.relevance is not None:
         click.echo(result.relevance.table())
         evidence = result.relevance_evidence
         if evidence is not None:
@@ -190,6 +192,26 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
         expected = ", ".join(f"{t} {s:.3f}" for t, s in result.truth_shares.items() if s > 0)
         click.echo(f"ground-truth shares: {expected}")
     click.echo(f"report: {out / 'report.md'}")
+
+
+def estimates_text(estimates: RelevanceEstimates) -> str:
+    """Plain text: the headline share of every term with its interval and verdict, beside the
+    other estimators' shares (sorted by the headline share)."""
+    best = estimates.best
+    others = [e for name, e in estimates.estimates.items() if name != estimates.headline]
+    width = max(len("term"), *(len(t) for t in best.terms))
+    lines = [
+        f"relevance: {best.label} ({estimates.split} split, {estimates.level:.0%} interval; "
+        f"verdict: share > {estimates.margin:g} at false-positive rate {estimates.alpha:g})",
+        f"{'term':<{width}}  {'share':>5}  {'interval':<15}  {'verdict':<15}  "
+        + "  ".join(f"{e.label}" for e in others),
+    ]
+    for t in sorted(best.terms, key=lambda t: -best.terms[t].share):
+        e = best.terms[t]
+        interval = f"[{e.low:.3f}, {e.high:.3f}]" if e.low == e.low else "—"
+        cells = "  ".join(f"{o.terms[t].share:>{len(o.label)}.3f}" for o in others if t in o.terms)
+        lines.append(f"{t:<{width}}  {e.share:5.3f}  {interval:<15}  {e.verdict:<15}  {cells}")
+    return "\n".join(lines)
 
 
 class _LogToStderr(logging.Handler):

@@ -14,6 +14,7 @@ from interfuse.explain import shapley
 from interfuse.explain import mobius
 from interfuse.explain import emap
 from interfuse.explain import term_ablation
+from interfuse.explain import estimators
 from interfuse.explain.base import EXPLAINERS, ExplainContext, Explainer, register_explainer
 from interfuse.explain.posthoc import explain_cost, explain_model, rank_agreement
 from interfuse.explain.removal import ModalityRemoval
@@ -26,6 +27,7 @@ __all__ = [
     "ablation",
     "builtin",
     "emap",
+    "estimators",
     "explain_cost",
     "explain_model",
     "mobius",

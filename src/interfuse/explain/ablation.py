@@ -21,7 +21,7 @@ from ..data.batching import TensorData
 from ..games import Coalition
 from ..metrics import LOWER_IS_BETTER
 from ..results import Explanation
-from ..terms import term_name
+from ..terms import TERM_SEPARATOR, term_name
 from .base import ExplainContext, register_explainer
 from .coalitions import coalition_metrics
 from .removal import ModalityRemoval
@@ -89,10 +89,18 @@ class AblationExplainer:
     """Δ when a term's modalities are removed, read off the shared coalition metrics."""
 
     name = "ablation"
-    label = "ablation Δ"
-    description = "how much worse the metric gets when the term's modalities are removed"
+    label = "modality ablation Δ"
+    description = (
+        "how much worse the metric gets when the modality is removed (unimodal terms only: "
+        "removing the modalities {a,b} of an interaction term also removes a and b, so that "
+        "row is in the ablation table, and the interaction term itself is ablated by term "
+        "removal)"
+    )
 
     def explain(self, context: ExplainContext) -> Explanation:
         ablation = ablation_from_coalitions(context.coalitions, context.players, context.terms)
-        scores: dict[str, float | None] = dict(ablation.drop(context.metric))
+        scores: dict[str, float | None] = {
+            t: (v if TERM_SEPARATOR not in t else None)
+            for t, v in ablation.drop(context.metric).items()
+        }
         return Explanation(self.name, self.label, self.description, scores, ablation.to_dict())

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from ..data.batching import TensorData
-from ..ranks import spearman
+from ..ranks import spearman, tied_near_zero
 from ..results import Explanation, PosthocResult
 from ..terms import TERM_SEPARATOR, term_name
 from .base import EXPLAINERS, ExplainContext
@@ -127,24 +127,25 @@ def rank_agreement(
     explanations: Mapping[str, Explanation],
     truth: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Spearman ρ between every two methods with a value for every term, over unimodal terms and
-    over all terms (``{"unimodal": {"builtin~shapley": ρ, …}, "all": {…}}``; NaN if undefined)."""
-    columns = {
-        name: e.scores
-        for name, e in explanations.items()
-        if terms and all(e.scores.get(t) is not None for t in terms)
-    }
+    """Spearman ρ between every two methods with a value for every term of a group, over
+    unimodal terms and over all terms (``{"unimodal": {"builtin~shapley": ρ, …}, "all": {…}}``;
+    NaN if undefined). Values within :data:`TIE_TOLERANCE` of 0 (relative to the method's
+    largest) count as tied at 0."""
+    columns = {name: e.scores for name, e in explanations.items()}
     if truth is not None:
         columns["truth"] = dict(truth)
     groups = {"unimodal": [t for t in terms if TERM_SEPARATOR not in t], "all": list(terms)}
-    names = list(columns)
-    return {
-        group: {
+    result: dict[str, dict[str, float]] = {}
+    for group, members in groups.items():
+        names = [
+            n for n, c in columns.items() if members and all(c.get(t) is not None for t in members)
+        ]
+        result[group] = {
             f"{a}~{b}": spearman(
-                [float(columns[a][t]) for t in members], [float(columns[b][t]) for t in members]
+                tied_near_zero([float(columns[a][t]) for t in members]),  # type: ignore[arg-type]
+                tied_near_zero([float(columns[b][t]) for t in members]),  # type: ignore[arg-type]
             )
             for i, a in enumerate(names)
             for b in names[i + 1 :]
         }
-        for group, members in groups.items()
-    }
+    return result

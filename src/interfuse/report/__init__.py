@@ -2,6 +2,7 @@
 
 from interfuse.report.explain import agreement_summary, comparison_table, render_explanation
 from interfuse.report.run import (
+    estimates_table,
     plot_history,
     plot_relevance,
     relevance_table,
@@ -14,6 +15,7 @@ from interfuse.report.tables import markdown_table
 __all__ = [
     "agreement_summary",
     "comparison_table",
+    "estimates_table",
     "markdown_table",
     "plot_history",
     "plot_relevance",

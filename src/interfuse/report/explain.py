@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from ..metrics import LOWER_IS_BETTER
-from ..results import PosthocResult
+from ..ranks import TIE_TOLERANCE
+from ..results import PosthocResult, RelevanceEstimate
 from .tables import code, fmt, markdown_table
 
 __all__ = ["agreement_summary", "comparison_table", "render_explanation"]
@@ -61,15 +64,24 @@ def render_explanation(result: PosthocResult, title: str = "") -> str:
             [
                 p.replace("~", " vs "),
                 fmt(result.agreement["unimodal"][p]),
-                fmt(result.agreement["all"][p]),
+                fmt(result.agreement["all"].get(p)),
             ]
             for p in pairs
         ]
         parts.append(markdown_table(["methods", "unimodal terms", "all terms"], rows))
-        parts.append("A value is n/a when a method gives every term the same value (no ranking).\n")
+        parts.append(
+            "Values within "
+            f"{TIE_TOLERANCE:.0%} of a method's largest absolute value count as tied at 0 (their "
+            "order is noise, not a ranking); n/a: a method gives every term of the group the same "
+            "value (no ranking), or has no value for some term of the group (modality ablation "
+            "has none for interaction terms).\n"
+        )
     else:
         parts.append("Fewer than two methods with a value for every term: no rank correlation.\n")
 
+    held_out = result.explanations.get("estimators")
+    if held_out is not None and held_out.details:
+        parts += [_estimators_section(held_out.details, result)]
     ablation = result.explanations.get("ablation")
     if ablation is not None and ablation.details:
         full, removed = ablation.details["full"], ablation.details["removed"]
@@ -77,7 +89,9 @@ def render_explanation(result: PosthocResult, title: str = "") -> str:
         parts += [
             "## Modality ablation and missing-modality evaluation\n",
             "Test metrics with the listed set of modalities removed (a single modality: the "
-            "model's performance when that modality is missing).\n",
+            "model's performance when that modality is missing). A set `{a,b}` removes both "
+            "modalities, hence every term that contains a or b; removing only the interaction "
+            "term `a*b` is the *term removal Δ* column above.\n",
             markdown_table(
                 ["removed", *names],
                 [["(none)", *(fmt(full[k], 4) for k in names)]]
@@ -126,3 +140,33 @@ def render_explanation(result: PosthocResult, title: str = "") -> str:
             ),
         ]
     return "\n".join(parts)
+
+
+def _estimators_section(details: Mapping[str, Any], result: PosthocResult) -> str:
+    """Every relevance estimator on the explained split: share [95 % interval] and verdict."""
+    estimates = {
+        k: RelevanceEstimate.from_dict(v) for k, v in details.items() if isinstance(v, Mapping)
+    }
+    headline = str(details.get("headline", ""))
+    if headline not in estimates:
+        return ""
+    order = sorted(result.terms, key=lambda t: -estimates[headline].terms[t].share)
+
+    def cell(e: RelevanceEstimate, t: str) -> str:
+        term = e.terms[t]
+        if not math.isfinite(term.low):
+            return fmt(term.share, 3)
+        mark = "" if term.verdict == "relevant" else " (n.s.)"
+        return f"{term.share:.3f} [{term.low:.3f}, {term.high:.3f}]{mark}"
+
+    rows = [[code(t), *(cell(e, t) for e in estimates.values())] for t in order]
+    described = "; ".join(f"*{e.label}*: {e.description}" for e in estimates.values())
+    return "\n".join(
+        [
+            "## Relevance estimators with 95 % intervals\n",
+            f"On the {result.split_size} explained samples (bootstrap over them); (n.s.): not "
+            f"significantly above a share of {details.get('margin', 0.01):g}. The headline is "
+            f"*{estimates[headline].label}*. {described}.\n",
+            markdown_table(["term", *(e.label for e in estimates.values())], rows),
+        ]
+    )

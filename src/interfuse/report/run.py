@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..io import atomic_write_bytes, atomic_write_text
 from ..ranks import fidelity, interaction_share
-from ..results import RelevanceEvidence, RunResult, SeedSummary
+from ..results import (
+    RelevanceEstimate,
+    RelevanceEstimates,
+    RelevanceEvidence,
+    RunResult,
+    SeedSummary,
+)
 from ..terms import TERM_SEPARATOR
 from .tables import by_share, code, finite_or, fmt, is_number, markdown_table
 
@@ -34,6 +41,7 @@ __all__ = [
     "render_seed_summary",
     "plot_history",
     "plot_relevance",
+    "estimates_table",
     "relevance_table",
     "render_comparison",
     "render_report",
@@ -154,12 +162,17 @@ def plot_relevance(
     truth: Mapping[str, float] | None = None,
     title: str | None = None,
     evidence: RelevanceEvidence | None = None,
+    estimate: RelevanceEstimate | None = None,
+    compare: tuple[str, Mapping[str, float]] | None = None,
+    level: float = 0.95,
 ) -> Path:
     """Horizontal bar chart of the share per term (largest on top), saved as a PNG.
 
     Interaction terms are orange and hatched, unimodal terms blue; ground-truth shares (a
     missing term counts as 0) are drawn as hollow diamonds; with ``evidence``, the held-out
-    share of each term is a black dot with its interval as an error bar.
+    share of each term is a black dot with its interval as an error bar; with ``estimate``
+    (whose shares should be ``shares``) its ``level`` intervals are error bars on the bars;
+    ``compare`` = (label, shares) draws another estimator's shares as grey ticks.
     """
     if not shares:
         raise ValueError("plot_relevance: no terms to plot")
@@ -179,6 +192,32 @@ def plot_relevance(
         truth_values = [finite_or(truth.get(t, 0.0), 0.0) for t in terms]
         handles.append(ax.scatter(truth_values, y, **_truth_marker_kwargs()))
         top = max(top, *truth_values)
+    if estimate is not None and estimate.has_intervals:
+        known_terms = [(yi, estimate.terms[t]) for yi, t in zip(y, terms) if t in estimate.terms]
+        centre = np.array([finite_or(e.share, 0.0) for _, e in known_terms])
+        low = np.array([finite_or(e.low, 0.0) for _, e in known_terms])
+        high = np.array([finite_or(e.high, 0.0) for _, e in known_terms])
+        handles.append(
+            ax.errorbar(
+                centre,
+                [yi for yi, _ in known_terms],
+                xerr=np.vstack([np.maximum(centre - low, 0), np.maximum(high - centre, 0)]),
+                fmt="none",
+                color="black",
+                capsize=3,
+                linewidth=1,
+                zorder=4,
+                label=f"{level:.0%} interval",
+            )
+        )
+        top = max(top, *high) if len(high) else top
+    if compare is not None:
+        label, other = compare
+        other_values = [finite_or(other.get(t, 0.0), 0.0) for t in terms]
+        handles.append(
+            ax.scatter(other_values, y, marker="|", s=180, color="0.35", zorder=5, label=label)
+        )
+        top = max(top, *other_values)
     if evidence is not None:
         known = [(yi, evidence.terms[t]) for yi, t in zip(y, terms) if t in evidence.terms]
         centre = np.array([finite_or(e.heldout_share, 0.0) for _, e in known])
@@ -290,7 +329,26 @@ def render_report(
     parts = [f"# Run report: {dataset}\n"]
     if result.verdict is not None:
         parts.append(_verdict_section(result))
-    if relevance is not None:
+    if relevance is not None and result.estimates is not None:
+        estimates = result.estimates
+        best = estimates.best
+        plot_relevance(
+            best.shares,
+            folder / "relevance.png",
+            truth=truth,
+            title=f"Relevance ({best.label}) — {dataset}",
+            estimate=best,
+            compare=("β share", relevance.shares) if estimates.headline != "beta" else None,
+            level=estimates.level,
+        )
+        parts += [
+            _EXPLANATION.format(p=fmt(relevance.p, 1)) + "\n",
+            "## Relevance\n",
+            _estimates_note(estimates),
+            estimates_table(estimates, truth, result.relevance_evidence),
+            "![relevance](relevance.png)\n",
+        ]
+    elif relevance is not None:
         evidence = result.relevance_evidence
         plot_relevance(
             relevance.shares,
@@ -321,7 +379,14 @@ def render_report(
     if result.missing_modalities:
         parts += ["## Missing modalities at test time\n", _missing_section(result)]
     if truth is not None and relevance is not None:
-        parts += ["## Fidelity to the ground truth\n", _fidelity_section(relevance.shares, truth)]
+        columns = {"β share": relevance.shares}
+        if result.estimates is not None:
+            columns = {e.label: e.shares for e in result.estimates.estimates.values()}
+            columns = {
+                result.estimates.best.label: result.estimates.best.shares,
+                **{k: v for k, v in columns.items() if k != result.estimates.best.label},
+            }
+        parts += ["## Fidelity to the ground truth\n", _fidelity_section(columns, truth)]
     if (folder / EXPLAIN_REPORT).exists():
         parts += [
             "## Post-hoc explanations\n",
@@ -332,6 +397,56 @@ def render_report(
         parts += ["## Training history\n", "![history](history.png)\n"]
     parts += ["## Configuration\n", _config_table({"dataset": dataset, **result.config})]
     return atomic_write_text(folder / "report.md", "\n".join(parts))
+
+
+def estimates_table(
+    estimates: RelevanceEstimates,
+    truth: Mapping[str, float] | None = None,
+    evidence: RelevanceEvidence | None = None,
+) -> str:
+    """Markdown: one row per term, sorted by the headline share: the headline share with its
+    interval and verdict, every other estimator's share (β first among them), the loss increase
+    when only the term is removed (``evidence``) and the ground truth."""
+    best = estimates.best
+    others = [e for name, e in estimates.estimates.items() if name != estimates.headline]
+    level = f"{estimates.level:.0%}"
+    header = ["term", "kind", f"**{best.label}** [{level}]", "verdict"]
+    header += [e.label for e in others]
+    if evidence is not None:
+        header.append("removal Δloss")
+    if truth is not None:
+        header.append("ground truth")
+    rows = []
+    for term in by_share(best.shares):
+        e = best.terms[term]
+        interval = f" [{fmt(e.low, 3)}, {fmt(e.high, 3)}]" if math.isfinite(e.low) else ""
+        row = [code(term), term_kind(term), f"**{fmt(e.share, 3)}**{interval}", e.verdict or "—"]
+        row += [fmt(o.terms[term].share if term in o.terms else None, 3) for o in others]
+        if evidence is not None:
+            removal = evidence.terms.get(term)
+            row.append(fmt(removal.loss_increase, 4) if removal is not None else "—")
+        if truth is not None:
+            row.append(fmt(truth.get(term, 0.0), 3))
+        rows.append(row)
+    return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
+
+
+def _estimates_note(estimates: RelevanceEstimates) -> str:
+    """What the headline, the intervals and the verdicts are (held-out data, this model)."""
+    best = estimates.best
+    level = f"{estimates.level:.0%}"
+    listed = "; ".join(f"*{e.label}*: {e.description}" for e in estimates.estimates.values())
+    return (
+        f"**Headline: {best.label}** — {best.description}. Computed on the {estimates.split} "
+        f"split; the interval is a {level} percentile bootstrap over its samples "
+        f"({estimates.draws} resamples) for this trained model, which does not include the "
+        f"variability of training (seed, training sample). **Verdict**: *relevant* when the "
+        f"share clearly exceeds {estimates.margin:g} (a one-sided bootstrap test of share ≤ "
+        f"{estimates.margin:g} rejects at {estimates.alpha:g}, the false-positive rate per "
+        f"term), else *not significant*; the grey ticks in the figure are the β shares. "
+        f"Estimators: {listed}. **removal Δloss**: the {estimates.split} loss increase when "
+        f"only the term's block is removed.\n"
+    )
 
 
 def _evidence_note(evidence: RelevanceEvidence) -> str:
@@ -448,16 +563,24 @@ def _metrics_section(result: RunResult) -> str:
     return text or "No metrics recorded.\n"
 
 
-def _fidelity_section(shares: Mapping[str, float], truth: Mapping[str, float]) -> str:
-    scores = fidelity(shares, truth)
+def _fidelity_section(
+    columns: Mapping[str, Mapping[str, float]], truth: Mapping[str, float]
+) -> str:
+    """One row per measure, one column per estimator's shares (the headline first)."""
+    scores = {label: fidelity(shares, truth) for label, shares in columns.items()}
     meaning = {
         "spearman": "rank correlation with the true shares over unimodal terms (1 = same order)",
         "l1": "Σ |share − true share| over all terms (0 = identical, 2 = disjoint)",
         "leakage": "total share on terms that are irrelevant in truth (0 is ideal)",
         "interaction_share": "total share on interaction terms",
     }
-    rows = [[code(key), fmt(scores[key], 3), meaning[key]] for key in meaning]
-    return markdown_table(["measure", "value", "meaning"], rows, align="lrl")
+    rows = [
+        [code(key), *(fmt(scores[label][key], 3) for label in columns), meaning[key]]
+        for key in meaning
+    ]
+    return markdown_table(
+        ["measure", *columns, "meaning"], rows, align="l" + "r" * len(columns) + "l"
+    )
 
 
 def _config_table(config: Mapping[str, Any]) -> str:
@@ -596,7 +719,26 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
         "## Test metrics\n",
         markdown_table(["metric", "mean ± std"], metric_rows),
     ]
-    if share_rows:
+    if summary.headline_shares:
+        intervals = summary.headline_intervals
+        rows = [
+            [
+                code(t),
+                f"{m:.3f} ± {d:.3f}",
+                f"[{intervals[t][0]:.3f}, {intervals[t][1]:.3f}]" if t in intervals else "—",
+                f"{summary.shares[t][0]:.3f} ± {summary.shares[t][1]:.3f}"
+                if t in summary.shares
+                else "—",
+            ]
+            for t, (m, d) in sorted(summary.headline_shares.items(), key=lambda i: -i[1][0])
+        ]
+        parts += [
+            "## Relevance shares\n",
+            f"Headline estimator `{summary.headline}` (mean ± std over seeds, and the 95 % "
+            "Student-t interval of the mean over seeds), beside the β shares.\n",
+            markdown_table(["term", "headline share", "95 % interval (seeds)", "β share"], rows),
+        ]
+    elif share_rows:
         parts += [
             "## Relevance shares\n",
             markdown_table(["term", "share (mean ± std)"], share_rows),

@@ -76,6 +76,29 @@ class TrainConfig:
     epochs: int = field(default=20, metadata=_help("Maximal number of epochs."))
     batch_size: int = field(default=128, metadata=_help("Training batch size."))
     lr: float = field(default=3e-3, metadata=_help("AdamW learning rate."))
+    lr_decay: float = field(
+        default=1.0,
+        metadata=_help(
+            "Multiply the learning rate by this after every epoch without a better validation "
+            "loss (1 keeps it constant)."
+        ),
+    )
+    restarts: int = field(
+        default=1,
+        metadata=_help(
+            "When training stopped early and the selected model is not clearly better than "
+            "chance or than its best single modality on validation (the learnt verdict), train "
+            "again from the same initialisation with --restart-lr, up to this many times; the "
+            "best validation loss over all attempts is kept (0: never)."
+        ),
+    )
+    restart_lr: float = field(
+        default=1e-2,
+        metadata=_help(
+            "Learning rate of a restart (a larger step escapes the plateau on which "
+            "interaction-only signals such as XOR can stall)."
+        ),
+    )
     weight_decay: float = field(
         default=1e-4,
         metadata=_help("AdamW weight decay of encoders and factors (never of the MNL head)."),
@@ -137,6 +160,18 @@ class TrainConfig:
                 f"batch_size must be >= 2 (batch statistics), got {self.batch_size}",
             ),
             (_real(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (
+                _real(self.lr_decay) and 0 < self.lr_decay <= 1,
+                f"lr_decay must be in (0, 1], got {self.lr_decay}",
+            ),
+            (
+                _int(self.restarts) and self.restarts >= 0,
+                f"restarts must be an integer >= 0, got {self.restarts}",
+            ),
+            (
+                _real(self.restart_lr) and self.restart_lr > 0,
+                f"restart_lr must be a finite number > 0, got {self.restart_lr}",
+            ),
             (
                 _real(self.weight_decay) and self.weight_decay >= 0,
                 f"weight_decay must be >= 0, got {self.weight_decay}",

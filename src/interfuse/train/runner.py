@@ -45,6 +45,7 @@ from ..data.batching import batch_loader
 from ..data.preprocess import Preprocessor
 from ..data.task import TaskData
 from ..explain.ablation import modality_ablation
+from ..explain.estimators import relevance_estimates
 from ..explain.removal import ModalityRemoval
 from ..explain.trust import learnt_verdict, relevance_evidence
 from ..fusion.norm import set_sync_stats
@@ -162,6 +163,8 @@ class TrainingState:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    attempt: int = 0
+    attempt_start: int = 0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingState:
@@ -263,6 +266,8 @@ class RunRecorder(pl.Callback):
             outcome = (val, run.relevance())
         val, relevance = trainer.strategy.broadcast(outcome, src=0)
         row = {"epoch": state.epoch, **train_metrics}
+        if state.attempt:
+            row["attempt"] = state.attempt
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
         state.history.append(row)
@@ -302,8 +307,13 @@ class RunRecorder(pl.Callback):
             run.save(BEST)
         else:
             state.bad_epochs += 1
+            for group in trainer.optimizers[0].param_groups:  # saved with the optimiser state
+                group["lr"] *= run.config.lr_decay
         if self.echo is not None and run.writer:
-            self.echo(_epoch_line(state.epoch, run.config.epochs, row, best, self.started))
+            line = _epoch_line(
+                state.epoch - state.attempt_start, run.config.epochs, row, best, self.started
+            )
+            self.echo(f"restart {state.attempt}: {line}" if state.attempt else line)
         if state.bad_epochs >= run.config.patience:
             state.stopped_early = True
             trainer.should_stop = True
@@ -351,6 +361,7 @@ class _Run:
             "info": data.info,
         }
         self.optimizer_state: dict[str, Any] | None = None
+        self.encoders = dict(encoders)
         self.state = TrainingState()
         if resume:
             model_state, header, self.optimizer_state = load_checkpoint(out / LAST)
@@ -570,6 +581,9 @@ def fit(
         run = _Run(data, config, spec, out, resuming, modules, writer=writer)
         recorder.run = run
         _train(run, trainer, recorder, accelerator)
+        while _needs_restart(run, trainer):
+            _restart(run)
+            _train(run, trainer, recorder, accelerator)
         return _finish_everywhere(run, trainer)
 
 
@@ -628,6 +642,45 @@ def _lightning_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*distributed_sampler.*")
         warnings.filterwarnings("ignore", message=".*static graph.*")
         yield
+
+
+def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
+    """Whether the attempt stalled: it stopped early (no better validation loss for
+    ``patience`` epochs) and its best model is not clearly learnt (:func:`learnt_verdict` on the
+    validation split), while restarts are left. An attempt that used its whole epoch budget is
+    not restarted (train it longer instead, with ``--resume`` and a larger ``--epochs``); nor is
+    a run with encoder modules passed in (a fresh initialisation cannot be rebuilt from trained
+    modules). In distributed training rank 0 decides and every rank follows."""
+    state, config = run.state, run.config
+    if state.attempt >= config.restarts or not state.stopped_early or run.encoders:
+        return False
+    decision = False
+    if trainer.is_global_zero and (run.out / BEST).exists():
+        best_state, _, _ = load_checkpoint(run.out / BEST)
+        run.model.load_state_dict(best_state)
+        decision = learnt_verdict(run.model, run.data, seed=config.seed).status != "learnt"
+    return bool(trainer.strategy.broadcast(decision, src=0))
+
+
+def _restart(run: _Run) -> None:
+    """A new attempt from the run's initialisation (same seed) with ``restart_lr``; the best
+    validation loss so far stays the bar a new best must beat, so the selection is over all
+    attempts. Saved at once, so an interrupted restart resumes as a restart."""
+    state = run.state
+    state.attempt += 1
+    state.attempt_start = state.epoch
+    state.bad_epochs = 0
+    state.stopped_early = False
+    fresh = build_model(run.spec, seed=run.config.seed)
+    run.model.load_state_dict(fresh.state_dict())
+    run.optimizer_state = None
+    message = (
+        f"restart {state.attempt}: the best model (epoch {state.best_epoch}) is not clearly "
+        f"better than chance or its best single modality on validation; training again from "
+        f"the same initialisation with learning rate {run.config.restart_lr:g}"
+    )
+    logger.info(message)
+    run.save(LAST)
 
 
 @contextlib.contextmanager
@@ -744,14 +797,14 @@ def check_model_budget(spec: ModelSpec, batch_size: int, encoders: Mapping[str, 
 
 def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: str) -> None:
     config = run.config
-    remaining = config.epochs - run.state.epoch
+    remaining = config.epochs - (run.state.epoch - run.state.attempt_start)
     if remaining <= 0 or run.state.stopped_early:
         return
     module = FusionModule(
         run.model,
         run.data.task,
         config.lam,
-        config.lr,
+        config.restart_lr if run.state.attempt else config.lr,
         config.weight_decay,
         modality_dropout=config.modality_dropout,
         seed=config.seed,
@@ -762,7 +815,9 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
         else None,
         metric_set=run.data.metrics,
     )
-    trainer.fit_loop.max_epochs = remaining
+    # the same trainer runs every attempt: its epoch counter goes on, the stop flag is reset
+    trainer.fit_loop.max_epochs = trainer.current_epoch + remaining
+    trainer.should_stop = False
     loader = batch_loader(
         run.data.train,
         config.batch_size,
@@ -803,6 +858,7 @@ def finish(run: _Run) -> RunResult:
         relevance=run.relevance(),
         best_epoch=run.state.best_epoch,
         epochs_run=run.state.epoch,
+        attempts=run.state.attempt + 1,
         stopped_early=run.state.stopped_early,
         train_seconds=round(run.state.train_seconds, 2),
         missing_modalities=missing_modality_metrics(run.model, data) if run.entry.masks else None,
@@ -816,6 +872,9 @@ def finish(run: _Run) -> RunResult:
         else None,
         verdict=learnt_verdict(run.model, data, seed=run.config.seed),
         relevance_evidence=relevance_evidence(run.model, data, seed=run.config.seed)
+        if run.entry.relevance and isinstance(run.model, MultimodalModel)
+        else None,
+        estimates=relevance_estimates(run.model, data.task, data.val, seed=run.config.seed)
         if run.entry.relevance and isinstance(run.model, MultimodalModel)
         else None,
     )
