@@ -82,6 +82,10 @@ def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str) -> No
 CONFIGS = [  # (M, K, r)
     (2, 1, 3),
     (2, 2, 3),
+    (2, 1, 3, "equal"),
+    (2, 2, 3, "equal"),
+    (3, 2, 4, "equal"),
+    (5, 2, 2, "equal"),
     (3, 2, 4),
     (3, 3, 3),
     (4, 3, 2),

@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from ..terms import Term, nonempty_subsets, term_name
+from .pairwise import PairwiseBuffers, PairwiseState, pairwise_head, pairwise_layout
 
 FAST_MAX_ORDER = 4
 """Largest interaction order of the fast path (the regrouping above is written for k ≤ 4)."""
@@ -336,6 +337,12 @@ class FusionPlan:
         for k in range(2, order):  # a level feeds the next (prefix) and, for k = 2, corrections
             self.levels[k - 2].needed_below = True
         self._indices: dict[torch.device, dict[int, Tensor]] = {}
+        # orders ≤ 2 with one embedding width: the whole head is one Function in training
+        self.pairwise = self.max_order <= 2 and len(self.unimodal_groups) == 1
+        self.pairs = [tuple(t) for t in interaction_terms]
+        self.pair_names = [term_name(t) for t in interaction_terms]
+        # (device, state, weights) of the pairwise path, see _pairwise_fuse
+        self.pairwise_cache: tuple | None = None
         self.momentum: float | None = None  # of every running statistic (set by the model)
 
     def index(self, values: list[int], device: torch.device) -> Tensor:
@@ -837,6 +844,8 @@ def fast_fuse(
     """
     plan: FusionPlan = model.fusion_plan()
     training = model.training
+    if plan.pairwise and training and present is None and not plain and not defer_updates:
+        return _pairwise_fuse(model, plan, embeddings)
     head = model.head
     weights = {name: block.weight for name, block in head.blocks.items()}
     first = embeddings[plan.modalities[0]]
@@ -1031,6 +1040,69 @@ def fast_fuse(
     if training:
         apply_updates(updates, plan.momentum)
     return prediction, ordered
+
+
+def _pairwise_fuse(
+    model, plan: FusionPlan, embeddings: Mapping[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`fast_fuse` for orders ≤ 2 in training without masks: one autograd Function
+    (:mod:`interfuse.fusion.pairwise`). Its state and weight lists are gathered once and kept in
+    the plan (``MultimodalModel`` drops them when its tensors move or are loaded; they are also
+    rebuilt when the first weight or buffer is no longer the model's)."""
+    modalities = plan.modalities
+    first = embeddings[modalities[0]]
+    cached = plan.pairwise_cache
+    if (
+        cached is None
+        or cached[0] != first.device
+        or cached[2][0] is not model.head.blocks[modalities[0]].weight
+        or cached[1].buffers.counters[0] is not model.norms[modalities[0]].num_batches_tracked
+    ):
+        cached = plan.pairwise_cache = (first.device, *_pairwise_state(model, plan, first.device))
+    _, state, weights = cached
+    out = pairwise_head(state, [embeddings[m] for m in modalities] + weights)
+    named = dict(zip(modalities, out.unimodal.unbind(0)))
+    if plan.pair_names:
+        named.update(zip(plan.pair_names, out.pairs.unbind(0)))
+    return out.prediction, named
+
+
+def _pairwise_state(
+    model, plan: FusionPlan, device: torch.device
+) -> tuple[PairwiseState, list[Tensor]]:
+    """The :class:`PairwiseState` of ``model`` and its weights ``W_1..W_M, P_1..P_{M_f},
+    V_1..V_Q`` (see :func:`interfuse.fusion.pairwise.pairwise_head`)."""
+    modalities, pair_names = plan.modalities, plan.pair_names
+    norms, blocks, factors = model.norms, model.head.blocks, model.factors
+    unimodal_norms = [norms[m] for m in modalities]
+    pair_norms = [norms[n] for n in pair_names]
+    means = [n.running_mean for n in unimodal_norms]
+    counters = [n.num_batches_tracked for n in unimodal_norms + pair_norms]
+    decay: list[Tensor] = []
+    weights = [blocks[m].weight for m in modalities]
+    if pair_names:
+        iterbn = model.wick
+        centerings = [factors.centering[m] for m in plan.factor_modalities]
+        means += [c.running_mean for c in centerings]
+        means += [getattr(iterbn, iterbn._buffer(t)) for t in plan.pairs]
+        decay += [getattr(iterbn, iterbn._buffer((m,))) for m in plan.factor_modalities]
+        decay += [n.running_mean for n in pair_norms]
+        counters += [c.num_batches_tracked for c in centerings]
+        counters.append(iterbn.num_batches_tracked)
+        weights += [factors.projections[m].weight for m in plan.factor_modalities]
+        weights += [blocks[n].weight for n in pair_names]
+    sq_norms = [n.running_sq_norm for n in unimodal_norms + pair_norms]
+    buffers = PairwiseBuffers(means + sq_norms + decay, decay, counters)
+    counts = (len(modalities), len(plan.factor_modalities) if pair_names else 0, len(pair_names))
+    state = PairwiseState(
+        pairwise_layout(modalities, plan.factor_modalities, plan.pairs, device),
+        buffers,
+        counts,
+        model.head.bias,
+        unimodal_norms[0].eps,
+        plan.momentum,
+    )
+    return state, weights
 
 
 def apply_updates(updates: tuple[list[Tensor], ...], momentum: float) -> None:
