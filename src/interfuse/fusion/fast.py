@@ -58,7 +58,13 @@ import torch
 from torch import Tensor
 
 from ..terms import Term, nonempty_subsets, term_name
-from .pairwise import PairwiseBuffers, PairwiseState, pairwise_head, pairwise_layout
+from .pairwise import (
+    PairwiseBuffers,
+    PairwiseState,
+    closed_under_pairs,
+    pairwise_head,
+    pairwise_layout,
+)
 
 FAST_MAX_ORDER = 4
 """Largest interaction order of the fast path (the regrouping above is written for k ≤ 4)."""
@@ -337,10 +343,17 @@ class FusionPlan:
         for k in range(2, order):  # a level feeds the next (prefix) and, for k = 2, corrections
             self.levels[k - 2].needed_below = True
         self._indices: dict[torch.device, dict[int, Tensor]] = {}
-        # orders ≤ 2 with one embedding width: the whole head is one Function in training
-        self.pairwise = self.max_order <= 2 and len(self.unimodal_groups) == 1
-        self.pairs = [tuple(t) for t in interaction_terms]
-        self.pair_names = [term_name(t) for t in interaction_terms]
+        # orders ≤ 3 (every pair of a triple a term too) with one embedding width: the whole
+        # head is one Function in training (interfuse.fusion.pairwise)
+        self.pairwise = (
+            self.max_order <= 3
+            and len(self.unimodal_groups) == 1
+            and closed_under_pairs([tuple(t) for t in interaction_terms])
+        )
+        self.pairs = [tuple(t) for t in interaction_terms if len(t) == 2]
+        self.pair_names = [term_name(t) for t in self.pairs]
+        self.triples = [tuple(t) for t in interaction_terms if len(t) == 3]
+        self.triple_names = [term_name(t) for t in self.triples]
         # (device, state, weights) of the pairwise path, see _pairwise_fuse
         self.pairwise_cache: tuple | None = None
         self.momentum: float | None = None  # of every running statistic (set by the model)
@@ -1064,7 +1077,9 @@ def _pairwise_fuse(
     named = dict(zip(modalities, out.unimodal.unbind(0)))
     if plan.pair_names:
         named.update(zip(plan.pair_names, out.pairs.unbind(0)))
-    return out.prediction, named
+    if plan.triple_names:
+        named.update(zip(plan.triple_names, out.triples.unbind(0)))
+    return out.prediction, {name: named[name] for name in model.head.blocks}
 
 
 def _pairwise_state(
@@ -1072,10 +1087,10 @@ def _pairwise_state(
 ) -> tuple[PairwiseState, list[Tensor]]:
     """The :class:`PairwiseState` of ``model`` and its weights ``W_1..W_M, P_1..P_{M_f},
     V_1..V_Q`` (see :func:`interfuse.fusion.pairwise.pairwise_head`)."""
-    modalities, pair_names = plan.modalities, plan.pair_names
+    modalities, pair_names = plan.modalities, plan.pair_names + plan.triple_names
     norms, blocks, factors = model.norms, model.head.blocks, model.factors
     unimodal_norms = [norms[m] for m in modalities]
-    pair_norms = [norms[n] for n in pair_names]
+    pair_norms = [norms[n] for n in pair_names]  # pairs, then triples
     means = [n.running_mean for n in unimodal_norms]
     counters = [n.num_batches_tracked for n in unimodal_norms + pair_norms]
     decay: list[Tensor] = []
@@ -1084,7 +1099,7 @@ def _pairwise_state(
         iterbn = model.wick
         centerings = [factors.centering[m] for m in plan.factor_modalities]
         means += [c.running_mean for c in centerings]
-        means += [getattr(iterbn, iterbn._buffer(t)) for t in plan.pairs]
+        means += [getattr(iterbn, iterbn._buffer(t)) for t in plan.pairs + plan.triples]
         decay += [getattr(iterbn, iterbn._buffer((m,))) for m in plan.factor_modalities]
         decay += [n.running_mean for n in pair_norms]
         counters += [c.num_batches_tracked for c in centerings]
@@ -1093,9 +1108,10 @@ def _pairwise_state(
         weights += [blocks[n].weight for n in pair_names]
     sq_norms = [n.running_sq_norm for n in unimodal_norms + pair_norms]
     buffers = PairwiseBuffers(means + sq_norms + decay, decay, counters)
-    counts = (len(modalities), len(plan.factor_modalities) if pair_names else 0, len(pair_names))
+    num_f = len(plan.factor_modalities) if pair_names else 0
+    counts = (len(modalities), num_f, len(plan.pairs), len(plan.triples))
     state = PairwiseState(
-        pairwise_layout(modalities, plan.factor_modalities, plan.pairs, device),
+        pairwise_layout(modalities, plan.factor_modalities, plan.pairs, device, plan.triples),
         buffers,
         counts,
         model.head.bias,

@@ -66,6 +66,12 @@ class PairwiseLayout(NamedTuple):
     first: Rows
     second: Rows
     num_pairs: int
+    t_i: Rows = None
+    t_j: Rows = None
+    t_l: Rows = None
+    t_ij: Rows = None
+    t_il: Rows = None
+    t_jl: Rows = None
 
 
 def rows_of(values: Sequence[int], size: int, device: torch.device) -> Rows:
@@ -81,17 +87,44 @@ def rows_of(values: Sequence[int], size: int, device: torch.device) -> Rows:
 def pairwise_layout(
     modalities: Sequence[str],
     factor_modalities: Sequence[str],
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[tuple[str, ...]],
     device: torch.device,
+    triples: Sequence[tuple[str, ...]] = (),
 ) -> PairwiseLayout:
-    """The :class:`PairwiseLayout` of a model's modalities, projected modalities and pairs."""
+    """The :class:`PairwiseLayout` of a model's modalities, projected modalities, pairs and
+    triples (every pair of a triple must be among ``pairs``: see :func:`closed_under_pairs`)."""
     position = {m: i for i, m in enumerate(factor_modalities)}
-    num_f = len(factor_modalities)
+    pair_row = {p: i for i, p in enumerate(pairs)}
+    num_f, num_q = len(factor_modalities), len(pairs)
+
+    def factor_rows(k: int) -> Rows:
+        return rows_of([position[t[k]] for t in triples], num_f, device)
+
+    def pair_rows(k: int, n: int) -> Rows:
+        return rows_of([pair_row[(t[k], t[n])] for t in triples], num_q, device)
+
     return PairwiseLayout(
         rows_of([list(modalities).index(m) for m in factor_modalities], len(modalities), device),
         rows_of([position[a] for a, _ in pairs], num_f, device),
         rows_of([position[b] for _, b in pairs], num_f, device),
-        len(pairs),
+        num_q,
+        factor_rows(0),
+        factor_rows(1),
+        factor_rows(2),
+        pair_rows(0, 1),
+        pair_rows(0, 2),
+        pair_rows(1, 2),
+    )
+
+
+def closed_under_pairs(terms: Sequence[tuple[str, ...]]) -> bool:
+    """Whether every pair of every triple in ``terms`` is itself a term (as with
+    ``interactions=3``): the layout :func:`pairwise_layout` needs."""
+    pairs = {t for t in terms if len(t) == 2}
+    return all(
+        (t[0], t[1]) in pairs and (t[0], t[2]) in pairs and (t[1], t[2]) in pairs
+        for t in terms
+        if len(t) == 3
     )
 
 
@@ -134,20 +167,45 @@ def _in_dtypes(values: Sequence[Tensor], targets: Sequence[Tensor]) -> list[Tens
     return [v.to(t.dtype) for v, t in zip(values, targets)]
 
 
+def _feature_major_grads(
+    blocks: Tensor,
+    weights: Tensor,
+    scale: Tensor,
+    part: Tensor,
+    grad_blocks: Tensor | None,
+    out_t: Tensor,
+    centred_out_t: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``(∂V, ∂Xᵀ)`` of feature-major blocks ``Yᵀ = σ Xᵀ (N, F, B)`` (``X`` batch-centred) and
+    their head ``VY ᵀ``: ``∂Xᵀ = σ (Vᵀ ḡᵀ − (⟨g, Y Vᵀ⟩ / B) Yᵀ) [+ σ P(∂L/∂Yᵀ)]`` — already
+    centred, so it is also the gradient before the centring."""
+    num, batch = blocks.shape[0], blocks.shape[2]
+    dot = torch.mv(part.view(num, -1), out_t.view(-1))
+    if grad_blocks is not None:
+        dot = dot + (grad_blocks * blocks).sum(dim=(1, 2))
+    grad_w = torch.bmm(out_t.expand(num, -1, -1), blocks.transpose(1, 2))
+    grad_x = blocks * (dot * (-1.0 / batch))[:, None, None]
+    grad_x.baddbmm_(weights.transpose(1, 2), centred_out_t.expand(num, -1, -1))
+    if grad_blocks is not None:
+        grad_x.add_(grad_blocks - grad_blocks.mean(dim=2, keepdim=True))
+    return grad_w, grad_x.mul_(scale[:, None, None])
+
+
 class _PairwiseHead(torch.autograd.Function):
     """The whole head (see module doc). Inputs: a :class:`PairwiseState` (its buffers are
     updated in place), the bias (or ``None``), then the tensors ``U_1..U_M, W_1..W_M,
-    P_1..P_{M_f}, V_1..V_Q``. Outputs: ``ŷ (B, C)``, ``Z (M, B, d)`` and the pair blocks
-    feature-major, ``Yᵀ (Q, r², B)`` (an empty ``(0, 0, B)`` tensor when ``Q = 0``).
+    P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``. Outputs: ``ŷ (B, C)``, ``Z (M, B, d)`` and the pair
+    and triple blocks feature-major, ``Yᵀ (Q, r², B)`` and ``Y'ᵀ (T, r³, B)`` (empty
+    ``(0, 0, B)`` tensors when there are none).
 
-    The pair blocks are kept feature-major (batch on the last, contiguous axis) because the
-    outer product ``G_i ⊗ G_j`` and its contractions broadcast over ``r`` and run along the
-    batch: with the batch innermost they are 2–5× faster than with ``(B, r, r)`` blocks.
+    Interaction blocks are kept feature-major (batch on the last, contiguous axis) because the
+    outer products and their contractions broadcast over ``r`` and run along the batch: with
+    the batch innermost they are 2–5× faster than with ``(B, r, r)`` blocks.
     """
 
     @staticmethod
     def forward(ctx, state, bias, *tensors):  # noqa: D102
-        num_m, num_f, num_q = state.counts
+        num_m, num_f, num_q, num_t = state.counts
         u = torch.stack(tensors[:num_m])  # (M, B, d)
         w = torch.stack(tensors[num_m : 2 * num_m])  # (M, C, d)
         batch = u.shape[1]
@@ -161,10 +219,12 @@ class _PairwiseHead(torch.autograd.Function):
         part_u = torch.bmm(z, w.transpose(1, 2))  # (M, B, C)
         out = part_u.sum(dim=0)
         rows = list(mean_u.squeeze(1).unbind(0))
-        saved: list[Tensor | None] = [None] * 7
+        saved: list[Tensor | None] = [None] * 13
+        y = y3 = u.new_zeros(0, 0, batch)
         if num_q:
-            proj = torch.stack(tensors[2 * num_m : 2 * num_m + num_f])  # (M_f, r, d)
-            v = torch.stack(tensors[2 * num_m + num_f :])  # (Q, C, r²)
+            start = 2 * num_m
+            proj = torch.stack(tensors[start : start + num_f])  # (M_f, r, d)
+            v = torch.stack(tensors[start + num_f : start + num_f + num_q])  # (Q, C, r²)
             layout = state.layout
             u_f = _gather(u, layout.factor_rows)
             g = torch.bmm(proj, u_f.transpose(1, 2))  # Gᵀ, (M_f, r, B)
@@ -174,17 +234,31 @@ class _PairwiseHead(torch.autograd.Function):
             a = _gather(g, layout.first)  # (Q, r, B)
             b = _gather(g, layout.second)
             moment = torch.bmm(a, b.transpose(1, 2)).div_(batch)  # E[G_i ⊗ G_j], (Q, r, r)
-            y = torch.mul(a[:, :, None, :], b[:, None, :, :]).sub_(moment[:, :, :, None])
-            y = y.view(num_q, rank * rank, batch)
-            sq.append(torch.linalg.vector_norm(y, dim=(1, 2)).square_().div_(batch))
-            scale_p = (sq[1] + eps).rsqrt_()
-            y.mul_(scale_p[:, None, None])
+            x = torch.mul(a[:, :, None, :], b[:, None, :, :]).sub_(moment[:, :, :, None])
+            x = x.view(num_q, rank * rank, batch)
+            sq.append(torch.linalg.vector_norm(x, dim=(1, 2)).square_().div_(batch))
+            rows += [*mean_g.squeeze(2).unbind(0), *moment.unbind(0)]
+            v3 = x3 = part_t = None
+            if num_t:
+                v3 = torch.stack(tensors[start + num_f + num_q :])  # (T, C, r³)
+                x3, raw_moment = _triples(layout, g, x.view(num_q, rank, rank, batch), moment)
+                sq.append(torch.linalg.vector_norm(x3, dim=(1, 2)).square_().div_(batch))
+                rows += list(raw_moment.unbind(0))
+            scales = (torch.cat(sq[1:]) + eps).rsqrt_() if num_t else (sq[1] + eps).rsqrt_()
+            scale_p = scales[:num_q]
+            # with triples, X is kept for their backward pass and the pair blocks are new
+            y = x * scale_p[:, None, None] if num_t else x.mul_(scale_p[:, None, None])
             part_p = torch.bmm(v, y)  # (Q, C, B)
             out.add_(part_p.sum(dim=0).t())
-            rows += [*mean_g.squeeze(2).unbind(0), *moment.unbind(0)]
-            saved = [u_f, proj, g, y, v, scale_p, part_p]
-        else:
-            y = u.new_zeros(0, 0, batch)
+            scale_t = None
+            if num_t:
+                scale_t = scales[num_q:]
+                y3 = x3.mul_(scale_t[:, None, None])
+                part_t = torch.bmm(v3, y3)  # (T, C, B)
+                out.add_(part_t.sum(dim=0).t())
+            # with triples X is kept (they need it) and Y = σX recomputed, not both
+            saved = [u_f, proj, g, None if num_t else y, v, scale_p, part_p]
+            saved += [x if num_t else None, moment, y3 if num_t else None, v3, scale_t, part_t]
         if bias is not None:
             out.add_(bias)
         # running statistics: lerp of means, unbiased squared norms and decays (towards an
@@ -201,15 +275,24 @@ class _PairwiseHead(torch.autograd.Function):
         ctx.layout = state.layout
         ctx.has_bias = bias is not None
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(u, w, z, scale_u, part_u, *saved)
-        return out, z, y
+        # with interactions U is kept (for ∂P) and Z = s (U − μ) recomputed, not both
+        kept = (None, mean_u) if num_q else (z, None)
+        ctx.save_for_backward(u if num_q else None, w, *kept, scale_u, part_u, *saved)
+        return out, z, y, y3
 
     @staticmethod
-    def backward(ctx, grad_out, grad_z, grad_y):  # noqa: D102
-        u, w, z, scale_u, part_u, u_f, proj, g, y, v, scale_p, part_p = ctx.saved_tensors
-        num_m, num_f, num_q = ctx.counts
+    def backward(ctx, grad_out, grad_z, grad_y, grad_y3):  # noqa: D102
+        u, w, z, mean_u, scale_u, part_u, u_f, proj, g, y, v, scale_p, part_p, *rest = (
+            ctx.saved_tensors
+        )
+        x, moment, y3, v3, scale_t, part_t = rest
+        num_m, num_f, num_q, num_t = ctx.counts
         layout: PairwiseLayout = ctx.layout
-        batch = u.shape[1]
+        if z is None:
+            z = (u - mean_u).mul_(scale_u[:, None, None])
+        if y is None and num_q:
+            y = x * scale_p[:, None, None]
+        batch = z.shape[1]
         if grad_out is None:
             grad_out = part_u.new_zeros(batch, w.shape[1])
         grad_out = grad_out.contiguous()
@@ -229,62 +312,121 @@ class _PairwiseHead(torch.autograd.Function):
         grads_p: tuple[Tensor, ...] = ()
         grads_v: tuple[Tensor, ...] = ()
         if num_q:
-            # pairs, feature-major: ∂Xᵀ = σ (Vᵀ ḡᵀ − (⟨g, Y Vᵀ⟩ / B) Yᵀ) [+ σ P(∂L/∂Y)]
             out_t = grad_out.t().contiguous()
-            dot = torch.mv(part_p.view(num_q, -1), out_t.view(-1))
-            if grad_y is not None:
-                dot = dot + (grad_y * y).sum(dim=(1, 2))
-            grad_v = torch.bmm(out_t.expand(num_q, -1, -1), y.transpose(1, 2))
-            grad_x = y * (dot * (-1.0 / batch))[:, None, None]
-            grad_x.baddbmm_(v.transpose(1, 2), centred_out.t().expand(num_q, -1, -1))
-            if grad_y is not None:
-                grad_x.add_(grad_y - grad_y.mean(dim=2, keepdim=True))
-            grad_x.mul_(scale_p[:, None, None])
+            centred_t = centred_out.t()
+            grad_v, grad_x = _feature_major_grads(y, v, scale_p, part_p, grad_y, out_t, centred_t)
             rank = g.shape[1]
             grad_x = grad_x.view(num_q, rank, rank, batch)
+            grad_g = torch.zeros_like(g)
+            grad_moment = None
+            grads_v = tuple(grad_v.unbind(0))
+            if num_t:
+                grad_v3, grad_x3 = _feature_major_grads(
+                    y3, v3, scale_t, part_t, grad_y3, out_t, centred_t
+                )
+                grad_moment = _triples_backward(
+                    layout, grad_x3, g, x.view(num_q, rank, rank, batch), moment, grad_x, grad_g
+                )
+                grad_x.sub_(grad_x.mean(dim=3, keepdim=True))  # the triples' part is not centred
+                grads_v += tuple(grad_v3.unbind(0))
             a = _gather(g, layout.first)
             b = _gather(g, layout.second)
-            grad_g = torch.zeros_like(g)
-            _scatter_add(grad_g, layout.first, (grad_x * b[:, None, :, :]).sum(dim=2))
-            _scatter_add(grad_g, layout.second, (grad_x * a[:, :, None, :]).sum(dim=1))
+            grad_a = (grad_x * b[:, None, :, :]).sum(dim=2)
+            grad_b = (grad_x * a[:, :, None, :]).sum(dim=1)
+            if grad_moment is not None:  # E = G_i G_jᵀ / B read directly by the triples
+                grad_a.baddbmm_(grad_moment, b, alpha=1.0 / batch)
+                grad_b.baddbmm_(grad_moment.transpose(1, 2), a, alpha=1.0 / batch)
+            _scatter_add(grad_g, layout.first, grad_a)
+            _scatter_add(grad_g, layout.second, grad_b)
             grad_g.sub_(grad_g.mean(dim=2, keepdim=True))
             grads_p = tuple(torch.bmm(grad_g, u_f).unbind(0))
             _scatter_add(grad_u, layout.factor_rows, torch.bmm(grad_g.transpose(1, 2), proj))
-            grads_v = tuple(grad_v.unbind(0))
         return (None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0), *grads_p, *grads_v)
+
+
+def _triples(layout: PairwiseLayout, g: Tensor, x: Tensor, moment: Tensor) -> tuple[Tensor, Tensor]:
+    """``(:T_S:ᵀ (T, r³, B), E[T_S] (T, r, r, r))`` for the triples ``S = (i, j, l)``.
+
+    With centred factors, ``:T_S: = X_ij ⊗ g_l − E_il ⊗ g_j − E_jl ⊗ g_i − E[T_S]`` (the pair
+    Wick blocks ``X`` and moments ``E`` of the pairs level), and in training
+    ``E[T_S] = E_b[X_ij ⊗ g_l − …]``: every correction has batch mean 0.
+    """
+    x_ij = _gather(x, layout.t_ij)  # (T, r, r, B)
+    g_i, g_j, g_l = (_gather(g, rows) for rows in (layout.t_i, layout.t_j, layout.t_l))
+    e_il, e_jl = _gather(moment, layout.t_il), _gather(moment, layout.t_jl)
+    t3 = torch.mul(x_ij[:, :, :, None, :], g_l[:, None, None, :, :])  # (T, r, r, r, B)
+    t3.addcmul_(e_il[:, :, None, :, None], g_j[:, None, :, None, :], value=-1)
+    t3.addcmul_(e_jl[:, None, :, :, None], g_i[:, :, None, None, :], value=-1)
+    raw_moment = t3.mean(dim=4, keepdim=True)
+    t3.sub_(raw_moment)
+    num, rank, batch = t3.shape[0], t3.shape[1], t3.shape[4]
+    return t3.view(num, rank**3, batch), raw_moment.squeeze(4)
+
+
+def _triples_backward(
+    layout: PairwiseLayout,
+    grad_x3: Tensor,
+    g: Tensor,
+    x: Tensor,
+    moment: Tensor,
+    grad_x: Tensor,
+    grad_g: Tensor,
+) -> Tensor:
+    """Adds the triples' gradient into ``grad_x`` (pair blocks) and ``grad_g`` (factors) and
+    returns the gradient of the pair moments ``E`` they read (see :func:`_triples`; ``grad_x3``
+    is centred, so the subtraction of ``E[T_S]`` passes it through)."""
+    num, batch = grad_x3.shape[0], grad_x3.shape[2]
+    rank = g.shape[1]
+    gt = grad_x3.view(num, rank, rank, rank, batch)
+    x_ij = _gather(x, layout.t_ij)
+    g_i, g_j, g_l = (_gather(g, rows) for rows in (layout.t_i, layout.t_j, layout.t_l))
+    e_il, e_jl = _gather(moment, layout.t_il), _gather(moment, layout.t_jl)
+    _scatter_add(grad_x, layout.t_ij, (gt * g_l[:, None, None, :, :]).sum(dim=3))
+    _scatter_add(grad_g, layout.t_l, (gt * x_ij[:, :, :, None, :]).sum(dim=(1, 2)))
+    _scatter_add(grad_g, layout.t_j, (gt * e_il[:, :, None, :, None]).sum(dim=(1, 3)).neg_())
+    _scatter_add(grad_g, layout.t_i, (gt * e_jl[:, None, :, :, None]).sum(dim=(2, 3)).neg_())
+    grad_moment = torch.zeros_like(moment)
+    _scatter_add(grad_moment, layout.t_il, (gt * g_j[:, None, :, None, :]).sum(dim=(2, 4)).neg_())
+    _scatter_add(grad_moment, layout.t_jl, (gt * g_i[:, :, None, None, :]).sum(dim=(1, 4)).neg_())
+    return grad_moment
 
 
 class PairwiseState(NamedTuple):
     """Everything of the model that one step reads besides the tensors it differentiates:
-    the layout, the buffers it updates, ``counts = (M, M_f, Q)`` (``M_f = 0`` when ``Q = 0``),
+    the layout, the buffers it updates, ``counts = (M, M_f, Q, T)`` (``M_f = 0`` when
+    ``Q = 0``),
     the head's bias (or ``None``), vBN's ``eps`` and the momentum of every running statistic."""
 
     layout: PairwiseLayout
     buffers: PairwiseBuffers
-    counts: tuple[int, int, int]
+    counts: tuple[int, int, int, int]
     bias: Tensor | None
     eps: float
     momentum: float
 
 
 class PairwiseOutput(NamedTuple):
-    """``prediction (B, C)``, unimodal blocks ``(M, B, d)`` and pair blocks ``(Q, B, r²)``."""
+    """``prediction (B, C)``, unimodal blocks ``(M, B, d)``, pair blocks ``(Q, B, r²)`` and
+    triple blocks ``(T, B, r³)`` (the last two are transposed views of feature-major stacks)."""
 
     prediction: Tensor
     unimodal: Tensor
     pairs: Tensor
+    triples: Tensor
 
 
 def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> PairwiseOutput:
     """One training step of the head (see module doc); updates ``state.buffers`` in place.
 
-    ``tensors``: ``U_1..U_M, W_1..W_M`` then, with pairs, ``P_1..P_{M_f}, V_1..V_Q``.
+    ``tensors``: ``U_1..U_M, W_1..W_M`` then, with interactions, ``P_1..P_{M_f}``, the pair
+    weights ``V_1..V_Q`` and the triple weights ``V'_1..V'_T``.
     """
-    num_m, num_f, num_q = state.counts
-    if len(tensors) != 2 * num_m + num_f + num_q:
+    num_m, num_f, num_q, num_t = state.counts
+    expected = 2 * num_m + num_f + num_q + num_t
+    if len(tensors) != expected:
         raise ValueError(
-            f"pairwise_head: counts {state.counts} need {2 * num_m + num_f + num_q} tensors "
-            f"(embeddings, unimodal weights, projections, pair weights), got {len(tensors)}; "
+            f"pairwise_head: counts {state.counts} need {expected} tensors (embeddings, "
+            f"unimodal weights, projections, pair and triple weights), got {len(tensors)}; "
             f"rebuild the state for this model"
         )
     batch = tensors[0].shape[0]
@@ -293,5 +435,5 @@ def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> PairwiseOu
             f"the fusion head needs a batch of at least 2 samples in training mode (it uses "
             f"batch statistics), got {batch}; use a larger batch or call model.eval()"
         )
-    prediction, unimodal, pairs = _PairwiseHead.apply(state, state.bias, *tensors)
-    return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2))
+    prediction, unimodal, pairs, triples = _PairwiseHead.apply(state, state.bias, *tensors)
+    return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), triples.transpose(1, 2))
