@@ -356,6 +356,11 @@ def test_whole_head_function_is_used_where_it_applies():
     model, _, dims = build(3, 3, 2, torch.float32, equal=True)
     model.eval()
     assert not uses_function(model, dims)
+    rank = fast.PAIRWISE_MAX_TRIPLE_RANK
+    model, _, dims = build(3, 3, rank + 1, torch.float32, equal=True)  # large triples
+    assert not uses_function(model, dims)
+    model, _, dims = build(3, 3, rank, torch.float32, equal=True)
+    assert uses_function(model, dims)
 
 
 def test_whole_head_function_after_moving_or_loading_tensors():

@@ -1,4 +1,4 @@
-"""The whole fusion head of an order-≤ 2 model as one autograd Function (training, no masks).
+"""The whole fusion head of an order-≤ 3 model as one autograd Function (training, no masks).
 
 For the common configuration — unimodal blocks of one width ``d`` plus pairwise interactions —
 the stacked fast path of :mod:`interfuse.fusion.fast` still dispatches a few hundred small
@@ -18,7 +18,14 @@ projections ``P_m ∈ R^{r×d}`` and pairs ``q = (i_q, j_q)`` with head blocks `
     head             ŷ = Σ_m Z_m W_mᵀ + Σ_q Y_q V_qᵀ + b
 
 IterBN's corrections by single-factor means vanish (the factors are centred), so for a pair the
-Wick product is the product minus its batch mean, and vBN need not centre it again.
+Wick product is the product minus its batch mean, and vBN need not centre it again. A triple
+``S = (i, j, l)`` (its three pairs are terms too) is built from the pair blocks and moments:
+
+    triple (Wick)    X_S = X_ij ⊗ G_l − E_il ⊗ G_j − E_jl ⊗ G_i − E[T_S],
+                     E[T_S] = E_b[X_ij ⊗ G_l − E_il ⊗ G_j − E_jl ⊗ G_i]   (batch mean 0 of
+                     every correction, as the factors are centred)
+
+and goes through vBN and the head as the pairs do.
 
 **Backward.** With ``g = ∂L/∂ŷ`` and its centred form ``ḡ = g − E_b g`` (the adjoint of every
 batch centring above, applied once to the small ``(B, C)`` matrix instead of the blocks):
@@ -29,17 +36,23 @@ batch centring above, applied once to the small ``(B, C)`` matrix instead of the
     ∂G_i += ∂X_q G_j (contracting j's axis),  ∂G_j += ∂X_qᵀ G_i,
     ∂(U P_mᵀ) = ∂G_m − E_b ∂G_m,   ∂P_m = ∂(U P_mᵀ)ᵀ U_m,   ∂U_m += ∂(U P_mᵀ) P_m.
 
+With triples, ``∂X_S`` (centred, as ``∂X_q``) adds ``∂X_S · G_l`` to ``∂X_ij``, ``X_ijᵀ ∂X_S`` to
+``∂G_l``, ``−∂X_S · E_il`` to ``∂G_j`` and ``−Σ_b ∂X_S · G_j`` to ``∂E_il`` (likewise for ``jl``,
+``i``); ``∂X_ij`` is then centred again, and the moments' gradient reaches the factors through
+``E_ij = G_iᵀ G_j / B``: ``∂G_i += ∂E_ij G_j / B``, ``∂G_j += ∂E_ijᵀ G_i / B``.
+
 The inner products ``⟨g, Z_m W_mᵀ⟩`` come from the ``(·, B, C)`` head products kept from the
 forward pass. Gradients that reach the returned blocks directly (``∂L/∂Z``, ``∂L/∂Y``, e.g. an
 explanation loss) enter as ``g W`` does, centred, and add to the inner products.
 
-**Running statistics** are updated inside the forward pass with four foreach operations, exactly
-as the module path does: lerp of the vBN means and unbiased squared norms, of the factors' means
-and of the raw pair moments ``E[G_i ⊗ G_j]``; decay of the (zero) batch means of the factors and of
-the pair blocks; ``num_batches_tracked += 1``.
+**Running statistics** are updated inside the forward pass with two foreach operations, as the
+module path does: one lerp for the vBN means and unbiased squared norms, the factors' means, the
+raw moments ``E[G_i ⊗ G_j]`` and ``E[T_S]``, and (towards an exact 0) the batch means of the
+factors and of the interaction blocks; then ``num_batches_tracked += 1``.
 
 Scope (else :func:`interfuse.fusion.fast.fast_fuse` runs its stacked path): training mode, no
-presence masks, interaction orders ≤ 2, all embeddings of one width, eager mode (``plain``
+presence masks, interaction orders ≤ 2, or 3 with the pairs of every triple among the terms and
+a rank ≤ ``PAIRWISE_MAX_TRIPLE_RANK``, all embeddings of one width, eager mode (``plain``
 operations are what ``torch.compile`` needs).
 """
 
