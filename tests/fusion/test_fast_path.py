@@ -327,12 +327,40 @@ def test_gradcheck_whole_head_function():
     model, names, dims = build(4, 0, 2, torch.float64, interactions=terms, equal=True)
     plan = model.fusion_plan()
     assert plan.pairwise and plan.factor_modalities == ["m0", "m1", "m2"]
-    state, weights = fast._pairwise_state(model, plan, torch.device("cpu"))
+    state, weights, _ = fast._pairwise_state(model, plan, torch.device("cpu"))
     assert state.counts == (4, 3, 3, 1)
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(6, 4, dtype=torch.float64, generator=gen) for _ in names]
     tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
     assert torch.autograd.gradcheck(lambda *t: tuple(pairwise.pairwise_head(state, t)), tensors)
+
+
+def test_gradcheck_masked_whole_head_function():
+    """The masked one-Function head: a modality with 1 present sample (running statistics for
+    it and its pairs), one absent for the whole batch, the others partly present."""
+    torch.manual_seed(7)
+    model, names, dims = build(4, 2, 2, torch.float64, equal=True)
+    plan = model.fusion_plan()
+    state, weights, buffers = fast._pairwise_state(model, plan, torch.device("cpu"))
+    with torch.no_grad():  # running statistics that differ from the batch's
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.normal_().abs_()
+    gen = torch.Generator().manual_seed(1)
+    present = torch.rand(4, 7, generator=gen) < 0.7
+    present[0] = True
+    present[1] = False
+    present[1, 2] = True
+    present[3] = False
+    inputs = [torch.randn(7, 4, dtype=torch.float64, generator=gen) for _ in names]
+    inputs = [torch.where(p[:, None], x, 0.0) for p, x in zip(present, inputs)]
+    tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
+
+    def fn(*t):
+        out = pairwise.masked_pairwise_head(state, buffers, present, t)
+        return out.prediction, out.unimodal, out.pairs
+
+    assert torch.autograd.gradcheck(fn, tensors)
 
 
 def test_whole_head_function_is_used_where_it_applies():
@@ -356,6 +384,13 @@ def test_whole_head_function_is_used_where_it_applies():
     model, _, dims = build(3, 3, 2, torch.float32, equal=True)
     model.eval()
     assert not uses_function(model, dims)
+    model.train()  # triples with masks: the stacked path
+    masks = {n: torch.rand(8) < 0.7 for n in dims}
+    out = model.fuse({n: torch.randn(8, d) for n, d in dims.items()}, masks)
+    assert type(out.prediction.grad_fn).__name__ != "_MaskedPairwiseHeadBackward"
+    model, _, dims = build(3, 2, 2, torch.float32, equal=True)  # pairs with masks: masked one
+    out = model.fuse({n: torch.randn(8, d) for n, d in dims.items()}, masks)
+    assert type(out.prediction.grad_fn).__name__ == "_MaskedPairwiseHeadBackward"
     rank = fast.PAIRWISE_MAX_TRIPLE_RANK
     model, _, dims = build(3, 3, rank + 1, torch.float32, equal=True)  # large triples
     assert not uses_function(model, dims)

@@ -65,9 +65,11 @@ from torch import Tensor
 
 from ..terms import Term, nonempty_subsets, term_name
 from .pairwise import (
+    MaskedBuffers,
     PairwiseBuffers,
     PairwiseState,
     closed_under_pairs,
+    masked_pairwise_head,
     pairwise_head,
     pairwise_layout,
 )
@@ -869,8 +871,11 @@ def fast_fuse(
     """
     plan: FusionPlan = model.fusion_plan()
     training = model.training
-    if plan.pairwise and training and present is None and not plain and not defer_updates:
-        return _pairwise_fuse(model, plan, embeddings)
+    if plan.pairwise and training and not plain and not defer_updates:
+        if present is None:
+            return _pairwise_fuse(model, plan, embeddings)
+        if not plan.triples:
+            return _pairwise_fuse(model, plan, embeddings, present)
     head = model.head
     weights = {name: block.weight for name, block in head.blocks.items()}
     first = embeddings[plan.modalities[0]]
@@ -1068,7 +1073,10 @@ def fast_fuse(
 
 
 def _pairwise_fuse(
-    model, plan: FusionPlan, embeddings: Mapping[str, Tensor]
+    model,
+    plan: FusionPlan,
+    embeddings: Mapping[str, Tensor],
+    present: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`fast_fuse` for orders ≤ 2 in training without masks: one autograd Function
     (:mod:`interfuse.fusion.pairwise`). Its state and weight lists are gathered once and kept in
@@ -1084,8 +1092,14 @@ def _pairwise_fuse(
         or cached[1].buffers.counters[0] is not model.norms[modalities[0]].num_batches_tracked
     ):
         cached = plan.pairwise_cache = (first.device, *_pairwise_state(model, plan, first.device))
-    _, state, weights = cached
-    out = pairwise_head(state, [embeddings[m] for m in modalities] + weights)
+    _, state, weights, masked_buffers = cached
+    tensors = [embeddings[m] for m in modalities] + weights
+    if present is None:
+        out = pairwise_head(state, tensors)
+    else:
+        everyone = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+        rows = torch.stack([present.get(m, everyone) for m in modalities])
+        out = masked_pairwise_head(state, masked_buffers, rows, tensors)
     named = dict(zip(modalities, out.unimodal.unbind(0)))
     if plan.pair_names:
         named.update(zip(plan.pair_names, out.pairs.unbind(0)))
@@ -1096,9 +1110,10 @@ def _pairwise_fuse(
 
 def _pairwise_state(
     model, plan: FusionPlan, device: torch.device
-) -> tuple[PairwiseState, list[Tensor]]:
-    """The :class:`PairwiseState` of ``model`` and its weights ``W_1..W_M, P_1..P_{M_f},
-    V_1..V_Q`` (see :func:`interfuse.fusion.pairwise.pairwise_head`)."""
+) -> tuple[PairwiseState, list[Tensor], MaskedBuffers]:
+    """The :class:`PairwiseState` of ``model``, its weights ``W_1..W_M, P_1..P_{M_f},
+    V_1..V_Q, V'_1..V'_T`` (see :func:`interfuse.fusion.pairwise.pairwise_head`) and the
+    buffers of the masked variant."""
     modalities, pair_names = plan.modalities, plan.pair_names + plan.triple_names
     norms, blocks, factors = model.norms, model.head.blocks, model.factors
     unimodal_norms = [norms[m] for m in modalities]
@@ -1130,7 +1145,23 @@ def _pairwise_state(
         unimodal_norms[0].eps,
         plan.momentum,
     )
-    return state, weights
+    single = [getattr(model.wick, model.wick._buffer((m,))) for m in plan.factor_modalities]
+    masked = MaskedBuffers(
+        [n.running_mean for n in unimodal_norms],
+        [n.running_sq_norm for n in unimodal_norms],
+        [factors.centering[m].running_mean for m in plan.factor_modalities] if pair_names else [],
+        [getattr(model.wick, model.wick._buffer(t)) for t in plan.pairs],
+        single if pair_names else [],
+        [n.running_mean for n in pair_norms],
+        [n.running_sq_norm for n in pair_norms],
+        [n.num_batches_tracked for n in unimodal_norms],
+        [factors.centering[m].num_batches_tracked for m in plan.factor_modalities]
+        if pair_names
+        else [],
+        [model.wick.num_batches_tracked] if pair_names else [],
+        [n.num_batches_tracked for n in pair_norms],
+    )
+    return state, weights, masked
 
 
 def apply_updates(updates: tuple[list[Tensor], ...], momentum: float) -> None:

@@ -450,3 +450,237 @@ def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> PairwiseOu
         )
     prediction, unimodal, pairs, triples = _PairwiseHead.apply(state, state.bias, *tensors)
     return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), triples.transpose(1, 2))
+
+
+# --------------------------------------------------------------------------- presence masks
+
+
+class MaskedBuffers(NamedTuple):
+    """The running statistics a masked step reads where a block has fewer than 2 present
+    samples (and updates where it has more), one list per kind, in stack order: vBN means and
+    squared norms of the unimodal blocks, the factors' centring means, IterBN's pair moments and
+    single-factor means, the pair blocks' vBN means and squared norms; the counters of the
+    unimodal vBNs, of the centrings, of IterBN (one) and of the pair vBNs."""
+
+    unimodal_mean: list[Tensor]
+    unimodal_sq: list[Tensor]
+    factor_mean: list[Tensor]
+    pair_moment: list[Tensor]
+    single_moment: list[Tensor]
+    pair_mean: list[Tensor]
+    pair_sq: list[Tensor]
+    unimodal_count: list[Tensor]
+    factor_count: list[Tensor]
+    iterbn_count: list[Tensor]
+    pair_count: list[Tensor]
+
+
+def _masked_weights(present: Tensor) -> tuple[Tensor, Tensor, list[bool], Tensor]:
+    """``(w = p / n, n, ok, usable)`` of a ``(Q, B)`` presence stack; ``ok[q]``: ``n_q ≥ 2``
+    (batch statistics), ``usable`` the same as a ``(Q,)`` 0/1 tensor."""
+    counts = present.sum(dim=1)
+    ok = (counts >= 2).tolist()
+    weights = present / counts.clamp(min=1)[:, None]
+    return weights, counts, ok, (counts >= 2).to(present.dtype)
+
+
+def _pick(ok: list[bool], usable: Tensor, batch_value: Tensor, running: list[Tensor]) -> Tensor:
+    """Per row: the batch statistic where ``ok``, else the running one (stacked, same shape)."""
+    if all(ok):
+        return batch_value
+    stacked = torch.stack(running).to(batch_value.dtype).view(batch_value.shape)
+    keep = usable.view(-1, *([1] * (batch_value.dim() - 1))) > 0
+    return torch.where(keep, batch_value, stacked)
+
+
+class _MaskedPairwiseHead(torch.autograd.Function):
+    """:class:`_PairwiseHead` (orders ≤ 2) with presence masks ``p_n ∈ {0, 1}`` per modality.
+
+    Every statistic is a mean over the samples where the block's modalities are present
+    (``w_n = p_n / n``); a block with ``n < 2`` uses its running statistics instead (and does not
+    update them); absent rows of every block are 0. For a block ``z_n = p_n s (x_n − μ)``, with
+    ``ḡ_w = Σ_n w_n g_n`` and ``D = ⟨g, Z Wᵀ⟩``,
+
+        ∂x_n = s (p_n (g_n − ḡ_w) W − (D / n) z_n)      (n ≥ 2; else s p_n g_n W),
+
+    the adjoint of the masked centring and scale. The pair blocks ``X = G_i ⊗ G_j − E_ij`` with
+    ``E_ij = Σ_n w_n G_i,n ⊗ G_j,n`` have masked mean exactly 0, and their gradient sums to 0
+    under ``w``, so it is also the gradient of ``G_i ⊗ G_j`` (as without masks). The factors'
+    masked centring gives ``∂(U Pᵀ)_n = ∂G_n − w_n Σ_m ∂G_m``.
+    """
+
+    @staticmethod
+    def forward(ctx, state, buffers, present, bias, *tensors):  # noqa: D102
+        num_m, num_f, num_q, _ = state.counts
+        layout = state.layout
+        u = torch.stack(tensors[:num_m])  # (M, B, d)
+        w = torch.stack(tensors[num_m : 2 * num_m])
+        batch = u.shape[1]
+        eps = state.eps
+        p_u = present.to(u.dtype)  # (M, B)
+        w_u, n_u, ok_u, use_u = _masked_weights(p_u)
+        mean_u = _pick(ok_u, use_u, torch.bmm(w_u[:, None, :], u), buffers.unimodal_mean)
+        c = u - mean_u
+        sq_u = (torch.linalg.vector_norm(c, dim=2).square_() * w_u).sum(dim=1)
+        sq_u = _pick(ok_u, use_u, sq_u, buffers.unimodal_sq)
+        scale_u = (sq_u + eps).rsqrt_()
+        z = c.mul_((p_u * scale_u[:, None])[:, :, None])
+        part_u = torch.bmm(z, w.transpose(1, 2))
+        out = part_u.sum(dim=0)
+        saved: list[Tensor | None] = [None] * 12
+        y = u.new_zeros(0, 0, batch)
+        pending = [(buffers.unimodal_mean, mean_u.squeeze(1), ok_u)]
+        pending.append((buffers.unimodal_sq, sq_u * n_u / (n_u - 1).clamp(min=1), ok_u))
+        counters = [t for t, ok in zip(buffers.unimodal_count, ok_u) if ok]
+        decays: list[Tensor] = []
+        if num_q:
+            start = 2 * num_m
+            proj = torch.stack(tensors[start : start + num_f])
+            v = torch.stack(tensors[start + num_f :])
+            u_f = _gather(u, layout.factor_rows)
+            p_f = _gather(p_u, layout.factor_rows)
+            w_f, _, ok_f, use_f = _masked_weights(p_f)
+            g = torch.bmm(proj, u_f.transpose(1, 2))  # (M_f, r, B)
+            mean_g = _pick(ok_f, use_f, torch.bmm(g, w_f[:, :, None]), buffers.factor_mean)
+            g.sub_(mean_g)
+            rank = g.shape[1]
+            a, b = _gather(g, layout.first), _gather(g, layout.second)
+            p_q = _gather(p_f, layout.first) * _gather(p_f, layout.second)  # (Q, B)
+            w_q, n_q, ok_q, use_q = _masked_weights(p_q)
+            moment = _pick(
+                ok_q, use_q, torch.bmm(a * w_q[:, None, :], b.transpose(1, 2)), buffers.pair_moment
+            )
+            x = torch.mul(a[:, :, None, :], b[:, None, :, :]).sub_(moment[:, :, :, None])
+            x = x.view(num_q, rank * rank, batch)
+            if not all(ok_q):  # running vBN means where the batch has < 2 samples (else 0)
+                running = torch.stack(buffers.pair_mean).to(x.dtype)[:, :, None]
+                x.sub_(running * (1 - use_q)[:, None, None])
+            sq_q = (x.square() * w_q[:, None, :]).sum(dim=(1, 2))
+            sq_q = _pick(ok_q, use_q, sq_q, buffers.pair_sq)
+            scale_q = (sq_q + eps).rsqrt_()
+            y = x.mul_((p_q * scale_q[:, None])[:, None, :])
+            part_p = torch.bmm(v, y)
+            out.add_(part_p.sum(dim=0).t())
+            saved = [u_f, proj, g, y, v, scale_q, part_p, p_f, w_f, use_f, p_q, w_q]
+            saved += [n_q, use_q]
+            pending += [
+                (buffers.factor_mean, mean_g.squeeze(2), ok_f),
+                (buffers.pair_moment, moment, ok_q),
+                (buffers.pair_sq, sq_q * n_q / (n_q - 1).clamp(min=1), ok_q),
+            ]
+            counters += [t for t, ok in zip(buffers.factor_count, ok_f) if ok]
+            counters += list(buffers.iterbn_count)
+            counters += [t for t, ok in zip(buffers.pair_count, ok_q) if ok]
+            decays += [t for t, ok in zip(buffers.single_moment, ok_f) if ok]
+            decays += [t for t, ok in zip(buffers.pair_mean, ok_q) if ok]
+        else:
+            saved += [None, None]
+        if bias is not None:
+            out.add_(bias)
+        targets: list[Tensor] = []
+        ends: list[Tensor] = []
+        for buffer_list, values, oks in pending:
+            rows = values.unbind(0)
+            targets += [t for t, ok in zip(buffer_list, oks) if ok]
+            ends += [r for r, ok in zip(rows, oks) if ok]
+        if decays:
+            zero = out.new_zeros(())
+            targets += decays
+            ends += [zero] * len(decays)
+        if targets:
+            torch._foreach_lerp_(targets, _in_dtypes(ends, targets), state.momentum)
+        if counters:
+            torch._foreach_add_(counters, 1)
+
+        ctx.counts = state.counts
+        ctx.layout = layout
+        ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(u, w, z, scale_u, part_u, p_u, w_u, n_u, use_u, *saved)
+        return out, z, y
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_z, grad_y):  # noqa: D102
+        u, w, z, scale_u, part_u, p_u, w_u, n_u, use_u, *rest = ctx.saved_tensors
+        u_f, proj, g, y, v, scale_q, part_p, p_f, w_f, use_f, p_q, w_q, n_q, use_q = rest
+        num_m, _, num_q, _ = ctx.counts
+        layout: PairwiseLayout = ctx.layout
+        batch = u.shape[1]
+        if grad_out is None:
+            grad_out = part_u.new_zeros(batch, w.shape[1])
+        grad_out = grad_out.contiguous()
+        grad_bias = grad_out.sum(dim=0) if ctx.has_bias else None
+
+        def grads(blocks, weights, scale, part, grad_blocks, p, wts, n, usable, feature_major):
+            """``(∂W, ∂x)`` of masked vBN blocks and their head (see the class doc)."""
+            num = blocks.shape[0]
+            expanded = grad_out.expand(num, -1, -1)  # (N, B, C)
+            flat_out = grad_out.t().contiguous() if feature_major else grad_out
+            dot = torch.mv(part.view(num, -1), flat_out.view(-1))
+            if grad_blocks is not None:
+                dot = dot + (grad_blocks * blocks).sum(dim=(1, 2))
+            mean_out = torch.bmm(wts[:, None, :], expanded) * usable[:, None, None]  # (N, 1, C)
+            centred = (expanded - mean_out) * p[:, :, None]  # (N, B, C)
+            coef = -(usable * dot / n.clamp(min=1))[:, None, None]
+            if feature_major:  # blocks (N, F, B)
+                grad_w = torch.bmm(expanded.transpose(1, 2), blocks.transpose(1, 2))
+                grad_x = torch.baddbmm(
+                    blocks * coef, weights.transpose(1, 2), centred.transpose(1, 2)
+                )
+                if grad_blocks is not None:
+                    mean_g = (grad_blocks * wts[:, None, :]).sum(dim=2, keepdim=True)
+                    grad_x.add_((grad_blocks - mean_g * usable[:, None, None]) * p[:, None, :])
+            else:  # blocks (N, B, F)
+                grad_w = torch.bmm(expanded.transpose(1, 2), blocks)
+                grad_x = torch.baddbmm(blocks * coef, centred, weights)
+                if grad_blocks is not None:
+                    mean_g = torch.bmm(wts[:, None, :], grad_blocks)
+                    grad_x.add_((grad_blocks - mean_g * usable[:, None, None]) * p[:, :, None])
+            return grad_w, grad_x.mul_(scale[:, None, None])
+
+        grad_w, grad_u = grads(z, w, scale_u, part_u, grad_z, p_u, w_u, n_u, use_u, False)
+        grads_p: tuple[Tensor, ...] = ()
+        grads_v: tuple[Tensor, ...] = ()
+        if num_q:
+            grad_v, grad_x = grads(y, v, scale_q, part_p, grad_y, p_q, w_q, n_q, use_q, True)
+            rank = g.shape[1]
+            grad_x = grad_x.view(num_q, rank, rank, batch)
+            a, b = _gather(g, layout.first), _gather(g, layout.second)
+            grad_g = torch.zeros_like(g)
+            _scatter_add(grad_g, layout.first, (grad_x * b[:, None, :, :]).sum(dim=2))
+            _scatter_add(grad_g, layout.second, (grad_x * a[:, :, None, :]).sum(dim=1))
+            # the masked centring's adjoint: ∂(U Pᵀ)_n = ∂G_n − w_n Σ_m ∂G_m
+            total = grad_g.sum(dim=2, keepdim=True) * use_f[:, None, None]
+            grad_g.sub_(total * w_f[:, None, :])
+            grads_p = tuple(torch.bmm(grad_g, u_f).unbind(0))
+            _scatter_add(grad_u, layout.factor_rows, torch.bmm(grad_g.transpose(1, 2), proj))
+            grads_v = tuple(grad_v.unbind(0))
+        return (
+            None,
+            None,
+            None,
+            grad_bias,
+            *grad_u.unbind(0),
+            *grad_w.unbind(0),
+            *grads_p,
+            *grads_v,
+        )
+
+
+def masked_pairwise_head(
+    state: PairwiseState, buffers: MaskedBuffers, present: Tensor, tensors: Sequence[Tensor]
+) -> PairwiseOutput:
+    """:func:`pairwise_head` with presence masks ``present (M, B)`` (bool, one row per
+    modality), orders ≤ 2; updates the buffers of the blocks with ≥ 2 present samples."""
+    num_m, num_f, num_q, num_t = state.counts
+    if num_t or len(tensors) != 2 * num_m + num_f + num_q or present.shape[0] != num_m:
+        raise ValueError(
+            f"masked_pairwise_head: counts {state.counts} (no triples) need "
+            f"{2 * num_m + num_f + num_q} tensors and a presence stack of {num_m} rows, got "
+            f"{len(tensors)} tensors and {tuple(present.shape)}; rebuild the state for this model"
+        )
+    prediction, unimodal, pairs = _MaskedPairwiseHead.apply(
+        state, buffers, present, state.bias, *tensors
+    )
+    empty = pairs.new_zeros(0, pairs.shape[2], 0)
+    return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), empty)
