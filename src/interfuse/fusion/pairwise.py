@@ -63,6 +63,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 Rows = Tensor | slice | None
 """Rows of a stack: an index tensor, a contiguous range (a view, no copy) or ``None`` (all)."""
@@ -294,6 +295,7 @@ class _PairwiseHead(torch.autograd.Function):
         return out, z, y, y3
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_z, grad_y, grad_y3):  # noqa: D102
         u, w, z, mean_u, scale_u, part_u, u_f, proj, g, y, v, scale_p, part_p, *rest = (
             ctx.saved_tensors
@@ -600,6 +602,7 @@ class _MaskedPairwiseHead(torch.autograd.Function):
         return out, z, y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_z, grad_y):  # noqa: D102
         u, w, z, scale_u, part_u, p_u, w_u, n_u, use_u, *rest = ctx.saved_tensors
         u_f, proj, g, y, v, scale_q, part_p, p_f, w_f, use_f, p_q, w_q, n_q, use_q = rest
