@@ -1,9 +1,12 @@
 """Encoders: shapes, translation invariance of the sequence CNN, clear shape errors."""
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
-from interfuse.encoders import MLP, SequenceCNN, SequenceGRU, build_encoder
+from interfuse.encoders import MLP, SequenceCNN, SequenceGRU, _ConvGlobalMax, build_encoder
 
 
 def one_hot(codes: torch.Tensor) -> torch.Tensor:
@@ -21,6 +24,66 @@ def test_sequence_cnn_sees_a_motif_anywhere():
     out = cnn(one_hot(torch.stack([early, late])))
     assert out.shape == (2, 6)
     torch.testing.assert_close(out[0], out[1])  # global max pooling: position does not matter
+
+
+def generic_cnn(cnn: SequenceCNN, x: torch.Tensor) -> torch.Tensor:
+    """SequenceCNN's math in autograd's generic operators: conv → ReLU → amax → Linear."""
+    return cnn.project(torch.relu(cnn.conv(x)).amax(dim=-1))
+
+
+@pytest.mark.parametrize("kernel_size", [9, 4, 1])
+def test_sequence_cnn_matches_the_generic_form(kernel_size):
+    """The sparse max-pool backward gives autograd's gradients (one-hot input, as in the demo,
+    and an input that requires grad)."""
+    torch.manual_seed(kernel_size)
+    cnn = SequenceCNN(channels=6, kernel_size=kernel_size, output_dim=5).double()
+    ref = copy.deepcopy(cnn)
+    x = one_hot(torch.randint(0, 4, (7, 30))).double()
+    x = (x + 0.1 * torch.randn_like(x)).requires_grad_()  # no exact ties
+    x_ref = x.detach().clone().requires_grad_()
+    g = torch.randn(7, 5, dtype=torch.float64)
+    out, expected = cnn(x), generic_cnn(ref, x_ref)
+    torch.testing.assert_close(out, expected)
+    (out * g).sum().backward()
+    (expected * g).sum().backward()
+    for (name, p), (_, q) in zip(cnn.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_conv_global_max_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 11, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(4, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _ConvGlobalMax.apply(x, w, b, 1), (x, w, b))
+
+
+def test_sequence_cnn_ties_between_equal_windows():
+    """A repeated k-mer ties the maximum: amax splits the gradient between equal windows, the
+    sparse backward takes one of them — the same weight gradient."""
+    torch.manual_seed(3)
+    cnn = SequenceCNN(channels=4, kernel_size=3, output_dim=2)
+    ref = copy.deepcopy(cnn)
+    codes = torch.zeros(2, 20, dtype=torch.long)
+    codes[:, 3:6] = codes[:, 12:15] = torch.tensor([1, 2, 3])
+    x = one_hot(codes)
+    (cnn(x).sum()).backward()
+    (generic_cnn(ref, x).sum()).backward()
+    torch.testing.assert_close(cnn.conv.weight.grad, ref.conv.weight.grad)
+
+
+def test_sequence_cnn_generic_form_for_other_convolutions():
+    """A convolution changed after construction (here: strided) runs the generic form."""
+    torch.manual_seed(4)
+    cnn = SequenceCNN(channels=3, kernel_size=3, output_dim=2)
+    cnn.conv.stride = (2,)
+    x = one_hot(torch.randint(0, 4, (2, 15)))
+    torch.testing.assert_close(cnn(x), generic_cnn(cnn, x))
+    cnn.conv.stride = (1,)
+    cnn.activation = nn.Tanh()
+    expected = cnn.project(torch.tanh(cnn.conv(x)).amax(dim=-1))
+    torch.testing.assert_close(cnn(x), expected)
 
 
 def test_sequence_cnn_rejects_wrong_shape():

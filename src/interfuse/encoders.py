@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .registry import Registry
@@ -55,6 +57,49 @@ def build_encoder(spec: Mapping[str, Any], modality: str = "?") -> nn.Module:
         ) from None
 
 
+class _ConvGlobalMax(torch.autograd.Function):
+    """``max_l conv1d(x, W, b)[:, :, l]`` (stride 1, zero padding ``p``) with a sparse backward.
+
+    The maximum over positions passes its gradient to one position per (sample, channel), so
+    ``∂W[c] = Σ_b g[b, c] · x̃[b, :, l*+j]_j`` (``x̃`` the padded input, ``l* = argmax``) is a
+    gather of one window per (sample, channel) — not the full convolution backward that autograd
+    runs for ``conv1d`` followed by ``amax``. ``∂b = Σ_b g``; ``∂x̃`` scatters ``g[b, c] W[c]``
+    into the same windows. On ties, :func:`torch.amax` splits the gradient evenly between the
+    tied positions and this takes one of them: the same gradient wherever the tied windows are
+    equal (the usual cause of exact ties, e.g. a repeated k-mer of a one-hot sequence).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):  # noqa: D102
+        values, where = F.conv1d(x, weight, bias, padding=padding).max(dim=-1)
+        ctx.padding = padding
+        ctx.save_for_backward(x, weight, where)
+        return values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        x, weight, where = ctx.saved_tensors
+        channels, alphabet, width = weight.shape
+        batch, pad = x.shape[0], ctx.padding
+        # window positions in the padded input, (B, 1, C·k) → expanded over the alphabet
+        offsets = torch.arange(width, device=x.device)
+        index = (where[:, :, None] + offsets).view(batch, 1, channels * width)
+        index = index.expand(batch, alphabet, channels * width)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            windows = F.pad(x, (pad, pad)).gather(2, index).view(batch, alphabet, channels, width)
+            grad_w = torch.einsum("bc,bacj->caj", grad, windows)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=0)
+        if ctx.needs_input_grad[0]:
+            spread = (grad[:, :, None, None] * weight).transpose(1, 2)  # (B, A, C, k)
+            padded = x.new_zeros(batch, alphabet, x.shape[2] + 2 * pad)
+            padded.scatter_add_(2, index, spread.reshape(batch, alphabet, channels * width))
+            grad_x = padded[:, :, pad : pad + x.shape[2]]
+        return grad_x, grad_w, grad_b, None
+
+
 @register_encoder("sequence_cnn")
 class SequenceCNN(nn.Module):
     """1-D CNN for one-hot sequences ``(B, alphabet, L) → (B, output_dim)``.
@@ -91,8 +136,27 @@ class SequenceCNN(nn.Module):
                 f"SequenceCNN expects one-hot input of shape (batch, {self.alphabet}, length), "
                 f"got {tuple(x.shape)}"
             )
-        features = self.activation(self.conv(x)).amax(dim=-1)
+        conv = self.conv
+        if _plain_conv(conv) and type(self.activation) is nn.ReLU:
+            # max_l relu(conv) = relu(max_l conv) (ReLU is monotone), with a sparse backward
+            features = self.activation(
+                _ConvGlobalMax.apply(x, conv.weight, conv.bias, conv.padding[0])
+            )
+        else:  # a conv changed after construction (stride, dilation, …): the generic form
+            features = self.activation(conv(x)).amax(dim=-1)
         return self.project(features)
+
+
+def _plain_conv(conv: nn.Conv1d) -> bool:
+    """A stride-1, undilated, ungrouped, zero-padded ``Conv1d`` (what :class:`_ConvGlobalMax`
+    computes)."""
+    return (
+        conv.stride == (1,)
+        and conv.dilation == (1,)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+    )
 
 
 def feedforward(

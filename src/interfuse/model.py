@@ -185,6 +185,22 @@ class MultimodalModel(nn.Module):
             stacklevel=4,
         )
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """``.to()``, ``.double()``, …: the fast path's cached tensor lists must be rebuilt."""
+        self._forget_cached_tensors()
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
+        """:meth:`torch.nn.Module.load_state_dict` (``assign=True`` replaces tensors: the fast
+        path's cached tensor lists are rebuilt)."""
+        self._forget_cached_tensors()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _forget_cached_tensors(self) -> None:
+        plan = self.__dict__.get("_plan")
+        if plan is not None:
+            plan.pairwise_cache = None
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_compiled_fuse"] = None  # compiled code is not copied or pickled; rebuilt on use

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from interfuse import MultimodalModel
-from interfuse.fusion import fast
+from interfuse.fusion import fast, pairwise
 from interfuse.fusion.fast import (
     FusionPlan,
     _MaskedVbnHead,
@@ -82,6 +82,10 @@ def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str) -> No
 CONFIGS = [  # (M, K, r)
     (2, 1, 3),
     (2, 2, 3),
+    (2, 1, 3, "equal"),
+    (2, 2, 3, "equal"),
+    (3, 2, 4, "equal"),
+    (5, 2, 2, "equal"),
     (3, 2, 4),
     (3, 3, 3),
     (4, 3, 2),
@@ -90,6 +94,8 @@ CONFIGS = [  # (M, K, r)
     (6, 2, 2),
     (6, 3, 2),
     (3, 3, 3, "equal"),
+    (4, 3, 2, "equal"),
+    (3, 3, 4, "equal"),
     (4, 4, 2, "equal"),
 ]
 
@@ -311,6 +317,106 @@ def test_gradcheck_wick_level(order, small, monkeypatch):
         return _WickLevel.apply(spec, head, last, shift, *operands)
 
     assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+def test_gradcheck_whole_head_function():
+    """The one-Function head of orders ≤ 3: a projected subset of the modalities (m3 has no
+    factor), pairs read through index rows, one triple, gradients into every output."""
+    torch.manual_seed(5)
+    terms = [("m0", "m1"), ("m0", "m2"), ("m1", "m2"), ("m0", "m1", "m2")]
+    model, names, dims = build(4, 0, 2, torch.float64, interactions=terms, equal=True)
+    plan = model.fusion_plan()
+    assert plan.pairwise and plan.factor_modalities == ["m0", "m1", "m2"]
+    state, weights, _ = fast._pairwise_state(model, plan, torch.device("cpu"))
+    assert state.counts == (4, 3, 3, 1)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(6, 4, dtype=torch.float64, generator=gen) for _ in names]
+    tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
+    assert torch.autograd.gradcheck(lambda *t: tuple(pairwise.pairwise_head(state, t)), tensors)
+
+
+def test_gradcheck_masked_whole_head_function():
+    """The masked one-Function head: a modality with 1 present sample (running statistics for
+    it and its pairs), one absent for the whole batch, the others partly present."""
+    torch.manual_seed(7)
+    model, names, dims = build(4, 2, 2, torch.float64, equal=True)
+    plan = model.fusion_plan()
+    state, weights, buffers = fast._pairwise_state(model, plan, torch.device("cpu"))
+    with torch.no_grad():  # running statistics that differ from the batch's
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.normal_().abs_()
+    gen = torch.Generator().manual_seed(1)
+    present = torch.rand(4, 7, generator=gen) < 0.7
+    present[0] = True
+    present[1] = False
+    present[1, 2] = True
+    present[3] = False
+    inputs = [torch.randn(7, 4, dtype=torch.float64, generator=gen) for _ in names]
+    inputs = [torch.where(p[:, None], x, 0.0) for p, x in zip(present, inputs)]
+    tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
+
+    def fn(*t):
+        out = pairwise.masked_pairwise_head(state, buffers, present, t)
+        return out.prediction, out.unimodal, out.pairs
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
+def test_whole_head_function_is_used_where_it_applies():
+    """Equal widths and closed term sets of orders ≤ 3 train through the one Function; anything
+    else through the stacked path (an explicit fallback, same values)."""
+
+    def uses_function(model, dims):
+        out = model.fuse({n: torch.randn(8, d) for n, d in dims.items()})
+        return type(out.prediction.grad_fn).__name__ == "_PairwiseHeadBackward"
+
+    for m, order in [(2, 1), (2, 2), (4, 2), (3, 3), (5, 3)]:
+        model, _, dims = build(m, order, 2, torch.float32, equal=True)
+        assert uses_function(model, dims), (m, order)
+    model, _, dims = build(3, 2, 2, torch.float32)  # unequal widths
+    assert not uses_function(model, dims)
+    model, _, dims = build(4, 4, 2, torch.float32, equal=True)  # order 4
+    assert not uses_function(model, dims)
+    triple_only = [("m0", "m1", "m2")]  # its pairs are not terms
+    model, _, dims = build(3, 0, 2, torch.float32, interactions=triple_only, equal=True)
+    assert not uses_function(model, dims)
+    model, _, dims = build(3, 3, 2, torch.float32, equal=True)
+    model.eval()
+    assert not uses_function(model, dims)
+    model.train()  # triples with masks: the stacked path
+    masks = {n: torch.rand(8) < 0.7 for n in dims}
+    out = model.fuse({n: torch.randn(8, d) for n, d in dims.items()}, masks)
+    assert type(out.prediction.grad_fn).__name__ != "_MaskedPairwiseHeadBackward"
+    model, _, dims = build(3, 2, 2, torch.float32, equal=True)  # pairs with masks: masked one
+    out = model.fuse({n: torch.randn(8, d) for n, d in dims.items()}, masks)
+    assert type(out.prediction.grad_fn).__name__ == "_MaskedPairwiseHeadBackward"
+    rank = fast.PAIRWISE_MAX_TRIPLE_RANK
+    model, _, dims = build(3, 3, rank + 1, torch.float32, equal=True)  # large triples
+    assert not uses_function(model, dims)
+    model, _, dims = build(3, 3, rank, torch.float32, equal=True)
+    assert uses_function(model, dims)
+
+
+def test_whole_head_function_after_moving_or_loading_tensors():
+    """The Function's cached tensor lists follow ``.to()`` and ``load_state_dict(assign=True)``."""
+    torch.manual_seed(6)
+    model, names, dims = build(3, 3, 2, torch.float32, equal=True)
+    x = {n: torch.randn(BATCH, d) for n, d in dims.items()}
+    model.fuse(x)
+    model.double()
+    ref = copy.deepcopy(model)
+    x64 = {n: v.double() for n, v in x.items()}
+    close(model.fuse(x64).prediction, reference.reference_fuse(ref, x64)[0], torch.float64, "to")
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers()):
+        close(b.double(), c.double(), torch.float64, f"{name} after .double()")
+    fresh, _, _ = build(3, 3, 2, torch.float64, equal=True)
+    model.load_state_dict(fresh.state_dict(), assign=True)
+    ref.load_state_dict(fresh.state_dict())
+    out = model.fuse(x64).prediction
+    close(out, reference.reference_fuse(ref, x64)[0], torch.float64, "assign")
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers()):
+        close(b.double(), c.double(), torch.float64, name)
 
 
 # --------------------------------------------------------------------------- math tests

@@ -129,3 +129,26 @@ def test_a_log_file_gets_one_line_per_epoch(tmp_path):
     epoch_lines = [line for line in text.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 20 and "\r" not in text
     assert "Tip" not in text and "GPU available" not in text  # Lightning's chatter is off
+
+
+def test_fused_adamw_is_the_per_tensor_update(task):
+    """``configure_optimizers`` uses the fused AdamW kernel: the same update as the default
+    per-tensor loop (to float rounding), with the head's blocks free of weight decay."""
+    config = TrainConfig(seed=3)
+    model = build_model(model_spec("mnl", task.encoders, config, task.num_outputs), seed=3)
+    twin = build_model(model_spec("mnl", task.encoders, config, task.num_outputs), seed=3)
+    fused = FusionModule(model, task.task, weight_decay=0.1).configure_optimizers()
+    assert fused.defaults["fused"]
+    groups = FusionModule(twin, task.task, weight_decay=0.1).configure_optimizers().param_groups
+    loop = torch.optim.AdamW(
+        [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups], lr=3e-3
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
