@@ -80,6 +80,8 @@ class _ConvGlobalMax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         x, weight, where = ctx.saved_tensors
+        # under autocast the forward ran in low precision: gradients in the parameters' dtype
+        grad = grad.to(weight.dtype)
         channels, alphabet, width = weight.shape
         batch, pad = x.shape[0], ctx.padding
         # window positions in the padded input, (B, 1, C·k) → expanded over the alphabet
