@@ -6,8 +6,9 @@ collate), so the data pipeline never dominates training time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,26 @@ Batch = tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]
 ``(B,)`` presence tensor (True = present); it is empty when every sample has every modality."""
 
 
+class ModalitySplit(Dataset):
+    """What every split offers besides its batches: modality names and presence counts, from
+    ``inputs`` (``{modality: (N, ...)}``) and ``masks`` (``{modality: bool (N,)}``, only for
+    modalities missing somewhere)."""
+
+    inputs: Mapping[str, Any]
+    masks: Mapping[str, Any]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.inputs)
+
+    def present_counts(self) -> dict[str, int]:
+        """How many samples have each modality."""
+        n = len(self)  # type: ignore[arg-type]
+        return {m: int(self.masks[m].sum()) if m in self.masks else n for m in self.inputs}
+
+
 @dataclass
-class TensorData(Dataset):
+class TensorData(ModalitySplit):
     """Samples as ``inputs = {modality: (N, ...)}`` and ``targets = (N,)`` or ``(N, k)``.
 
     ``masks`` (optional) maps a modality to a bool ``(N,)`` tensor, True where the sample has it;
@@ -62,15 +81,6 @@ class TensorData(Dataset):
             self.targets[index],
             {m: mask[index] for m, mask in self.masks.items()},
         )
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.inputs)
-
-    def present_counts(self) -> dict[str, int]:
-        """How many samples have each modality."""
-        n = len(self)
-        return {m: int(self.masks[m].sum()) if m in self.masks else n for m in self.inputs}
 
     def subset(self, index: Sequence[int] | np.ndarray | Tensor) -> TensorData:
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)

@@ -46,9 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .batching import Batch, TensorData
+from .batching import Batch, ModalitySplit, TensorData
 from .preprocess import Preprocessor, Scaler, _padding_mask
 from .task import TASKS, TaskData
 
@@ -405,7 +404,7 @@ def _open(path: Path) -> np.ndarray:
 # -- reading -----------------------------------------------------------------------------
 
 
-class LazyData(Dataset):
+class LazyData(ModalitySplit):
     """A split on disk: the same batches as :class:`TensorData`, gathered from memory maps.
 
     ``inputs`` are the raw memory-mapped arrays (read only for their shapes); indexing with a 1-D
@@ -432,14 +431,6 @@ class LazyData(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.inputs)
-
-    def present_counts(self) -> dict[str, int]:
-        n = len(self)
-        return {m: int(self.masks[m].sum()) if m in self.masks else n for m in self.inputs}
 
     def __getitem__(self, index: Tensor) -> Batch:
         positions = np.asarray(index, dtype=np.int64)
