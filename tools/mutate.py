@@ -10,9 +10,11 @@ once, unmutated, under coverage with one context per test (pytest-cov ``--cov-co
 which maps every source line to the tests that execute it. A mutant then runs only the targeted
 tests that execute its statement (a multi-line statement counts as all its lines; a compound
 statement as its header), widened to every test that shares a module- or session-scoped fixture
-with a selected one (such a fixture's lines are recorded under the first test that set it up).
-A statement executed at import time (module constants, defaults, decorators) runs all targeted
-tests; a mutant on a line no targeted test executes is a survivor, reported as ``not covered``.
+with a selected one (such a fixture's lines are recorded under the first test that set it up);
+they run fastest first (durations from the coverage run).
+A statement executed at import time (module and class level, decorators) runs all targeted
+tests, a default argument value the tests that call its function; a mutant on a line no
+targeted test executes is a survivor, reported as ``not covered``.
 Timeout: 3 × (pytest start-up + the selected tests' durations in the coverage run) + 10 s.
 ``--select all`` runs the whole targeted test set for every mutant (timeout: 3 × the unmutated
 run + 10 s), which is what the selection must agree with.
@@ -194,9 +196,17 @@ def mutate(source: str, site: tuple[int, str, object]) -> tuple[str, int, int]:
     return ast.unparse(ast.fix_missing_locations(tree)), line, col
 
 
-def mutated_lines(tree: ast.AST, index: int) -> list[int]:
-    """Source lines whose execution runs the mutated node: its enclosing statement (a compound
-    statement's header only: decorators to the line before its body) and the node itself."""
+def mutated_lines(tree: ast.AST, index: int) -> tuple[list[int], bool]:
+    """(source lines whose execution runs the mutated node, whether it runs at import time).
+
+    The lines are the node's enclosing statement (a compound statement's header only:
+    decorators to the line before its body) and the node itself. Code outside every function
+    body (module and class level, decorators, a top-level function's header) runs while the
+    module is imported, which the coverage run does not see (pytest imports ``interfuse.train``
+    while reading its warning filters, before coverage starts) and which every test depends on.
+    A default argument value of a function is the exception: it only matters in calls, so its
+    lines are the function's body (every test that calls the function executes some of them).
+    """
     nodes = list(ast.walk(tree))
     parent = {id(child): node for node in nodes for child in ast.iter_child_nodes(node)}
     node = nodes[index]
@@ -210,7 +220,22 @@ def mutated_lines(tree: ast.AST, index: int) -> list[int]:
     lines = set(range(first, last + 1))
     if hasattr(node, "lineno"):
         lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-    return sorted(lines)
+
+    child, current = node, parent.get(id(node))
+    while current is not None:
+        if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            inner = current.body if isinstance(current.body, list) else [current.body]
+            if any(child is b for b in inner):
+                return sorted(lines), False  # inside a function body
+        if isinstance(current, ast.arguments):
+            defaults = [*current.defaults, *current.kw_defaults]
+            function = parent[id(current)]
+            if any(child is d for d in defaults if d is not None) and isinstance(
+                function, (ast.FunctionDef, ast.AsyncFunctionDef)
+            ):
+                return list(range(function.body[0].lineno, function.end_lineno + 1)), False
+        child, current = current, parent.get(id(current))
+    return sorted(lines), True
 
 
 def _env(src_copy: Path | None = None, extra: dict | None = None) -> dict:
@@ -375,12 +400,14 @@ def build_coverage_map(modules: list[str]) -> dict:
     return data
 
 
-def select_tests(cmap: dict, module: str, lines: list[int]) -> tuple[list[str], str]:
+def select_tests(
+    cmap: dict, module: str, lines: list[int], at_import: bool
+) -> tuple[list[str], str]:
     """(node ids to run, how chosen) for a mutant of ``module`` on ``lines``."""
     group = cmap["groups"][_group(module)]
     tests, paths = group["tests"], TARGETS[module]
     allowed = [t for t in tests if _in_paths(t, paths)]  # collection order
-    if set(lines) & set(cmap["import_lines"][module]):
+    if at_import or set(lines) & set(cmap["import_lines"][module]):
         return allowed, "import"
     by_line = cmap["lines"][module]
     chosen = {t for line in lines for t in by_line.get(str(line), [])}
@@ -390,7 +417,8 @@ def select_tests(cmap: dict, module: str, lines: list[int]) -> tuple[list[str], 
     shared = {f for t in chosen for f in tests[t]["shared_fixtures"]}
     if shared:
         chosen |= {t for t in allowed if shared & set(tests[t]["shared_fixtures"])}
-    return [t for t in allowed if t in chosen], "coverage"
+    # fastest first (as mutmut does): a killed mutant fails sooner, -x stops at the first failure
+    return sorted(chosen, key=lambda t: tests[t]["duration"]), "coverage"
 
 
 def selection_timeout(cmap: dict, module: str, chosen: list[str]) -> float:
@@ -422,7 +450,8 @@ def check_mutant(job: dict, cmap: dict | None, full_timeouts: dict) -> dict:
         tests, how, keyword = TARGETS[module], "all", TEST_FILTER.get(module)
         timeout = full_timeouts[module]
     else:
-        tests, how = select_tests(cmap, module, mutated_lines(ast.parse(source), site[0]))
+        lines, at_import = mutated_lines(ast.parse(source), site[0])
+        tests, how = select_tests(cmap, module, lines, at_import)
         keyword, timeout = None, selection_timeout(cmap, module, tests)
     record.update(selection=how, tests=len(tests))
     start = time.monotonic()
