@@ -264,7 +264,7 @@ def test_compile_falls_back_with_one_warning(monkeypatch):
             x = make_inputs(dims, seed=seed)
             torch.testing.assert_close(model(x).prediction, eager(x).prediction)
     relevant = [w for w in caught if "compile=True" in str(w.message)]
-    assert len(relevant) == 1 and "C++ compiler" in str(relevant[0].message)
+    assert len(relevant) == 1 and "(no C++ compiler found (test))" in str(relevant[0].message)
     for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(b, c, msg=name)
 
@@ -303,3 +303,27 @@ def test_compiled_step_matches_eager():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(b, c, msg=name)
+
+
+# --------------------------------------------------------------------------- boundaries
+
+
+def test_rank_one_and_a_training_batch_of_two_are_valid():
+    dims = {"a": 3, "b": 2}
+    model = MultimodalModel(linear_encoders(dims), interactions="pairs", rank=1).train()
+    out = model(make_inputs(dims, n=2))
+    assert out.prediction.shape == (2, 1) and out.blocks["a*b"].shape == (2, 1)
+    with pytest.raises(ValueError, match="a batch of 1 sample cannot be used in training mode"):
+        model(make_inputs(dims, n=1))
+
+
+def test_compiler_problem_names_a_missing_cxx_compiler(monkeypatch):
+    from interfuse import model as model_module
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(model_module.shutil, "which", lambda name: None)
+    assert model_module.compiler_problem() == (
+        "no C++ compiler found (looked for $CXX, c++, g++, clang++)"
+    )
+    monkeypatch.setattr(model_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert model_module.compiler_problem() is None
