@@ -327,3 +327,13 @@ def test_compiler_problem_names_a_missing_cxx_compiler(monkeypatch):
     )
     monkeypatch.setattr(model_module.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert model_module.compiler_problem() is None
+
+
+def test_defaults_are_the_documented_rank_8_and_p_2():
+    """README and docs/model.md: rank r = 8 (a pair block has 8 × 8 coordinates), p = 2."""
+    dims = {"a": 3, "b": 2}
+    model = MultimodalModel(linear_encoders(dims))
+    assert model(make_inputs(dims)).blocks["a*b"].shape == (16, 64)
+    relevance = model.relevance()
+    assert relevance.p == 2.0
+    assert sum(b**2 for b in relevance.beta.values()) == pytest.approx(1.0, abs=1e-12)
