@@ -337,3 +337,39 @@ def test_defaults_are_the_documented_rank_8_and_p_2():
     relevance = model.relevance()
     assert relevance.p == 2.0
     assert sum(b**2 for b in relevance.beta.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_a_failing_compiled_step_falls_back_naming_the_first_line_of_the_error(monkeypatch):
+    import copy
+    import warnings
+
+    from interfuse import model as model_module
+
+    def failing_compile(function):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("x" * 400 + "\nsecond line")
+
+        return compiled
+
+    monkeypatch.setattr(model_module, "compiler_problem", lambda: None)
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    model, dims = _compile_model()
+    eager = copy.deepcopy(model)
+    eager.compile_fusion = False
+    x = make_inputs(dims)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(model(x).prediction, eager(x).prediction)
+    (warning,) = [w for w in caught if "compile=True" in str(w.message)]
+    # the reason quoted: the error's type and the first 300 characters of its first line
+    assert f"(RuntimeError: {'x' * 300}); results are the same" in str(warning.message)
+
+
+def test_one_dimensional_inputs_reach_their_encoder_and_scalars_are_refused():
+    model = MultimodalModel(
+        {"tokens": nn.Embedding(10, 4), "b": nn.Linear(3, 4)}, encoder_dims={"tokens": 4}, rank=2
+    )
+    inputs = {"tokens": torch.tensor([1, 7, 3, 3]), "b": torch.randn(4, 3)}
+    assert model(inputs).prediction.shape == (4, 1)
+    with pytest.raises(ValueError, match="modality 'tokens': expected a batch, got a scalar"):
+        model({"tokens": torch.tensor(1), "b": torch.randn(4, 3)})
