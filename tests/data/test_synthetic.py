@@ -324,3 +324,20 @@ def test_load_missing_files(saved, tmp_path):
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic(**kwargs)
+
+
+def test_motifs_as_long_as_the_sequence_fill_it():
+    """The docstring allows motifs of length <= L: at L they fill every row from position 0."""
+    data = make_synthetic([1.0], n=20, length=4, motifs=("ACGT", "TTGA"), seed=0)
+    expected = np.stack([encode("ACGT"), encode("TTGA")])[data.labels]
+    assert np.array_equal(data.codes["m0"], expected)
+
+
+def test_ground_truth_is_frozen_and_data_sets_hash_by_identity():
+    import dataclasses
+
+    data = make_xor_data(n=10, seed=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.ground_truth.xor_pair = None
+    twin = make_xor_data(n=10, seed=0)
+    assert len({data, twin, data}) == 2  # identity: no element-wise comparison of arrays
