@@ -341,3 +341,30 @@ def test_ground_truth_is_frozen_and_data_sets_hash_by_identity():
         data.ground_truth.xor_pair = None
     twin = make_xor_data(n=10, seed=0)
     assert len({data, twin, data}) == 2  # identity: no element-wise comparison of arrays
+
+
+def test_random_letters_and_motifs_use_all_four_letters():
+    data = make_synthetic([0.0], n=50, length=40, seed=0)  # no motif inserted
+    counts = np.bincount(data.codes["m0"].ravel(), minlength=4)
+    assert counts.min() > 0.2 * counts.sum()  # uniform over ACGT: each about a quarter
+    letters = "".join(m for s in range(20) for m in make_synthetic([0.5], n=2, seed=s).motifs)
+    assert set(letters) == set("ACGT")
+
+
+def test_random_motifs_may_be_as_long_as_the_sequence():
+    data = make_synthetic([1.0], n=10, length=5, motif_length=5, seed=0)
+    assert [len(m) for m in data.motifs] == [5, 5]
+    assert np.array_equal(data.codes["m0"], np.stack([encode(m) for m in data.motifs])[data.labels])
+
+
+def test_xor_pair_index_out_of_range_first_position():
+    with pytest.raises(ValueError, match="out of range"):
+        make_synthetic([0, 0], xor_pair=(2, 0))
+
+
+def test_params_record_the_seed_and_the_truth_file_its_format_version(tmp_path):
+    data = make_synthetic([0.5], n=5, seed=9)
+    assert data.params["seed"] == 9 and data.params["length"] == 100  # docs/data.md: L = 100
+    assert make_synthetic([0.5], n=5, seed=None).params["seed"] is None
+    meta = json.loads(save_synthetic(data, tmp_path / "d.csv").read_text())
+    assert (meta["format"], meta["version"]) == ("interfuse.synthetic", 1)
