@@ -107,6 +107,7 @@ def test_multilabel_ranking_metrics_skip_labels_with_one_value():
 def test_pearson_metrics_of_small_samples_are_defined():
     m = compute_metrics("regression", torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 5.0]))
     assert m["pearson"] == pytest.approx(1.0)
+    assert m["r2"] == pytest.approx(skm.r2_score([3.0, 5.0], [1.0, 2.0]))  # two samples suffice
     # a prediction or target whose standard deviation is exactly 1 is not "constant"
     for pred, true in (([0.0, 1.0, 2.0], [0.0, 1.0, 3.0]), ([0.0, 1.0, 3.0], [0.0, 1.0, 2.0])):
         m = compute_metrics("regression", torch.tensor(pred)[:, None], torch.tensor(true))
