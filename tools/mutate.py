@@ -28,11 +28,12 @@ Docstrings, annotations and ``raise ...`` messages are left alone.
 Usage: ``python tools/mutate.py [--sample N] [--seed S] [--jobs J] [--module FILE ...]
 [--line FILE:LINE ...] [--resume] [--rerun-survivors] [--summary]``.
 ``--sample N`` draws N mutants per module uniformly at random (``random.Random(seed)``) from all
-its sites; without it every mutant runs. Each result is appended to ``mutation-results.jsonl`` as
-soon as it is known (one JSON object per line; the last record of a mutant wins), so an
-interrupted run keeps what it finished: ``--resume`` skips mutants already recorded for the
-current source of their module; ``--rerun-survivors`` runs again only the recorded survivors
-(after adding tests); ``--summary`` prints the per-module table and the survivors from the file.
+its sites; without it every mutant runs. Each result is appended to ``mutation-results.jsonl``
+(``mutation-sample.jsonl`` with ``--sample``) as soon as it is known (one JSON object per line;
+the last record of a mutant wins), so an interrupted run keeps what it finished: ``--resume``
+skips mutants already recorded for the current source of their module; ``--rerun-survivors``
+runs again only the recorded survivors (after adding tests); ``--summary`` prints the
+per-module table and the survivors from the file.
 The line → tests map is cached in ``mutation-coverage.json`` and rebuilt when ``src/``,
 ``tests/`` or ``tools/mutate_plugin.py`` change.
 """
@@ -539,7 +540,10 @@ def main() -> int:
     parser.add_argument("--module", action="append", help="limit to these target files")
     parser.add_argument("--line", action="append", help="limit to mutants on FILE:LINE")
     parser.add_argument("--select", choices=["coverage", "all"], default="coverage")
-    parser.add_argument("--output", default="mutation-results.jsonl")
+    parser.add_argument(
+        "--output",
+        help="results file (default: mutation-results.jsonl; with --sample, mutation-sample.jsonl)",
+    )
     parser.add_argument("--resume", action="store_true", help="skip mutants already recorded")
     parser.add_argument("--rerun-survivors", action="store_true")
     parser.add_argument("--summary", action="store_true", help="only print the recorded results")
@@ -553,7 +557,9 @@ def main() -> int:
     modules = [m for m in TARGETS if not args.module or m in args.module]
     if args.module and len(modules) != len(set(args.module)):
         parser.error(f"--module must be among {list(TARGETS)}")
-    output = Path(args.output)
+    output = Path(
+        args.output or ("mutation-sample.jsonl" if args.sample else "mutation-results.jsonl")
+    )
     if args.summary:
         summarise(output, modules)
         return 0
