@@ -368,3 +368,29 @@ def test_params_record_the_seed_and_the_truth_file_its_format_version(tmp_path):
     assert make_synthetic([0.5], n=5, seed=None).params["seed"] is None
     meta = json.loads(save_synthetic(data, tmp_path / "d.csv").read_text())
     assert (meta["format"], meta["version"]) == ("interfuse.synthetic", 1)
+
+
+def test_both_xor_tokens_are_fair_coins(mixed_data):
+    # b = a xor y with probability q, else a fresh fair coin: either way P(b = 1) = 1/2
+    for m in ("m2", "m3"):
+        assert abs(token(mixed_data, m).mean() - 0.5) < binomial_tol(0.5, N_BIG) + 0.01, m
+
+
+def test_information_of_the_xor_pair_is_one_minus_the_entropy_of_agreement():
+    def entropy(p):
+        return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+    exact = make_xor_data(n_modalities=2, n=10).ground_truth.information
+    assert exact["{m0,m1}"] == pytest.approx(1.0) and exact["{m0}"] == 0.0
+    noisy = make_synthetic([0, 0], xor_pair=(0, 1), xor_prob=0.6, n=10).ground_truth.information
+    assert noisy["{m0,m1}"] == pytest.approx(1.0 - entropy(0.8))
+
+
+def test_information_listed_up_to_ten_modalities():
+    truth = make_motif_data([0.1] * 10, n=5, length=10, motif_length=3).ground_truth
+    assert len(truth.information) == 2**10
+
+
+def test_params_record_the_motif_length():
+    assert make_synthetic([0.5], n=5).params["motif_length"] == 7  # the default
+    assert make_synthetic([0.5], n=5, motifs=("AC", "GT")).params["motif_length"] == 2
