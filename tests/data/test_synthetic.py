@@ -384,6 +384,9 @@ def test_information_of_the_xor_pair_is_one_minus_the_entropy_of_agreement():
     assert exact["{m0,m1}"] == pytest.approx(1.0) and exact["{m0}"] == 0.0
     noisy = make_synthetic([0, 0], xor_pair=(0, 1), xor_prob=0.6, n=10).ground_truth.information
     assert noisy["{m0,m1}"] == pytest.approx(1.0 - entropy(0.8))
+    # a coalition that also holds a motif modality: the pair adds its bits where no motif shows
+    mixed = make_synthetic([0.5, 0, 0], xor_pair=(1, 2), xor_prob=0.6, n=10).ground_truth
+    assert mixed.information["{m0,m1,m2}"] == pytest.approx(0.5 + 0.5 * (1.0 - entropy(0.8)))
 
 
 def test_information_listed_up_to_ten_modalities():
