@@ -310,10 +310,12 @@ def run_tests(src_copy: Path, tests: list[str], keyword: str | None, timeout: fl
         return "timeout"
     if rc == 0:
         return "survived"
-    if rc in (4, 5):  # usage error (e.g. a node id not found), nothing collected
+    if rc == 5 or (rc == 4 and "not found:" in output):  # nothing collected, a node id unknown
         sys.stderr.write(output[-2000:])
         return "error"
-    return "killed"  # 1: a test failed; 2: collection error (the mutant does not import)
+    # 1: a test failed; 2: collection error; 4 otherwise: pytest could not even start because
+    # the mutant does not import (pytest imports interfuse.train for its warning filters)
+    return "killed"
 
 
 # -- line -> tests map -----------------------------------------------------------------------
