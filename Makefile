@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks all
 
 # Mutation testing of the core math (slow; not part of `make test`; see docs/testing.md). The
-# default is a quick sample (6 mutants per module). All mutants, resumable (about 1.5–2 h on 2
+# default is a quick sample (6 mutants per module). All mutants, resumable (about 1.5 h on 2
 # shared cores): `make mutation MUTATION_ARGS="--sample 0 --resume"`; one module:
 # `MUTATION_ARGS="--sample 0 --resume --module src/interfuse/fusion/mnl.py"`; table of what is
 # recorded: `.venv/bin/python tools/mutate.py --summary`.
