@@ -29,8 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks all
 
-# Mutation testing of the core math (slow; not part of `make test`). MUTATION_ARGS, e.g.
-# `--sample 6 --seed 0` (mutants drawn per module) or `--module src/interfuse/fusion/mnl.py`.
+# Mutation testing of the core math (slow; not part of `make test`; see docs/testing.md). The
+# default is a quick sample (6 mutants per module). All mutants, resumable (about 1.5 h on 2
+# shared cores): `make mutation MUTATION_ARGS="--sample 0 --resume"`; one module:
+# `MUTATION_ARGS="--sample 0 --resume --module src/interfuse/fusion/mnl.py"`; table of what is
+# recorded: `.venv/bin/python tools/mutate.py --summary`.
 MUTATION_ARGS ?= --sample 6 --seed 0
 mutation: $(STAMP)
 	nice -n 10 $(BIN)/python tools/mutate.py --jobs 2 $(MUTATION_ARGS)

@@ -122,3 +122,13 @@ def test_left_out_modality_needs_a_mask():
         make_model()(inputs)
     with pytest.raises(ValueError, match="marked present for some samples"):
         make_model()(inputs, masks={"b": torch.arange(12) > 5})
+
+
+def test_absent_samples_have_zero_embeddings_like_a_left_out_modality():
+    model, inputs = make_model(), make_inputs()
+    present = torch.arange(12) % 3 != 0
+    out = model(inputs, masks={"b": present})
+    assert not out.embeddings["b"][~present].any()
+    assert out.embeddings["b"][present].abs().min() > 0
+    left_out = model({m: x for m, x in inputs.items() if m != "c"}, masks={"c": False})
+    assert not left_out.embeddings["c"].any()

@@ -264,7 +264,7 @@ def test_compile_falls_back_with_one_warning(monkeypatch):
             x = make_inputs(dims, seed=seed)
             torch.testing.assert_close(model(x).prediction, eager(x).prediction)
     relevant = [w for w in caught if "compile=True" in str(w.message)]
-    assert len(relevant) == 1 and "C++ compiler" in str(relevant[0].message)
+    assert len(relevant) == 1 and "(no C++ compiler found (test))" in str(relevant[0].message)
     for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(b, c, msg=name)
 
@@ -303,3 +303,73 @@ def test_compiled_step_matches_eager():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(b, c, msg=name)
+
+
+# --------------------------------------------------------------------------- boundaries
+
+
+def test_rank_one_and_a_training_batch_of_two_are_valid():
+    dims = {"a": 3, "b": 2}
+    model = MultimodalModel(linear_encoders(dims), interactions="pairs", rank=1).train()
+    out = model(make_inputs(dims, n=2))
+    assert out.prediction.shape == (2, 1) and out.blocks["a*b"].shape == (2, 1)
+    with pytest.raises(ValueError, match="a batch of 1 sample cannot be used in training mode"):
+        model(make_inputs(dims, n=1))
+
+
+def test_compiler_problem_names_a_missing_cxx_compiler(monkeypatch):
+    from interfuse import model as model_module
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(model_module.shutil, "which", lambda name: None)
+    assert model_module.compiler_problem() == (
+        "no C++ compiler found (looked for $CXX, c++, g++, clang++)"
+    )
+    monkeypatch.setattr(model_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert model_module.compiler_problem() is None
+
+
+def test_defaults_are_the_documented_rank_8_and_p_2():
+    """README and docs/model.md: rank r = 8 (a pair block has 8 × 8 coordinates), p = 2."""
+    dims = {"a": 3, "b": 2}
+    model = MultimodalModel(linear_encoders(dims))
+    assert model(make_inputs(dims)).blocks["a*b"].shape == (16, 64)
+    relevance = model.relevance()
+    assert relevance.p == 2.0
+    assert sum(b**2 for b in relevance.beta.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_a_failing_compiled_step_falls_back_naming_the_first_line_of_the_error(monkeypatch):
+    import copy
+    import warnings
+
+    from interfuse import model as model_module
+
+    def failing_compile(function):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("x" * 400 + "\nsecond line")
+
+        return compiled
+
+    monkeypatch.setattr(model_module, "compiler_problem", lambda: None)
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    model, dims = _compile_model()
+    eager = copy.deepcopy(model)
+    eager.compile_fusion = False
+    x = make_inputs(dims)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(model(x).prediction, eager(x).prediction)
+    (warning,) = [w for w in caught if "compile=True" in str(w.message)]
+    # the reason quoted: the error's type and the first 300 characters of its first line
+    assert f"(RuntimeError: {'x' * 300}); results are the same" in str(warning.message)
+
+
+def test_one_dimensional_inputs_reach_their_encoder_and_scalars_are_refused():
+    model = MultimodalModel(
+        {"tokens": nn.Embedding(10, 4), "b": nn.Linear(3, 4)}, encoder_dims={"tokens": 4}, rank=2
+    )
+    inputs = {"tokens": torch.tensor([1, 7, 3, 3]), "b": torch.randn(4, 3)}
+    assert model(inputs).prediction.shape == (4, 1)
+    with pytest.raises(ValueError, match="modality 'tokens': expected a batch, got a scalar"):
+        model({"tokens": torch.tensor(1), "b": torch.randn(4, 3)})

@@ -38,12 +38,14 @@ def test_classification_metrics_match_sklearn():
     assert m["auprc"] == pytest.approx(np.mean(ap), rel=1e-6)
 
 
-def test_binary_auroc_is_that_of_class_one_and_undefined_for_one_class():
+def test_binary_ranking_metrics_are_those_of_class_one_and_undefined_for_one_class():
     logits = torch.tensor(GEN.normal(size=(40, 2)))
     targets = torch.tensor(GEN.integers(0, 2, 40))
     probabilities = torch.softmax(logits, 1)[:, 1].numpy()
     m = compute_metrics("classification", logits, targets)
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(targets, probabilities), rel=1e-6)
+    ap = skm.average_precision_score(targets, probabilities)  # of class 1, not of class 0
+    assert m["auprc"] == pytest.approx(ap, rel=1e-6)
     single = compute_metrics("classification", logits, torch.zeros(40, dtype=torch.long))
     assert math.isnan(single["auroc"]) and math.isnan(single["auprc"])
 
@@ -105,11 +107,54 @@ def test_multilabel_ranking_metrics_skip_labels_with_one_value():
 def test_pearson_metrics_of_small_samples_are_defined():
     m = compute_metrics("regression", torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 5.0]))
     assert m["pearson"] == pytest.approx(1.0)
+    assert m["r2"] == pytest.approx(skm.r2_score([3.0, 5.0], [1.0, 2.0]))  # two samples suffice
     # a prediction or target whose standard deviation is exactly 1 is not "constant"
     for pred, true in (([0.0, 1.0, 2.0], [0.0, 1.0, 3.0]), ([0.0, 1.0, 3.0], [0.0, 1.0, 2.0])):
         m = compute_metrics("regression", torch.tensor(pred)[:, None], torch.tensor(true))
         assert m["pearson"] == pytest.approx(stats.pearsonr(pred, true).statistic)
     assert balanced_weights("regression", torch.zeros(3), 1) is None
+
+
+def test_ranking_metrics_skip_classes_without_positives_or_negatives():
+    logits = torch.tensor(GEN.normal(size=(30, 4)))
+    targets = torch.tensor(GEN.integers(0, 2, 30))  # classes 0 and 1 only
+    targets[0] = 2  # class 2 has exactly one positive: still defined; class 3 has none
+    probabilities = torch.softmax(logits, 1).numpy()
+    m = compute_metrics("classification", logits, targets)
+    t = targets.numpy()
+    auroc = [skm.roc_auc_score(t == c, probabilities[:, c]) for c in range(3)]
+    ap = [skm.average_precision_score(t == c, probabilities[:, c]) for c in range(3)]
+    assert m["auroc"] == pytest.approx(np.mean(auroc), rel=1e-6)
+    assert m["auprc"] == pytest.approx(np.mean(ap), rel=1e-6)
+    one_class = compute_metrics("classification", logits, torch.zeros(30, dtype=torch.long))
+    assert math.isnan(one_class["auroc"]) and math.isnan(one_class["auprc"])
+
+
+def test_multilabel_ranking_metrics_keep_a_label_with_one_positive():
+    logits = torch.tensor(GEN.normal(size=(20, 2)))
+    targets = torch.tensor(GEN.integers(0, 2, (20, 2))).float()
+    targets[:, 1] = 0.0
+    targets[3, 1] = 1.0  # label 1: exactly one positive sample
+    probabilities = torch.sigmoid(logits).numpy()
+    m = compute_metrics("multilabel", logits, targets)
+    y = targets.numpy()
+    auroc = [skm.roc_auc_score(y[:, k], probabilities[:, k]) for k in range(2)]
+    assert m["auroc"] == pytest.approx(np.mean(auroc), rel=1e-6)
+
+
+def test_regression_metrics_of_one_sample_are_nan_where_undefined():
+    m = compute_metrics("regression", torch.tensor([[1.5]]), torch.tensor([2.0]))
+    assert math.isnan(m["r2"]) and math.isnan(m["pearson"])
+    assert m["mae"] == pytest.approx(0.5) and m["loss"] == pytest.approx(0.25)
+
+
+def test_per_sample_loss_metrics_average_several_regression_targets():
+    from interfuse.metrics import per_sample_loss
+
+    prediction = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    losses = per_sample_loss("regression", prediction, targets)
+    torch.testing.assert_close(losses, torch.tensor([2.0, 1.0, 5.0], dtype=torch.float64))
 
 
 def multilabel_arrays(n=600, seed=0):

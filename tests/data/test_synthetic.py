@@ -324,3 +324,76 @@ def test_load_missing_files(saved, tmp_path):
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic(**kwargs)
+
+
+def test_motifs_as_long_as_the_sequence_fill_it():
+    """The docstring allows motifs of length <= L: at L they fill every row from position 0."""
+    data = make_synthetic([1.0], n=20, length=4, motifs=("ACGT", "TTGA"), seed=0)
+    expected = np.stack([encode("ACGT"), encode("TTGA")])[data.labels]
+    assert np.array_equal(data.codes["m0"], expected)
+
+
+def test_ground_truth_is_frozen_and_data_sets_hash_by_identity():
+    import dataclasses
+
+    data = make_xor_data(n=10, seed=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.ground_truth.xor_pair = None
+    twin = make_xor_data(n=10, seed=0)
+    assert len({data, twin, data}) == 2  # identity: no element-wise comparison of arrays
+
+
+def test_random_letters_and_motifs_use_all_four_letters():
+    data = make_synthetic([0.0], n=50, length=40, seed=0)  # no motif inserted
+    counts = np.bincount(data.codes["m0"].ravel(), minlength=4)
+    assert counts.min() > 0.2 * counts.sum()  # uniform over ACGT: each about a quarter
+    letters = "".join(m for s in range(20) for m in make_synthetic([0.5], n=2, seed=s).motifs)
+    assert set(letters) == set("ACGT")
+
+
+def test_random_motifs_may_be_as_long_as_the_sequence():
+    data = make_synthetic([1.0], n=10, length=5, motif_length=5, seed=0)
+    assert [len(m) for m in data.motifs] == [5, 5]
+    assert np.array_equal(data.codes["m0"], np.stack([encode(m) for m in data.motifs])[data.labels])
+
+
+def test_xor_pair_index_out_of_range_first_position():
+    with pytest.raises(ValueError, match="out of range"):
+        make_synthetic([0, 0], xor_pair=(2, 0))
+
+
+def test_params_record_the_seed_and_the_truth_file_its_format_version(tmp_path):
+    data = make_synthetic([0.5], n=5, seed=9)
+    assert data.params["seed"] == 9 and data.params["length"] == 100  # docs/data.md: L = 100
+    assert make_synthetic([0.5], n=5, seed=None).params["seed"] is None
+    meta = json.loads(save_synthetic(data, tmp_path / "d.csv").read_text())
+    assert (meta["format"], meta["version"]) == ("interfuse.synthetic", 1)
+
+
+def test_both_xor_tokens_are_fair_coins(mixed_data):
+    # b = a xor y with probability q, else a fresh fair coin: either way P(b = 1) = 1/2
+    for m in ("m2", "m3"):
+        assert abs(token(mixed_data, m).mean() - 0.5) < binomial_tol(0.5, N_BIG) + 0.01, m
+
+
+def test_information_of_the_xor_pair_is_one_minus_the_entropy_of_agreement():
+    def entropy(p):
+        return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+    exact = make_xor_data(n_modalities=2, n=10).ground_truth.information
+    assert exact["{m0,m1}"] == pytest.approx(1.0) and exact["{m0}"] == 0.0
+    noisy = make_synthetic([0, 0], xor_pair=(0, 1), xor_prob=0.6, n=10).ground_truth.information
+    assert noisy["{m0,m1}"] == pytest.approx(1.0 - entropy(0.8))
+    # a coalition that also holds a motif modality: the pair adds its bits where no motif shows
+    mixed = make_synthetic([0.5, 0, 0], xor_pair=(1, 2), xor_prob=0.6, n=10).ground_truth
+    assert mixed.information["{m0,m1,m2}"] == pytest.approx(0.5 + 0.5 * (1.0 - entropy(0.8)))
+
+
+def test_information_listed_up_to_ten_modalities():
+    truth = make_motif_data([0.1] * 10, n=5, length=10, motif_length=3).ground_truth
+    assert len(truth.information) == 2**10
+
+
+def test_params_record_the_motif_length():
+    assert make_synthetic([0.5], n=5).params["motif_length"] == 7  # the default
+    assert make_synthetic([0.5], n=5, motifs=("AC", "GT")).params["motif_length"] == 2

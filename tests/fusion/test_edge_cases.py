@@ -1,5 +1,6 @@
-"""Boundaries the mutation run showed unguarded: two present samples are enough for batch
-statistics, one feature is a valid block, the head adds its bias, rank validation."""
+"""Boundaries the mutation runs showed unguarded: two present samples are enough for batch
+statistics, one feature (or output) is a valid block, the head adds its bias, rank validation,
+the mean over one or no present rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from interfuse import MultimodalModel
 from interfuse.fusion.interactions import IterBN, outer_products
 from interfuse.fusion.mnl import MNLFusion
-from interfuse.fusion.norm import BatchCentering, VectorBatchNorm
+from interfuse.fusion.norm import BatchCentering, VectorBatchNorm, masked_mean
 
 
 def test_two_present_samples_give_batch_statistics_one_gives_running_ones():
@@ -62,3 +63,29 @@ def test_model_rank_must_be_a_positive_integer(rank):
         MultimodalModel(
             {"a": nn.Linear(2, 3), "b": nn.Linear(2, 3)}, rank=rank, encoder_dims={"a": 3, "b": 3}
         )
+
+
+def test_head_block_of_one_feature_is_valid_zero_features_or_outputs_are_not():
+    head = MNLFusion({"a": 1}, num_outputs=1)
+    assert head({"a": torch.ones(3, 1)}).shape == (3, 1)
+    with pytest.raises(ValueError, match="block 'a' has dimension 0"):
+        MNLFusion({"a": 0}, num_outputs=1)
+    with pytest.raises(ValueError, match="num_outputs must be >= 1, got 0"):
+        MNLFusion({"a": 1}, num_outputs=0)
+
+
+def test_centring_of_one_feature_is_valid_and_zero_features_are_not():
+    centre = BatchCentering(1).train()
+    torch.testing.assert_close(centre(torch.tensor([[1.0], [3.0]])), torch.tensor([[-1.0], [1.0]]))
+    with pytest.raises(ValueError, match="num_features must be >= 1"):
+        BatchCentering(0)
+
+
+def test_masked_mean_of_one_present_row_is_that_row_and_of_none_is_zero():
+    x = torch.tensor([[1.0, 2.0], [5.0, 7.0]])
+    mean, count = masked_mean(x, torch.tensor([False, True]))
+    assert count == 1
+    torch.testing.assert_close(mean, torch.tensor([5.0, 7.0]))
+    mean, count = masked_mean(x, torch.tensor([False, False]))
+    assert count == 0
+    torch.testing.assert_close(mean, torch.zeros(2))  # zero, not 0/0

@@ -214,3 +214,66 @@ def test_centred_shortcut_is_exact_for_centred_factors():
         a, b = general(f), shortcut(f)
         for term in ALL_TERMS:
             torch.testing.assert_close(a[term], b[term], rtol=0, atol=1e-12, msg=(mode, term))
+
+
+def test_eval_on_another_batch_neither_uses_nor_stores_its_moments():
+    iterbn = IterBN([("a", "b")], rank=3, momentum=1.0).double()
+    iterbn(random_factors(n=32, r=3, seed=6))
+    stored = {name: b.clone() for name, b in iterbn.named_buffers()}
+    iterbn.eval()
+    other = random_factors(n=16, r=3, seed=7)
+    out = iterbn(other)[("a", "b")]
+    for name, buffer in iterbn.named_buffers():
+        assert torch.equal(buffer, stored[name]), name
+    # with the stored means: :ab: = ab − E[ab] − E[a]⊗:b: − :a:⊗E[b], :m: = m − E[m]
+    mean = {m: stored[f"running_mean_{m}"] for m in "ab"}
+    wick_a, wick_b = other["a"] - mean["a"], other["b"] - mean["b"]
+    expected = (
+        torch.einsum("ni,nj->nij", other["a"], other["b"])
+        - stored["running_mean_a*b"]
+        - torch.einsum("i,nj->nij", mean["a"], wick_b)
+        - torch.einsum("ni,j->nij", wick_a, mean["b"])
+    )
+    torch.testing.assert_close(out, expected)
+
+
+def test_num_batches_tracked_counts_training_batches_only():
+    iterbn = IterBN([("a", "b")], rank=2)
+    assert iterbn.num_batches_tracked.item() == 0
+    factors = random_factors(n=8, r=2, seed=1, dtype=torch.float32)
+    for _ in range(3):
+        iterbn(factors)
+    iterbn.eval()
+    iterbn(factors)
+    assert iterbn.num_batches_tracked.item() == 3
+
+
+def test_training_needs_two_samples_without_masks():
+    iterbn = IterBN([("a", "b")], rank=3).train()
+    one = {m: torch.randn(1, 3) for m in "ab"}
+    with pytest.raises(ValueError, match="at least 2 samples in training mode, got 1"):
+        iterbn(one)
+    two = {m: torch.randn(2, 1) for m in "ab"}
+    assert IterBN([("a", "b")], rank=1).train()(two)[("a", "b")].shape == (2, 1, 1)
+
+
+def test_factors_of_rank_one_are_valid():
+    factors = InteractionFactors({"a": 2, "b": 3}, rank=1)
+    g = factors({"a": torch.randn(4, 2), "b": torch.randn(4, 3)})
+    assert g["a"].shape == (4, 1) and g["b"].shape == (4, 1)
+
+
+def test_default_momentum_is_batch_norms_0_1():
+    """From zero running statistics one training batch leaves 0.1 × its mean, as in BatchNorm."""
+    h = {"a": torch.randn(6, 2, dtype=torch.float64) + 3.0}
+    factors = InteractionFactors({"a": 2}, rank=2).double()
+    g = factors(h)["a"]
+    projected = factors.projections["a"](h["a"]).detach()
+    torch.testing.assert_close(factors.centering["a"].running_mean, 0.1 * projected.mean(0))
+    assert torch.allclose(g.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    f = random_factors(n=10, r=2, seed=3)
+    iterbn = IterBN([("a", "b")], rank=2).double()
+    iterbn(f)
+    ab = torch.einsum("ni,nj->nij", f["a"], f["b"]).mean(0)
+    torch.testing.assert_close(iterbn.running_mean_a, 0.1 * f["a"].mean(0))
+    torch.testing.assert_close(getattr(iterbn, "running_mean_a*b"), 0.1 * ab)

@@ -157,3 +157,9 @@ def test_output_relevance_uses_the_rows_of_one_output():
     assert head.output_relevance(0).shares["a"] > 0.0
     with pytest.raises(ValueError, match="output must be in 0..1"):
         head.output_relevance(2)
+
+
+def test_default_p_is_2():
+    head = MNLFusion({"a": 2, "b": 3}, num_outputs=1)
+    beta = torch.tensor(list(head.relevance().beta.values()))
+    assert head.p == 2.0 and float(beta.pow(2).sum()) == pytest.approx(1.0, abs=1e-12)

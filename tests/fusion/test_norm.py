@@ -106,3 +106,16 @@ def test_centering_train_and_eval():
 def test_no_affine_parameters():
     assert list(VectorBatchNorm(4).parameters()) == []
     assert list(BatchCentering(4).parameters()) == []
+
+
+def test_default_momentum_is_batch_norms_0_1():
+    """From the initial running statistics one training batch moves them 0.1 of the way."""
+    x = torch.randn(8, 3, dtype=torch.float64) + 2.0
+    centring = BatchCentering(3).double()
+    centring(x)
+    torch.testing.assert_close(centring.running_mean, 0.1 * x.mean(0))
+    vbn = VectorBatchNorm(3).double()
+    vbn(x)
+    torch.testing.assert_close(vbn.running_mean, 0.1 * x.mean(0))
+    unbiased = (x - x.mean(0)).pow(2).sum(1).mean() * 8 / 7
+    torch.testing.assert_close(vbn.running_sq_norm, 0.9 * 3.0 + 0.1 * unbiased)

@@ -72,3 +72,12 @@ def test_sentiment_metrics_match_sklearn_on_fixed_predictions():
     seven = np.round(np.clip(labels, -3, 3)), np.round(np.clip(preds, -3, 3))
     assert m["acc7"] == pytest.approx(skm.accuracy_score(*seven))
     assert m["mae"] == pytest.approx(skm.mean_absolute_error(labels, preds))
+
+
+def test_sentiment_metrics_count_a_zero_prediction_as_negative_for_nonzero_labels():
+    # every label non-zero; the prediction 0.0 is not > 0, so it predicts the negative class
+    m = sentiment_metrics(torch.zeros(3), torch.tensor([1.0, -1.0, -2.0]))
+    assert m["acc2_nonzero"] == pytest.approx(2 / 3)
+    # positive class: F1 0 (weight 1/3); negative class: precision 2/3, recall 1, F1 0.8
+    assert m["f1_nonzero"] == pytest.approx(2 / 3 * 0.8)
+    assert m["acc2_with_zero"] == pytest.approx(1 / 3)  # with zero: 0.0 >= 0 is positive
