@@ -73,6 +73,7 @@ TARGETS: dict[str, list[str]] = {
     "src/interfuse/metrics.py": ["tests/test_tasks.py", "tests/train/test_sentiment_metrics.py"],
     "src/interfuse/data/synthetic.py": ["tests/data/test_synthetic.py"],
     "src/interfuse/fusion/fast.py": FUSION_TESTS,
+    "src/interfuse/fusion/pairwise.py": FUSION_TESTS,
 }
 # the order in which --sample draws (kept from the first version, so that a seed draws the same
 # mutants as before)
@@ -84,6 +85,7 @@ SAMPLE_ORDER = [
     "src/interfuse/model.py",
     "src/interfuse/data/synthetic.py",
     "src/interfuse/metrics.py",
+    "src/interfuse/fusion/pairwise.py",
 ]
 # test_tasks.py also trains models; only its metric tests are needed for metrics.py
 TEST_FILTER = {"src/interfuse/metrics.py": "metrics or weights"}

@@ -483,3 +483,15 @@ def test_saved_for_backward_at_most_0_6_of_the_reference(m, order, rank, equal):
         lambda: reference.reference_fuse(ref, x)[0].sum() + reference.regularizer(ref)
     )
     assert ours <= 0.6 * theirs, (ours, theirs, ours / theirs)
+
+
+def test_closed_under_pairs_needs_every_pair_of_every_triple() -> None:
+    # The one-Function head builds a triple from its three pair blocks, so each must be a term.
+    closed_under_pairs = pairwise.closed_under_pairs
+    triple = ("a", "b", "c")
+    all_pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    assert closed_under_pairs([("a",), *all_pairs, triple])
+    assert closed_under_pairs([("a",), ("a", "b")])  # no triple: nothing to check
+    for missing in all_pairs:
+        terms = [p for p in all_pairs if p != missing] + [triple]
+        assert not closed_under_pairs(terms), missing
