@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 __all__ = ["Registry"]
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class Registry(Generic[T]):
@@ -39,6 +40,21 @@ class Registry(Generic[T]):
 
         def decorate(entry: T) -> T:
             return self.add(name, entry, replace=replace)
+
+        return decorate
+
+    def instance_decorator(self, protocol: type) -> Callable[[type[C]], type[C]]:
+        """A class decorator that registers one instance of the class under its ``name``
+        attribute, after checking it implements ``protocol`` (a runtime-checkable Protocol)."""
+
+        def decorate(cls: type[C]) -> type[C]:
+            instance = cls()
+            if not isinstance(instance, protocol):
+                raise TypeError(
+                    f"{cls.__name__} does not implement the {protocol.__name__} protocol"
+                )
+            self.add(instance.name, instance)  # type: ignore[attr-defined, arg-type]
+            return cls
 
         return decorate
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from torch import nn
 
@@ -119,13 +119,5 @@ class Explainer(Protocol):
 
 EXPLAINERS: Registry[Explainer] = Registry("explainer")
 
-E = TypeVar("E")
-
-
-def register_explainer(cls: type[E]) -> type[E]:
-    """Class decorator: register one instance of an explainer class under its ``name``."""
-    instance = cls()
-    if not isinstance(instance, Explainer):
-        raise TypeError(f"{cls.__name__} does not implement the Explainer protocol")
-    EXPLAINERS.add(instance.name, instance)
-    return cls
+register_explainer = EXPLAINERS.instance_decorator(Explainer)
+"""Class decorator: register one instance of an explainer class under its ``name``."""

@@ -57,7 +57,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -172,16 +172,8 @@ class Estimator(Protocol):
 
 ESTIMATORS: Registry[Estimator] = Registry("relevance estimator")
 
-E = TypeVar("E")
-
-
-def register_estimator(cls: type[E]) -> type[E]:
-    """Class decorator: register one instance of an estimator class under its ``name``."""
-    instance = cls()
-    if not isinstance(instance, Estimator):
-        raise TypeError(f"{cls.__name__} does not implement the Estimator protocol")
-    ESTIMATORS.add(instance.name, instance)
-    return cls
+register_estimator = ESTIMATORS.instance_decorator(Estimator)
+"""Class decorator: register one instance of an estimator class under its ``name``."""
 
 
 def positive_shares(values: Tensor) -> Tensor:
