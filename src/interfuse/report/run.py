@@ -131,6 +131,25 @@ def _term_style(term: str) -> dict[str, Any]:
     return {"color": _UNIMODAL_COLOUR, "hatch": None}
 
 
+def _interval_bars(
+    ax: Any, rows: list[tuple[float, Any, Any, Any]], label: str, **style: Any
+) -> Any:
+    """Horizontal error bars from ``(y, centre, low, high)`` rows (non-finite values as 0)."""
+    y = [r[0] for r in rows]
+    centre, low, high = (np.array([finite_or(r[k], 0.0) for r in rows]) for k in (1, 2, 3))
+    return ax.errorbar(
+        centre,
+        y,
+        xerr=np.vstack([np.maximum(centre - low, 0), np.maximum(high - centre, 0)]),
+        color="black",
+        capsize=3,
+        linewidth=1,
+        zorder=4,
+        label=label,
+        **style,
+    )
+
+
 def _kind_legend_handles() -> list[Any]:
     return [
         Patch(facecolor=_UNIMODAL_COLOUR, edgecolor=_EDGE_COLOUR, label="unimodal term"),
@@ -194,23 +213,9 @@ def plot_relevance(
         top = max(top, *truth_values)
     if estimate is not None and estimate.has_intervals:
         known_terms = [(yi, estimate.terms[t]) for yi, t in zip(y, terms) if t in estimate.terms]
-        centre = np.array([finite_or(e.share, 0.0) for _, e in known_terms])
-        low = np.array([finite_or(e.low, 0.0) for _, e in known_terms])
-        high = np.array([finite_or(e.high, 0.0) for _, e in known_terms])
-        handles.append(
-            ax.errorbar(
-                centre,
-                [yi for yi, _ in known_terms],
-                xerr=np.vstack([np.maximum(centre - low, 0), np.maximum(high - centre, 0)]),
-                fmt="none",
-                color="black",
-                capsize=3,
-                linewidth=1,
-                zorder=4,
-                label=f"{level:.0%} interval",
-            )
-        )
-        top = max(top, *high) if len(high) else top
+        rows = [(yi, e.share, e.low, e.high) for yi, e in known_terms]
+        handles.append(_interval_bars(ax, rows, f"{level:.0%} interval", fmt="none"))
+        top = max([top, *(finite_or(r[3], 0.0) for r in rows)])
     if compare is not None:
         label, other = compare
         other_values = [finite_or(other.get(t, 0.0), 0.0) for t in terms]
@@ -220,24 +225,10 @@ def plot_relevance(
         top = max(top, *other_values)
     if evidence is not None:
         known = [(yi, evidence.terms[t]) for yi, t in zip(y, terms) if t in evidence.terms]
-        centre = np.array([finite_or(e.heldout_share, 0.0) for _, e in known])
-        low = np.array([finite_or(e.share_low, 0.0) for _, e in known])
-        high = np.array([finite_or(e.share_high, 0.0) for _, e in known])
-        handles.append(
-            ax.errorbar(
-                centre,
-                [yi for yi, _ in known],
-                xerr=np.vstack([np.maximum(centre - low, 0), np.maximum(high - centre, 0)]),
-                fmt="o",
-                color="black",
-                markersize=3,
-                capsize=3,
-                linewidth=1,
-                zorder=4,
-                label=f"held-out share, {evidence.level:.0%} interval",
-            )
-        )
-        top = max(top, *high) if len(high) else top
+        rows = [(yi, e.heldout_share, e.share_low, e.share_high) for yi, e in known]
+        label = f"held-out share, {evidence.level:.0%} interval"
+        handles.append(_interval_bars(ax, rows, label, fmt="o", markersize=3))
+        top = max([top, *(finite_or(r[3], 0.0) for r in rows)])
     ax.set_yticks(y, terms, fontsize=9 if len(terms) <= 15 else 8)
     ax.invert_yaxis()
     ax.set_xlim(0.0, max(top, 1e-9) * 1.05)
