@@ -30,6 +30,7 @@ def _check(out, task):
         ("zeroshot", ["--text", "bow"]),
         ("retrieval", ["--text", "bow"]),
         ("grounding", []),
+        ("grounding", ["--equivariance", "0"]),
         ("caption", ["--text", "bow"]),
     ],
 )
@@ -40,6 +41,8 @@ def test_scene_commands_write_results_report_and_figure(tmp_path, task, extra):
     data = _check(out, task)
     assert data["seed"] == 0
     assert "report:" in result.output
+    if task == "grounding":  # the option reaches the run and is recorded with its settings
+        assert data["settings"]["equivariance"] == (0.0 if extra else 0.1)
 
 
 def test_colearn_and_summarize(tmp_path):
@@ -67,6 +70,7 @@ def test_colearn_and_summarize(tmp_path):
         (["colearn", "--fractions", "0.5,1.5", "--out", "x"], "label fractions"),
         (["zeroshot", "--text", "glove", "--out", "x"], "Invalid value for '--text'"),
         (["retrieval", "--epochs", "0", "--out", "x"], "Invalid value for '--epochs'"),
+        (["grounding", "--equivariance", "-1", "--out", "x"], "Invalid value for '--equivariance'"),
         (["summarize", "no/such/folder"], "not found"),
     ],
 )

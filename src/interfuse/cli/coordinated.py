@@ -164,13 +164,28 @@ def retrieval(
 
 
 @coordinated.command()
+@click.option(
+    "--equivariance",
+    default=GroundingConfig.equivariance,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Weight of the rotation-equivariance term of the attention (0: off).",
+)
 @_common(GroundingConfig)
 def grounding(
-    out: Path, seed: int, threads: int | None, n_train: int, n_test: int, epochs: int
+    out: Path,
+    seed: int,
+    threads: int | None,
+    n_train: int,
+    n_test: int,
+    epochs: int,
+    equivariance: float,
 ) -> None:
     """Word-to-region attention from (image, caption) pairs; pointing accuracy per word."""
     _threads(threads)
-    config = GroundingConfig(seed=seed, n_train=n_train, n_test=n_test, epochs=epochs)
+    config = GroundingConfig(
+        seed=seed, n_train=n_train, n_test=n_test, epochs=epochs, equivariance=equivariance
+    )
     result, figure = run_grounding(config)
     _finish(
         "grounding",

@@ -187,7 +187,8 @@ class GroundingModel(nn.Module):
     ``a_w = softmax_c(s · q_w·k_c)``; the word's match to the image is ``Σ_c a_w,c q_w·k_c`` and
     the caption–image score is the mean of its words' matches (padding excluded). Trained only
     from (image, caption) pairs, with a symmetric InfoNCE over the batch's caption–image scores
-    plus a word-presence term (see :meth:`loss`): no word is ever told where its object is.
+    plus a word-presence term and a rotation-equivariance term on the attention (see
+    :meth:`loss`, :meth:`equivariance_loss`): no word is ever told where its object is.
     After the attention-based alignment of Karpathy & Fei-Fei (*Deep Visual-Semantic
     Alignments*, CVPR 2015) and Lee et al. (*Stacked Cross Attention*, ECCV 2018), reduced to its
     core. Word matches depend on the word only, so they are computed once per vocabulary word.
@@ -258,15 +259,48 @@ class GroundingModel(nn.Module):
         counts = counts / counts.sum(1, keepdim=True).clamp(min=1.0)
         return self.word_matches(x) @ counts.T
 
-    def loss(self, x: Tensor, ids: Tensor) -> Tensor:
+    def equivariance_loss(self, sim: Tensor, sim_rotated: Tensor, words: Tensor) -> Tensor:
+        """Disagreement of the attention maps of an image and of the image rotated by 180°.
+
+        ``sim`` and ``sim_rotated`` ``(B, cells, vocab)`` are :meth:`vocabulary_similarity` of
+        ``x`` and of ``x`` rotated by 180°; ``words`` ``(B, vocab)`` weighs the words compared
+        (the caption's words). Where an object is does not depend on how the image is turned,
+        so the attention of the rotated image, rotated back, should equal the attention of the
+        image: the loss is the symmetric KL divergence between the two, ``½(KL(a‖b) + KL(b‖a))``,
+        averaged over the weighted words. A model whose attention sits one cell *beside* its
+        object (which the contrastive objective alone does not penalise) fails this, because
+        the rotation turns "one cell above" into "one cell below": the only offset both agree
+        on is zero. After the equivariance regulariser of Wang et al. (*Self-supervised
+        Equivariant Attention Mechanism for Weakly Supervised Semantic Segmentation*, CVPR
+        2020), here for word-to-region attention.
+        """
+        side = math.isqrt(sim.shape[1])
+        if side * side != sim.shape[1] or sim_rotated.shape != sim.shape:
+            raise ValueError(f"square cell grids of equal shape expected, got {sim.shape}")
+        back = sim_rotated.unflatten(1, (side, side)).flip(1, 2).flatten(1, 2)
+        log_a = torch.log_softmax(self.sharpness * sim, dim=1)
+        log_b = torch.log_softmax(self.sharpness * back, dim=1)
+        kl = ((log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(1)  # (B, V): KL(a‖b) + KL(b‖a)
+        return 0.5 * (kl * words).sum() / words.sum().clamp(min=1.0)
+
+    def loss(self, x: Tensor, ids: Tensor, equivariance: float = 0.0) -> Tensor:
         """Symmetric InfoNCE over caption–image scores plus a word-presence term.
 
         The word-presence term is multiple-instance learning from the same pairs: image ``i``
         contains word ``w`` iff its caption does; the logit ``s·match(i, w) + b_w`` is scored
         by binary cross-entropy against that, over the whole vocabulary. Where the word is in
-        the image is never given.
+        the image is never given. With ``equivariance > 0`` the batch is also seen rotated by
+        180° and ``equivariance ×`` :meth:`equivariance_loss` over the caption's words is added
+        (the rotated images enter no other term: their captions' position words would be wrong).
         """
-        matches = self.word_matches(x)  # (B, V)
+        if equivariance < 0:
+            raise ValueError(f"equivariance must be >= 0, got {equivariance}")
+        if equivariance > 0:
+            both = self.vocabulary_similarity(torch.cat([x, x.flip(2, 3)]))
+            sim, sim_rotated = both[: x.shape[0]], both[x.shape[0] :]
+        else:
+            sim = self.vocabulary_similarity(x)
+        matches = (torch.softmax(self.sharpness * sim, dim=1) * sim).sum(1)  # (B, V)
         counts = self.word_counts(ids, matches.shape[1])
         scores = matches @ (counts / counts.sum(1, keepdim=True).clamp(min=1.0)).T
         logits = self.log_scale.clamp(max=math.log(100.0)).exp() * scores
@@ -275,4 +309,11 @@ class GroundingModel(nn.Module):
         present = (counts > 0).float()[:, 1:]
         word_logits = self.presence_scale * matches[:, 1:] + self.presence_bias[1:]
         presence = F.binary_cross_entropy_with_logits(word_logits, present)
+        if equivariance > 0:
+            words = (counts > 0).float()
+            return (
+                contrastive
+                + presence
+                + equivariance * self.equivariance_loss(sim, sim_rotated, words)
+            )
         return contrastive + presence

@@ -450,6 +450,7 @@ class GroundingConfig:
     batch_size: int = 96
     lr: float = 3e-3
     dim: int = 64
+    equivariance: float = 0.1
 
 
 def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, Any]]:
@@ -458,6 +459,8 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, dim=config.dim,
     )  # fmt: skip
+    if config.equivariance < 0:
+        raise ValueError(f"equivariance must be >= 0, got {config.equivariance}")
     start = time.perf_counter()
     train = make_scenes(config.n_train, config.seed, stream=TRAIN_STREAM)
     test = make_scenes(config.n_test, config.seed, stream=TEST_STREAM)
@@ -472,7 +475,7 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
 
     def step(idx: Tensor) -> Tensor:
         k = torch.randint(0, per_scene, (idx.numel(),), generator=pick)
-        return model.loss(images[idx], ids[idx * per_scene + k])
+        return model.loss(images[idx], ids[idx * per_scene + k], config.equivariance)
 
     _fit(
         model, step, len(train), epochs=config.epochs, batch_size=config.batch_size,
