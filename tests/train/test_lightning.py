@@ -164,20 +164,23 @@ class _NoLength(torch.utils.data.IterableDataset):
         return iter(self.loader)
 
 
-def test_training_losses_logged_once_per_epoch_equal_per_step_logging(task):
-    """``train_*`` logged once at the epoch's last batch are bit-identical to Lightning's
-    per-step ``on_epoch`` accumulation (used where the epoch length is unknown)."""
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
+@pytest.mark.parametrize("max_steps", [-1, 3], ids=["whole-epochs", "cut-short"])
+def test_training_losses_logged_once_per_epoch_equal_per_step_logging(task, max_steps):
+    """``train_*`` logged once at the epoch's last batch (or at its end, when ``max_steps``
+    cuts it short) are bit-identical to Lightning's per-step ``on_epoch`` accumulation (used
+    where the epoch length is unknown)."""
 
     def train(wrap):
         model = build_model(model_spec("intense", task.encoders, TrainConfig(), 2), seed=0)
         module = FusionModule(model, task.task)
         trainer = pl.Trainer(
             max_epochs=2,
+            max_steps=max_steps,
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
-            limit_val_batches=0,
         )
         loader = batch_loader(task.train, 64, shuffle=True, seed=3)
         trainer.fit(module, wrap(loader) if wrap else loader)

@@ -90,6 +90,11 @@ class FusionModule(pl.LightningModule):
         # Σ_steps n · (Ω, loss, task loss) and Σ n of the running epoch (see the class doc)
         self._epoch_sums: Tensor | None = None
         self._epoch_count = 0
+        self._epoch_names: list[str] = []
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_sums is not None:  # an epoch cut short (max_steps, a stop): log its part
+            self._log_epoch_means()
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.model(inputs).prediction
@@ -143,11 +148,15 @@ class FusionModule(pl.LightningModule):
             self._epoch_count = 0
         self._epoch_sums = self._epoch_sums + stacked * n
         self._epoch_count += n
-        if batch_idx + 1 < batches:
-            return
+        self._epoch_names = names
+        if batch_idx + 1 >= batches:
+            self._log_epoch_means()
+
+    def _log_epoch_means(self) -> None:
+        """Log the accumulated means (weight 1 each) and start the next epoch's sums."""
         means = self._epoch_sums / self._epoch_count
         self._epoch_sums = None
-        for name, mean in zip(names, means.unbind(0)):
+        for name, mean in zip(self._epoch_names, means.unbind(0)):
             # one value of weight 1: Lightning's epoch mean of it is the value itself
             self.log(
                 name,
