@@ -105,8 +105,8 @@ def test_speed_rows_and_memory(tiny_results: tuple[Path, str]) -> None:
     data = _load(tiny_results[0], "speed")
     assert data["rows"]
     for row in data["rows"]:
-        assert set(row["median_ms"]) == {"floor", "before", "ours", "naive"}
-        assert _is_number(row["ours_over_before"])
+        assert set(row["median_ms"]) == {"floor", "blocks_floor", "before", "ours", "naive"}
+        assert _is_number(row["ours_over_before"]) and _is_number(row["ours_over_blocks_floor"])
         assert all(_is_number(v) and v > 0 for v in row["median_ms"].values())
         assert _is_number(row["ours_over_floor"]) and row["naive_relative_difference"] < 1e-4
     measured = [r["peak_extra_mib"] for r in data["rows"] if "peak_extra_mib" in r]

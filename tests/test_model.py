@@ -373,3 +373,19 @@ def test_one_dimensional_inputs_reach_their_encoder_and_scalars_are_refused():
     assert model(inputs).prediction.shape == (4, 1)
     with pytest.raises(ValueError, match="modality 'tokens': expected a batch, got a scalar"):
         model({"tokens": torch.tensor(1), "b": torch.randn(4, 3)})
+
+
+def test_finite_check_is_exact_when_the_sum_overflows():
+    """The input check's fast test (a finite sum) falls back to the elementwise one: finite
+    values whose sum overflows pass, a single NaN or inf is counted and named."""
+    from interfuse.model import _all_finite
+
+    big = torch.full((4, 3), 3e38)
+    assert not torch.isfinite(big.sum()) and _all_finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(4, 3)
+        x[1, 2] = bad
+        assert not _all_finite(x)
+    x = torch.tensor([float("inf"), -float("inf")])  # the sum is NaN
+    assert not _all_finite(x)
+    assert _all_finite(torch.empty(0, 3))

@@ -83,6 +83,8 @@ CONFIGS = [  # (M, K, r)
     (2, 1, 3),
     (2, 2, 3),
     (2, 1, 3, "equal"),
+    (4, 1, 3, "equal"),
+    (6, 1, 2, "equal"),
     (2, 2, 3, "equal"),
     (3, 2, 4, "equal"),
     (5, 2, 2, "equal"),
@@ -335,6 +337,28 @@ def test_gradcheck_whole_head_function():
     assert torch.autograd.gradcheck(lambda *t: tuple(pairwise.pairwise_head(state, t)), tensors)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_unimodal_head_function(bias):
+    """The one-Function head without interactions (outputs: prediction and unimodal blocks):
+    gradients into the prediction and into every returned block, with and without a bias."""
+    torch.manual_seed(6)
+    model, names, dims = build(5, 1, 2, torch.float64, equal=True)
+    if not bias:
+        model.head.bias = None
+    plan = model.fusion_plan()
+    state, weights, _ = fast._pairwise_state(model, plan, torch.device("cpu"))
+    assert state.counts == (5, 0, 0, 0)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(6, 4, dtype=torch.float64, generator=gen) for _ in names]
+    tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
+
+    def fn(*t):
+        out = pairwise.pairwise_head(state, t)
+        return out.prediction, out.unimodal
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
 def test_gradcheck_masked_whole_head_function():
     """The masked one-Function head: a modality with 1 present sample (running statistics for
     it and its pairs), one absent for the whole batch, the others partly present."""
@@ -371,7 +395,7 @@ def test_whole_head_function_is_used_where_it_applies():
         out = model.fuse({n: torch.randn(8, d) for n, d in dims.items()})
         return type(out.prediction.grad_fn).__name__ == "_PairwiseHeadBackward"
 
-    for m, order in [(2, 1), (2, 2), (4, 2), (3, 3), (5, 3)]:
+    for m, order in [(2, 1), (6, 1), (2, 2), (4, 2), (3, 3), (5, 3)]:
         model, _, dims = build(m, order, 2, torch.float32, equal=True)
         assert uses_function(model, dims), (m, order)
     model, _, dims = build(3, 2, 2, torch.float32)  # unequal widths

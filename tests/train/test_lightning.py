@@ -152,3 +152,62 @@ def test_fused_adamw_is_the_per_tensor_update(task):
         loop.step()
     for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+class _NoLength(torch.utils.data.IterableDataset):
+    """The same batches as a loader, but without ``len``: the module logs every step."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
+@pytest.mark.parametrize("max_steps", [-1, 3], ids=["whole-epochs", "cut-short"])
+def test_training_losses_logged_once_per_epoch_equal_per_step_logging(task, max_steps):
+    """``train_*`` logged once at the epoch's last batch (or at its end, when ``max_steps``
+    cuts it short) are bit-identical to Lightning's per-step ``on_epoch`` accumulation (used
+    where the epoch length is unknown)."""
+
+    def train(wrap):
+        model = build_model(model_spec("intense", task.encoders, TrainConfig(), 2), seed=0)
+        module = FusionModule(model, task.task)
+        trainer = pl.Trainer(
+            max_epochs=2,
+            max_steps=max_steps,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        loader = batch_loader(task.train, 64, shuffle=True, seed=3)
+        trainer.fit(module, wrap(loader) if wrap else loader)
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
+        return metrics, model.state_dict()
+
+    once, weights = train(None)
+    per_step, weights_per_step = train(
+        lambda loader: torch.utils.data.DataLoader(_NoLength(loader), batch_size=None)
+    )
+    assert list(once) == ["train_regularizer", "train_loss", "train_task_loss"]
+    assert list(once) == list(per_step)
+    for name in once:
+        assert once[name].item() == per_step[name].item(), name
+    for name in weights:
+        assert torch.equal(weights[name], weights_per_step[name]), name
+
+
+def test_fit_scans_the_training_split_once_and_names_bad_values(task, tmp_path):
+    """fit checks the training split for non-finite values before training (not every step):
+    the same one-line error as a forward pass on a bad batch."""
+    from dataclasses import replace
+
+    from interfuse.data.batching import TensorData
+
+    bad = {m: x.clone() for m, x in task.train.inputs.items()}
+    bad["m1"][5, 0, 0] = float("nan")
+    data = replace(task, train=TensorData(bad, task.train.targets))
+    with pytest.raises(ValueError, match=r"modality 'm1': input has 1 non-finite"):
+        fit(data, TrainConfig(epochs=1), tmp_path / "run", progress=False)

@@ -1085,14 +1085,18 @@ def _pairwise_fuse(
     modalities = plan.modalities
     first = embeddings[modalities[0]]
     cached = plan.pairwise_cache
+    # the identity checks read the modules' own dicts (nn.Module attribute lookup is slow)
+    modules = model._modules
     if (
         cached is None
         or cached[0] != first.device
-        or cached[2][0] is not model.head.blocks[modalities[0]].weight
-        or cached[1].buffers.counters[0] is not model.norms[modalities[0]].num_batches_tracked
+        or modules["head"]._modules["blocks"]._modules[modalities[0]]._parameters["weight"]
+        is not cached[2][0]
+        or modules["norms"]._modules[modalities[0]]._buffers["num_batches_tracked"]
+        is not cached[1].buffers.counters[0]
     ):
-        cached = plan.pairwise_cache = (first.device, *_pairwise_state(model, plan, first.device))
-    _, state, weights, masked_buffers = cached
+        cached = plan.pairwise_cache = _pairwise_cache(model, plan, first.device)
+    _, state, weights, masked_buffers, names, in_order = cached
     tensors = [embeddings[m] for m in modalities] + weights
     if present is None:
         out = pairwise_head(state, tensors)
@@ -1100,12 +1104,24 @@ def _pairwise_fuse(
         everyone = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
         rows = torch.stack([present.get(m, everyone) for m in modalities])
         out = masked_pairwise_head(state, masked_buffers, rows, tensors)
-    named = dict(zip(modalities, out.unimodal.unbind(0)))
+    blocks = out.unimodal.unbind(0)
     if plan.pair_names:
-        named.update(zip(plan.pair_names, out.pairs.unbind(0)))
+        blocks += out.pairs.unbind(0)
     if plan.triple_names:
-        named.update(zip(plan.triple_names, out.triples.unbind(0)))
+        blocks += out.triples.unbind(0)
+    named = dict(zip(names, blocks))
+    if in_order:
+        return out.prediction, named
     return out.prediction, {name: named[name] for name in model.head.blocks}
+
+
+def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> tuple:
+    """``(device, state, weights, masked buffers, block names, in_order)`` of
+    :func:`_pairwise_fuse`: the names in stack order (unimodal, pairs, triples), and whether
+    that is the head's order."""
+    names = plan.modalities + plan.pair_names + plan.triple_names
+    state, weights, masked = _pairwise_state(model, plan, device)
+    return device, state, weights, masked, names, names == list(model.head.blocks)
 
 
 def _pairwise_state(
@@ -1134,7 +1150,9 @@ def _pairwise_state(
         weights += [factors.projections[m].weight for m in plan.factor_modalities]
         weights += [blocks[n].weight for n in pair_names]
     sq_norms = [n.running_sq_norm for n in unimodal_norms + pair_norms]
-    buffers = PairwiseBuffers(means + sq_norms + decay, decay, counters)
+    lerped = means + sq_norms + decay
+    dtypes = {t.dtype for t in lerped}
+    buffers = PairwiseBuffers(lerped, decay, counters, dtypes.pop() if len(dtypes) == 1 else None)
     num_f = len(plan.factor_modalities) if pair_names else 0
     counts = (len(modalities), num_f, len(plan.pairs), len(plan.triples))
     state = PairwiseState(

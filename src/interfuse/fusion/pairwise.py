@@ -155,6 +155,8 @@ class PairwiseBuffers(NamedTuple):
     lerped: list[Tensor]
     decay: list[Tensor]
     counters: list[Tensor]
+    dtype: torch.dtype | None = None
+    """The one dtype of all ``lerped`` buffers (``None``: mixed, converted per value)."""
 
 
 def _gather(stack: Tensor, rows: Rows) -> Tensor:
@@ -175,10 +177,24 @@ def _scatter_add(into: Tensor, rows: Rows, values: Tensor) -> Tensor:
     return into.index_add_(0, rows, values)
 
 
-def _in_dtypes(values: Sequence[Tensor], targets: Sequence[Tensor]) -> list[Tensor]:
+def _in_dtypes(
+    values: Sequence[Tensor], targets: Sequence[Tensor], dtype: torch.dtype | None = None
+) -> list[Tensor]:
+    """``values`` in the dtypes of ``targets``; ``dtype``: the one dtype of all targets, if known
+    (the values of one step share one dtype, so then one comparison decides)."""
+    if dtype is not None and values and values[0].dtype == dtype:
+        return list(values)
     if all(v.dtype == t.dtype for v, t in zip(values, targets)):
         return list(values)
     return [v.to(t.dtype) for v, t in zip(values, targets)]
+
+
+def _update_running(buffers: PairwiseBuffers, ends: list[Tensor], momentum: float) -> None:
+    """``running ← lerp(running, batch value, momentum)`` for every lerped buffer (in place), then
+    ``num_batches_tracked += 1``: two foreach operations."""
+    targets = buffers.lerped
+    torch._foreach_lerp_(targets, _in_dtypes(ends, targets, buffers.dtype), momentum)
+    torch._foreach_add_(buffers.counters, 1)
 
 
 def _feature_major_grads(
@@ -209,8 +225,8 @@ class _PairwiseHead(torch.autograd.Function):
     """The whole head (see module doc). Inputs: a :class:`PairwiseState` (its buffers are
     updated in place), the bias (or ``None``), then the tensors ``U_1..U_M, W_1..W_M,
     P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``. Outputs: ``ŷ (B, C)``, ``Z (M, B, d)`` and the pair
-    and triple blocks feature-major, ``Yᵀ (Q, r², B)`` and ``Y'ᵀ (T, r³, B)`` (empty
-    ``(0, 0, B)`` tensors when there are none).
+    and triple blocks feature-major, ``Yᵀ (Q, r², B)`` if ``Q > 0`` and ``Y'ᵀ (T, r³, B)`` if
+    ``T > 0`` (absent outputs are left out: each output costs autograd bookkeeping).
 
     Interaction blocks are kept feature-major (batch on the last, contiguous axis) because the
     outer products and their contractions broadcast over ``r`` and run along the batch: with
@@ -234,7 +250,7 @@ class _PairwiseHead(torch.autograd.Function):
         out = part_u.sum(dim=0)
         rows = list(mean_u.squeeze(1).unbind(0))
         saved: list[Tensor | None] = [None] * 13
-        y = y3 = u.new_zeros(0, 0, batch)
+        y = y3 = None  # Yᵀ (Q, r², B) and Y'ᵀ (T, r³, B): outputs only when Q > 0, T > 0
         if num_q:
             start = 2 * num_m
             proj = torch.stack(tensors[start : start + num_f])  # (M_f, r, d)
@@ -279,24 +295,26 @@ class _PairwiseHead(torch.autograd.Function):
         # exact 0), then the counters
         buffers = state.buffers
         unbiased = (torch.cat(sq) if num_q else sq[0]).mul_(batch / (batch - 1))
-        zero = unbiased.new_zeros(())
-        ends = rows + list(unbiased.unbind(0)) + [zero] * len(buffers.decay)
-        targets = buffers.lerped
-        torch._foreach_lerp_(targets, _in_dtypes(ends, targets), state.momentum)
-        torch._foreach_add_(buffers.counters, 1)
+        ends = rows + list(unbiased.unbind(0))
+        if buffers.decay:
+            ends += [unbiased.new_zeros(())] * len(buffers.decay)
+        _update_running(buffers, ends, state.momentum)
 
         ctx.counts = state.counts
         ctx.layout = state.layout
         ctx.has_bias = bias is not None
         ctx.set_materialize_grads(False)
-        # with interactions U is kept (for ∂P) and Z = s (U − μ) recomputed, not both
-        kept = (None, mean_u) if num_q else (z, None)
+        # with interactions U is kept (for ∂P); with pairs only Z too (small next to the pair
+        # blocks; it saves two passes), with triples Z = s (U − μ) is recomputed (memory)
+        kept = (None, mean_u) if num_t else (z, None)
         ctx.save_for_backward(u if num_q else None, w, *kept, scale_u, part_u, *saved)
-        return out, z, y, y3
+        if num_t:
+            return out, z, y, y3
+        return (out, z, y) if num_q else (out, z)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out, grad_z, grad_y, grad_y3):  # noqa: D102
+    def backward(ctx, grad_out, grad_z, grad_y=None, grad_y3=None):  # noqa: D102
         u, w, z, mean_u, scale_u, part_u, u_f, proj, g, y, v, scale_p, part_p, *rest = (
             ctx.saved_tensors
         )
@@ -450,6 +468,14 @@ def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> PairwiseOu
             f"the fusion head needs a batch of at least 2 samples in training mode (it uses "
             f"batch statistics), got {batch}; use a larger batch or call model.eval()"
         )
+    if not num_q:
+        prediction, unimodal = _PairwiseHead.apply(state, state.bias, *tensors)
+        empty = unimodal.new_zeros(0, batch, 0)
+        return PairwiseOutput(prediction, unimodal, empty, empty)
+    if not num_t:
+        prediction, unimodal, pairs = _PairwiseHead.apply(state, state.bias, *tensors)
+        triples = pairs.new_zeros(0, batch, 0)
+        return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), triples)
     prediction, unimodal, pairs, triples = _PairwiseHead.apply(state, state.bias, *tensors)
     return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), triples.transpose(1, 2))
 

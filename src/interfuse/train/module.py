@@ -43,6 +43,17 @@ class FusionModule(pl.LightningModule):
     probability (through the model's missing-modality path), so the model learns to predict from
     any subset. The drops of epoch e, batch i are drawn from a generator seeded by
     ``(seed, e, i)``: a resumed run draws exactly what the uninterrupted run drew.
+
+    The training losses (``train_loss``, ``train_task_loss``, ``train_regularizer``) are logged
+    once per epoch, at its last batch, as epoch means weighted by batch size — the values
+    ``self.log(..., on_epoch=True)`` per step gives, summed in the same order and precision —
+    so that Lightning's per-call logging machinery does not run every step. Where the number of
+    batches is not known (a loader without ``len``) they are logged every step, as before.
+
+    ``inputs_checked``: the training inputs were validated once as a whole
+    (:meth:`MultimodalModel.check_data`, as :func:`~interfuse.train.fit` does), so training steps
+    skip the model's per-batch scan for non-finite values (its other checks still run).
+    Validation, test and prediction batches are scanned as before.
     """
 
     def __init__(
@@ -75,6 +86,15 @@ class FusionModule(pl.LightningModule):
         # class (or positive-label) weights of the task loss; a buffer so it follows the device
         self.register_buffer("loss_weight", loss_weight, persistent=False)
         self._outputs: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
+        self.inputs_checked = False
+        # Σ_steps n · (Ω, loss, task loss) and Σ n of the running epoch (see the class doc)
+        self._epoch_sums: Tensor | None = None
+        self._epoch_count = 0
+        self._epoch_names: list[str] = []
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_sums is not None:  # an epoch cut short (max_steps, a stop): log its part
+            self._log_epoch_means()
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.model(inputs).prediction
@@ -84,17 +104,68 @@ class FusionModule(pl.LightningModule):
         if self.modality_dropout > 0:
             dropped = self.dropout_masks(len(targets), batch_idx)
             masks = {m: keep & masks[m] if m in masks else keep for m, keep in dropped.items()}
-        prediction = self.model(inputs, **({"masks": masks} if masks else {})).prediction
+        model = self.model
+        options = {"masks": masks} if masks else {}
+        if self.inputs_checked and isinstance(model, MultimodalModel):
+            with model.finite_inputs():  # scanned once as a whole (see the class doc)
+                prediction = model(inputs, **options).prediction
+        else:
+            prediction = model(inputs, **options).prediction
         loss_task = task_loss(self.task, prediction, targets, self.loss_weight)
         n = len(targets)
         loss = loss_task
+        values = [loss, loss_task]
         if self.regularize:  # baselines have no Ω_p
             regulariser = self.model.regularizer()
             loss = loss_task + self.lam * regulariser
-            self.log("train_regularizer", regulariser, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train_task_loss", loss_task, on_step=False, on_epoch=True, batch_size=n)
+            values = [regulariser, loss, loss_task]
+        self._log_training(values, n, batch_idx)
         return loss
+
+    def _log_training(self, values: list[Tensor], n: int, batch_idx: int) -> None:
+        """``train_regularizer`` (with Ω), ``train_loss``, ``train_task_loss``: accumulated as
+        ``Σ n·value`` and logged once, at the epoch's last batch (see the class doc)."""
+        names = ["train_regularizer"] if len(values) == 3 else []
+        names += ["train_loss", "train_task_loss"]
+        batches = self.trainer.num_training_batches if self._trainer is not None else math.inf
+        if not math.isfinite(batches):  # the epoch's end is not known in advance: every step
+            for name, value in zip(names, values):
+                self.log(
+                    name,
+                    value,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=name == "train_loss",
+                    batch_size=n,
+                )
+            return
+        stacked = torch.stack([v.detach() for v in values])
+        if stacked.dtype not in (torch.float32, torch.float64):  # as Lightning stores values
+            stacked = stacked.to(torch.get_default_dtype())
+        if batch_idx == 0 or self._epoch_sums is None:
+            # Lightning's accumulator starts as a 0 of the default dtype
+            self._epoch_sums = torch.zeros((), dtype=torch.get_default_dtype(), device=self.device)
+            self._epoch_count = 0
+        self._epoch_sums = self._epoch_sums + stacked * n
+        self._epoch_count += n
+        self._epoch_names = names
+        if batch_idx + 1 >= batches:
+            self._log_epoch_means()
+
+    def _log_epoch_means(self) -> None:
+        """Log the accumulated means (weight 1 each) and start the next epoch's sums."""
+        means = self._epoch_sums / self._epoch_count
+        self._epoch_sums = None
+        for name, mean in zip(self._epoch_names, means.unbind(0)):
+            # one value of weight 1: Lightning's epoch mean of it is the value itself
+            self.log(
+                name,
+                mean,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "train_loss",
+                batch_size=1,
+            )
 
     def _predict(self, batch: Batch) -> Tensor:
         inputs, _, masks = batch

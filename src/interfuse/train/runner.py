@@ -815,6 +815,16 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
         else None,
         metric_set=run.data.metrics,
     )
+    train = run.data.train
+    if (
+        isinstance(run.model, MultimodalModel)
+        and run.model.check_inputs
+        and all(isinstance(x, torch.Tensor) for x in train.inputs.values())
+    ):
+        # the batches are index subsets of the training split (in memory; a lazily read one is
+        # checked batch by batch): scan it once for non-finite values, not at every step
+        run.model.check_data(train.inputs, train.masks or None)
+        module.inputs_checked = True
     # the same trainer runs every attempt: its epoch counter goes on, the stop flag is reset
     trainer.fit_loop.max_epochs = trainer.current_epoch + remaining
     trainer.should_stop = False
