@@ -368,7 +368,8 @@ class FusionPlan:
         self.pair_names = [term_name(t) for t in self.pairs]
         self.triples = [tuple(t) for t in interaction_terms if len(t) == 3]
         self.triple_names = [term_name(t) for t in self.triples]
-        # (device, state, weights) of the pairwise path, see _pairwise_fuse
+        # (device, state, weights, masked buffers, ownership links) of the pairwise path, see
+        # _pairwise_fuse
         self.pairwise_cache: tuple | None = None
         self.momentum: float | None = None  # of every running statistic (set by the model)
 
@@ -1081,18 +1082,27 @@ def _pairwise_fuse(
     """:func:`fast_fuse` for orders ≤ 2 in training without masks: one autograd Function
     (:mod:`interfuse.fusion.pairwise`). Its state and weight lists are gathered once and kept in
     the plan (``MultimodalModel`` drops them when its tensors move or are loaded; they are also
-    rebuilt when the first weight or buffer is no longer the model's)."""
+    rebuilt when any tensor they hold, or a module on the way to it, is no longer the model's:
+    a parameter, buffer or submodule replaced by assignment)."""
     modalities = plan.modalities
     first = embeddings[modalities[0]]
     cached = plan.pairwise_cache
     if (
         cached is None
         or cached[0] != first.device
-        or cached[2][0] is not model.head.blocks[modalities[0]].weight
-        or cached[1].buffers.counters[0] is not model.norms[modalities[0]].num_batches_tracked
+        or not all(table.get(key) is value for table, key, value in cached[4])
     ):
-        cached = plan.pairwise_cache = (first.device, *_pairwise_state(model, plan, first.device))
-    _, state, weights, masked_buffers = cached
+        state, weights, masked = _pairwise_state(model, plan, first.device)
+        held = [*weights, state.bias, *state.buffers.lerped, *state.buffers.counters]
+        held += [t for values in masked for t in values]
+        cached = plan.pairwise_cache = (
+            first.device,
+            state,
+            weights,
+            masked,
+            _ownership(model, held),
+        )
+    _, state, weights, masked_buffers, _ = cached
     tensors = [embeddings[m] for m in modalities] + weights
     if present is None:
         out = pairwise_head(state, tensors)
@@ -1106,6 +1116,29 @@ def _pairwise_fuse(
     if plan.triple_names:
         named.update(zip(plan.triple_names, out.triples.unbind(0)))
     return out.prediction, {name: named[name] for name in model.head.blocks}
+
+
+def _ownership(model, tensors: list[Tensor | None]) -> list[tuple[dict, str, object]]:
+    """``(table, key, value)`` links from ``model`` to each of ``tensors``: the parameter or
+    buffer table of its owner, and the submodule table of every module on the way (the cached
+    state is the model's while every ``table.get(key) is value``)."""
+    owner: dict[int, tuple[str, dict, str]] = {}
+    for path, module in model.named_modules():
+        for table in (module._parameters, module._buffers):
+            for key, value in table.items():
+                owner.setdefault(id(value), (path, table, key))
+    links: dict[tuple[int, str], tuple[dict, str, object]] = {}
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        path, table, key = owner[id(tensor)]
+        links[id(table), key] = (table, key, tensor)
+        parent = model
+        for name in path.split(".") if path else []:
+            child = parent._modules[name]
+            links[id(parent._modules), name] = (parent._modules, name, child)
+            parent = child
+    return list(links.values())
 
 
 def _pairwise_state(
