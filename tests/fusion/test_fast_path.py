@@ -490,6 +490,158 @@ def test_whole_head_function_keeps_its_state_until_a_tensor_or_module_is_replace
         cache = plan.pairwise_cache
 
 
+def _step_against_reference(model, ref, inputs, masks, dtype, what):
+    """One training step of ``model.fuse`` and of the reference on a copy: prediction, blocks,
+    gradients of parameters and inputs, running buffers."""
+    ours_in = {n: x.clone().requires_grad_() for n, x in inputs.items()}
+    ref_in = {n: x.clone().requires_grad_() for n, x in inputs.items()}
+    out = model.fuse(ours_in, masks)
+    ref_prediction, ref_blocks = reference.reference_fuse(ref, ref_in, masks)
+    close(out.prediction, ref_prediction, dtype, f"prediction, {what}")
+    for name in ref_blocks:
+        close(out.blocks[name], ref_blocks[name], dtype, f"block {name}, {what}")
+    y = torch.arange(next(iter(inputs.values())).shape[0]) % 3
+    model.zero_grad()
+    ref.zero_grad()
+    F.cross_entropy(out.prediction, y).backward()
+    F.cross_entropy(ref_prediction, y).backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        close(p.grad, q.grad, dtype, f"grad {name}, {what}")
+    for n in inputs:
+        close(ours_in[n].grad, ref_in[n].grad, dtype, f"input grad {n}, {what}")
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers()):
+        assert b.dtype == c.dtype, name
+        if b.is_floating_point():
+            close(b, c, dtype, f"buffer {name}, {what}")
+        else:
+            assert torch.equal(b, c), f"buffer {name}, {what}"
+    return out
+
+
+def test_masked_whole_head_function_with_two_or_one_present_samples_and_loaded_statistics():
+    """The masked one-Function head where a modality has exactly 2 present samples (the
+    unbiased factor n/(n − 1) = 2 of the running squared norms) and one has 1 (its blocks and
+    its pairs' use the running statistics, here non-zero as after loading a checkpoint,
+    including the pair blocks' vBN means): everything equals the reference's."""
+    torch.manual_seed(9)
+    model, names, dims = build(3, 2, 2, torch.float64, equal=True)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():  # running statistics that differ from the batch's
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + 0.5)
+    ref = copy.deepcopy(model)
+    masks = {n: torch.ones(BATCH, dtype=torch.bool) for n in names}
+    masks["m1"][:] = False
+    masks["m1"][[3, 7]] = True  # exactly 2 present: batch statistics, factor 2
+    masks["m2"][:] = False
+    masks["m2"][7] = True  # one present: running statistics for m2, m0*m2, m1*m2
+    inputs = {n: torch.randn(BATCH, d, generator=gen, dtype=torch.float64) for n, d in dims.items()}
+    inputs = {n: torch.where(masks[n][:, None], x, 0.0) for n, x in inputs.items()}
+    out = _step_against_reference(model, ref, inputs, masks, torch.float64, "masked step")
+    assert type(out.prediction.grad_fn).__name__ == "_MaskedPairwiseHeadBackward"
+
+
+@pytest.mark.parametrize(
+    "config,masked",
+    [
+        ((3, 2, 2, "equal"), False),
+        ((3, 2, 2, "equal"), True),
+        ((3, 3, 2, "equal"), False),
+        ((3, 3, 3), False),
+        ((3, 3, 3), True),
+    ],
+    ids=["whole-head", "whole-head-masks", "whole-head-triples", "stacked", "stacked-masks"],
+)
+def test_running_buffers_of_another_dtype_are_updated_like_the_reference(config, masked):
+    """Running statistics kept in float64 while the head trains in float32: each path converts
+    the batch statistics to the buffers' dtype before updating them, as the module path does."""
+    m, order, rank = config[:3]
+    torch.manual_seed(10)
+    model, names, dims = build(m, order, rank, torch.float32, equal=len(config) > 3)
+    for module in model.modules():
+        for key, b in list(module._buffers.items()):
+            if b is not None and b.is_floating_point():
+                module._buffers[key] = b.double()
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(10)
+    for step in range(2):
+        masks = None
+        inputs = {n: torch.randn(BATCH, d, generator=gen) for n, d in dims.items()}
+        if masked:
+            masks = {n: torch.rand(BATCH, generator=gen) < 0.7 for n in names}
+            inputs = {n: torch.where(masks[n][:, None], x, 0.0) for n, x in inputs.items()}
+        _step_against_reference(model, ref, inputs, masks, torch.float32, f"step {step}")
+
+
+@pytest.mark.parametrize(
+    "config", [(2, 2, 2, "equal"), (3, 3, 2, "equal")], ids=["pairs", "triples"]
+)
+def test_training_batch_of_one_is_an_error_on_the_whole_head_function(config):
+    """As on the stacked path (``test_training_batch_of_one_is_an_error``): the one-Function
+    head checks the number of samples, not another axis of the embeddings."""
+    model, names, dims = build(*config[:3], torch.float32, equal=len(config) > 3)
+    with pytest.raises(ValueError, match="at least 2 samples in training mode"):
+        model.fuse({n: torch.randn(1, d) for n, d in dims.items()})
+    model.eval()
+    assert model.fuse({n: torch.randn(1, d) for n, d in dims.items()}).prediction.shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [(2, 2, 2), (2, 2, 2, "equal"), (3, 3, 2, "equal")],
+    ids=["stacked", "pairs", "triples"],
+)
+def test_training_batch_of_two_is_valid_on_every_path(config):
+    """Two samples are enough for batch statistics: the stacked path and the one-Function head
+    train on them and agree with the reference."""
+    torch.manual_seed(11)
+    model, names, dims = build(*config[:3], torch.float64, equal=len(config) > 3)
+    ref = copy.deepcopy(model)
+    inputs = {n: torch.randn(2, d, dtype=torch.float64) for n, d in dims.items()}
+    _step_against_reference(model, ref, inputs, None, torch.float64, "batch of 2")
+
+
+def test_vbn_head_defaults_centre_by_the_batch_mean_and_leave_the_input_unchanged():
+    """``vbn_head(x, w, eps)``: ``z_q = (x_q − E x_q) / (E‖x_q − E x_q‖² + ε)^{1/2}`` and
+    ``ŷ = Σ_q z_q W_qᵀ`` computed by hand; ``x`` itself is not overwritten."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 7, 5, dtype=torch.float64, generator=gen) * 2 + 1
+    w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen)
+    before = x.clone()
+    y, z, sq, mean = fast.vbn_head(x, w, 1e-5)
+    assert torch.equal(x, before)
+    c = x - x.mean(dim=1, keepdim=True)
+    expected_sq = c.pow(2).sum(dim=(1, 2)) / 7
+    expected_z = c / (expected_sq + 1e-5).sqrt()[:, None, None]
+    close(mean, x.mean(dim=1), torch.float64, "batch mean")
+    close(sq, expected_sq, torch.float64, "E‖c‖²")
+    close(z, expected_z, torch.float64, "z")
+    close(y, sum(expected_z[q] @ w[q].T for q in range(3)), torch.float64, "ŷ")
+
+
+def test_masked_whole_head_function_refuses_a_state_of_another_model():
+    """``masked_pairwise_head`` checks each of: no triples, the number of tensors, the number
+    of presence rows (each alone is an error)."""
+    model, names, dims = build(3, 2, 2, torch.float32, equal=True)
+    plan = model.fusion_plan()
+    state, weights, buffers = fast._pairwise_state(model, plan, torch.device("cpu"))
+    inputs = [torch.randn(BATCH, 4) for _ in names]
+    present = torch.ones(3, BATCH, dtype=torch.bool)
+    out = pairwise.masked_pairwise_head(state, buffers, present, inputs + weights)
+    assert out.prediction.shape == (BATCH, 3)
+    with pytest.raises(ValueError, match="need 12 tensors"):
+        pairwise.masked_pairwise_head(state, buffers, present, inputs + weights[:-1])
+    with pytest.raises(ValueError, match=r"presence stack of 3 rows, got 12 tensors and \(2, 12\)"):
+        pairwise.masked_pairwise_head(state, buffers, present[:2], inputs + weights)
+    triples, _, _ = build(3, 3, 2, torch.float32, equal=True)
+    state3, weights3, buffers3 = fast._pairwise_state(
+        triples, triples.fusion_plan(), torch.device("cpu")
+    )
+    with pytest.raises(ValueError, match="no triples"):
+        pairwise.masked_pairwise_head(state3, buffers3, present, inputs + weights3[:-1])
+
+
 # --------------------------------------------------------------------------- math tests
 
 
