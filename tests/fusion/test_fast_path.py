@@ -620,6 +620,24 @@ def test_vbn_head_defaults_centre_by_the_batch_mean_and_leave_the_input_unchange
     close(y, sum(expected_z[q] @ w[q].T for q in range(3)), torch.float64, "ŷ")
 
 
+@pytest.mark.parametrize(
+    "config", [(3, 2, 2, "equal"), (3, 3, 3)], ids=["whole-head-masks", "stacked-masks"]
+)
+def test_a_modality_left_out_of_the_masks_is_present_in_every_sample(config):
+    """``fuse(embeddings, masks)`` with masks for some modalities only: the others count as
+    present everywhere (as in the reference), on both masked paths."""
+    torch.manual_seed(13)
+    model, names, dims = build(*config[:3], torch.float64, equal=len(config) > 3)
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(13)
+    masks = {n: torch.rand(BATCH, generator=gen) < 0.7 for n in names[1:]}  # none for m0
+    inputs = {n: torch.randn(BATCH, d, generator=gen, dtype=torch.float64) for n, d in dims.items()}
+    inputs = {
+        n: torch.where(masks[n][:, None], x, 0.0) if n in masks else x for n, x in inputs.items()
+    }
+    _step_against_reference(model, ref, inputs, masks, torch.float64, "partial masks")
+
+
 def test_masked_whole_head_function_refuses_a_state_of_another_model():
     """``masked_pairwise_head`` checks each of: no triples, the number of tensors, the number
     of presence rows (each alone is an error)."""
