@@ -186,6 +186,24 @@ def test_explicit_term_lists(terms):
             close(x1[n].grad, x2[n].grad, torch.float64, f"input grad {n}")
 
 
+def test_a_modality_in_no_interaction_may_have_a_width_of_its_own():
+    """Interactions among some modalities only, and a modality outside them whose width no
+    projected modality shares (a stack of unimodal blocks with no factor rows): training and
+    evaluation agree with the reference."""
+    torch.manual_seed(14)
+    model, names, dims = build(3, 0, 2, torch.float64, interactions=[("m0", "m1")])
+    assert dims["m2"] not in (dims["m0"], dims["m1"])
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(14)
+    for training in (True, False):
+        model.train(training)
+        ref.train(training)
+        inputs = {
+            n: torch.randn(BATCH, d, generator=gen, dtype=torch.float64) for n, d in dims.items()
+        }
+        _step_against_reference(model, ref, inputs, None, torch.float64, f"training={training}")
+
+
 def test_fallbacks_to_the_module_path():
     dims = {"a": 3, "b": 3}
     plain = MultimodalModel({m: nn.Identity() for m in dims}, iterbn=False, encoder_dims=dims)
