@@ -593,11 +593,14 @@ def test_running_buffers_of_another_dtype_are_updated_like_the_reference(config,
 
 
 @pytest.mark.parametrize(
-    "config", [(2, 2, 2, "equal"), (3, 3, 2, "equal")], ids=["pairs", "triples"]
+    "config",
+    [(2, 2, 2, "equal"), (3, 3, 2, "equal"), (1, 1, 2, "equal")],
+    ids=["pairs", "triples", "one-modality"],
 )
 def test_training_batch_of_one_is_an_error_on_the_whole_head_function(config):
     """As on the stacked path (``test_training_batch_of_one_is_an_error``): the one-Function
-    head checks the number of samples, not another axis of the embeddings."""
+    head checks the number of samples, not another axis of the embeddings or the size of
+    another tensor (with one modality, the next tensor is its head weight)."""
     model, names, dims = build(*config[:3], torch.float32, equal=len(config) > 3)
     with pytest.raises(ValueError, match="at least 2 samples in training mode"):
         model.fuse({n: torch.randn(1, d) for n, d in dims.items()})
