@@ -542,7 +542,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--module", action="append", help="limit to these target files")
-    parser.add_argument("--line", action="append", help="limit to mutants on FILE:LINE")
+    parser.add_argument(
+        "--line",
+        action="append",
+        help="limit to mutants on FILE:LINE (their records are added to the results file)",
+    )
     parser.add_argument("--select", choices=["coverage", "all"], default="coverage")
     parser.add_argument(
         "--output",
@@ -604,8 +608,8 @@ def main() -> int:
             if not (j["id"] in recorded and recorded[j["id"]]["source_sha"] == j["source_sha"]
                     and recorded[j["id"]]["outcome"] != "error")
         ]  # fmt: skip
-    elif output.exists():
-        output.unlink()  # a fresh run
+    elif output.exists() and not args.line:
+        output.unlink()  # a fresh run (a --line run only adds the records of its mutants)
     print(f"running {len(jobs)} mutants", flush=True)
     run_modules = list(dict.fromkeys(j["module"] for j in jobs))
 

@@ -143,8 +143,9 @@ class MultimodalModel(nn.Module):
     def fusion_plan(self) -> FusionPlan:
         """The fast path's index bookkeeping for this model's terms (built once).
 
-        It also records the momentum shared by all running statistics at construction; after
-        changing a submodule's ``momentum``, set ``model._plan = None`` to rebuild it.
+        It also records the momentum shared by all running statistics and whether every vBN
+        has the same ``eps`` (the fast path uses one of each) at construction; after changing a
+        submodule's ``momentum`` or ``eps``, set ``model._plan = None`` to rebuild it.
         """
         if self._plan is None:
             self._plan = FusionPlan(
@@ -156,6 +157,7 @@ class MultimodalModel(nn.Module):
             )
             momenta = {m.momentum for m in self.modules() if hasattr(m, "momentum")}
             self._plan.momentum = momenta.pop() if len(momenta) == 1 else None
+            self._plan.one_eps = len({norm.eps for norm in self.norms.values()}) <= 1
         return self._plan
 
     def _compiled_step(self, embeddings: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -211,8 +213,9 @@ class MultimodalModel(nn.Module):
     def uses_fast_path(self, masks: Mapping[str, Tensor] | None = None) -> bool:
         """Whether :meth:`fuse` takes the stacked fast path (see :mod:`interfuse.fusion.fast`).
 
-        It does for models with IterBN and vBN on, interaction orders ≤ 4 and one momentum for
-        all running statistics; otherwise the module-by-module path runs. Training with
+        It does for models with IterBN and vBN on, interaction orders ≤ 4, one momentum for
+        all running statistics and one ``eps`` for all vBNs; otherwise the module-by-module path
+        runs. Training with
         statistics synchronised across processes (``sync_stats`` in a process group) also runs
         the module-by-module path, whose moments are all-reduced.
         """
@@ -221,7 +224,7 @@ class MultimodalModel(nn.Module):
         if not (self.iterbn and self.vbn):
             return False
         plan = self.fusion_plan()
-        return plan.supported and plan.momentum is not None
+        return plan.supported and plan.momentum is not None and plan.one_eps
 
     @property
     def term_names(self) -> list[str]:

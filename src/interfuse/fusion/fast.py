@@ -368,9 +368,11 @@ class FusionPlan:
         self.pair_names = [term_name(t) for t in self.pairs]
         self.triples = [tuple(t) for t in interaction_terms if len(t) == 3]
         self.triple_names = [term_name(t) for t in self.triples]
-        # (device, state, weights) of the pairwise path, see _pairwise_fuse
+        # (device, state, weights, masked buffers, ownership links) of the pairwise path, see
+        # _pairwise_fuse
         self.pairwise_cache: tuple | None = None
         self.momentum: float | None = None  # of every running statistic (set by the model)
+        self.one_eps = True  # whether every vBN has the same eps (set by the model)
 
     def index(self, values: list[int], device: torch.device) -> Tensor:
         cache = self._indices.setdefault(device, {})
@@ -1081,22 +1083,19 @@ def _pairwise_fuse(
     """:func:`fast_fuse` for orders ≤ 2 in training without masks: one autograd Function
     (:mod:`interfuse.fusion.pairwise`). Its state and weight lists are gathered once and kept in
     the plan (``MultimodalModel`` drops them when its tensors move or are loaded; they are also
-    rebuilt when the first weight or buffer is no longer the model's)."""
+    rebuilt when any tensor they hold, or a module on the way to it, is no longer the model's:
+    a parameter, buffer or submodule replaced by assignment)."""
     modalities = plan.modalities
     first = embeddings[modalities[0]]
     cached = plan.pairwise_cache
-    # the identity checks read the modules' own dicts (nn.Module attribute lookup is slow)
-    modules = model._modules
     if (
         cached is None
         or cached[0] != first.device
-        or modules["head"]._modules["blocks"]._modules[modalities[0]]._parameters["weight"]
-        is not cached[2][0]
-        or modules["norms"]._modules[modalities[0]]._buffers["num_batches_tracked"]
-        is not cached[1].buffers.counters[0]
+        # identity checks on the owners' own dicts (nn.Module attribute lookup is slow)
+        or not all(table.get(key) is value for table, key, value in cached[6])
     ):
         cached = plan.pairwise_cache = _pairwise_cache(model, plan, first.device)
-    _, state, weights, masked_buffers, names, in_order = cached
+    _, state, weights, masked_buffers, names, in_order, _ = cached
     tensors = [embeddings[m] for m in modalities] + weights
     if present is None:
         out = pairwise_head(state, tensors)
@@ -1116,12 +1115,38 @@ def _pairwise_fuse(
 
 
 def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> tuple:
-    """``(device, state, weights, masked buffers, block names, in_order)`` of
-    :func:`_pairwise_fuse`: the names in stack order (unimodal, pairs, triples), and whether
-    that is the head's order."""
+    """``(device, state, weights, masked buffers, block names, in_order, ownership links)`` of
+    :func:`_pairwise_fuse`: the names in stack order (unimodal, pairs, triples), whether that
+    is the head's order, and the links that show the cached tensors are still the model's."""
     names = plan.modalities + plan.pair_names + plan.triple_names
     state, weights, masked = _pairwise_state(model, plan, device)
-    return device, state, weights, masked, names, names == list(model.head.blocks)
+    held = [*weights, state.bias, *state.buffers.lerped, *state.buffers.counters]
+    held += [t for values in masked for t in values]
+    links = _ownership(model, held)
+    return device, state, weights, masked, names, names == list(model.head.blocks), links
+
+
+def _ownership(model, tensors: list[Tensor | None]) -> list[tuple[dict, str, object]]:
+    """``(table, key, value)`` links from ``model`` to each of ``tensors``: the parameter or
+    buffer table of its owner, and the submodule table of every module on the way (the cached
+    state is the model's while every ``table.get(key) is value``)."""
+    owner: dict[int, tuple[str, dict, str]] = {}
+    for path, module in model.named_modules():
+        for table in (module._parameters, module._buffers):
+            for key, value in table.items():
+                owner.setdefault(id(value), (path, table, key))
+    links: dict[tuple[int, str], tuple[dict, str, object]] = {}
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        path, table, key = owner[id(tensor)]
+        links[id(table), key] = (table, key, tensor)
+        parent = model
+        for name in path.split(".") if path else []:
+            child = parent._modules[name]
+            links[id(parent._modules), name] = (parent._modules, name, child)
+            parent = child
+    return list(links.values())
 
 
 def _pairwise_state(
