@@ -10,8 +10,9 @@ more) or in the model (terms that carry less than the data holds).
 Per coalition ``S`` (in bits, on the validation split, 2-fold cross-fitted):
 
 * ``refit`` — the ``shapley_refit`` estimator's game: each term of ``S`` rescaled, one bias;
-* ``histogram`` (single terms only) — the best any calibration of that one term's logit can do:
-  ``P(y | bin)`` over 20 quantile bins of the term's logit difference (nonparametric);
+* ``histogram`` (single terms only) — a nonparametric calibration of that one term's logit:
+  ``P(y | bin)`` over 20 quantile bins of the term's logit difference, Laplace-smoothed (biased
+  low with few samples: a perfect 0.30-bit score gets ≈ 0.23 from 600 samples);
 * ``truth`` — ``I(Y; X_S)`` of the generator.
 
 ``python -m benchmarks.model_information motif4 --seeds 0 1`` (datasets: those of
