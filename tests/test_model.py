@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import interfuse.model as model_module
 from interfuse import MultimodalModel
 
 
@@ -187,6 +188,51 @@ def test_non_finite_inputs_are_reported(small_model, bad):
     inputs["video"][3, 1] = bad
     with pytest.raises(ValueError, match="modality 'video'.*non-finite"):
         model(inputs)
+
+
+def test_check_data_scans_present_samples_and_leaves_the_dtype_to_batches(small_model):
+    model, dims = small_model
+    inputs = make_inputs(dims, n=12)
+    inputs["video"][5, 0] = float("nan")
+    with pytest.raises(ValueError, match="modality 'video'.*non-finite"):
+        model.check_data(inputs)
+    absent = torch.ones(12, dtype=torch.bool)
+    absent[5] = False
+    model.check_data(inputs, {"video": absent})  # the NaN sits in a missing sample: fine
+    as_float64 = {m: x.double() for m, x in make_inputs(dims, n=12).items()}
+    model.check_data(as_float64)  # no dtype check here (a precision setting converts later) …
+    with pytest.raises(ValueError, match="input dtype torch.float64 differs"):
+        model(as_float64)  # … the per-batch check has it
+
+
+def test_finite_inputs_skips_only_the_non_finite_scan_and_only_inside(small_model):
+    model, dims = small_model
+    inputs = make_inputs(dims)
+    inputs["text"][2, 1] = float("nan")
+    with model.finite_inputs():
+        prediction = model(inputs).prediction  # not scanned: NaN goes through
+        assert torch.isnan(prediction).any()
+        with pytest.raises(ValueError, match="input dtype torch.float64 differs"):
+            model({m: x.double() for m, x in inputs.items()})  # the other checks still run
+    with pytest.raises(ValueError, match="modality 'text'.*non-finite"):
+        model(inputs)  # scanned again after the context
+
+
+def test_sync_stats_moves_training_to_the_module_path_only_in_a_process_group(
+    small_model, monkeypatch
+):
+    model, _ = small_model
+    model.train()
+    monkeypatch.setattr(model_module, "distributed", lambda: True)
+    assert not model.sync_stats  # the default: per-process statistics, fast path
+    assert model.uses_fast_path()
+    model.sync_stats = True
+    assert not model.uses_fast_path()  # all-reduced moments: the module path
+    model.eval()
+    assert model.uses_fast_path()  # evaluation uses running statistics: nothing to sync
+    monkeypatch.setattr(model_module, "distributed", lambda: False)
+    model.train()
+    assert model.uses_fast_path()  # one process: nothing to sync either
 
 
 def test_other_bad_inputs(small_model):

@@ -245,7 +245,7 @@ class MultimodalModel(nn.Module):
         """
         present = self.presence(inputs, masks)
         if self.check_inputs:
-            self._validate(inputs, present, finite=not getattr(self, "_skip_finite", False))
+            self._validate(inputs, present, finite=not self._skip_finite)
         batch = _batch_size(inputs)
         embeddings = {}
         for m, encoder in self.encoders.items():

@@ -611,13 +611,15 @@ def test_masked_whole_head_function_with_two_or_one_present_samples_and_loaded_s
     ],
     ids=["whole-head", "whole-head-masks", "whole-head-triples", "stacked", "stacked-masks"],
 )
-def test_running_buffers_of_another_dtype_are_updated_like_the_reference(config, masked):
-    """Running statistics kept in float64 while the head trains in float32: each path converts
-    the batch statistics to the buffers' dtype before updating them, as the module path does."""
+@pytest.mark.parametrize("only_m1", [False, True], ids=["all-buffers", "m1-buffers"])
+def test_running_buffers_of_another_dtype_are_updated_like_the_reference(config, masked, only_m1):
+    """Running statistics kept in float64 while the head trains in float32 (all of them, or only
+    m1's vBN: buffers of two dtypes in one model): each path converts the batch statistics to the
+    buffers' dtype before updating them, as the module path does."""
     m, order, rank = config[:3]
     torch.manual_seed(10)
     model, names, dims = build(m, order, rank, torch.float32, equal=len(config) > 3)
-    for module in model.modules():
+    for module in [model.norms["m1"]] if only_m1 else model.modules():
         for key, b in list(module._buffers.items()):
             if b is not None and b.is_floating_point():
                 module._buffers[key] = b.double()
