@@ -72,11 +72,11 @@ def coalition_table(dataset: str, seed: int, n: int = 4000, epochs: int = 20) ->
     y = terms.targets.numpy().astype(float)
     names = terms.terms
 
+    empty = refit_losses(terms, torch.zeros(1, len(names), dtype=torch.bool), seed).mean()
+
     def refit_bits(members: set[str]) -> float:
         mask = torch.tensor([[set(t.split("*")) <= members for t in names]])
-        loss = refit_losses(terms, mask, seed).mean()
-        empty = refit_losses(terms, torch.zeros(1, len(names), dtype=torch.bool), seed).mean()
-        return float(empty - loss) / math.log(2)
+        return float(empty - refit_losses(terms, mask, seed).mean()) / math.log(2)
 
     rows = []
     modalities = data.ground_truth.modalities

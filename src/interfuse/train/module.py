@@ -90,7 +90,6 @@ class FusionModule(pl.LightningModule):
         # Σ_steps n · (Ω, loss, task loss) and Σ n of the running epoch (see the class doc)
         self._epoch_sums: Tensor | None = None
         self._epoch_count = 0
-        self._epoch_names: list[str] = []
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_sums is not None:  # an epoch cut short (max_steps, a stop): log its part
@@ -122,11 +121,16 @@ class FusionModule(pl.LightningModule):
         self._log_training(values, n, batch_idx)
         return loss
 
+    @property
+    def _training_names(self) -> list[str]:
+        """Names of the values :meth:`training_step` logs, in its order."""
+        regulariser = ["train_regularizer"] if self.regularize else []
+        return [*regulariser, "train_loss", "train_task_loss"]
+
     def _log_training(self, values: list[Tensor], n: int, batch_idx: int) -> None:
         """``train_regularizer`` (with Ω), ``train_loss``, ``train_task_loss``: accumulated as
         ``Σ n·value`` and logged once, at the epoch's last batch (see the class doc)."""
-        names = ["train_regularizer"] if len(values) == 3 else []
-        names += ["train_loss", "train_task_loss"]
+        names = self._training_names
         batches = self.trainer.num_training_batches if self._trainer is not None else math.inf
         if not math.isfinite(batches):  # the epoch's end is not known in advance: every step
             for name, value in zip(names, values):
@@ -148,7 +152,6 @@ class FusionModule(pl.LightningModule):
             self._epoch_count = 0
         self._epoch_sums = self._epoch_sums + stacked * n
         self._epoch_count += n
-        self._epoch_names = names
         if batch_idx + 1 >= batches:
             self._log_epoch_means()
 
@@ -156,7 +159,7 @@ class FusionModule(pl.LightningModule):
         """Log the accumulated means (weight 1 each) and start the next epoch's sums."""
         means = self._epoch_sums / self._epoch_count
         self._epoch_sums = None
-        for name, mean in zip(self._epoch_names, means.unbind(0)):
+        for name, mean in zip(self._training_names, means.unbind(0)):
             # one value of weight 1: Lightning's epoch mean of it is the value itself
             self.log(
                 name,
