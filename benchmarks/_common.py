@@ -87,6 +87,13 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
+def train_defaults(note: str) -> dict[str, Any]:
+    """The ``TrainConfig`` defaults a suite trains with (read from the class, never restated)."""
+    from interfuse.train import TrainConfig
+
+    return {"defaults": TrainConfig().to_dict(), "note": note}
+
+
 def set_threads(threads: int) -> int:
     """Fix torch's intra-op threads (and interop threads when still possible)."""
     import torch

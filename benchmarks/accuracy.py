@@ -37,6 +37,7 @@ from ._common import (
     publish,
     quiet_lightning,
     set_threads,
+    train_defaults,
 )
 
 SUITE = "accuracy"
@@ -258,8 +259,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "scale": scale,
         "settings": {
             **settings,
-            "train_config": "TrainConfig defaults (rank 8, p 2, lam 0.05, batch 128, lr 3e-3, "
-            "patience 5); only `model` differs",
+            "train_config": train_defaults("only `model` differs"),
         },
         "environment": env,
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -3,7 +3,7 @@
 Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
 game (``GroundTruth.term_shares``). For every configuration and seed we train with
 ``interfuse.train.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
-rank 8, p = 2, λ = 0.05, lr 1e-2 halved after every epoch without improvement, early stopping on
+rank 8, p = 2, λ = 0.05, lr 3e-3, one restart at lr 1e-2 when not learnt, early stopping on
 validation) and compare the shares of the selected model
 with the truth using ``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1,
 leakage, interaction share), plus test accuracy vs the Bayes-optimal accuracy, the entropy of the
@@ -40,6 +40,7 @@ from ._common import (
     publish,
     quiet_lightning,
     set_threads,
+    train_defaults,
 )
 
 SUITE = "fidelity"
@@ -338,9 +339,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "scale": scale,
         "settings": {
             **settings,
-            "train_config": "TrainConfig defaults (pairs, rank 8, p 2, lam 0.05, batch 128, "
-            "lr 1e-2 halved after every epoch without a better val loss, patience 5) unless "
-            "overridden",
+            "train_config": train_defaults("unless overridden (the experiment's overrides)"),
             "drop_threshold": DROP_THRESHOLD,
         },
         "environment": env,

@@ -155,3 +155,21 @@ def test_histogram_information_is_h_of_y_for_a_perfect_score_and_zero_for_noise(
     revealed = rng.random(len(y)) < 0.3
     score = np.where(revealed, 2 * y - 1, 0.0) + rng.normal(0, 0.05, len(y))
     assert 0.25 < histogram_information(score, y) <= 0.3
+
+
+def test_alone_bits_trains_on_one_modality_of_the_same_splits():
+    import torch
+    from benchmarks.model_information import _only, alone_bits
+
+    from interfuse.data import make_motif_data, synthetic_task
+    from interfuse.train import TrainConfig
+
+    task = synthetic_task(make_motif_data([0.9, 0.0], n=200, seed=0), seed=0)
+    only = _only(task, "m1")
+    for split in ("train", "val", "test"):
+        assert getattr(only, split).modalities == ["m1"]
+        assert torch.equal(getattr(only, split).inputs["m1"], getattr(task, split).inputs["m1"])
+        assert torch.equal(getattr(only, split).targets, getattr(task, split).targets)
+    assert list(only.encoders) == ["m1"] and only.ground_truth is None
+    bits = alone_bits(task, "m0", TrainConfig(epochs=1, seed=0))
+    assert math.isfinite(bits) and bits <= 1.0
