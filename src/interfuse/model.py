@@ -143,7 +143,7 @@ class MultimodalModel(nn.Module):
     def fusion_plan(self) -> FusionPlan:
         """The fast path's index bookkeeping for this model's terms (built once).
 
-        It also records the momentum shared by all running statistics and whether every vBN
+        It also records the momentum shared by the head's running statistics and whether every vBN
         has the same ``eps`` (the fast path uses one of each) at construction; after changing a
         submodule's ``momentum`` or ``eps``, set ``model._plan = None`` to rebuild it.
         """
@@ -155,7 +155,16 @@ class MultimodalModel(nn.Module):
                 list(self.factors.projections),
                 self.rank,
             )
-            momenta = {m.momentum for m in self.modules() if hasattr(m, "momentum")}
+            # the fusion head's own running statistics only: an encoder's BatchNorm keeps its
+            # own momentum and updates itself, it has no say in the head's path
+            fusion = (self.factors, self.wick, self.norms)
+            momenta = {
+                m.momentum
+                for part in fusion
+                if part is not None
+                for m in part.modules()
+                if hasattr(m, "momentum")
+            }
             self._plan.momentum = momenta.pop() if len(momenta) == 1 else None
             self._plan.one_eps = len({norm.eps for norm in self.norms.values()}) <= 1
         return self._plan
@@ -214,10 +223,10 @@ class MultimodalModel(nn.Module):
         """Whether :meth:`fuse` takes the stacked fast path (see :mod:`interfuse.fusion.fast`).
 
         It does for models with IterBN and vBN on, interaction orders ≤ 4, one momentum for
-        all running statistics and one ``eps`` for all vBNs; otherwise the module-by-module path
-        runs. Training with
-        statistics synchronised across processes (``sync_stats`` in a process group) also runs
-        the module-by-module path, whose moments are all-reduced.
+        all the head's running statistics (an encoder's BatchNorm does not count) and one ``eps``
+        for all vBNs; otherwise the module-by-module path runs. Training with statistics
+        synchronised across processes (``sync_stats`` in a process group) also runs the
+        module-by-module path, whose moments are all-reduced.
         """
         if self.sync_stats and self.training and distributed():
             return False
