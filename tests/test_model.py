@@ -311,6 +311,7 @@ def test_compile_falls_back_with_one_warning(monkeypatch):
             torch.testing.assert_close(model(x).prediction, eager(x).prediction)
     relevant = [w for w in caught if "compile=True" in str(w.message)]
     assert len(relevant) == 1 and "(no C++ compiler found (test))" in str(relevant[0].message)
+    assert relevant[0].filename == __file__  # names the caller, not a frame inside the library
     for (name, b), (_, c) in zip(model.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(b, c, msg=name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from functools import partial
@@ -195,7 +196,7 @@ class MultimodalModel(nn.Module):
             f"({reason}); results are the same, only slower. Install a C++ compiler (e.g. g++) "
             f"to compile, or pass compile=False to silence this warning.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=_caller_stacklevel(),
         )
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
@@ -473,6 +474,18 @@ class MultimodalModel(nn.Module):
             f"interactions={self.term_names[len(self.modalities) :]}, "
             f"rank={self.rank}, iterbn={self.iterbn}, vbn={self.vbn}"
         )
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` that names the first frame outside interfuse and torch
+    (the user's call, however deep the module call chain between them)."""
+    skip = tuple(
+        os.path.dirname(m.__file__ or "") + os.sep for m in (sys.modules[__package__], torch)
+    )
+    frame, level = sys._getframe(1), 1  # level 1: the function that calls warnings.warn
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def compiler_problem() -> str | None:
