@@ -128,3 +128,46 @@ def test_emap_of_a_model_without_encoders():
         outputs = model({"a": a, "b": b}).prediction
     assert result.emap == pytest.approx(compute_metrics("classification", projection, y))
     assert result.model == pytest.approx(compute_metrics("classification", outputs, y))
+
+
+def test_recorded_subsample_is_the_one_projected_when_samples_lack_a_modality():
+    """EMAP uses only complete samples; the explainer's recorded ``subsample`` lists exactly those
+    rows of the data (it used to subsample all rows, listing samples EMAP had left out)."""
+    from interfuse.explain.base import ExplainContext
+    from interfuse.explain.emap import EmapExplainer
+
+    torch.manual_seed(0)
+    dims = {"a": 3, "b": 2}
+    encoders = {m: nn.Sequential(nn.Linear(d, 4), nn.Tanh()) for m, d in dims.items()}
+    model = MultimodalModel(
+        encoders, "pairs", rank=2, num_outputs=2, encoder_dims=dict.fromkeys(dims, 4)
+    )
+    gen = torch.Generator().manual_seed(1)
+    has_b = torch.arange(20) % 2 == 0
+    data = TensorData(
+        {
+            "a": torch.randn(20, 3, generator=gen),
+            "b": torch.randn(20, 2, generator=gen) * has_b[:, None],
+        },
+        torch.randint(0, 2, (20,), generator=gen),
+        {"b": has_b},
+    )
+    model.train()
+    with torch.no_grad():
+        model(data.inputs, masks=data.masks)
+    model.eval()
+    details = (
+        EmapExplainer()
+        .explain(ExplainContext(model, data, "classification", emap_samples=5, seed=1))
+        .details
+    )
+    recorded = details["subsample"]
+    assert len(recorded) == details["n_samples"] == 5
+    assert all(bool(has_b[i]) for i in recorded), recorded
+    # the recorded rows reproduce the model metrics EMAP reported
+    complete = data[torch.tensor(recorded)]
+    with torch.no_grad():
+        outputs = model(complete[0]).prediction
+    assert details["model"] == pytest.approx(
+        compute_metrics("classification", outputs, complete[1]), nan_ok=True
+    )

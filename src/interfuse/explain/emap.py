@@ -128,6 +128,18 @@ def subsample(n: int, n_samples: int, seed: int = 0) -> Tensor:
     return torch.randperm(n, generator=generator)[:n_samples].sort().values
 
 
+def emap_subsample(data: TensorData, n_samples: int, seed: int = 0) -> Tensor:
+    """Indices into ``data`` of the samples EMAP projects: a seeded subsample (:func:`subsample`)
+    of the samples that have every modality (EMAP recombines modalities)."""
+    complete = torch.ones(len(data), dtype=torch.bool)
+    for mask in data.masks.values():
+        complete &= mask
+    rows = torch.arange(len(data))[complete]
+    if len(rows) == 0:
+        raise ValueError("EMAP needs samples that have every modality; none has")
+    return rows[subsample(len(rows), n_samples, seed)]
+
+
 def emap(
     model: nn.Module,
     data: TensorData,
@@ -145,13 +157,7 @@ def emap(
     identical result since each encoder sees one modality); others on their raw inputs.
     """
     modalities = model_modalities(model)
-    complete = torch.ones(len(data), dtype=torch.bool)
-    for mask in data.masks.values():  # EMAP recombines modalities: only complete samples
-        complete &= mask
-    rows = torch.arange(len(data))[complete]
-    if len(rows) == 0:
-        raise ValueError("EMAP needs samples that have every modality; none has")
-    index = rows[subsample(len(rows), n_samples, seed)]
+    index = emap_subsample(data, n_samples, seed)
     inputs = {m: data.inputs[m][index] for m in modalities}
     targets = data.targets[index]
     device = next(model.parameters()).device
@@ -221,8 +227,8 @@ class EmapExplainer:
             details = {
                 **result.to_dict(),
                 "subsample_seed": context.seed,
-                "subsample": subsample(
-                    len(context.data), context.emap_samples, context.seed
+                "subsample": emap_subsample(
+                    context.data, context.emap_samples, context.seed
                 ).tolist(),
             }
         return Explanation(self.name, self.label, self.description, {}, details)
