@@ -144,6 +144,26 @@ def test_sampled_shapley_agrees_with_exact(monkeypatch):
     assert not is_exact and error is not None and phi.shape == (4, 300)
 
 
+def test_large_splits_stay_exact_while_sampling_would_cost_more(monkeypatch):
+    """The cell cap sends a game to the sampled estimator only when that evaluates fewer
+    coalitions: 3 terms need 8 coalitions exactly but 2·128·4 = 1024 sampled (it used to switch to
+    sampling once 2^K·N exceeded the cap, e.g. K = 3 above 4.2 M samples, K = 10 above 32 768)."""
+    import interfuse.explain.estimators as estimators
+
+    monkeypatch.setattr(estimators, "EXACT_MAX_CELLS", 2**10)  # 2^3 · 200 = 1600 cells > cap
+    rows = []
+
+    def losses(masks):
+        rows.append(len(masks))
+        return masks.double().sum(dim=1, keepdim=True).expand(-1, 200).contiguous()
+
+    phi, error, exact = term_shapley(losses, 3)
+    assert exact and error is None and sum(rows) == 1 + 2**3
+    assert phi.mean(axis=1) == pytest.approx([-1.0, -1.0, -1.0])
+    _, _, exact = term_shapley(losses, 12, pairs=2)  # 4096 > 2·2·13: sampling is cheaper
+    assert not exact
+
+
 def test_refit_game_gives_noise_no_credit():
     """The cross-fitted recalibrated game: a term without signal does not lower the held-out
     loss (its share is ~0), the signal terms keep the order of their weights."""

@@ -107,7 +107,8 @@ EXACT_MAX_TERMS = 14
 """Exact Shapley values up to this many terms (2^K coalitions); sampled above."""
 
 EXACT_MAX_CELLS = 2**25
-"""… and while ``2^K × N`` per-sample losses fit this many cells (256 MiB in float64)."""
+"""… and while ``2^K × N`` per-sample losses fit this many cells (256 MiB in float64), or while
+``2^K`` is no more than the ``2·pairs·(K+1)`` coalitions the sampled estimator would evaluate."""
 
 SAMPLED_PAIRS = 128
 """Antithetic pairs of random orders of the sampled Shapley estimator (256 orders)."""
@@ -396,12 +397,14 @@ def term_shapley(
     standard error of their means ``(K,)`` (``None`` when exact) and whether they are exact.
 
     Exact over the ``2^K`` coalitions (:func:`~interfuse.games.shapley_table`) for
-    ``K ≤ exact_max_terms`` while ``2^K·N ≤ EXACT_MAX_CELLS``; else from ``pairs`` antithetic
-    pairs of random orders (:func:`~interfuse.games.order_shapley`).
+    ``K ≤ exact_max_terms`` while ``2^K·N ≤ EXACT_MAX_CELLS`` or ``2^K ≤ 2·pairs·(K+1)`` (the
+    sampled estimator evaluates ``K+1`` coalitions per order, so it would cost more); else from
+    ``pairs`` antithetic pairs of random orders (:func:`~interfuse.games.order_shapley`).
     """
     empty = losses(torch.zeros(1, k, dtype=torch.bool))
     n = empty.shape[1]
-    if k <= exact_max_terms and 2**k * n <= EXACT_MAX_CELLS:
+    cheaper = 2**k <= 2 * pairs * (k + 1)
+    if k <= exact_max_terms and (2**k * n <= EXACT_MAX_CELLS or cheaper):
         bits = torch.arange(k)
         rows = []
         for start in range(0, 2**k, CHUNK):
