@@ -257,3 +257,21 @@ def test_sentiment_acc7_metrics_clip_predictions_to_the_scale():
         torch.tensor([3.8, -3.6, 0.4, 3.0, -3.0]), torch.tensor([3.0, -3.0, 1.0, 3.6, -3.6])
     )
     assert m["acc7"] == pytest.approx(4 / 5)
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel"])
+def test_weighted_per_sample_loss_averages_to_the_weighted_task_loss(task):
+    from interfuse.metrics import per_sample_loss, task_loss
+
+    logits = torch.tensor(GEN.normal(size=(40, 3)))
+    if task == "classification":
+        targets = torch.tensor(GEN.choice(3, 40, p=[0.7, 0.2, 0.1]))
+    else:
+        targets = torch.tensor(GEN.random((40, 3)) < [0.1, 0.5, 0.8]).float()
+    weight = balanced_weights(task, targets, 3).double()
+    per_sample = per_sample_loss(task, logits, targets, weight=weight)
+    assert per_sample.shape == (40,)
+    torch.testing.assert_close(per_sample.mean(), task_loss(task, logits, targets, weight))
+    unweighted = per_sample_loss(task, logits, targets)
+    torch.testing.assert_close(unweighted.mean(), task_loss(task, logits, targets))
+    assert not torch.allclose(per_sample, unweighted)

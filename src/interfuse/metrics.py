@@ -69,16 +69,33 @@ def task_loss(
 
 
 def per_sample_loss(
-    task: str, prediction: Tensor, targets: Tensor, differentiable: bool = False
+    task: str,
+    prediction: Tensor,
+    targets: Tensor,
+    differentiable: bool = False,
+    weight: Tensor | None = None,
 ) -> Tensor:
-    """The unweighted loss of :func:`task_loss` per sample ``(N,)`` (its mean is ``task_loss``):
+    """The loss of :func:`task_loss` per sample ``(N,)``, so that its mean is ``task_loss``:
     cross-entropy, binary cross-entropy averaged over labels, squared error averaged over
-    targets. In float64; detached from the graph unless ``differentiable``."""
+    targets. In float64; detached from the graph unless ``differentiable``.
+
+    ``weight`` as in :func:`task_loss` (ignored for regression): a classification sample's loss
+    is scaled by ``w_{y_i} / mean_j w_{y_j}`` (the weighted mean of ``F.cross_entropy``
+    normalises by the weights' sum), a label's positive term by its positive weight."""
     prediction = prediction.double() if differentiable else prediction.detach().double()
     if task == "classification":
-        return F.cross_entropy(prediction, targets, reduction="none")
+        losses = F.cross_entropy(prediction, targets, reduction="none")
+        if weight is None:
+            return losses
+        sample_weight = weight.double()[targets]
+        return losses * (sample_weight / sample_weight.mean())
     if task == "multilabel":
-        losses = F.binary_cross_entropy_with_logits(prediction, targets.double(), reduction="none")
+        losses = F.binary_cross_entropy_with_logits(
+            prediction,
+            targets.double(),
+            reduction="none",
+            pos_weight=None if weight is None else weight.double(),
+        )
         return losses.reshape(len(targets), -1).mean(dim=1)
     error = prediction.reshape(targets.shape) - targets.double()
     return error.pow(2).reshape(len(targets), -1).mean(dim=1)

@@ -1,5 +1,8 @@
 """The 'not learnt' verdict (issue 12 item 3): decided on the validation split, printed first."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +91,55 @@ def test_bootstrap_means_are_seeded_and_centred():
     a, b = bootstrap_means(values, 200, seed=3), bootstrap_means(values, 200, seed=3)
     torch.testing.assert_close(a, b)
     assert abs(float(a.mean()) - 4.5) < 0.2
+
+
+class _Logistic(torch.nn.Module):
+    """A one-feature logistic model with the model interface ``model(inputs).prediction``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 2).double()
+
+    def forward(self, inputs, masks=None):
+        return SimpleNamespace(prediction=self.linear(inputs["x"].double()))
+
+
+def test_a_class_weighted_model_is_judged_against_the_weighted_chance():
+    """A model trained with balanced class weights (95/5 classes, a weak feature) gives up
+    frequent-class loss for rare-class loss, as weighting asks: judged by the unweighted loss
+    against the class-frequency constant it looks worse than chance; judged by the loss it was
+    trained on, against the best constant under that loss, it has clearly learnt."""
+    from interfuse.data import from_arrays
+    from interfuse.explain.trust import chance_prediction
+    from interfuse.metrics import balanced_weights, per_sample_loss, task_loss
+
+    gen = np.random.default_rng(0)
+    y = (gen.random(4000) < 0.05).astype(np.int64)
+    x = gen.normal(size=(4000, 1)) + 1.5 * y[:, None]
+    task = from_arrays({"x": x}, y, seed=0)
+    weight = balanced_weights("classification", task.train.targets, 2).double()
+    model = _Logistic()
+    train_x, train_y = task.train.inputs["x"].double(), task.train.targets
+    optimiser = torch.optim.LBFGS(model.parameters(), max_iter=200)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = task_loss("classification", model.linear(train_x), train_y, weight)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    assert learnt_verdict(model, task).status == "not_learnt"  # the unweighted comparison
+    verdict = learnt_verdict(model, task, weight=weight)
+    assert verdict.status == "learnt" and verdict.gain_over_chance_low > 0
+    # the weighted chance is the best constant under the weighted loss (brute force)
+    val_y = task.val.targets
+    chance = chance_prediction(task, len(val_y), weight)
+    best = min(
+        float(per_sample_loss("classification", torch.tensor([[0.0, b]]).expand(len(val_y), 2),
+                              val_y, weight=weight).mean())
+        for b in np.linspace(-4, 4, 801)
+    )  # fmt: skip
+    assert float(per_sample_loss("classification", chance, val_y, weight=weight).mean()) < (
+        best + 0.01
+    )

@@ -63,15 +63,26 @@ def bootstrap_means(values: Tensor, draws: int = DRAWS, seed: int = 0, chunk: in
     return torch.cat(out)
 
 
-def chance_prediction(data: TaskData, n: int) -> Tensor:
+def chance_prediction(data: TaskData, n: int, weight: Tensor | None = None) -> Tensor:
     """The best constant predictor fitted on the training targets, for ``n`` samples: log class
-    frequencies (classification), label log-odds (multilabel), the mean (regression)."""
+    frequencies (classification), label log-odds (multilabel), the mean (regression).
+
+    With loss weights (``weight`` of :func:`~interfuse.metrics.task_loss`), the best constant
+    under the weighted loss: class frequencies weighted by ``w_c`` (uniform for balanced
+    weights), positives counted ``pos_weight`` times."""
     targets = data.train.targets
     if data.task == "classification":
-        counts = torch.bincount(targets, minlength=data.num_outputs).double() + 0.5
+        counts = torch.bincount(targets, minlength=data.num_outputs).double()
+        if weight is not None:
+            counts = counts * weight.double()
+        counts = counts + 0.5
         row = (counts / counts.sum()).log()
     elif data.task == "multilabel":
-        rate = ((targets.double().sum(dim=0) + 0.5) / (len(targets) + 1.0)).clamp(1e-6, 1 - 1e-6)
+        positive = targets.double().sum(dim=0)
+        negative = len(targets) - positive
+        if weight is not None:
+            positive = positive * weight.double()
+        rate = ((positive + 0.5) / (positive + negative + 1.0)).clamp(1e-6, 1 - 1e-6)
         row = (rate / (1 - rate)).log()
     else:
         row = targets.double().reshape(len(targets), -1).mean(dim=0)
@@ -90,8 +101,14 @@ def learnt_verdict(
     level: float = LEVEL,
     margin: float = MARGIN,
     seed: int = 0,
+    weight: Tensor | None = None,
 ) -> LearntVerdict:
     """Compare the model's validation loss with chance and with its best single modality.
+
+    ``weight``: the loss weights the model was trained with (``class_weights="balanced"``; see
+    :func:`~interfuse.metrics.task_loss`); every loss, the chance constant's included, is then
+    the weighted one, so that a model that trades frequent-class loss for rare-class loss, as
+    weighting asks it to, is not judged against the unweighted optimum.
 
     ``"not_learnt"`` when the gain over chance is not clearly positive (one-sided ``level``
     lower bound ≤ ``margin`` × chance loss); ``"single_modality"`` when it is, but the gain over
@@ -101,8 +118,12 @@ def learnt_verdict(
     """
     val = data.val
     targets = val.targets
-    full = per_sample_loss(data.task, model_outputs(model, val), targets)
-    chance = per_sample_loss(data.task, chance_prediction(data, len(targets)), targets)
+
+    def loss_of(prediction: Tensor) -> Tensor:
+        return per_sample_loss(data.task, prediction, targets, weight=weight)
+
+    full = loss_of(model_outputs(model, val))
+    chance = loss_of(chance_prediction(data, len(targets), weight))
     columns = [full, chance]
     singles: list[str] = []
     if supports_masks(model) and len(data.modalities) > 1:
@@ -110,7 +131,7 @@ def learnt_verdict(
         reps = removal.representations(val)
         for m in removal.modalities:
             prediction = removal.predict_from(reps, {m}, val.masks)
-            columns.append(per_sample_loss(data.task, prediction, targets))
+            columns.append(loss_of(prediction))
             singles.append(m)
     values = torch.stack(columns, dim=1)
     means = values.double().mean(dim=0)

@@ -644,6 +644,14 @@ def _lightning_warnings() -> Iterator[None]:
         yield
 
 
+def _loss_weight(run: _Run) -> torch.Tensor | None:
+    """The training loss's weights (``class_weights``; from the training split), or ``None``."""
+    data = run.data
+    if run.config.class_weights != "balanced":
+        return None
+    return balanced_weights(data.task, data.train.targets, data.num_outputs)
+
+
 def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
     """Whether the attempt stalled: it stopped early (no better validation loss for
     ``patience`` epochs) and its best model is not clearly learnt (:func:`learnt_verdict` on the
@@ -658,7 +666,8 @@ def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
     if trainer.is_global_zero and (run.out / BEST).exists():
         best_state, _, _ = load_checkpoint(run.out / BEST)
         run.model.load_state_dict(best_state)
-        decision = learnt_verdict(run.model, run.data, seed=config.seed).status != "learnt"
+        verdict = learnt_verdict(run.model, run.data, seed=config.seed, weight=_loss_weight(run))
+        decision = verdict.status != "learnt"
     return bool(trainer.strategy.broadcast(decision, src=0))
 
 
@@ -810,9 +819,7 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
         seed=config.seed,
         epoch_offset=run.state.epoch,
         regularize=run.entry.relevance,
-        loss_weight=balanced_weights(run.data.task, run.data.train.targets, run.data.num_outputs)
-        if config.class_weights == "balanced"
-        else None,
+        loss_weight=_loss_weight(run),
         metric_set=run.data.metrics,
     )
     train = run.data.train
@@ -880,7 +887,7 @@ def finish(run: _Run) -> RunResult:
         }
         if data.task == "multilabel" and isinstance(run.model, MultimodalModel) and data.class_names
         else None,
-        verdict=learnt_verdict(run.model, data, seed=run.config.seed),
+        verdict=learnt_verdict(run.model, data, seed=run.config.seed, weight=_loss_weight(run)),
         relevance_evidence=relevance_evidence(run.model, data, seed=run.config.seed)
         if run.entry.relevance and isinstance(run.model, MultimodalModel)
         else None,
