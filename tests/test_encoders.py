@@ -147,3 +147,17 @@ def test_sequence_gru_errors_and_spec():
         SequenceGRU(0)
     with pytest.raises(ValueError, match="dropout"):
         SequenceGRU(3, dropout=1.5)
+
+
+def test_sequence_cnn_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (16, 30)), 4).transpose(1, 2).float()
+    cnn = build_encoder({"type": "sequence_cnn", "channels": 8, "output_dim": 4, "dropout": 0.5})
+    plain = SequenceCNN(channels=8, output_dim=4)
+    plain.load_state_dict(cnn.state_dict())  # same parameters: dropout adds none
+    cnn.train()
+    assert not torch.equal(cnn(x), plain(x))
+    cnn.eval()
+    torch.testing.assert_close(cnn(x), plain(x))
+    with pytest.raises(ValueError, match="dropout must be in"):
+        SequenceCNN(dropout=1.0)
