@@ -84,7 +84,8 @@ def test_from_arrays_defaults():
     assert len(task.train) + len(task.val) + len(task.test) == 60
     np.testing.assert_allclose(task.train.inputs["tab"].mean(0).numpy(), 0.0, atol=1e-5)
     assert (task.train.inputs["seq"][:, :2] == 0).all()  # padding kept
-    regression = from_arrays({"tab": inputs["tab"]}, labels.astype(float), seed=0)
+    with pytest.warns(UserWarning, match="treated as regression targets"):
+        regression = from_arrays({"tab": inputs["tab"]}, labels.astype(float), seed=0)
     assert regression.task == "regression" and regression.num_classes is None
     assert regression.train.targets.dtype == torch.float32
 
