@@ -74,13 +74,18 @@ def test_cost_and_subsample():
     assert torch.equal(subsample(5, 10), torch.arange(5))
 
 
-def test_emap_on_encoder_outputs_equals_emap_on_inputs():
+def _tanh_model(dims: dict[str, int]) -> MultimodalModel:
+    """A pairs model with a Linear + Tanh encoder (output 4) per modality, seeded."""
     torch.manual_seed(0)
-    dims = {"a": 3, "b": 2}
     encoders = {m: nn.Sequential(nn.Linear(d, 4), nn.Tanh()) for m, d in dims.items()}
-    model = MultimodalModel(
+    return MultimodalModel(
         encoders, "pairs", rank=2, num_outputs=2, encoder_dims=dict.fromkeys(dims, 4)
     )
+
+
+def test_emap_on_encoder_outputs_equals_emap_on_inputs():
+    dims = {"a": 3, "b": 2}
+    model = _tanh_model(dims)
     gen = torch.Generator().manual_seed(1)
     data = TensorData(
         {m: torch.randn(20, d, generator=gen) for m, d in dims.items()},
@@ -136,12 +141,8 @@ def test_recorded_subsample_is_the_one_projected_when_samples_lack_a_modality():
     from interfuse.explain.base import ExplainContext
     from interfuse.explain.emap import EmapExplainer
 
-    torch.manual_seed(0)
     dims = {"a": 3, "b": 2}
-    encoders = {m: nn.Sequential(nn.Linear(d, 4), nn.Tanh()) for m, d in dims.items()}
-    model = MultimodalModel(
-        encoders, "pairs", rank=2, num_outputs=2, encoder_dims=dict.fromkeys(dims, 4)
-    )
+    model = _tanh_model(dims)
     gen = torch.Generator().manual_seed(1)
     has_b = torch.arange(20) % 2 == 0
     data = TensorData(
