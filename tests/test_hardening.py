@@ -216,6 +216,21 @@ def test_predict_refuses_bad_outputs_and_inputs(small_run, tmp_path):
     _one_line_error(_invoke("predict", str(small_run), str(huge)), 1, "overflow", "huge.npz")
 
 
+def test_predict_never_overwrites_its_input(small_run, tmp_path):
+    """--out naming the DATA file itself (a name without .npz, or .csv) was overwritten with
+    the CSV, destroying the input."""
+    rng = np.random.default_rng(0)
+    for name in ("data", "data.csv"):
+        data = tmp_path / name
+        with data.open("wb") as f:
+            np.savez(f, m0=rng.normal(size=(3, 4, 100)))
+        before = data.read_bytes()
+        for out in (data, tmp_path / "." / name):
+            result = _invoke("predict", str(small_run), str(data), "--out", str(out))
+            _one_line_error(result, 1, "is the input data file")
+        assert data.read_bytes() == before
+
+
 def test_unexpected_stored_load_option_is_named(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"

@@ -14,8 +14,9 @@ from ..run import BEST, load_run
 from .app import main, user_errors
 
 
-def check_output_file(target: Path, option: str) -> None:
-    """Refuse an output path that cannot take a CSV file, before any work is done."""
+def check_output_file(target: Path, option: str, source: Path | None = None) -> None:
+    """Refuse an output path that cannot take a CSV file, or that is the input ``source``
+    itself, before any work is done."""
     if target.is_dir():
         raise ValueError(f"{option} {target} is a folder; name a CSV file")
     if target.suffix.lower() not in ("", ".csv", ".txt", ".tsv"):
@@ -26,6 +27,10 @@ def check_output_file(target: Path, option: str) -> None:
     parent = target.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{option} {target}: folder {parent} does not exist")
+    if source is not None and target.exists() and source.exists() and target.samefile(source):
+        raise ValueError(
+            f"{option} {target} is the input data file; name another file for the predictions"
+        )
 
 
 @main.command()
@@ -58,7 +63,7 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     """
     run = load_run(run_dir, checkpoint)
     target = out or run_dir / "predictions.csv"
-    check_output_file(target, "--out")
+    check_output_file(target, "--out", data)
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
     if not arrays:
