@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from interfuse.cli import main
 from interfuse.cli.app import EXIT_CODES
 from interfuse.data.arrays import from_arrays, from_splits
+from interfuse.data.preprocess import Preprocessor
 from interfuse.data.registry import load_dataset
 from interfuse.data.safe_pickle import PickleBudgetError, entry_name, safe_loads
 from interfuse.train import TrainConfig, TrainingDiverged, fit
@@ -229,6 +230,21 @@ def test_predict_never_overwrites_its_input(small_run, tmp_path):
             result = _invoke("predict", str(small_run), str(data), "--out", str(out))
             _one_line_error(result, 1, "is the input data file")
         assert data.read_bytes() == before
+
+
+def test_bad_evaluation_labels_are_named_not_nan_metrics(small_run, tmp_path):
+    """Labels (N, 2) gave 'cannot reshape array of size 6 into shape (3,)' naming neither the
+    file nor the labels; NaN or infinite regression labels printed NaN/inf metrics, exit 0."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "two.npz"
+    np.savez(data, m0=rng.normal(size=(3, 4, 100)), labels=np.zeros((3, 2), dtype=int))
+    result = _invoke("predict", str(small_run), str(data), "--out", str(tmp_path / "p.csv"))
+    _one_line_error(result, 1, "two.npz", "one label per sample", "(3, 2)")
+    regression = Preprocessor.fit("regression", {"a": rng.normal(size=(10, 2))})
+    for bad in (np.nan, np.inf, 1e300):
+        with pytest.raises(ValueError, match="new.npz: labels contain NaN or infinite"):
+            regression.encode_labels(np.array([0.5, bad]), "new.npz")
+    assert regression.encode_labels(np.array([[0.5], [1.0]])).tolist() == [0.5, 1.0]
 
 
 def test_unexpected_stored_load_option_is_named(tmp_path):
