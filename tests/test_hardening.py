@@ -238,8 +238,11 @@ def test_bad_evaluation_labels_are_named_not_nan_metrics(small_run, tmp_path):
     rng = np.random.default_rng(0)
     data = tmp_path / "two.npz"
     np.savez(data, m0=rng.normal(size=(3, 4, 100)), labels=np.zeros((3, 2), dtype=int))
-    result = _invoke("predict", str(small_run), str(data), "--out", str(tmp_path / "p.csv"))
+    previous = tmp_path / "p.csv"
+    previous.write_text("earlier predictions\n")
+    result = _invoke("predict", str(small_run), str(data), "--out", str(previous))
     _one_line_error(result, 1, "two.npz", "one label per sample", "(3, 2)")
+    assert previous.read_text() == "earlier predictions\n"  # a failed command writes nothing
     regression = Preprocessor.fit("regression", {"a": rng.normal(size=(10, 2))})
     for bad in (np.nan, np.inf, 1e300):
         with pytest.raises(ValueError, match="new.npz: labels contain NaN or infinite"):

@@ -69,6 +69,8 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     if not arrays:
         raise ValueError(f"{data}: no modality arrays (expected some of {run.modalities})")
     result = run.predict(arrays, source=str(data))
+    # bad labels fail the command before anything is written
+    metrics = None if labels is None else run.evaluate(arrays, labels, source=str(data))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     if result.labels is not None and result.probabilities is not None:
@@ -87,8 +89,7 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     counts = result.missing_counts()
     summary = ", ".join(f"{m} ({c} of {n})" for m, c in counts.items()) or "none"
     click.echo(f"{n} predictions written to {target}; missing modalities: {summary}")
-    if labels is not None:
-        metrics = run.evaluate(arrays, labels, source=str(data))
+    if metrics is not None:
         click.echo(
             "metrics on DATA's labels: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         )
