@@ -3,6 +3,7 @@ evaluation, reports, predict and explain."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -142,6 +143,27 @@ def test_explain_data_path_reads_missing_rows_and_masks_like_training(tmp_path):
         main, ["explain", str(out), "--data-path", str(path), "--quiet", "--emap-samples", "8"]
     )
     assert done.exit_code == 0, done.output
+
+
+def test_cli_predict_reads_modality_masks(tmp_path):
+    """A predict file with '<m>__mask' (the training files' convention) was refused as
+    "unknown modalities ['b__mask']"."""
+    full, y = arrays()
+    out = tmp_path / "run"
+    fit(from_arrays(full, y, seed=0), TrainConfig(epochs=1, rank=2), out, progress=False)
+    rows = {m: x[:10] for m, x in full.items()}
+    mask = np.arange(10) >= 4
+    path = tmp_path / "new.npz"
+    np.savez(path, **rows, b__mask=mask, labels=y[:10])
+    done = CliRunner().invoke(main, ["predict", str(out), str(path)])
+    assert done.exit_code == 0, done.output
+    assert "b (4 of 10)" in done.output and "metrics on DATA's labels" in done.output
+    expected = load_run(out).predict(rows, masks={"b": mask}).labels
+    with (out / "predictions.csv").open() as f:
+        assert [row["prediction"] for row in csv.DictReader(f)] == expected
+    np.savez(path, **rows, b__mask=mask[:3])
+    done = CliRunner().invoke(main, ["predict", str(out), str(path)])
+    assert done.exit_code == 1 and "new.npz: mask of modality 'b'" in done.output, done.output
 
 
 def test_a_model_without_missing_path_refuses_missing_data(tmp_path):

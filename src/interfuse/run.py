@@ -245,7 +245,10 @@ class Run:
                 f"{source + ': ' if source else ''}modalities have different numbers of "
                 f"samples: {sizes}"
             )
-        result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
+        try:
+            result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
+        except ValueError as error:
+            raise ValueError(f"{source + ': ' if source else ''}{error}") from None
         if self.task == "regression":
             return RunPrediction(result.outputs, result.missing)
         if self.task == "multilabel":

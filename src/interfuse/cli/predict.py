@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..data.arrays import LABELS, read_arrays
+from ..data.arrays import LABELS, read_arrays, split_masks
 from ..io import atomic_write_text
 from ..run import BEST, load_run
 from .app import main, user_errors
@@ -56,7 +56,8 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     DATA holds one raw array per modality, named as in the run; the run's own preprocessing
     (standardisation with its training statistics) is applied, so give features as they were
     given to training. Leave a modality out to mark it missing for every sample, or fill a
-    sample's row with NaN to mark it missing for that sample. A `labels` array, if present, is
+    sample's row with NaN (or give a bool array `<modality>__mask`, False = missing) to mark
+    it missing for that sample. A `labels` array, if present, is
     used to report accuracy / loss. The CSV lists, per sample, the predicted class (with the
     class labels of training) and its probabilities, or the predicted values, and the
     modalities that were missing.
@@ -66,11 +67,15 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     check_output_file(target, "--out", data)
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
+    try:
+        arrays, masks = split_masks(arrays)
+    except ValueError as error:
+        raise ValueError(f"{data}: {error}") from None
     if not arrays:
         raise ValueError(f"{data}: no modality arrays (expected some of {run.modalities})")
-    result = run.predict(arrays, source=str(data))
+    result = run.predict(arrays, masks, source=str(data))
     # bad labels fail the command before anything is written
-    metrics = None if labels is None else run.evaluate(arrays, labels, source=str(data))
+    metrics = None if labels is None else run.evaluate(arrays, labels, masks, str(data))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     if result.labels is not None and result.probabilities is not None:
