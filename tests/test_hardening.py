@@ -415,6 +415,30 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_rerun(tmp_path, caplog)
     fit(task, TrainConfig(epochs=1, batch_size=32), out, resume=True, progress=False)
 
 
+def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
+    """A folder holding the user's config.json and report.md (no run) was trained into and
+    both files were silently replaced; a run's own config.json (killed in its first epoch)
+    still starts afresh."""
+    from interfuse.run import RunFolderError
+
+    task = _tiny_task()
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "report.md").write_text("my notes")
+    with pytest.raises(RunFolderError, match="config.json, report.md, not written by"):
+        fit(task, TrainConfig(epochs=1, batch_size=32), out, progress=False)
+    assert (out / "config.json").read_text() == '{"my": "settings"}'
+    assert (out / "report.md").read_text() == "my notes"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "report.md"]
+    fit(task, TrainConfig(epochs=1, batch_size=32), out, overwrite=True, progress=False)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.json").write_text((out / "config.json").read_text())
+    (killed / "history.csv").write_text("epoch\n")
+    assert fit(task, TrainConfig(epochs=1, batch_size=32), killed, progress=False).epochs_run == 1
+
+
 def test_stale_temporaries_are_removed_on_resume(tmp_path):
     task = _tiny_task()
     fit(task, TrainConfig(epochs=1, batch_size=32), tmp_path, progress=False)
