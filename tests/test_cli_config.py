@@ -43,6 +43,11 @@ def test_run_yaml_reproduces_the_run(tmp_path):
         ("- 1\n- 2\n", "expected a mapping"),
         ("colour: red\n", "unknown option 'colour'"),
         ("rank: lots\n", "rank"),
+        # a number for a flag was a traceback (AttributeError: 'int' object has no attribute
+        # 'strip'); a float for an integer option was truncated silently (epochs 1.7 → 1)
+        ("iterbn: 7\n", "'7' is not a valid boolean"),
+        ("quiet: 0.5\n", "'0.5' is not a valid boolean"),
+        ("epochs: 1.7\n", "'1.7' is not a valid integer"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path, content, message):

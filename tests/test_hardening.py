@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from interfuse.cli import main
 from interfuse.cli.app import EXIT_CODES
 from interfuse.data.arrays import from_arrays, from_splits
+from interfuse.data.preprocess import Preprocessor
 from interfuse.data.registry import load_dataset
 from interfuse.data.safe_pickle import PickleBudgetError, entry_name, safe_loads
 from interfuse.train import TrainConfig, TrainingDiverged, fit
@@ -216,6 +217,39 @@ def test_predict_refuses_bad_outputs_and_inputs(small_run, tmp_path):
     _one_line_error(_invoke("predict", str(small_run), str(huge)), 1, "overflow", "huge.npz")
 
 
+def test_predict_never_overwrites_its_input(small_run, tmp_path):
+    """--out naming the DATA file itself (a name without .npz, or .csv) was overwritten with
+    the CSV, destroying the input."""
+    rng = np.random.default_rng(0)
+    for name in ("data", "data.csv"):
+        data = tmp_path / name
+        with data.open("wb") as f:
+            np.savez(f, m0=rng.normal(size=(3, 4, 100)))
+        before = data.read_bytes()
+        for out in (data, tmp_path / "." / name):
+            result = _invoke("predict", str(small_run), str(data), "--out", str(out))
+            _one_line_error(result, 1, "is the input data file")
+        assert data.read_bytes() == before
+
+
+def test_bad_evaluation_labels_are_named_not_nan_metrics(small_run, tmp_path):
+    """Labels (N, 2) gave 'cannot reshape array of size 6 into shape (3,)' naming neither the
+    file nor the labels; NaN or infinite regression labels printed NaN/inf metrics, exit 0."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "two.npz"
+    np.savez(data, m0=rng.normal(size=(3, 4, 100)), labels=np.zeros((3, 2), dtype=int))
+    previous = tmp_path / "p.csv"
+    previous.write_text("earlier predictions\n")
+    result = _invoke("predict", str(small_run), str(data), "--out", str(previous))
+    _one_line_error(result, 1, "two.npz", "one label per sample", "(3, 2)")
+    assert previous.read_text() == "earlier predictions\n"  # a failed command writes nothing
+    regression = Preprocessor.fit("regression", {"a": rng.normal(size=(10, 2))})
+    for bad in (np.nan, np.inf, 1e300):
+        with pytest.raises(ValueError, match="new.npz: labels contain NaN or infinite"):
+            regression.encode_labels(np.array([0.5, bad]), "new.npz")
+    assert regression.encode_labels(np.array([[0.5], [1.0]])).tolist() == [0.5, 1.0]
+
+
 def test_unexpected_stored_load_option_is_named(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"
@@ -379,6 +413,30 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_rerun(tmp_path, caplog)
     (out / "last.safetensors").unlink()
     (out / "results.json").unlink()
     fit(task, TrainConfig(epochs=1, batch_size=32), out, resume=True, progress=False)
+
+
+def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
+    """A folder holding the user's config.json and report.md (no run) was trained into and
+    both files were silently replaced; a run's own config.json (killed in its first epoch)
+    still starts afresh."""
+    from interfuse.run import RunFolderError
+
+    task = _tiny_task()
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "report.md").write_text("my notes")
+    with pytest.raises(RunFolderError, match="config.json, report.md, not written by"):
+        fit(task, TrainConfig(epochs=1, batch_size=32), out, progress=False)
+    assert (out / "config.json").read_text() == '{"my": "settings"}'
+    assert (out / "report.md").read_text() == "my notes"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "report.md"]
+    fit(task, TrainConfig(epochs=1, batch_size=32), out, overwrite=True, progress=False)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.json").write_text((out / "config.json").read_text())
+    (killed / "history.csv").write_text("epoch\n")
+    assert fit(task, TrainConfig(epochs=1, batch_size=32), killed, progress=False).epochs_run == 1
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):

@@ -50,6 +50,20 @@ def test_bad_prediction_inputs():
         predict(model, {})
 
 
+def test_bad_masks_are_refused_not_ignored():
+    """A mask under a misspelt modality name was ignored and a float or string mask read as
+    True: every sample counted as present, silently."""
+    model = trained_model()
+    x = {"a": np.zeros((4, 3)), "b": np.zeros((4, 3))}
+    with pytest.raises(ValueError, match=r"masks given for unknown modalities \['B'\]"):
+        predict(model, x, masks={"B": np.zeros(4, dtype=bool)})
+    for bad in (np.full(4, 0.5), np.array(["no"] * 4), torch.zeros(4)):
+        with pytest.raises(ValueError, match="must hold bools or 0/1"):
+            predict(model, x, masks={"b": bad})
+    for good in (np.arange(4) < 1, (np.arange(4) < 1).astype(int), torch.arange(4) < 1):
+        assert predict(model, x, masks={"b": good}).missing_counts() == {"b": 3}
+
+
 def test_cli_predict_writes_csv(tmp_path):
     out = tmp_path / "run"
     runner = CliRunner()

@@ -3,10 +3,12 @@ evaluation, reports, predict and explain."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from interfuse import load_run
@@ -115,6 +117,53 @@ def test_npz_with_masks_and_nan_rows_trains_predicts_and_explains(tmp_path):
     assert done.exit_code == 0, done.output
     explanation = json.loads((out / "explain.json").read_text())
     assert explanation["explanations"]["emap"]["details"]["n_samples"] == 16
+
+
+def test_explain_data_path_reads_missing_rows_and_masks_like_training(tmp_path):
+    """run.load_data(FILE) (explain --data-path) passed NaN rows on as present samples, failing
+    with 'input has ... non-finite values in present samples', and refused '<m>__mask' arrays
+    as unknown modalities, for the very file the run was trained on."""
+    full, y = arrays()
+    x = with_missing({"a": full["a"]})["a"]
+    mask_b = np.random.default_rng(2).random(N) > 0.2
+    path = tmp_path / "gaps.npz"
+    np.savez(path, a=x, b=full["b"], b__mask=mask_b, labels=y)
+    out = tmp_path / "run"
+    fit(load_npz_dataset(path), TrainConfig(epochs=1, rank=2), out, progress=False)
+    run = load_run(out)
+    data = run.load_data(path)
+    present_a = ~np.isnan(x).all(axis=1)
+    assert data.test.masks["a"].numpy().tolist() == present_a.tolist()
+    assert data.test.masks["b"].numpy().tolist() == mask_b.tolist()
+    expected = run.predict({"a": x, "b": full["b"]}, masks={"b": mask_b}).outputs
+    with torch.no_grad():
+        outputs = run.model(data.test.inputs, masks=data.test.masks).prediction
+    torch.testing.assert_close(outputs, expected)
+    done = CliRunner().invoke(
+        main, ["explain", str(out), "--data-path", str(path), "--quiet", "--emap-samples", "8"]
+    )
+    assert done.exit_code == 0, done.output
+
+
+def test_cli_predict_reads_modality_masks(tmp_path):
+    """A predict file with '<m>__mask' (the training files' convention) was refused as
+    "unknown modalities ['b__mask']"."""
+    full, y = arrays()
+    out = tmp_path / "run"
+    fit(from_arrays(full, y, seed=0), TrainConfig(epochs=1, rank=2), out, progress=False)
+    rows = {m: x[:10] for m, x in full.items()}
+    mask = np.arange(10) >= 4
+    path = tmp_path / "new.npz"
+    np.savez(path, **rows, b__mask=mask, labels=y[:10])
+    done = CliRunner().invoke(main, ["predict", str(out), str(path)])
+    assert done.exit_code == 0, done.output
+    assert "b (4 of 10)" in done.output and "metrics on DATA's labels" in done.output
+    expected = load_run(out).predict(rows, masks={"b": mask}).labels
+    with (out / "predictions.csv").open() as f:
+        assert [row["prediction"] for row in csv.DictReader(f)] == expected
+    np.savez(path, **rows, b__mask=mask[:3])
+    done = CliRunner().invoke(main, ["predict", str(out), str(path)])
+    assert done.exit_code == 1 and "new.npz: mask of modality 'b'" in done.output, done.output
 
 
 def test_a_model_without_missing_path_refuses_missing_data(tmp_path):

@@ -55,6 +55,11 @@ def predict(
         raise ValueError(f"unknown modalities {unknown}; the model expects {modalities}")
     if not inputs:
         raise ValueError(f"no modality given; the model expects some of {modalities}")
+    unknown = [k for k in masks or {} if k not in modalities]
+    if unknown:
+        raise ValueError(
+            f"masks given for unknown modalities {unknown}; the model expects {modalities}"
+        )
     _check_materialised(model)
     dtype = next(model.parameters()).dtype
     tensors = {m: _as_tensor(m, x, dtype) for m, x in inputs.items()}
@@ -119,7 +124,13 @@ def _check_materialised(model: nn.Module) -> None:
 def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
     if isinstance(mask, bool):
         return torch.full((n,), mask, dtype=torch.bool)
-    mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+    array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    if array.dtype.kind not in "bui":
+        raise ValueError(
+            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got dtype "
+            f"{array.dtype}"
+        )
+    mask = torch.as_tensor(array)
     if mask.shape != (n,):
         raise ValueError(
             f"mask of modality {name!r} must have shape ({n},), got {tuple(mask.shape)}"

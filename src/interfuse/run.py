@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .budget import MemoryEstimate, check_budget
 from .checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
-from .data.arrays import LABELS, group_splits, read_arrays
+from .data.arrays import LABELS, _mark_missing, group_splits, read_arrays, split_masks
 from .data.batching import TensorData
 from .data.preprocess import Preprocessor
 from .data.registry import load_dataset
@@ -244,7 +245,10 @@ class Run:
                 f"{source + ': ' if source else ''}modalities have different numbers of "
                 f"samples: {sizes}"
             )
-        result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
+        try:
+            result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
+        except ValueError as error:
+            raise ValueError(f"{source + ': ' if source else ''}{error}") from None
         if self.task == "regression":
             return RunPrediction(result.outputs, result.missing)
         if self.task == "multilabel":
@@ -315,9 +319,18 @@ class Run:
                 raise ValueError(f"{path}: split {split!r} has no 'labels' array")
             labels = content.pop(LABELS)
             where = f"{path}: split {split!r}"
+            try:
+                content, given = split_masks(content)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            tensors = self.preprocessor.transform(content, where)
+            present = {}
+            for m, x in tensors.items():  # a row of NaN or a <m>__mask marks a missing sample
+                _, keep = _mark_missing(np.asarray(content[m]), given.get(m), m, f"{where}: ")
+                present[m] = torch.from_numpy(keep)
+                x[~present[m]] = 0.0  # missing rows: finite, ignored (as in training)
             splits[split] = TensorData(
-                self.preprocessor.transform(content, where),
-                self.preprocessor.encode_labels(labels, where),
+                tensors, self.preprocessor.encode_labels(labels, where), present
             )
         classes = self.preprocessor.classes
         return TaskData(

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import click
 
-from ..data.arrays import LABELS, read_arrays
+from ..data.arrays import LABELS, read_arrays, split_masks
 from ..io import atomic_write_text
 from ..run import BEST, load_run
 from .app import main, user_errors
 
 
-def check_output_file(target: Path, option: str) -> None:
-    """Refuse an output path that cannot take a CSV file, before any work is done."""
+def check_output_file(target: Path, option: str, source: Path | None = None) -> None:
+    """Refuse an output path that cannot take a CSV file, or that is the input ``source``
+    itself, before any work is done."""
     if target.is_dir():
         raise ValueError(f"{option} {target} is a folder; name a CSV file")
     if target.suffix.lower() not in ("", ".csv", ".txt", ".tsv"):
@@ -26,6 +27,10 @@ def check_output_file(target: Path, option: str) -> None:
     parent = target.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{option} {target}: folder {parent} does not exist")
+    if source is not None and target.exists() and source.exists() and target.samefile(source):
+        raise ValueError(
+            f"{option} {target} is the input data file; name another file for the predictions"
+        )
 
 
 @main.command()
@@ -51,19 +56,26 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     DATA holds one raw array per modality, named as in the run; the run's own preprocessing
     (standardisation with its training statistics) is applied, so give features as they were
     given to training. Leave a modality out to mark it missing for every sample, or fill a
-    sample's row with NaN to mark it missing for that sample. A `labels` array, if present, is
+    sample's row with NaN (or give a bool array `<modality>__mask`, False = missing) to mark
+    it missing for that sample. A `labels` array, if present, is
     used to report accuracy / loss. The CSV lists, per sample, the predicted class (with the
     class labels of training) and its probabilities, or the predicted values, and the
     modalities that were missing.
     """
     run = load_run(run_dir, checkpoint)
     target = out or run_dir / "predictions.csv"
-    check_output_file(target, "--out")
+    check_output_file(target, "--out", data)
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
+    try:
+        arrays, masks = split_masks(arrays)
+    except ValueError as error:
+        raise ValueError(f"{data}: {error}") from None
     if not arrays:
         raise ValueError(f"{data}: no modality arrays (expected some of {run.modalities})")
-    result = run.predict(arrays, source=str(data))
+    result = run.predict(arrays, masks, source=str(data))
+    # bad labels fail the command before anything is written
+    metrics = None if labels is None else run.evaluate(arrays, labels, masks, str(data))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     if result.labels is not None and result.probabilities is not None:
@@ -82,8 +94,7 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     counts = result.missing_counts()
     summary = ", ".join(f"{m} ({c} of {n})" for m, c in counts.items()) or "none"
     click.echo(f"{n} predictions written to {target}; missing modalities: {summary}")
-    if labels is not None:
-        metrics = run.evaluate(arrays, labels, source=str(data))
+    if metrics is not None:
         click.echo(
             "metrics on DATA's labels: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         )

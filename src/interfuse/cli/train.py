@@ -261,6 +261,8 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
             raise click.BadParameter(f"{value}: unknown option {key!r}", param=param)
         if isinstance(item, list):  # probs: [0.9, 0.6], interactions: [a*b], xor: [0, 1]
             item = ",".join(str(v) for v in item)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)  # parsed as on the command line: epochs: 1.5 and iterbn: 7 refused
         defaults[name] = item
     context.default_map = {**(context.default_map or {}), **defaults}
 

@@ -204,13 +204,24 @@ class Preprocessor:
         """Raw labels → class indices (classification) or float32 targets (regression)."""
         values = np.asarray(labels)
         if self.task != "multilabel":
+            if values.ndim > 1 and values.size != len(values):
+                raise ValueError(
+                    f"{source + ': ' if source else ''}labels must hold one label per sample, "
+                    f"got shape {values.shape}"
+                )
             values = values.reshape(len(values)) if values.ndim else values.reshape(1)
         if self.classes is None:
             if values.dtype.kind not in "biuf":
                 raise ValueError(
                     f"{source + ': ' if source else ''}regression needs numeric labels"
                 )
-            return torch.from_numpy(values.astype(np.float32))
+            with np.errstate(over="ignore"):
+                targets = torch.from_numpy(values.astype(np.float32))
+            if not torch.isfinite(targets).all():
+                raise ValueError(
+                    f"{source + ': ' if source else ''}labels contain NaN or infinite values"
+                )
+            return targets
         if self.task == "multilabel":
             k = len(self.classes)
             if values.ndim != 2 or values.shape[1] != k:

@@ -80,6 +80,8 @@ __all__ = [
 ]
 
 RESULT_FILES = (RESULTS, LAST, BEST)
+RUN_FILES = (CONFIG, HISTORY, "report.md", "run.yaml", "relevance.png", "history.png")
+"""Files a run writes besides its checkpoints and results (replaced without asking)."""
 logger = logging.getLogger("interfuse")
 
 
@@ -115,7 +117,24 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
 def _never_checkpointed(out: Path) -> bool:
     """A run was started in ``out`` but its first checkpoint never completed."""
     incomplete = not (out / LAST).exists() and not (out / RESULTS).exists()
-    return incomplete and ((out / CONFIG).exists() or (out / BEST).exists())
+    return incomplete and (_run_config(out) or (out / BEST).exists())
+
+
+def _run_config(out: Path) -> bool:
+    """Whether ``out/config.json`` was written by a run (not a file of the user's)."""
+    try:
+        header = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and {"config", "data", "task"} <= header.keys()
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """The files a run writes that ``out`` holds although no run was started there (the
+    user's own ``config.json``, ``report.md``, … that training would replace)."""
+    if any((out / f).exists() for f in RESULT_FILES) or _run_config(out):
+        return []
+    return [f for f in RUN_FILES if (out / f).exists()]
 
 
 def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
@@ -129,6 +148,11 @@ def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
     elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
         return (
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+    elif not overwrite and _foreign_files(out):
+        return (
+            f"{out} holds {', '.join(_foreign_files(out))}, not written by an interfuse run, "
+            f"which training would replace; choose a new or empty --out, or pass --overwrite"
         )
     return None
 
