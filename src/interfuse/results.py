@@ -39,6 +39,9 @@ SCHEMA = "interfuse-run/3"
 """Schema of ``results.json`` written by this version (``/3`` added ``estimates``)."""
 
 READABLE_SCHEMAS = ("interfuse-run/2", SCHEMA)
+
+REPORT, RELEVANCE_FIGURE, HISTORY_FIGURE = "report.md", "relevance.png", "history.png"
+"""The rendered files of a run folder (docs/run-folder.md), next to ``results.json``."""
 """Schemas this version reads: ``/2`` files load with ``estimates = None``."""
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .budget import MemoryEstimate, check_budget
 from .checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
-from .data.arrays import LABELS, _mark_missing, group_splits, read_arrays, split_masks
+from .data.arrays import LABELS, group_splits, mark_missing, read_arrays, split_masks
 from .data.batching import TensorData
 from .data.preprocess import Preprocessor
 from .data.registry import load_dataset
@@ -65,6 +65,7 @@ RESULTS = "results.json"
 CONFIG = "config.json"
 HISTORY = "history.csv"
 LOCK = ".lock"
+RUN_YAML = "run.yaml"
 
 
 class RunFolderError(ValueError):
@@ -326,7 +327,7 @@ class Run:
             tensors = self.preprocessor.transform(content, where)
             present = {}
             for m, x in tensors.items():  # a row of NaN or a <m>__mask marks a missing sample
-                _, keep = _mark_missing(np.asarray(content[m]), given.get(m), m, f"{where}: ")
+                _, keep = mark_missing(np.asarray(content[m]), given.get(m), m, f"{where}: ")
                 present[m] = torch.from_numpy(keep)
                 x[~present[m]] = 0.0  # missing rows: finite, ignored (as in training)
             splits[split] = TensorData(

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..results import RelevanceEstimates, RunResult
+from ..results import REPORT, RelevanceEstimates, RunResult
 from ..train import TrainingInterrupted
 
 EXIT_INVALID = 1
@@ -191,7 +191,7 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
     if result.truth_shares:
         expected = ", ".join(f"{t} {s:.3f}" for t, s in result.truth_shares.items() if s > 0)
         click.echo(f"ground-truth shares: {expected}")
-    click.echo(f"report: {out / 'report.md'}")
+    click.echo(f"report: {out / REPORT}")
 
 
 def estimates_text(estimates: RelevanceEstimates) -> str:

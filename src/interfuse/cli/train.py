@@ -20,7 +20,7 @@ from ..metrics import format_metrics
 from ..ranks import interaction_share
 from ..report import render_comparison, render_report, render_seed_summary
 from ..results import RunResult, summarize_seeds
-from ..run import read_history
+from ..run import RUN_YAML, read_history
 from ..train import NotConverged, TrainConfig, fit, is_global_zero
 from .app import float_list, main, print_run, user_errors
 from .options import config_from_options, config_options, given_options
@@ -179,7 +179,6 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 SYNTHETIC_OPTIONS = ("probs", "xor", "xor_prob", "n", "length", "motif_length")
-RUN_YAML = "run.yaml"
 
 
 def _train_one(

@@ -48,6 +48,7 @@ __all__ = [
     "from_splits",
     "group_splits",
     "load_npz_dataset",
+    "mark_missing",
     "read_arrays",
     "sequence_lengths",
 ]
@@ -184,7 +185,7 @@ def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
     return x
 
 
-def _mark_missing(
+def mark_missing(
     x: np.ndarray, mask: Any, modality: str, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x with missing rows NaN, presence (N,) bool)`` from all-NaN rows and an optional mask."""
@@ -344,7 +345,7 @@ def from_splits(
         unknown = sorted(set(given) - set(modalities))
         if unknown:
             raise ValueError(f"{where}masks given for unknown modalities {unknown}")
-        marked = {m: _mark_missing(arrays[m], given.get(m), m, where) for m in modalities}
+        marked = {m: mark_missing(arrays[m], given.get(m), m, where) for m in modalities}
         checked[split] = ({m: marked[m][0] for m in modalities}, labels)
         present[split] = {m: marked[m][1] for m in modalities}
     assert modalities is not None

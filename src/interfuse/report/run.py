@@ -28,6 +28,9 @@ from matplotlib.transforms import blended_transform_factory
 from ..io import atomic_write_bytes, atomic_write_text
 from ..ranks import fidelity, interaction_share
 from ..results import (
+    HISTORY_FIGURE,
+    RELEVANCE_FIGURE,
+    REPORT,
     RelevanceEstimate,
     RelevanceEstimates,
     RelevanceEvidence,
@@ -316,7 +319,7 @@ def render_report(
     dataset = result.dataset or folder.name
     truth = result.truth_shares
     relevance = result.relevance
-    history_png = plot_history(history, folder / "history.png")
+    history_png = plot_history(history, folder / HISTORY_FIGURE)
     parts = [f"# Run report: {dataset}\n"]
     if result.verdict is not None:
         parts.append(_verdict_section(result))
@@ -325,7 +328,7 @@ def render_report(
         best = estimates.best
         plot_relevance(
             best.shares,
-            folder / "relevance.png",
+            folder / RELEVANCE_FIGURE,
             truth=truth,
             title=f"Relevance ({best.label}) — {dataset}",
             estimate=best,
@@ -337,13 +340,13 @@ def render_report(
             "## Relevance\n",
             _estimates_note(estimates),
             estimates_table(estimates, truth, result.relevance_evidence),
-            "![relevance](relevance.png)\n",
+            f"![relevance]({RELEVANCE_FIGURE})\n",
         ]
     elif relevance is not None:
         evidence = result.relevance_evidence
         plot_relevance(
             relevance.shares,
-            folder / "relevance.png",
+            folder / RELEVANCE_FIGURE,
             truth=truth,
             title=f"Relevance — {dataset}",
             evidence=evidence,
@@ -353,7 +356,7 @@ def render_report(
             "## Relevance\n",
             *([_evidence_note(evidence)] if evidence is not None else []),
             relevance_table(relevance.shares, relevance.beta, truth, evidence),
-            "![relevance](relevance.png)\n",
+            f"![relevance]({RELEVANCE_FIGURE})\n",
         ]
     else:
         parts.append(
@@ -385,9 +388,9 @@ def render_report(
             f"relevance, if any): [{EXPLAIN_REPORT}]({EXPLAIN_REPORT}).\n",
         ]
     if history_png is not None:
-        parts += ["## Training history\n", "![history](history.png)\n"]
+        parts += ["## Training history\n", f"![history]({HISTORY_FIGURE})\n"]
     parts += ["## Configuration\n", _config_table({"dataset": dataset, **result.config})]
-    return atomic_write_text(folder / "report.md", "\n".join(parts))
+    return atomic_write_text(folder / REPORT, "\n".join(parts))
 
 
 def estimates_table(

@@ -54,13 +54,14 @@ from ..io import atomic_write_text, remove_stale_temporaries
 from ..metrics import balanced_weights
 from ..model import MultimodalModel
 from ..models import MODELS, ModelSpec, build_model, model_entry, model_spec
-from ..results import Relevance, RunResult
+from ..results import HISTORY_FIGURE, RELEVANCE_FIGURE, REPORT, Relevance, RunResult
 from ..run import (
     BEST,
     CONFIG,
     HISTORY,
     LAST,
     RESULTS,
+    RUN_YAML,
     RunFolderError,
     lock_run_folder,
     save_run_checkpoint,
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 RESULT_FILES = (RESULTS, LAST, BEST)
-RUN_FILES = (CONFIG, HISTORY, "report.md", "run.yaml", "relevance.png", "history.png")
+RUN_FILES = (CONFIG, HISTORY, REPORT, RUN_YAML, RELEVANCE_FIGURE, HISTORY_FIGURE)
 """Files a run writes besides its checkpoints and results (replaced without asking)."""
 logger = logging.getLogger("interfuse")
 
