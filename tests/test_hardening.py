@@ -504,3 +504,69 @@ def test_model_call_with_integer_or_meta_inputs_is_one_line():
         skeleton = MultimodalModel({"a": nn.Linear(3, 4)}, encoder_dims={"a": 4})
     with pytest.raises(ValueError, match="the model is on the meta device"):
         skeleton({"a": torch.randn(4, 3)})
+
+
+def test_a_closed_stdout_pipe_stops_quietly():
+    """`interfuse datasets | head`: the reader goes away; no "Error: Broken pipe" line, no
+    traceback at exit, the documented status 128 + SIGPIPE."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "interfuse", "datasets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # before the command writes its first line
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141 and err == "", (process.returncode, err)
+
+
+@pytest.mark.parametrize("command", ["report", "predict"])
+def test_a_file_given_for_the_run_folder_is_named(small_run, tmp_path, command):
+    """`interfuse predict run/results.json data.npz`: the path exists, it is just not a folder."""
+    args = [str(small_run / "results.json")]
+    if command == "predict":
+        np.savez(tmp_path / "x.npz", m0=np.zeros((2, 4, 10)))
+        args.append(str(tmp_path / "x.npz"))
+    message = _one_line_error(_invoke(command, *args), 1, "is a file, not a run folder")
+    assert f"the run folder is {small_run}" in message
+
+
+def _npy_bytes(shape, body: bytes) -> bytes:
+    """An .npy file whose header declares float32 ``shape``, followed by ``body``."""
+    import io
+
+    stream = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(stream, header)
+    return stream.getvalue() + body
+
+
+def test_an_array_header_declaring_more_than_its_file_holds_is_refused_unallocated(tmp_path):
+    from interfuse.data.arrays import read_arrays
+
+    crafted = _npy_bytes((100_000_000, 1000), np.zeros(6, np.float32).tobytes())  # 373 GiB
+    (tmp_path / "m0.npy").write_bytes(crafted)
+    with zipfile.ZipFile(tmp_path / "data.npz", "w") as archive:
+        archive.writestr("m0.npy", crafted)
+    for name in ("m0.npy", "data.npz"):
+        with pytest.raises(ValueError, match=r"declares 372.5 GiB of data but the file holds 24 B"):
+            read_arrays(tmp_path / name)
+    fine = _npy_bytes((2, 3), np.arange(6, dtype=np.float32).tobytes())
+    (tmp_path / "ok.npy").write_bytes(fine)
+    assert read_arrays(tmp_path / "ok.npy")["ok"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_compressed_archive_that_would_not_fit_in_memory_is_refused_before_inflating(
+    tmp_path, monkeypatch
+):
+    """A few KiB of deflated zeros can declare gigabytes; the members' sizes are summed and
+    checked against the available memory before np.load allocates (here: 1 MiB available)."""
+    import interfuse.data.arrays as arrays
+
+    np.savez_compressed(tmp_path / "bomb.npz", a=np.zeros((512, 1024), np.float32), b=np.zeros(3))
+    assert (tmp_path / "bomb.npz").stat().st_size < 10_000  # 2 MiB of zeros, deflated
+    monkeypatch.setattr(arrays, "available_memory", lambda: 1 << 20)
+    with pytest.raises(ValueError, match=r"would take 2.0 MiB, more than the 1.0 MiB"):
+        arrays.read_arrays(tmp_path / "bomb.npz")
+    monkeypatch.setattr(arrays, "available_memory", lambda: 64 << 20)
+    assert arrays.read_arrays(tmp_path / "bomb.npz")["a"].shape == (512, 1024)

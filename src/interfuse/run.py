@@ -124,11 +124,19 @@ def save_run_checkpoint(
     )
 
 
+def _check_run_folder(folder: Path) -> None:
+    """A run folder must exist and be a folder (a file inside one is named as such)."""
+    if folder.is_file():
+        hint = f"; the run folder is {folder.parent}" if (folder.parent / RESULTS).is_file() else ""
+        raise RunFolderError(f"{folder} is a file, not a run folder{hint}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder not found: {folder}")
+
+
 def read_results(folder: Path) -> RunResult:
     """``folder/results.json`` as a :class:`RunResult` (clear errors for missing/old/corrupt)."""
     file = folder / RESULTS
-    if not folder.is_dir():
-        raise FileNotFoundError(f"run folder not found: {folder}")
+    _check_run_folder(folder)
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: is {folder} a finished run?")
     try:
@@ -361,8 +369,7 @@ def load_run(
     description cannot make this allocate more than the file holds.
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"run folder not found: {folder}")
+    _check_run_folder(folder)
     if "/" in checkpoint or checkpoint in ("", ".", ".."):
         raise ValueError(f"--checkpoint names a file inside the run folder, got {checkpoint!r}")
     file = folder / checkpoint

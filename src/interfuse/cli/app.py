@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ EXIT_MEMORY = 4
 EXIT_DIVERGED = 5
 """Training diverged: the loss became NaN or infinite (the last good checkpoint is kept)."""
 EXIT_INTERNAL = 70
+
+EXIT_BROKEN_PIPE = 141
+"""The reader of standard output went away (``interfuse datasets | head``): 128 + SIGPIPE."""
 """A bug: an unexpected exception (rerun with ``interfuse --debug ...`` for the traceback)."""
 
 EXIT_CODES = {
@@ -37,6 +42,7 @@ EXIT_CODES = {
     EXIT_INTERNAL: "internal error (a bug; --debug shows the traceback)",
     130: "interrupted by SIGINT (128 + signal; the run is resumable)",
     143: "terminated by SIGTERM (128 + signal; the run is resumable)",
+    EXIT_BROKEN_PIPE: "standard output closed by its reader (e.g. | head): stopped quietly",
 }
 """Every exit status of ``interfuse`` (also listed in ``interfuse --help``)."""
 
@@ -125,6 +131,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"Error: {stop}", err=True)
             raise SystemExit(stop.exit_code) from None
+        except BrokenPipeError:
+            # stdout's reader stopped reading (`| head`): no error line, and nothing more is
+            # flushed into the closed pipe at exit (Python would report that as an exception)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
         except Exception as error:
             translated = translate_error(error)
             if translated is None or debug_enabled():

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..budget import available_memory, format_bytes
 from .batching import TensorData, split_indices
 from .preprocess import Preprocessor, label_string, sequence_lengths
 from .task import TASKS, TaskData, TaskKind
@@ -93,7 +94,45 @@ def _read_folder(folder: Path, prefix: str, depth: int) -> dict[str, np.ndarray]
     return arrays
 
 
+def _declared_bytes(stream: Any) -> tuple[int, int] | None:
+    """``(bytes the array will take, bytes of its header)`` from an ``.npy`` header at the start
+    of ``stream``, or ``None`` when the header is not one numpy's public readers parse (then
+    ``np.load`` reports the problem)."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(stream)
+        return int(np.prod(shape, dtype=object)) * dtype.itemsize, int(stream.tell())
+    except (ValueError, TypeError, OverflowError, EOFError):
+        return None
+
+
+def _check_declared(where: str, declared: int, present: int | None, total: int) -> None:
+    """Refuse an array whose header declares more bytes than its file holds (truncated or
+    crafted), or files whose arrays would not fit in memory, before anything is allocated."""
+    if present is not None and declared > present:
+        raise ValueError(
+            f"{where}: its header declares {format_bytes(declared)} of data but the file holds "
+            f"{format_bytes(present)} (truncated, or not a valid .npy)"
+        )
+    room = available_memory()
+    if total > room:
+        raise ValueError(
+            f"{where}: its arrays would take {format_bytes(total)}, more than the "
+            f"{format_bytes(room)} of memory available; split the data into smaller files"
+        )
+
+
 def _load_npy(path: Path) -> np.ndarray:
+    with path.open("rb") as stream:
+        sizes = _declared_bytes(stream)
+    if sizes is not None:
+        declared, header = sizes
+        _check_declared(str(path), declared, path.stat().st_size - header, declared)
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as error:
@@ -103,6 +142,21 @@ def _load_npy(path: Path) -> np.ndarray:
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz archive")
+    # every member's header first: a few compressed bytes can declare (and inflate to)
+    # gigabytes, so the sizes are checked before np.load allocates any of them
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as stream:
+                sizes = _declared_bytes(stream)
+            if sizes is None:
+                continue
+            declared, header = sizes
+            total += declared
+            where = f"{path}, array {info.filename[:-4]!r}"
+            _check_declared(where, declared, info.file_size - header, total)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
