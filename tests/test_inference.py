@@ -98,3 +98,18 @@ def test_cli_predict_writes_csv(tmp_path):
     assert set(rows[0]) == {"sample", "prediction", "p(0)", "p(1)", "missing"}
     bad = runner.invoke(main, ["predict", str(out), str(tmp_path / "none.npz")])
     assert bad.exit_code != 0 and "not found" in bad.output
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_predict_refuses_a_batch_size_below_one(batch_size):
+    from torch import nn
+
+    from interfuse.data.batching import TensorData
+    from interfuse.inference import model_outputs
+
+    model = MultimodalModel({"a": nn.Linear(3, 4)}, num_outputs=2, encoder_dims={"a": 4})
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        predict(model, {"a": torch.zeros(5, 3)}, batch_size=batch_size)
+    data = TensorData({"a": torch.zeros(5, 3)}, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        model_outputs(model, data, batch_size=batch_size)

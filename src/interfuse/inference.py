@@ -49,6 +49,7 @@ def predict(
     files). Missing blocks take their expected value (``docs/missing-modalities.md``); the model
     runs in eval mode.
     """
+    _check_batch_size(batch_size)
     modalities = list(model.modalities)
     unknown = [k for k in inputs if k not in modalities]
     if unknown:
@@ -112,6 +113,11 @@ def _as_tensor(name: str, x: ArrayLike, dtype: torch.dtype) -> Tensor:
     return x.to(dtype) if x.is_floating_point() else x
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
 def _check_materialised(model: nn.Module) -> None:
     """A model built on the meta device has shapes but no weights: refuse it in one line."""
     if any(p.device.type == "meta" for p in model.parameters()):
@@ -141,6 +147,7 @@ def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
 @torch.no_grad()
 def model_outputs(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Tensor:
     """Outputs of ``model`` (eval mode, restored afterwards) for every sample of ``data``."""
+    _check_batch_size(batch_size)
     _check_materialised(model)
     was_training = model.training
     model.eval()
