@@ -48,6 +48,7 @@ __all__ = [
     "from_arrays",
     "from_splits",
     "group_splits",
+    "load_npy",
     "load_npz_dataset",
     "mark_missing",
     "read_arrays",
@@ -77,7 +78,7 @@ def read_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix == ".npy":
-        return {path.stem: _load_npy(path)}
+        return {path.stem: load_npy(path)}
     return _load_npz(path)
 
 
@@ -88,7 +89,7 @@ def _read_folder(folder: Path, prefix: str, depth: int) -> dict[str, np.ndarray]
         if entry.is_dir() and depth < _MAX_DEPTH:
             arrays.update(_read_folder(entry, f"{prefix}{entry.name}/", depth + 1))
         elif entry.suffix == ".npy":
-            arrays[key] = _load_npy(entry)
+            arrays[key] = load_npy(entry)
         elif entry.suffix == ".npz":
             arrays.update({f"{key}/{k}": v for k, v in _load_npz(entry).items()})
     return arrays
@@ -127,7 +128,9 @@ def _check_declared(where: str, declared: int, present: int | None, total: int) 
         )
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
+    """One ``.npy`` file, without pickle; a header declaring more than the file holds, or more
+    than the memory available, is refused before anything is allocated."""
     with path.open("rb") as stream:
         sizes = _declared_bytes(stream)
     if sizes is not None:

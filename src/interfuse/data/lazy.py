@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .arrays import load_npy
 from .batching import Batch, ModalitySplit, TensorData
 from .preprocess import Preprocessor, Scaler, _padding_mask
 from .task import TASKS, TaskData
@@ -498,14 +499,13 @@ def load_lazy(path: str | os.PathLike[str], seed: int = 0) -> TaskData:
     splits = {}
     for s in SPLITS:
         arrays = {m: _open(folder / s / f"{m}.npy") for m in manifest.modalities}
-        targets = torch.from_numpy(np.load(folder / s / f"{TARGETS}.npy", allow_pickle=False))
+        targets = torch.from_numpy(load_npy(folder / s / f"{TARGETS}.npy"))
         if manifest.task == "multilabel" or targets.is_floating_point():
             targets = targets.float()
         else:
             targets = targets.long()
         masks = {
-            m: torch.from_numpy(np.load(folder / s / f"{m}{MASK}.npy", allow_pickle=False))
-            for m in manifest.masks[s]
+            m: torch.from_numpy(load_npy(folder / s / f"{m}{MASK}.npy")) for m in manifest.masks[s]
         }
         data = LazyData(arrays, targets, masks, scalers, f"{s}:{digest}")
         splits[s] = data if s == "train" else data.materialise()
