@@ -143,19 +143,19 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz archive")
     # every member's header first: a few compressed bytes can declare (and inflate to)
-    # gigabytes, so the sizes are checked before np.load allocates any of them
+    # gigabytes, so the sizes are checked before np.load allocates any of them; np.load reads
+    # any member that starts like an .npy file, whatever its name, so every member is checked
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
             with archive.open(info) as stream:
                 sizes = _declared_bytes(stream)
             if sizes is None:
                 continue
             declared, header = sizes
             total += declared
-            where = f"{path}, array {info.filename[:-4]!r}"
+            name = info.filename.removesuffix(".npy")
+            where = f"{path}, array {name!r}"
             _check_declared(where, declared, info.file_size - header, total)
     try:
         with np.load(path, allow_pickle=False) as archive:
