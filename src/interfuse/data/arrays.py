@@ -256,7 +256,10 @@ def mark_missing(
         present &= mask.astype(bool)
     if present.all():
         return x, present
-    x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32, copy=True)
+    # float32 holds floats of up to 4 bytes and integers of up to 2 bytes exactly; other values
+    # (int32 1_700_000_000 + k: float32 steps of 128) need float64
+    exact = x.dtype.itemsize <= (4 if x.dtype.kind == "f" else 2)
+    x = x.astype(np.float32 if exact else np.float64, copy=True)
     x[~present] = np.nan
     return x, present
 
