@@ -556,6 +556,27 @@ def test_an_array_header_declaring_more_than_its_file_holds_is_refused_unallocat
     assert read_arrays(tmp_path / "ok.npy")["ok"].tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_archive_members_without_the_npy_suffix_are_checked_too(tmp_path, monkeypatch):
+    """np.load reads a member named ``m0`` (no ``.npy``) as an array as well: its declared size
+    was not checked, so a truncated header raised MemoryError (373 GiB) and a deflated member
+    inflated past the available memory."""
+    import interfuse.data.arrays as arrays
+
+    crafted = _npy_bytes((100_000_000, 1000), np.zeros(6, np.float32).tobytes())  # 373 GiB
+    with zipfile.ZipFile(tmp_path / "crafted.npz", "w") as archive:
+        archive.writestr("m0", crafted)
+    with pytest.raises(ValueError, match=r"array 'm0': its header declares 372.5 GiB"):
+        arrays.read_arrays(tmp_path / "crafted.npz")
+    zeros = _npy_bytes((512, 1024), np.zeros((512, 1024), np.float32).tobytes())  # 2 MiB
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a", zeros)
+    monkeypatch.setattr(arrays, "available_memory", lambda: 1 << 20)
+    with pytest.raises(ValueError, match=r"would take 2.0 MiB, more than the 1.0 MiB"):
+        arrays.read_arrays(tmp_path / "bomb.npz")
+    monkeypatch.setattr(arrays, "available_memory", lambda: 64 << 20)
+    assert arrays.read_arrays(tmp_path / "bomb.npz")["a"].shape == (512, 1024)
+
+
 def test_a_compressed_archive_that_would_not_fit_in_memory_is_refused_before_inflating(
     tmp_path, monkeypatch
 ):

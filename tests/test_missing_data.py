@@ -73,6 +73,27 @@ def test_missing_rows_are_masked_and_left_out_of_the_statistics():
         assert bool(np.isfinite(task.train.inputs[m].numpy()).all())  # missing rows are 0
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.int16, np.float32])
+def test_a_missing_sample_leaves_the_values_of_the_others_exact(dtype):
+    # int32 values were cast to float32 once a sample was marked missing: 1_700_000_000 + 7 k
+    # collapsed to steps of 128 and the standardised values moved by up to 0.75
+    n = 40
+    big = np.dtype(dtype).itemsize >= 4
+    x = ((1_700_000_000 if big else 0) + 7 * np.arange(n)).astype(dtype)[:, None]
+    y = np.arange(n) % 2
+    mask = np.ones(n, dtype=bool)
+    train = split_indices(n, seed=0, stratify=y)[0]
+    mask[train[0]] = False
+    task = from_arrays({"t": x}, y, masks={"t": mask})
+    present = x[train][mask[train]].astype(np.float64)
+    scaler = task.preprocessor.scalers["t"]
+    np.testing.assert_allclose(scaler.mean, present.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(scaler.std, present.std(axis=0), rtol=1e-9)
+    expected = ((present - present.mean(axis=0)) / present.std(axis=0)).astype(np.float32)
+    got = task.train.inputs["t"][task.train.masks["t"]].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_training_with_missing_data_matches_complete_data_with_dropout(runs):
     """The same split, judged on the same test samples (complete, then with the missing rows)."""
     root, full, missing, y = runs

@@ -40,6 +40,21 @@ def test_stratified_split_is_disjoint_complete_and_balanced():
     assert all(np.array_equal(x, y) for x, y in zip((train, val, test), again))
 
 
+@pytest.mark.parametrize("classes, per_class", [(10, 3), (20, 10), (2, 10), (3, 7)])
+def test_stratified_split_sizes_are_those_of_the_whole(classes, per_class):
+    # rounded per class, 10 classes of 3 left no validation sample (a ValueError) and 20 classes
+    # of 10 gave val 40 and test 20 samples instead of 30 and 30
+    labels = np.repeat(np.arange(classes), per_class)
+    n = len(labels)
+    parts = split_indices(n, seed=2, stratify=labels)
+    unstratified = split_indices(n, seed=2)
+    assert [len(p) for p in parts] == [len(p) for p in unstratified]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+    for part, fraction in zip(parts, (0.7, 0.15, 0.15)):
+        counts = np.bincount(labels[part], minlength=classes)
+        assert np.all(np.abs(counts - fraction * per_class) < 1)
+
+
 def test_bad_data_is_reported():
     with pytest.raises(ValueError, match="modality 'b' has 4 samples but there are 5 targets"):
         TensorData({"a": torch.zeros(5, 1), "b": torch.zeros(4, 1)}, torch.zeros(5))

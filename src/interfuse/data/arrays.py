@@ -146,19 +146,19 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz archive")
     # every member's header first: a few compressed bytes can declare (and inflate to)
-    # gigabytes, so the sizes are checked before np.load allocates any of them
+    # gigabytes, so the sizes are checked before np.load allocates any of them; np.load reads
+    # any member that starts like an .npy file, whatever its name, so every member is checked
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
             with archive.open(info) as stream:
                 sizes = _declared_bytes(stream)
             if sizes is None:
                 continue
             declared, header = sizes
             total += declared
-            where = f"{path}, array {info.filename[:-4]!r}"
+            name = info.filename.removesuffix(".npy")
+            where = f"{path}, array {name!r}"
             _check_declared(where, declared, info.file_size - header, total)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -259,7 +259,10 @@ def mark_missing(
         present &= mask.astype(bool)
     if present.all():
         return x, present
-    x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32, copy=True)
+    # float32 holds floats of up to 4 bytes and integers of up to 2 bytes exactly; other values
+    # (int32 1_700_000_000 + k: float32 steps of 128) need float64
+    exact = x.dtype.itemsize <= (4 if x.dtype.kind == "f" else 2)
+    x = x.astype(np.float32 if exact else np.float64, copy=True)
     x[~present] = np.nan
     return x, present
 

@@ -105,12 +105,21 @@ def split_indices(
         if stratify is None
         else [np.flatnonzero(stratify == c) for c in np.unique(stratify)]
     )
+    shuffled = [rng.permutation(group) for group in groups]
+    sizes = np.array([len(g) for g in shuffled])
+    cut_train = np.rint(fractions[0] * sizes).astype(np.int64)
+    cut_val = cut_train + np.rint(fractions[1] * sizes).astype(np.int64)
+    # rounded per class, the cuts can add up to other split sizes than an unstratified split
+    # (10 classes of 3: no validation sample at all); move the cuts of the classes furthest
+    # from their share until they add up to the split sizes of the whole
+    total_train = int(round(fractions[0] * n))
+    _fit_cuts(cut_train, fractions[0] * sizes, total_train, np.zeros_like(sizes), sizes)
+    np.maximum(cut_val, cut_train, out=cut_val)
+    total_val = min(n, total_train + int(round(fractions[1] * n)))
+    _fit_cuts(cut_val, (fractions[0] + fractions[1]) * sizes, total_val, cut_train, sizes)
     parts: list[list[np.ndarray]] = [[], [], []]
-    for group in groups:
-        group = rng.permutation(group)
-        cut_train = int(round(fractions[0] * len(group)))
-        cut_val = cut_train + int(round(fractions[1] * len(group)))
-        for part, piece in zip(parts, np.split(group, [cut_train, cut_val])):
+    for group, a, b in zip(shuffled, cut_train, cut_val):
+        for part, piece in zip(parts, np.split(group, [a, b])):
             part.append(piece)
     train, val, test = (np.sort(np.concatenate(p)) for p in parts)
     if len(train) < 2 or len(val) < 1 or len(test) < 1:
@@ -118,6 +127,18 @@ def split_indices(
             f"{n} samples are too few to split into train/val/test with fractions {fractions}"
         )
     return train, val, test
+
+
+def _fit_cuts(
+    cuts: np.ndarray, shares: np.ndarray, total: int, low: np.ndarray, high: np.ndarray
+) -> None:
+    """In place: change ``cuts`` (within ``low .. high``) one at a time until they sum to
+    ``total``, each time the one furthest below (or above) its share."""
+    while (surplus := int(cuts.sum()) - total) != 0:
+        step = 1 if surplus < 0 else -1
+        gap = (shares - cuts) * step
+        gap[(cuts + step < low) | (cuts + step > high)] = -np.inf
+        cuts[int(np.argmax(gap))] += step
 
 
 class EpochBatchSampler(Sampler[Tensor]):
