@@ -90,6 +90,14 @@ def _check_positive(**values: float) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be > 0, got {value}")
 
 
+def _check_batches(n_train: int, batch_size: int) -> None:
+    """:func:`_fit` skips batches of one sample (no contrastive pair, no batch-norm statistics),
+    so fewer than two would leave the model untrained while its numbers are reported."""
+    for name, value in (("n-train", n_train), ("batch-size", batch_size)):
+        if value < 2:
+            raise ValueError(f"{name} must be >= 2 (training needs batches of 2), got {value}")
+
+
 def _check_text(text: str) -> None:
     if text not in TEXT_ENCODERS:
         raise ValueError(f"unknown text encoder {text!r}; choose one of {', '.join(TEXT_ENCODERS)}")
@@ -193,6 +201,7 @@ def run_zeroshot(config: ZeroShotConfig) -> tuple[ZeroShotResult, dict[str, Any]
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, margin=config.margin,
     )  # fmt: skip
+    _check_batches(config.n_train, config.batch_size)
     _check_text(config.text)
     start = time.perf_counter()
     unseen_mask = zero_shot_split(config.seed, config.n_unseen)
@@ -350,6 +359,7 @@ def _check_space(config: RetrievalConfig) -> None:
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, dim=config.dim,
     )  # fmt: skip
+    _check_batches(config.n_train, config.batch_size)
     _check_text(config.text)
 
 
@@ -459,6 +469,7 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, dim=config.dim,
     )  # fmt: skip
+    _check_batches(config.n_train, config.batch_size)
     if config.equivariance < 0:
         raise ValueError(f"equivariance must be >= 0, got {config.equivariance}")
     start = time.perf_counter()
