@@ -4,10 +4,12 @@ import pytest
 
 from interfuse.coordinated.tasks import (
     CaptionConfig,
+    ColearnConfig,
     GroundingConfig,
     RetrievalConfig,
     ZeroShotConfig,
     run_caption,
+    run_colearn,
     run_grounding,
     run_retrieval,
     run_zeroshot,
@@ -27,3 +29,8 @@ def test_batches_of_one_are_refused_rather_than_silently_skipped(run, config):
     # _fit skips one-sample batches, so these settings used to report an untrained model
     with pytest.raises(ValueError, match=r"must be >= 2"):
         run(config)
+
+
+def test_colearn_refuses_repeated_label_fractions():
+    with pytest.raises(ValueError, match="label fractions must differ"):
+        run_colearn(ColearnConfig(fractions=(0.1, 0.1), data_path="no/such/folder"))

@@ -43,6 +43,7 @@ from .results import (
     GroundingResult,
     RetrievalResult,
     ZeroShotResult,
+    fraction_tag,
 )
 from .scenes import (
     COLOURS,
@@ -629,6 +630,8 @@ def run_colearn(config: ColearnConfig) -> tuple[ColearnResult, dict[str, Any]]:
         raise ValueError("weak and strong views must differ")
     if not config.fractions or not all(0 < f < 1 for f in config.fractions):
         raise ValueError(f"label fractions must be in (0, 1), got {config.fractions}")
+    if len({fraction_tag(f) for f in config.fractions}) < len(config.fractions):
+        raise ValueError(f"label fractions must differ, got {config.fractions}")
     if not 0 < config.test_fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {config.test_fraction}")
     _check_positive(epochs=config.epochs, lr=config.lr, hidden=config.hidden)
