@@ -100,6 +100,11 @@ def test_bad_arguments():
         make_scenes(0, 0)
     with pytest.raises(ValueError, match="p_two"):
         make_scenes(5, 0, p_two=2.0)
+    # the bound in the message follows min_seen (it used to say 1..18 whatever min_seen was)
+    with pytest.raises(ValueError, match=r"n_unseen must be in 1\.\.12, got 13"):
+        zero_shot_split(0, 13, min_seen=3)
+    with pytest.raises(ValueError, match=r"n_unseen must be in 1\.\.18, got 19"):
+        zero_shot_split(0, 19)
 
 
 def test_pointing_hits():

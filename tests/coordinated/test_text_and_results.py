@@ -96,3 +96,17 @@ def test_results_round_trip_and_schema(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_result(tmp_path / "bad.json")
+
+
+def test_colearn_metrics_keep_every_label_fraction():
+    # 0.1 and 0.104 both used to be tagged "10%", so the 0.1 numbers vanished from summaries
+    colearn = ColearnResult(
+        seed=0, settings={}, weak_view="morph", strong_view="pixel", n_train=10, n_test=5,
+        fractions=(0.05, 0.1, 0.104), n_labelled=(1, 2, 3), weak_alone=(0.5, 0.6, 0.61),
+        weak_helped=(0.6, 0.7, 0.71), strong_alone=(0.8, 0.9, 0.91), weak_all_labels=0.7,
+        chance=0.1,
+    )  # fmt: skip
+    metrics = colearn.metrics()
+    assert metrics["weak_helped@5%"] == 0.6
+    assert metrics["weak_helped@10%"] == 0.7 and metrics["weak_helped@10.4%"] == 0.71
+    assert len(metrics) == 2 + 3 * 3

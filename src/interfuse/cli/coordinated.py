@@ -53,7 +53,13 @@ def _common(defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]
                 type=click.Path(path_type=Path, file_okay=False),
                 help="Folder for results.json, report.md and figure.png (created).",
             ),
-            click.option("--seed", default=0, show_default=True, help="Seed of data and model."),
+            click.option(
+                "--seed",
+                default=0,
+                show_default=True,
+                type=click.IntRange(min=0),
+                help="Seed of data and model.",
+            ),
             click.option(
                 "--threads",
                 default=None,

@@ -178,6 +178,12 @@ class CaptionResult(_Result):
         return {k: v for k, v in super().metrics().items() if k != "examples"}
 
 
+def fraction_tag(fraction: float) -> str:
+    """The label fraction as a percentage in metric names: ``0.05`` → ``"5%"``, ``0.125`` →
+    ``"12.5%"`` (6 significant digits, so nearby fractions keep apart)."""
+    return f"{100 * fraction:g}%"
+
+
 @dataclass(frozen=True)
 class ColearnResult(_Result):
     """mfeat co-learning: weak-view test accuracy alone vs helped by a strong view, per label
@@ -202,7 +208,7 @@ class ColearnResult(_Result):
     def metrics(self) -> dict[str, float]:
         out = {"weak_all_labels": self.weak_all_labels, "chance": self.chance}
         for i, f in enumerate(self.fractions):
-            tag = f"{round(100 * f)}%"
+            tag = fraction_tag(f)
             out[f"weak_alone@{tag}"] = self.weak_alone[i]
             out[f"weak_helped@{tag}"] = self.weak_helped[i]
             out[f"strong_alone@{tag}"] = self.strong_alone[i]

@@ -109,8 +109,9 @@ def zero_shot_split(seed: int, n_unseen: int = 10, min_seen: int = 2) -> np.ndar
     seen shapes, so all attribute words occur in training; only combinations are new.
     """
     n_shapes, n_colours = len(SHAPES), len(COLOURS)
-    if not 0 < n_unseen <= n_shapes * n_colours - max(n_shapes, n_colours) * min_seen:
-        raise ValueError(f"n_unseen must be in 1..{n_shapes * n_colours - 12}, got {n_unseen}")
+    most = n_shapes * n_colours - max(n_shapes, n_colours) * min_seen
+    if not 0 < n_unseen <= most:
+        raise ValueError(f"n_unseen must be in 1..{most}, got {n_unseen}")
     rng = np.random.default_rng([seed, 7919])
     for _ in range(10_000):
         unseen = np.zeros(n_shapes * n_colours, dtype=bool)

@@ -43,6 +43,7 @@ from .results import (
     GroundingResult,
     RetrievalResult,
     ZeroShotResult,
+    fraction_tag,
 )
 from .scenes import (
     COLOURS,
@@ -88,6 +89,14 @@ def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if value is None or value <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def _check_batches(n_train: int, batch_size: int) -> None:
+    """:func:`_fit` skips batches of one sample (no contrastive pair, no batch-norm statistics),
+    so fewer than two would leave the model untrained while its numbers are reported."""
+    for name, value in (("n-train", n_train), ("batch-size", batch_size)):
+        if value < 2:
+            raise ValueError(f"{name} must be >= 2 (training needs batches of 2), got {value}")
 
 
 def _check_text(text: str) -> None:
@@ -193,6 +202,7 @@ def run_zeroshot(config: ZeroShotConfig) -> tuple[ZeroShotResult, dict[str, Any]
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, margin=config.margin,
     )  # fmt: skip
+    _check_batches(config.n_train, config.batch_size)
     _check_text(config.text)
     start = time.perf_counter()
     unseen_mask = zero_shot_split(config.seed, config.n_unseen)
@@ -350,6 +360,7 @@ def _check_space(config: RetrievalConfig) -> None:
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, dim=config.dim,
     )  # fmt: skip
+    _check_batches(config.n_train, config.batch_size)
     _check_text(config.text)
 
 
@@ -459,6 +470,7 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
         n_train=config.n_train, n_test=config.n_test, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, dim=config.dim,
     )  # fmt: skip
+    _check_batches(config.n_train, config.batch_size)
     if config.equivariance < 0:
         raise ValueError(f"equivariance must be >= 0, got {config.equivariance}")
     start = time.perf_counter()
@@ -618,6 +630,8 @@ def run_colearn(config: ColearnConfig) -> tuple[ColearnResult, dict[str, Any]]:
         raise ValueError("weak and strong views must differ")
     if not config.fractions or not all(0 < f < 1 for f in config.fractions):
         raise ValueError(f"label fractions must be in (0, 1), got {config.fractions}")
+    if len({fraction_tag(f) for f in config.fractions}) < len(config.fractions):
+        raise ValueError(f"label fractions must differ, got {config.fractions}")
     if not 0 < config.test_fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {config.test_fraction}")
     _check_positive(epochs=config.epochs, lr=config.lr, hidden=config.hidden)

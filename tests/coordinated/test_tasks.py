@@ -1,0 +1,36 @@
+"""Task-level validation of the coordinated runs (checked before any data or training)."""
+
+import pytest
+
+from interfuse.coordinated.tasks import (
+    CaptionConfig,
+    ColearnConfig,
+    GroundingConfig,
+    RetrievalConfig,
+    ZeroShotConfig,
+    run_caption,
+    run_colearn,
+    run_grounding,
+    run_retrieval,
+    run_zeroshot,
+)
+
+
+@pytest.mark.parametrize(
+    ("run", "config"),
+    [
+        (run_zeroshot, ZeroShotConfig(text="bow", batch_size=1)),
+        (run_retrieval, RetrievalConfig(batch_size=1)),
+        (run_caption, CaptionConfig(n_train=1)),
+        (run_grounding, GroundingConfig(batch_size=1)),
+    ],
+)
+def test_batches_of_one_are_refused_rather_than_silently_skipped(run, config):
+    # _fit skips one-sample batches, so these settings used to report an untrained model
+    with pytest.raises(ValueError, match=r"must be >= 2"):
+        run(config)
+
+
+def test_colearn_refuses_repeated_label_fractions():
+    with pytest.raises(ValueError, match="label fractions must differ"):
+        run_colearn(ColearnConfig(fractions=(0.1, 0.1), data_path="no/such/folder"))
