@@ -14,7 +14,7 @@ import click
 import torch
 
 from ..coordinated.render import RESULTS, summary_table, write_run
-from ..coordinated.results import load_result
+from ..coordinated.results import fraction_tag, load_result
 from ..coordinated.tasks import (
     TEXT_ENCODERS,
     CaptionConfig,
@@ -255,7 +255,7 @@ def colearn(
     )
     result, figure = run_colearn(config)
     parts = [
-        f"{100 * f:.0f} % labels: {a:.3f} -> {h:.3f}"
+        f"{fraction_tag(f)} labels: {a:.3f} -> {h:.3f}"
         for f, a, h in zip(result.fractions, result.weak_alone, result.weak_helped)
     ]
     _finish(

@@ -25,6 +25,7 @@ from .results import (
     RetrievalResult,
     ZeroShotResult,
     _Result,
+    fraction_tag,
 )
 
 __all__ = ["FIGURE", "REPORT", "RESULTS", "markdown", "plot", "summary_table", "write_run"]
@@ -124,7 +125,7 @@ def markdown(result: _Result) -> str:
         ]
         for i, f in enumerate(result.fractions):
             lines.append(
-                f"| {100 * f:.0f} % | {result.n_labelled[i]} | {result.weak_alone[i]:.3f} | "
+                f"| {fraction_tag(f)} | {result.n_labelled[i]} | {result.weak_alone[i]:.3f} | "
                 f"{result.weak_helped[i]:.3f} | {result.strong_alone[i]:.3f} |"
             )
         return (
