@@ -15,6 +15,7 @@ never need to probe a model with ``hasattr``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -194,7 +195,21 @@ def build_model(
             m: given[m] if m in given else build_encoder(spec.encoders[m], m)
             for m in spec.modalities
         }
-        return entry.build(spec, built)
+        return entry.build(dataclasses.replace(spec, options=_Options(spec)), built)
+
+
+class _Options(dict):
+    """A spec's options as its builder reads them: a missing option is a ``ValueError`` that
+    names the model and the option (a description edited or written by another version)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec.options)
+        self.model = spec.model
+
+    def __missing__(self, key: str) -> Any:
+        raise ValueError(
+            f"model {self.model!r}: its description has no option {key!r} (it has {sorted(self)})"
+        )
 
 
 def _json_lists(values: dict[str, Any]) -> dict[str, Any]:

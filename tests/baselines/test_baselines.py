@@ -170,6 +170,26 @@ def test_every_registered_model_rebuilds_from_its_spec_and_states_its_capabiliti
         assert spec.options["interactions"] == []
 
 
+@pytest.mark.parametrize("name", MODELS.names())
+def test_a_description_missing_an_option_is_a_clear_error(name):
+    """An edited or foreign run folder whose spec lacks an option used to escape as a bare
+    ``KeyError`` (the command line's "internal error ... a bug")."""
+    specs = {m: {"type": "mlp", "input_dim": d, "output_dim": 4} for m, d in DIMS.items()}
+    config = TrainConfig(model=name, rank=3)
+    spec = model_spec(name, specs, config, 2, input_shapes={m: [d] for m, d in DIMS.items()})
+    for option in spec.options:
+        options = {k: v for k, v in spec.options.items() if k != option}
+        broken = ModelSpec.from_dict({**spec.to_dict(), "options": options})
+        with pytest.raises(ValueError, match=f"model '{name}'.*'{option}'"):
+            build_model(broken)
+    if name == "early":
+        shapes = dict(spec.options["input_shapes"])
+        shapes.pop("video")
+        broken = ModelSpec.from_dict({**spec.to_dict(), "options": {"input_shapes": shapes}})
+        with pytest.raises(ValueError, match="'input_shapes' lacks modalities \\['video'\\]"):
+            build_model(broken)
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'gru'"):
         TrainConfig(model="gru")

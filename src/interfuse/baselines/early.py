@@ -99,6 +99,9 @@ def _early_options(config, modalities, shapes):
 )
 def _build_early(spec: ModelSpec, encoders: dict[str, nn.Module]) -> nn.Module:
     shapes = spec.options["input_shapes"]
+    missing = [m for m in spec.modalities if m not in shapes]
+    if missing:
+        raise ValueError(f"model 'early': its option 'input_shapes' lacks modalities {missing}")
     return EarlyFusion(
         {m: shapes[m] for m in spec.modalities}, spec.num_outputs, hidden=spec.options["hidden"]
     )
