@@ -794,6 +794,8 @@ def check_training_budget(
             f"{MAX_TERMS}); lower --interactions (a maximal order such as 2 or 3, or a list)"
         )
     explicit = None
+    if isinstance(spec, str) and "*" in spec:  # "a*b,c*d": the same terms as a list
+        spec = spec.split(",")
     if isinstance(spec, (list, tuple)):
         explicit = [t.split("*") if isinstance(t, str) else list(t) for t in spec]
     estimate = fusion_memory(
