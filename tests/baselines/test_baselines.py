@@ -90,6 +90,14 @@ def test_lmf_every_parameter_gets_a_gradient():
         assert parameter.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("name", ["get", "copy", "setdefault", "popitem", "fromkeys", "_keys"])
+def test_lmf_refuses_modality_names_its_parameter_dict_cannot_hold(name):
+    """These pass the modality-name check (made for nn.ModuleDict) but used to fail inside
+    nn.ParameterDict with "KeyError: attribute 'get' already exists" or a TypeError."""
+    with pytest.raises(ValueError, match=f"LMF cannot use the modality names \\['{name}'\\]"):
+        LowRankFusion({name: nn.Linear(3, 4), "b": nn.Linear(3, 4)})
+
+
 def test_late_fusion_linear_and_mlp_heads():
     linear = LateFusion(encoders(), num_outputs=3)
     assert isinstance(linear.head, nn.Linear) and linear.head.in_features == 12

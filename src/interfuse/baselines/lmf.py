@@ -21,6 +21,8 @@ from ..model import FusionOutput
 from ..models import ModelSpec, register_model
 from ._common import EncoderFusion, mlp_head
 
+_PARAMETER_DICT_NAMES = frozenset(dir(nn.ParameterDict()))
+
 
 class LowRankFusion(EncoderFusion):
     """LMF: rank-r modality factors, element-wise product across modalities, sum over rank.
@@ -49,6 +51,12 @@ class LowRankFusion(EncoderFusion):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(encoders, encoder_dims)
+        clashes = [m for m in self.modalities if m in _PARAMETER_DICT_NAMES]
+        if clashes:
+            raise ValueError(
+                f"LMF cannot use the modality names {clashes}: they are attributes of "
+                f"nn.ParameterDict, which holds its factors; rename these modalities"
+            )
         if rank < 1 or fused_dim < 1:
             raise ValueError(f"LMF rank and fused_dim must be >= 1, got {rank} and {fused_dim}")
         self.rank = rank
