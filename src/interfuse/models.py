@@ -69,7 +69,7 @@ class ModelSpec:
         return {
             "model": self.model,
             "modalities": list(self.modalities),
-            "encoders": {m: dict(self.encoders[m]) for m in self.modalities},
+            "encoders": {m: _json_lists(dict(self.encoders[m])) for m in self.modalities},
             "num_outputs": self.num_outputs,
             "options": _json_lists(dict(self.options)),
         }
@@ -145,7 +145,7 @@ def encoder_spec(modality: str, encoder: Mapping[str, Any] | nn.Module) -> dict[
             f"modality {modality!r}: an encoder is an nn.Module or a spec {{'type': name, ...}}, "
             f"got {encoder!r}"
         )
-    return dict(encoder)
+    return _json_lists(dict(encoder))
 
 
 def model_spec(
@@ -213,7 +213,16 @@ class _Options(dict):
 
 
 def _json_lists(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    """Tuples (at any depth) as lists, as they come back from JSON."""
+    return {k: _json_value(v) for k, v in values.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
 
 
 # -- our models --------------------------------------------------------------------------

@@ -198,6 +198,32 @@ def test_a_description_missing_an_option_is_a_clear_error(name):
             build_model(broken)
 
 
+def test_a_spec_with_tuples_is_the_spec_its_checkpoint_stores():
+    """Encoder options given as tuples (``hidden=(16,)``, as MLP's default) came back from the
+    checkpoint's JSON as lists, so ``fit(..., resume=True)`` with the very same encoders refused
+    with "encoders differ"."""
+    specs = {m: {"type": "mlp", "input_dim": d, "hidden": (16,)} for m, d in DIMS.items()}
+    spec = model_spec("intense", specs, TrainConfig(rank=3), 2)
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    direct = ModelSpec("late", ("a",), {"a": {"type": "mlp", "input_dim": 2, "hidden": (4,)}}, 1)
+    assert json.loads(json.dumps(direct.to_dict())) == direct.to_dict()
+
+
+def test_fit_resumes_with_encoder_options_given_as_tuples(tmp_path):
+    from interfuse.data import from_arrays
+
+    gen = torch.Generator().manual_seed(0)
+    x = {m: torch.randn(120, d, generator=gen).numpy() for m, d in (("a", 3), ("b", 2))}
+    task = from_arrays(x, (x["a"][:, 0] > 0).astype("int64"), seed=0, name="tuples")
+    encoders = {m: {"type": "mlp", "input_dim": v.shape[1], "hidden": (8,)} for m, v in x.items()}
+    config = TrainConfig(epochs=1, batch_size=32, rank=2, seed=0)
+    fit(task, config, tmp_path, encoders=encoders, progress=False)
+    more = TrainConfig(epochs=2, batch_size=32, rank=2, seed=0)
+    result = fit(task, more, tmp_path, encoders=encoders, resume=True, progress=False)
+    assert result.epochs_run == 2
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'gru'"):
         TrainConfig(model="gru")
