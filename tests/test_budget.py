@@ -27,4 +27,5 @@ def test_terms_given_as_a_string_are_estimated_as_the_same_terms_in_a_list(monke
     assert single == "2.1 GiB"
     assert _estimate("m0*m1", monkeypatch) == single
     assert _estimate([("m0", "m1")], monkeypatch) == single
-    assert _estimate("m0*m1,m2*m3", monkeypatch) == _estimate(["m0*m1", "m2*m3"], monkeypatch)
+    pair = _estimate(["m0*m1", "m2*m3"], monkeypatch)
+    assert _estimate("m0*m1,m2*m3", monkeypatch) == _estimate(" m0*m1, m2*m3 ", monkeypatch) == pair

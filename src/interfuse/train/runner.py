@@ -795,7 +795,7 @@ def check_training_budget(
         )
     explicit = None
     if isinstance(spec, str) and "*" in spec:  # "a*b,c*d": the same terms as a list
-        spec = spec.split(",")
+        spec = [t.strip() for t in spec.split(",") if t.strip()]
     if isinstance(spec, (list, tuple)):
         explicit = [t.split("*") if isinstance(t, str) else list(t) for t in spec]
     estimate = fusion_memory(
