@@ -75,9 +75,9 @@ class LowRankFusion(EncoderFusion):
     def reset_parameters(self) -> None:
         for w in self.factors.values():
             # Glorot over the whole (r, d_m + 1, d_f) tensor: torch takes fan-in (d_m + 1)·d_f
-            # and fan-out r·d_f, so the weights are about sqrt(d_m + 1) smaller than a per-slice
-            # Glorot (std 0.039 vs 0.175 at d = 32, r = 8). Kept: the LMF baseline's seeded
-            # results (BENCHMARKS.md §2) were measured with it.
+            # and fan-out r·d_f, so the weights are smaller than a per-slice Glorot (std 0.039
+            # vs 0.175 at d_m = d_f = 32, r = 8). Kept: the LMF baseline's seeded results
+            # (BENCHMARKS.md §2) were measured with it.
             nn.init.xavier_normal_(w)
         nn.init.constant_(self.rank_weights, 1.0 / self.rank)
         nn.init.zeros_(self.fusion_bias)
