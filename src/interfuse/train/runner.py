@@ -842,7 +842,9 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
         config.weight_decay,
         modality_dropout=config.modality_dropout,
         seed=config.seed,
-        epoch_offset=run.state.epoch,
+        # the same trainer runs every attempt and its epoch counter goes on: the module's epoch
+        # (offset + trainer.current_epoch) is the run's epoch, as in a resumed run's new trainer
+        epoch_offset=run.state.epoch - trainer.current_epoch,
         regularize=run.entry.relevance,
         loss_weight=_loss_weight(run),
         metric_set=run.data.metrics,
