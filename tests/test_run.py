@@ -335,3 +335,10 @@ def test_cli_options_are_the_train_config_fields():
         assert f.name in options, f.name
         assert options[f.name].default == f.default, f.name
         assert options[f.name].help == f.metadata["help"] or f.name == "model"
+
+
+@pytest.mark.parametrize("name", ["iterbn", "vbn", "compile", "sync_stats"])
+def test_a_flag_that_is_not_a_bool_is_one_clear_error(name):
+    """TrainConfig(compile="false") was accepted, and the truthy string switched compile on."""
+    with pytest.raises(ValueError, match=f"{name} must be True or False, got 'false'"):
+        TrainConfig(**{name: "false"})

@@ -196,6 +196,13 @@ class TrainConfig:
                 f"modality_dropout must be in [0, 1), got {self.modality_dropout}",
             ),
         ]
+        checks += [
+            (
+                isinstance(getattr(self, name), bool),
+                f"{name} must be True or False, got {getattr(self, name)!r}",
+            )
+            for name in ("iterbn", "vbn", "compile", "sync_stats")
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
