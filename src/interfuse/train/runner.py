@@ -282,6 +282,10 @@ class RunRecorder(pl.Callback):
             for buffer in run.model.buffers():  # running statistics: rank 0's, on every rank
                 dist.broadcast(buffer, src=0)
         state.epoch += 1
+        if isinstance(pl_module, FusionModule):
+            # an epoch cut short (max_steps) logs its part in the module's own epoch-end hook,
+            # which Lightning calls after this one: log it now, so that the row below has it
+            pl_module.on_train_epoch_end()
         train_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")
         }
