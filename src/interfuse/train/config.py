@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -146,6 +147,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.interactions, tuple):
             object.__setattr__(self, "interactions", list(self.interactions))
+        for f in fields(self):  # NumPy scalars (np.int64 seeds, np.float32 rates) as Python's
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                plain = int(value) if isinstance(value, numbers.Integral) else float(value)
+                object.__setattr__(self, f.name, plain)
         checks = [
             (
                 self.model in MODELS,
