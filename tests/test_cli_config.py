@@ -4,13 +4,15 @@ summarises them."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from interfuse.cli import main
-from interfuse.results import Relevance, RunResult, summarize_seeds
+from interfuse.report import render_seed_summary
+from interfuse.results import Relevance, RunResult, SeedSummary, summarize_seeds
 
 TINY = ["--probs", "0.9,0", "--n", "300", "--length", "30", "--epochs", "2", "--quiet"]
 
@@ -122,3 +124,16 @@ def test_summarize_seeds_gives_the_headline_an_interval_over_seeds():
     half = 4.302652729911275 * 0.1 / 3**0.5  # t_{0.975, 2}
     assert summary.headline_intervals["a"] == pytest.approx((0.7 - half, 0.7 + half))
     assert summarize_seeds({0: result(0.6)}).headline_intervals == {}
+
+
+def test_seed_summary_writes_an_undefined_metric_as_n_a(tmp_path):
+    """A metric undefined in one run (NaN, e.g. AUROC of a one-class split) was written
+    "nan ± nan" in summary.md, where every report writes n/a."""
+    summary = SeedSummary(
+        seeds=[0, 1],
+        metrics={"test": {"accuracy": (0.85, 0.05), "auroc": (math.nan, math.nan)}},
+        shares={},
+    )
+    text = render_seed_summary(summary, tmp_path).read_text()
+    assert "| auroc | n/a |" in text and "nan" not in text
+    assert "| accuracy | 0.8500 ± 0.0500 |" in text

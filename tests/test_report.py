@@ -9,13 +9,14 @@ from matplotlib.image import imread
 
 from interfuse.ranks import fidelity
 from interfuse.report import (
+    agreement_summary,
     plot_history,
     plot_relevance,
     relevance_table,
     render_comparison,
     render_report,
 )
-from interfuse.results import SCHEMA, Relevance, RunResult, SchemaError
+from interfuse.results import SCHEMA, PosthocResult, Relevance, RunResult, SchemaError
 from interfuse.run import read_history, read_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -400,3 +401,25 @@ def test_report_leads_with_the_headline_estimate_and_shows_beta_beside_it(motif_
     section = text.split("## Fidelity to the ground truth")[1].split("##")[0]
     assert estimates.best.label in section and "β share" in section
     assert_png(tmp_path / "relevance.png")
+
+
+def test_agreement_summary_of_an_explanation_read_back_from_json():
+    """An undefined ρ (NaN) is null in explain.json; the summary of the result read back
+    raised TypeError instead of writing n/a."""
+    result = PosthocResult(
+        split_size=10,
+        removal="mask",
+        metric="accuracy",
+        modalities=["a", "b"],
+        terms=["a", "b"],
+        cost="",
+        coalitions={},
+        game={},
+        explanations={},
+        truth=None,
+        agreement={"unimodal": {"x~y": math.nan, "x~z": 0.5}, "all": {}},
+        seconds=0.0,
+    )
+    again = PosthocResult.from_dict(result.to_dict())
+    expected = "Spearman ρ over unimodal terms: x/y n/a, x/z 0.50"
+    assert agreement_summary(result) == agreement_summary(again) == expected

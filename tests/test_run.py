@@ -335,3 +335,21 @@ def test_cli_options_are_the_train_config_fields():
         assert f.name in options, f.name
         assert options[f.name].default == f.default, f.name
         assert options[f.name].help == f.metadata["help"] or f.name == "model"
+
+
+@pytest.mark.parametrize("name", ["iterbn", "vbn", "compile", "sync_stats"])
+def test_a_flag_that_is_not_a_bool_is_one_clear_error(name):
+    """TrainConfig(compile="false") was accepted, and the truthy string switched compile on."""
+    with pytest.raises(ValueError, match=f"{name} must be True or False, got 'false'"):
+        TrainConfig(**{name: "false"})
+
+
+def test_numpy_scalars_are_accepted_as_the_numbers_they_are():
+    """TrainConfig(seed=np.int64(3)) was refused with "seed must be an integer >= 0, got 3"
+    (and np.float32 rates likewise); they are now stored as Python numbers (JSON-safe)."""
+    config = TrainConfig(seed=np.int64(3), rank=np.int32(4), lr=np.float32(0.5))
+    assert (config.seed, config.rank, config.lr) == (3, 4, 0.5)
+    assert type(config.seed) is int and type(config.lr) is float
+    assert json.loads(json.dumps(config.to_dict()))["seed"] == 3
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        TrainConfig(seed=np.bool_(True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from interfuse.data import batch_loader, make_motif_data, synthetic_task
 from interfuse.models import build_model, model_spec
+from interfuse.run import read_history
 from interfuse.train import FusionModule, NotConverged, TrainConfig, fit
 
 
@@ -197,6 +199,23 @@ def test_training_losses_logged_once_per_epoch_equal_per_step_logging(task, max_
         assert once[name].item() == per_step[name].item(), name
     for name in weights:
         assert torch.equal(weights[name], weights_per_step[name]), name
+
+
+def test_an_epoch_cut_short_has_its_training_losses_in_the_history(task, tmp_path):
+    """max_steps ends the epoch early: the module logs the part's losses in its own epoch-end
+    hook, which Lightning calls after fit's recorder; the history row used to lack them."""
+    with pytest.warns(NotConverged):
+        fit(
+            task,
+            TrainConfig(epochs=2, batch_size=32, restarts=0),  # 13 batches an epoch
+            tmp_path,
+            progress=False,
+            log=lambda line: None,
+            trainer_kwargs={"max_steps": 3},
+        )
+    [row] = read_history(tmp_path)
+    for name in ("train_loss", "train_task_loss", "train_regularizer"):
+        assert math.isfinite(row[name]) and row[name] > 0, name
 
 
 def test_fit_scans_the_training_split_once_and_names_bad_values(task, tmp_path):

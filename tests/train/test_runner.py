@@ -2,16 +2,20 @@
 ground truth."""
 
 import json
+import os
+import signal
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from interfuse.checkpoint import load_checkpoint
 from interfuse.data.synthetic import make_motif_data
 from interfuse.data.task import synthetic_task
 from interfuse.train import NotConverged, TrainConfig
-from interfuse.train.runner import RunFolderError, fit
+from interfuse.train.interrupt import TrainingInterrupted
+from interfuse.train.runner import RunFolderError, RunRecorder, fit
 
 
 def interaction_share(shares):
@@ -110,6 +114,43 @@ def test_xor_needs_interactions(xor_task, tmp_path):
     config = TrainConfig(seed=0, interactions="none", epochs=8)
     results = fit(xor_task, config, tmp_path, progress=False)
     assert results.metrics["test"]["accuracy"] < 0.6  # chance is 0.5
+
+
+def test_run_interrupted_during_a_restart_resumes_to_the_uninterrupted_run(tmp_path):
+    """Modality dropout draws from (seed, epoch, batch): the restart of an uninterrupted run (whose
+    trainer's epoch counter goes on across attempts) must use the run's epoch, as the new trainer
+    of a resumed run does; it used to count the epochs before the restart twice."""
+
+    class InterruptRestart(pl.Callback):  # SIGINT in the restart's second epoch
+        def on_train_batch_start(self, trainer, *args):
+            recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
+            state = recorder.run.state
+            if state.attempt == 1 and state.epoch == state.attempt_start + 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1000, seed=0), seed=0)
+    config = TrainConfig(
+        seed=0, epochs=4, patience=1, lr=1e-9, restarts=1, restart_lr=1e-2, modality_dropout=0.3
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(task, config, tmp_path / "straight", progress=False, log=lambda line: None)
+        with pytest.raises(TrainingInterrupted):
+            fit(
+                task,
+                config,
+                tmp_path / "cut",
+                progress=False,
+                log=lambda line: None,
+                callbacks=[InterruptRestart()],
+            )
+        fit(task, config, tmp_path / "cut", resume=True, progress=False, log=lambda line: None)
+    a, meta_a, _ = load_checkpoint(tmp_path / "straight" / "last.safetensors")
+    b, meta_b, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    assert meta_a["state"]["attempt"] == meta_b["state"]["attempt"] == 1
+    assert meta_a["state"]["best_epoch"] == meta_b["state"]["best_epoch"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.mark.parametrize("modality_dropout", [0.0, 0.3])

@@ -33,7 +33,9 @@ def comparison_table(result: PosthocResult) -> str:
 def agreement_summary(result: PosthocResult) -> str:
     """One line: Spearman ρ over unimodal terms for every pair of methods."""
     parts = [
-        f"{pair.replace('~', '/')} {'n/a' if math.isnan(rho) else format(rho, '.2f')}"
+        f"{pair.replace('~', '/')} "
+        # NaN in memory; null (None) once read back from explain.json
+        f"{'n/a' if rho is None or math.isnan(rho) else format(rho, '.2f')}"
         for pair, rho in result.agreement.get("unimodal", {}).items()
     ]
     return "Spearman ρ over unimodal terms: " + ", ".join(parts) if parts else ""

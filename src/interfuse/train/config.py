@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -146,6 +147,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.interactions, tuple):
             object.__setattr__(self, "interactions", list(self.interactions))
+        for f in fields(self):  # NumPy scalars (np.int64 seeds, np.float32 rates) as Python's
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                plain = int(value) if isinstance(value, numbers.Integral) else float(value)
+                object.__setattr__(self, f.name, plain)
         checks = [
             (
                 self.model in MODELS,
@@ -195,6 +201,13 @@ class TrainConfig:
                 _real(self.modality_dropout) and 0.0 <= self.modality_dropout < 1.0,
                 f"modality_dropout must be in [0, 1), got {self.modality_dropout}",
             ),
+        ]
+        checks += [
+            (
+                isinstance(getattr(self, name), bool),
+                f"{name} must be True or False, got {getattr(self, name)!r}",
+            )
+            for name in ("iterbn", "vbn", "compile", "sync_stats")
         ]
         for ok, message in checks:
             if not ok:

@@ -282,6 +282,10 @@ class RunRecorder(pl.Callback):
             for buffer in run.model.buffers():  # running statistics: rank 0's, on every rank
                 dist.broadcast(buffer, src=0)
         state.epoch += 1
+        if isinstance(pl_module, FusionModule):
+            # an epoch cut short (max_steps) logs its part in the module's own epoch-end hook,
+            # which Lightning calls after this one: log it now, so that the row below has it
+            pl_module.on_train_epoch_end()
         train_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")
         }
@@ -844,7 +848,9 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
         config.weight_decay,
         modality_dropout=config.modality_dropout,
         seed=config.seed,
-        epoch_offset=run.state.epoch,
+        # the same trainer runs every attempt and its epoch counter goes on: the module's epoch
+        # (offset + trainer.current_epoch) is the run's epoch, as in a resumed run's new trainer
+        epoch_offset=run.state.epoch - trainer.current_epoch,
         regularize=run.entry.relevance,
         loss_weight=_loss_weight(run),
         metric_set=run.data.metrics,
