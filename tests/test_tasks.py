@@ -89,6 +89,8 @@ def test_balanced_weights():
     y = torch.tensor([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 1, 0]]).float()
     # label 2 never positive: weight 1
     assert balanced_weights("multilabel", y, 3).tolist() == pytest.approx([3.0, 1.0, 1.0])
+    y[:, 2] = 1.0  # always positive: n_neg / n_pos = 0 would zero its loss; weight 1 too
+    assert balanced_weights("multilabel", y, 3).tolist() == pytest.approx([3.0, 1.0, 1.0])
 
 
 def test_multilabel_ranking_metrics_skip_labels_with_one_value():

@@ -103,7 +103,8 @@ def per_sample_loss(
 
 def balanced_weights(task: str, targets: Tensor, num_outputs: int) -> Tensor | None:
     """Loss weights that balance classes (``N / (C · n_c)``) or labels (``n_negative /
-    n_positive`` as positive weight); ``None`` for regression. Absent classes get weight 1."""
+    n_positive`` as positive weight); ``None`` for regression. Absent classes, and labels that
+    are never or always positive (nothing to balance), get weight 1."""
     if task == "classification":
         counts = torch.bincount(targets, minlength=num_outputs).double()
         weights = len(targets) / (num_outputs * counts.clamp(min=1))
@@ -111,7 +112,9 @@ def balanced_weights(task: str, targets: Tensor, num_outputs: int) -> Tensor | N
     if task == "multilabel":
         positive = targets.double().sum(dim=0)
         negative = len(targets) - positive
-        return torch.where(positive > 0, negative / positive.clamp(min=1), 1.0).float()
+        both = (positive > 0) & (negative > 0)  # an always-positive label's n_neg/n_pos is 0,
+        # which would zero its loss (never learnt): nothing to balance there, weight 1
+        return torch.where(both, negative / positive.clamp(min=1), 1.0).float()
     return None
 
 
