@@ -137,3 +137,10 @@ def test_seed_summary_writes_an_undefined_metric_as_n_a(tmp_path):
     text = render_seed_summary(summary, tmp_path).read_text()
     assert "| auroc | n/a |" in text and "nan" not in text
     assert "| accuracy | 0.8500 ± 0.0500 |" in text
+
+
+def test_mean_std_text_is_what_the_console_and_summary_print():
+    from interfuse.report import mean_std_text
+
+    assert mean_std_text(0.85, 0.05, 4) == "0.8500 ± 0.0500"
+    assert mean_std_text(math.nan, math.nan, 4) == "n/a"

@@ -18,7 +18,7 @@ from ..data.task import TASKS, TaskData
 from ..io import atomic_write_text
 from ..metrics import format_metrics
 from ..ranks import interaction_share
-from ..report import render_comparison, render_report, render_seed_summary
+from ..report import mean_std_text, render_comparison, render_report, render_seed_summary
 from ..results import RunResult, summarize_seeds
 from ..run import RUN_YAML, read_history
 from ..train import NotConverged, TrainConfig, fit, is_global_zero
@@ -438,7 +438,7 @@ def train(
     path = render_seed_summary(summary, out, dataset)
     click.echo(f"\nsummary over seeds {seeds}: {path}")
     for k, (m, d) in summary.metrics.get("test", {}).items():
-        click.echo(f"  test {k}: {m:.4f} ± {d:.4f}")
+        click.echo(f"  test {k}: {mean_std_text(m, d, 4)}")
 
 
 @main.command()

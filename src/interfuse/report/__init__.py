@@ -3,6 +3,7 @@
 from interfuse.report.explain import agreement_summary, comparison_table, render_explanation
 from interfuse.report.run import (
     estimates_table,
+    mean_std_text,
     plot_history,
     plot_relevance,
     relevance_table,
@@ -17,6 +18,7 @@ __all__ = [
     "comparison_table",
     "estimates_table",
     "markdown_table",
+    "mean_std_text",
     "plot_history",
     "plot_relevance",
     "relevance_table",

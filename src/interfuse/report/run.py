@@ -701,7 +701,7 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
     """``summary.md``: mean ± std over seeds of every test metric and of every share."""
     out = Path(out_dir)
     test = summary.metrics.get("test", {})
-    metric_rows = [[k, _mean_std(m, d, 4)] for k, (m, d) in test.items()]
+    metric_rows = [[k, mean_std_text(m, d, 4)] for k, (m, d) in test.items()]
     share_rows = [
         [code(t), f"{m:.3f} ± {d:.3f}"]
         for t, (m, d) in sorted(summary.shares.items(), key=lambda item: -item[1][0])
@@ -740,6 +740,6 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
     return atomic_write_text(out / "summary.md", "\n".join(parts))
 
 
-def _mean_std(mean: float, std: float, digits: int) -> str:
+def mean_std_text(mean: float, std: float, digits: int) -> str:
     """``mean ± std``; ``n/a`` when the mean is not a number (a metric undefined in a run)."""
     return f"{fmt(mean, digits)} ± {fmt(std, digits)}" if math.isfinite(mean) else "n/a"
