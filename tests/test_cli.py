@@ -176,3 +176,29 @@ def test_every_command_runs_in_a_fresh_interpreter(tmp_path):
         output = result.stdout + result.stderr
         assert "Traceback" not in output, (args, output[-2000:])
         assert expected in output, (args, output[-2000:])
+
+
+def test_convert_overwrite_replaces_only_a_dataset_folder_that_does_not_hold_the_source(tmp_path):
+    """--overwrite used to delete any existing TARGET folder, the source data inside it too."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = data / "pool.npz"
+    np.savez(pool, a=rng.normal(size=(40, 3)), labels=rng.integers(0, 2, 40))
+    (data / "notes.txt").write_text("mine")
+    result = run("convert", str(pool), str(data), "--overwrite")
+    assert result.exit_code == 1 and "not a dataset folder" in result.output
+    assert pool.exists() and (data / "notes.txt").read_text() == "mine"
+
+    folder = tmp_path / "big"
+    assert run("convert", str(pool), str(folder)).exit_code == 0
+    inside = folder / "pool.npz"
+    inside.write_bytes(pool.read_bytes())
+    result = run("convert", str(inside), str(folder), "--overwrite")
+    assert result.exit_code == 1 and "inside" in result.output
+    assert inside.exists()
+    result = run("convert", str(pool), str(folder), "--overwrite", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert (folder / "manifest.json").is_file() and not inside.exists()

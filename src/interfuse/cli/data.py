@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..data.affect import AFFECT_DATASETS
-from ..data.lazy import convert_task
+from ..data.lazy import MANIFEST, convert_task
 from ..data.registry import dataset_info, list_datasets, load_dataset
 from ..data.safe_pickle import convert_pickle
 from ..data.task import TASKS
@@ -43,10 +43,28 @@ def datasets() -> None:
         click.echo(f"    source: {info.source}")
 
 
+def _check_replaceable_folder(source: Path, target: Path) -> None:
+    """``--overwrite`` deletes TARGET: only a dataset folder that does not hold SOURCE."""
+    if not (target / MANIFEST).is_file():
+        raise click.ClickException(
+            f"{target} is not a dataset folder (no {MANIFEST}); --overwrite only replaces a folder "
+            f"written by interfuse convert, choose a new TARGET"
+        )
+    folder, data = target.resolve(), source.resolve()
+    if data == folder or folder in data.parents:
+        raise click.ClickException(
+            f"{source} lies inside {target}, which --overwrite would delete; choose another TARGET"
+        )
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace TARGET if it exists.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace TARGET if it exists (a folder: only a dataset folder not holding SOURCE).",
+)
 @click.option(
     "--dataset",
     "dataset",
@@ -102,6 +120,8 @@ def convert(
     """
     if target.exists() and not overwrite:
         raise click.ClickException(f"{target} exists; pass --overwrite to replace it")
+    if target.exists() and target.suffix != ".npz":
+        _check_replaceable_folder(source, target)
     if target.suffix == ".npz":
         if source.is_dir():
             raise click.ClickException(f"{source} is a folder; converting to .npz needs a pickle")
