@@ -215,3 +215,20 @@ def test_bad_masks_are_named():
         from_arrays(full, y, masks={"a": np.ones(3, bool)})
     with pytest.raises(ValueError, match=r"modalities .*\['z'\]"):
         from_arrays(full, y, masks={"z": np.ones(N, bool)})
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+def test_masks_with_labels_in_columns(task):
+    """A mask holds one value per sample; it was compared with the labels' shape, so (N, C)
+    multilabel labels refused every valid (N,) mask (regression targets in a column: a guard)."""
+    full, y = arrays()
+    if task == "multilabel":
+        labels = np.stack([y, 1 - y], axis=1)
+    else:
+        labels = y[:, None].astype(np.float32)
+    present = np.random.default_rng(1).random(N) < 0.8
+    data = from_arrays(full, labels, masks={"a": present}, task=task, seed=0)
+    assert data.task == task
+    splits = (data.train, data.val, data.test)
+    assert sum(len(s) for s in splits) == N
+    assert sum(int((~s.masks["a"]).sum()) for s in splits) == int((~present).sum())

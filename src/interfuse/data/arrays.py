@@ -557,7 +557,7 @@ def from_arrays(
     if unknown:
         raise ValueError(f"masks given for unknown modalities {unknown}")
     for m, mask in masks.items():
-        if mask.shape != labels.shape:
+        if mask.shape != (len(labels),):
             raise ValueError(
                 f"the mask of modality {m!r} must hold one 0/1 or bool per sample "
                 f"({len(labels)}), got shape {mask.shape}"
