@@ -258,6 +258,10 @@ def test_bad_encoder_output_is_reported():
     [
         ({"p": 0.9}, "p must be"),
         ({"rank": 0}, "rank must be"),
+        ({"momentum": 2.0}, "momentum must be"),  # ran, and evaluation predicted NaN
+        ({"momentum": -0.5}, "momentum must be"),
+        ({"momentum": float("nan")}, "momentum must be"),
+        ({"momentum": None}, "momentum must be"),  # ran until a TypeError in training
         ({"interactions": ["a*c"]}, "unknown modality 'c'"),
         ({"interactions": ["a*b", "b*a"]}, "listed twice"),
     ],

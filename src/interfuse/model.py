@@ -72,7 +72,9 @@ class MultimodalModel(nn.Module):
             the naive tensor fusion of uncentred affine factors, which suffers degree inflation.
         vbn: vector-wise batch norm on every block. ``False`` feeds raw blocks to the head.
         encoder_dims: output sizes of the encoders, if they lack an ``output_dim`` attribute.
-        momentum: momentum of all running statistics.
+        momentum: momentum of all running statistics, in [0, 1] (``running ← (1 − momentum) ·
+            running + momentum · batch``; ``None``, BatchNorm's cumulative average, is not
+            supported).
         check_inputs: validate keys, batch sizes and finiteness of inputs on every forward pass.
         compile: compile the fusion head's training step (no masks) with ``torch.compile`` on
             first use. It needs a working compiler toolchain (a C++ compiler on CPU); without
@@ -101,6 +103,12 @@ class MultimodalModel(nn.Module):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"interaction rank must be an integer >= 1, got {rank!r}")
         check_p(p)
+        if (
+            isinstance(momentum, bool)
+            or not isinstance(momentum, (int, float))
+            or not (0 <= momentum <= 1)
+        ):
+            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
         dims = {
             m: int(encoder_dims[m])
             if encoder_dims and m in encoder_dims
