@@ -34,7 +34,7 @@ class FusionOutput(NamedTuple):
 
     ``prediction``: ``(B, C)``; ``blocks``: ``{term name: (B, D_t)}`` as seen by the head;
     ``embeddings``: ``{modality: (B, d_m)}`` encoder outputs; ``present``: ``{modality: bool (B,)}``
-    when masks were given (even all-True ones) or a modality was left out, else ``None``.
+    when masks were given (even all-True ones), else ``None``.
     """
 
     prediction: Tensor
