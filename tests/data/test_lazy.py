@@ -222,3 +222,19 @@ def test_gathering_a_batch_keeps_the_file_out_of_resident_memory(tmp_path: Path)
     grown = _rss_file_kib() - before
     np.testing.assert_array_equal(got, rows[index])
     assert grown < 8 * 1024, f"{grown} KiB of the file stayed resident"
+
+
+def test_overwrite_replaces_only_a_dataset_folder(npz: Path, tmp_path: Path) -> None:
+    """The Python API as the CLI: overwrite=True on a folder that convert_task did not write
+    (the user's own files) is refused and the folder kept; a dataset folder is replaced."""
+    raw = load_npz_dataset(npz, standardize=False, seed=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a dataset folder"):
+        convert_task(raw, mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    first = convert_task(raw, tmp_path / "d.lazy")
+    again = convert_task(raw, first, overwrite=True)
+    assert again == first and (again / "manifest.json").is_file()
+    assert len(load_lazy(again).train) == len(raw.train)

@@ -592,6 +592,12 @@ class LazyWriter:
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite:
             raise FileExistsError(f"{self.dest} already exists; choose another destination")
+        if self.dest.exists() and not (self.dest / MANIFEST).is_file():
+            # overwrite deletes dest: only a dataset folder written here, never a user's folder
+            raise ValueError(
+                f"{self.dest} is not a dataset folder (no {MANIFEST}); overwrite only replaces a "
+                f"folder written by convert_task or LazyWriter, choose another destination"
+            )
         self.tmp = self.dest.parent / f".{self.dest.name}.{uuid.uuid4().hex[:12]}.tmp"
         self.overwrite = overwrite
         dtypes = dict(dtypes or {m: "float32" for m in shapes})
