@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..data.affect import AFFECT_DATASETS
-from ..data.lazy import MANIFEST, convert_task
+from ..data.lazy import check_replaceable, convert_task
 from ..data.registry import dataset_info, list_datasets, load_dataset
 from ..data.safe_pickle import convert_pickle
 from ..data.task import TASKS
@@ -44,12 +44,9 @@ def datasets() -> None:
 
 
 def _check_replaceable_folder(source: Path, target: Path) -> None:
-    """``--overwrite`` deletes TARGET: only a dataset folder that does not hold SOURCE."""
-    if not (target / MANIFEST).is_file():
-        raise click.ClickException(
-            f"{target} is not a dataset folder (no {MANIFEST}); --overwrite only replaces a folder "
-            f"written by interfuse convert, choose a new TARGET"
-        )
+    """``--overwrite`` deletes TARGET: only a dataset folder that does not hold SOURCE (checked
+    before the data are read)."""
+    check_replaceable(target)
     folder, data = target.resolve(), source.resolve()
     if data == folder or folder in data.parents:
         raise click.ClickException(

@@ -60,6 +60,7 @@ __all__ = [
     "LazyWriter",
     "Manifest",
     "RunningMoments",
+    "check_replaceable",
     "convert_task",
     "load_lazy",
     "read_manifest",
@@ -592,12 +593,8 @@ class LazyWriter:
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite:
             raise FileExistsError(f"{self.dest} already exists; choose another destination")
-        if self.dest.exists() and not (self.dest / MANIFEST).is_file():
-            # overwrite deletes dest: only a dataset folder written here, never a user's folder
-            raise ValueError(
-                f"{self.dest} is not a dataset folder (no {MANIFEST}); overwrite only replaces a "
-                f"folder written by convert_task or LazyWriter, choose another destination"
-            )
+        if self.dest.exists():
+            check_replaceable(self.dest)
         self.tmp = self.dest.parent / f".{self.dest.name}.{uuid.uuid4().hex[:12]}.tmp"
         self.overwrite = overwrite
         dtypes = dict(dtypes or {m: "float32" for m in shapes})
@@ -705,6 +702,16 @@ class LazyWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.tmp.rename(self.dest)
+
+
+def check_replaceable(dest: Path) -> None:
+    """Overwriting deletes ``dest``: only a dataset folder (with its manifest), never a folder of
+    the user's own files."""
+    if not (dest / MANIFEST).is_file():
+        raise ValueError(
+            f"{dest} is not a dataset folder (no {MANIFEST}); overwriting only replaces a folder "
+            f"written by interfuse convert (convert_task, LazyWriter); choose another destination"
+        )
 
 
 def convert_task(

@@ -150,9 +150,9 @@ def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
         return (
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    elif not overwrite and _foreign_files(out):
+    elif not overwrite and (foreign := _foreign_files(out)):
         return (
-            f"{out} holds {', '.join(_foreign_files(out))}, not written by an interfuse run, "
+            f"{out} holds {', '.join(foreign)}, not written by an interfuse run, "
             f"which training would replace; choose a new or empty --out, or pass --overwrite"
         )
     return None
