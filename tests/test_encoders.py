@@ -15,7 +15,7 @@ def one_hot(codes: torch.Tensor) -> torch.Tensor:
 
 def test_sequence_cnn_sees_a_motif_anywhere():
     torch.manual_seed(0)
-    cnn = SequenceCNN(channels=8, kernel_size=5, output_dim=6)
+    cnn = SequenceCNN(channels=8, kernel_size=5, output_dim=6, dropout=0)
     background = torch.zeros(60, dtype=torch.long)  # all 'A'
     motif = torch.tensor([1, 2, 3, 2, 1])
     early, late = background.clone(), background.clone()
@@ -36,7 +36,7 @@ def test_sequence_cnn_matches_the_generic_form(kernel_size):
     """The sparse max-pool backward gives autograd's gradients (one-hot input, as in the demo,
     and an input that requires grad)."""
     torch.manual_seed(kernel_size)
-    cnn = SequenceCNN(channels=6, kernel_size=kernel_size, output_dim=5).double()
+    cnn = SequenceCNN(channels=6, kernel_size=kernel_size, output_dim=5, dropout=0).double()
     ref = copy.deepcopy(cnn)
     x = one_hot(torch.randint(0, 4, (7, 30))).double()
     x = (x + 0.1 * torch.randn_like(x)).requires_grad_()  # no exact ties
@@ -63,7 +63,7 @@ def test_sequence_cnn_ties_between_equal_windows():
     """A repeated k-mer ties the maximum: amax splits the gradient between equal windows, the
     sparse backward takes one of them — the same weight gradient."""
     torch.manual_seed(3)
-    cnn = SequenceCNN(channels=4, kernel_size=3, output_dim=2)
+    cnn = SequenceCNN(channels=4, kernel_size=3, output_dim=2, dropout=0)
     ref = copy.deepcopy(cnn)
     codes = torch.zeros(2, 20, dtype=torch.long)
     codes[:, 3:6] = codes[:, 12:15] = torch.tensor([1, 2, 3])
@@ -76,7 +76,7 @@ def test_sequence_cnn_ties_between_equal_windows():
 def test_sequence_cnn_generic_form_for_other_convolutions():
     """A convolution changed after construction (here: strided) runs the generic form."""
     torch.manual_seed(4)
-    cnn = SequenceCNN(channels=3, kernel_size=3, output_dim=2)
+    cnn = SequenceCNN(channels=3, kernel_size=3, output_dim=2, dropout=0)
     cnn.conv.stride = (2,)
     x = one_hot(torch.randint(0, 4, (2, 15)))
     torch.testing.assert_close(cnn(x), generic_cnn(cnn, x))
@@ -153,7 +153,7 @@ def test_sequence_cnn_dropout_acts_in_training_only():
     torch.manual_seed(0)
     x = torch.nn.functional.one_hot(torch.randint(0, 4, (16, 30)), 4).transpose(1, 2).float()
     cnn = build_encoder({"type": "sequence_cnn", "channels": 8, "output_dim": 4, "dropout": 0.5})
-    plain = SequenceCNN(channels=8, output_dim=4)
+    plain = SequenceCNN(channels=8, output_dim=4, dropout=0)
     plain.load_state_dict(cnn.state_dict())  # same parameters: dropout adds none
     cnn.train()
     assert not torch.equal(cnn(x), plain(x))
@@ -161,3 +161,4 @@ def test_sequence_cnn_dropout_acts_in_training_only():
     torch.testing.assert_close(cnn(x), plain(x))
     with pytest.raises(ValueError, match="dropout must be in"):
         SequenceCNN(dropout=1.0)
+    assert SequenceCNN().dropout.p == 0.25  # on by default (docs/training.md)

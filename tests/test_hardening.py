@@ -363,9 +363,15 @@ def test_divergence_after_a_good_epoch_keeps_last_checkpoint_resumable(tmp_path,
     with pytest.raises(
         TrainingDiverged, match=r"step \d+ \(epoch 2\).*\(epoch 1\) is the last good checkpoint"
     ):
-        fit(task, TrainConfig(epochs=3, batch_size=32), tmp_path, progress=False)
+        fit(task, TrainConfig(restarts=0, epochs=3, batch_size=32), tmp_path, progress=False)
     monkeypatch.setattr(runner.RunRecorder, "on_before_backward", original)
-    result = fit(task, TrainConfig(epochs=3, batch_size=32), tmp_path, resume=True, progress=False)
+    result = fit(
+        task,
+        TrainConfig(restarts=0, epochs=3, batch_size=32),
+        tmp_path,
+        resume=True,
+        progress=False,
+    )
     assert result.epochs_run == 3
 
 
@@ -405,14 +411,14 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_rerun(tmp_path, caplog)
     stale = out / ".last.safetensors.0123456789ab.tmp"
     stale.write_bytes(b"half")
     with caplog.at_level("INFO", logger="interfuse"):
-        result = fit(task, TrainConfig(epochs=1, batch_size=32), out, progress=False)
+        result = fit(task, TrainConfig(restarts=0, epochs=1, batch_size=32), out, progress=False)
     assert result.epochs_run == 1
     assert not stale.exists()
     assert "first checkpoint never completed" in caplog.text
     assert "removed 1 unfinished temporary file" in caplog.text
     (out / "last.safetensors").unlink()
     (out / "results.json").unlink()
-    fit(task, TrainConfig(epochs=1, batch_size=32), out, resume=True, progress=False)
+    fit(task, TrainConfig(restarts=0, epochs=1, batch_size=32), out, resume=True, progress=False)
 
 
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
@@ -427,16 +433,21 @@ def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     (out / "config.json").write_text('{"my": "settings"}')
     (out / "report.md").write_text("my notes")
     with pytest.raises(RunFolderError, match="config.json, report.md, not written by"):
-        fit(task, TrainConfig(epochs=1, batch_size=32), out, progress=False)
+        fit(task, TrainConfig(restarts=0, epochs=1, batch_size=32), out, progress=False)
     assert (out / "config.json").read_text() == '{"my": "settings"}'
     assert (out / "report.md").read_text() == "my notes"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "report.md"]
-    fit(task, TrainConfig(epochs=1, batch_size=32), out, overwrite=True, progress=False)
+    fit(task, TrainConfig(restarts=0, epochs=1, batch_size=32), out, overwrite=True, progress=False)
     killed = tmp_path / "killed"
     killed.mkdir()
     (killed / "config.json").write_text((out / "config.json").read_text())
     (killed / "history.csv").write_text("epoch\n")
-    assert fit(task, TrainConfig(epochs=1, batch_size=32), killed, progress=False).epochs_run == 1
+    assert (
+        fit(
+            task, TrainConfig(restarts=0, epochs=1, batch_size=32), killed, progress=False
+        ).epochs_run
+        == 1
+    )
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):

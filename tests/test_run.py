@@ -209,7 +209,19 @@ def test_an_old_checkpoint_format_says_so(offset_run, tmp_path):
 
 # -- resume ----------------------------------------------------------------------------------
 
-TINY = ["--probs", "0.9,0", "--n", "300", "--length", "30", "--quiet", "--batch-size", "32"]
+TINY = [
+    "--probs",
+    "0.9,0",
+    "--n",
+    "300",
+    "--length",
+    "30",
+    "--quiet",
+    "--batch-size",
+    "32",
+    "--restarts",
+    "0",
+]
 
 
 @pytest.fixture()

@@ -171,7 +171,9 @@ def test_multilabel_trains_with_relevance_and_predicts_label_sets(tmp_path):
     inputs, labels = multilabel_arrays()
     task = from_arrays(inputs, labels, seed=0, label_names=["left", "right", "rare"])
     assert task.task == "multilabel" and task.num_outputs == 3
-    config = TrainConfig(epochs=8, rank=2, seed=0, lr=1e-2, class_weights="balanced")
+    config = TrainConfig(
+        epochs=8, rank=2, seed=0, lr=1e-2, class_weights="balanced", modality_dropout=0.0
+    )
     result = fit(task, config, tmp_path / "run", progress=False)
     test = result.metrics["test"]
     assert test["f1@0"] > 0.8 and test["f1@1"] > 0.8

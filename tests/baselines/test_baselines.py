@@ -217,9 +217,9 @@ def test_fit_resumes_with_encoder_options_given_as_tuples(tmp_path):
     x = {m: torch.randn(120, d, generator=gen).numpy() for m, d in (("a", 3), ("b", 2))}
     task = from_arrays(x, (x["a"][:, 0] > 0).astype("int64"), seed=0, name="tuples")
     encoders = {m: {"type": "mlp", "input_dim": v.shape[1], "hidden": (8,)} for m, v in x.items()}
-    config = TrainConfig(epochs=1, batch_size=32, rank=2, seed=0)
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32, rank=2, seed=0)
     fit(task, config, tmp_path, encoders=encoders, progress=False)
-    more = TrainConfig(epochs=2, batch_size=32, rank=2, seed=0)
+    more = TrainConfig(restarts=0, epochs=2, batch_size=32, rank=2, seed=0)
     result = fit(task, more, tmp_path, encoders=encoders, resume=True, progress=False)
     assert result.epochs_run == 2
 
@@ -238,7 +238,7 @@ def tiny_task():
 
 @pytest.mark.parametrize("name", ["mnl", "early", "late", "tfn", "lmf"])
 def test_each_baseline_trains_one_epoch_through_fit(tiny_task, tmp_path, name):
-    config = TrainConfig(model=name, epochs=1, batch_size=32, rank=4, seed=0)
+    config = TrainConfig(model=name, epochs=1, restarts=0, batch_size=32, rank=4, seed=0)
     result = fit(tiny_task, config, tmp_path, progress=False)
     assert result.epochs_run == 1
     assert result.model["model"] == name
@@ -254,9 +254,9 @@ def test_each_baseline_trains_one_epoch_through_fit(tiny_task, tmp_path, name):
 
 
 def test_fit_resumes_a_baseline(tiny_task, tmp_path):
-    config = TrainConfig(model="late", epochs=1, batch_size=32, seed=0)
+    config = TrainConfig(model="late", epochs=1, restarts=0, batch_size=32, seed=0)
     fit(tiny_task, config, tmp_path, progress=False)
-    more = TrainConfig(model="late", epochs=2, batch_size=32, seed=0)
+    more = TrainConfig(model="late", epochs=2, restarts=0, batch_size=32, seed=0)
     result = fit(tiny_task, more, tmp_path, resume=True, progress=False)
     assert result.epochs_run == 2
 

@@ -27,7 +27,19 @@ from interfuse.train import TrainingState
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 README = Path(__file__).resolve().parents[2] / "README.md"
-SMALL = ["--epochs", "1", "--rank", "2", "--threads", "1", "--device", "cpu", "--quiet"]
+SMALL = [
+    "--epochs",
+    "1",
+    "--restarts",
+    "0",
+    "--rank",
+    "2",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def readme_commands() -> list[list[str]]:

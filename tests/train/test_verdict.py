@@ -143,3 +143,78 @@ def test_a_class_weighted_model_is_judged_against_the_weighted_chance():
     assert float(per_sample_loss("classification", chance, val_y, weight=weight).mean()) < (
         best + 0.01
     )
+
+
+def test_patience_counts_per_attempt_while_selection_spans_attempts():
+    """A restart whose losses stay above the first attempt's best still has its own patience
+    (it used to be stopped after `patience` epochs by the first attempt's best loss)."""
+    from interfuse.train import TrainingState
+
+    state = TrainingState()
+    for epoch, loss in enumerate([0.5, 0.4, 0.45], start=1):
+        state.epoch = epoch
+        state.record(loss)
+    assert (state.best_loss, state.best_epoch, state.bad_epochs) == (0.4, 2, 1)
+    state.attempt, state.attempt_best, state.bad_epochs = 1, float("inf"), 0  # as _restart does
+    improvements = []
+    for epoch, loss in enumerate([0.9, 0.7, 0.6, 0.39], start=4):
+        state.epoch = epoch
+        improvements.append(state.record(loss))
+    assert state.bad_epochs == 0 and state.attempt_best == 0.39
+    assert improvements == [False, False, False, True]  # only 0.39 beats the first attempt
+    assert state.best_epoch == 7
+    # checkpoints from before per-attempt patience resume with the overall best as the bar
+    old = TrainingState.from_dict({"epoch": 3, "best_loss": 0.4, "best_epoch": 2})
+    assert old.attempt_best == 0.4
+
+
+def test_default_modality_dropout_depends_on_model_and_modalities():
+    from interfuse.train.config import DEFAULT_MODALITY_DROPOUT
+
+    assert TrainConfig().modality_dropout is None
+    assert TrainConfig().modality_dropout_for(3) == DEFAULT_MODALITY_DROPOUT == 0.3
+    assert TrainConfig(model="mnl").modality_dropout_for(2) == 0.3
+    assert TrainConfig().modality_dropout_for(1) == 0.0  # nothing to fall back on
+    assert TrainConfig(model="late").modality_dropout_for(3) == 0.0  # no missing-modality path
+    assert TrainConfig(modality_dropout=0.0).modality_dropout_for(3) == 0.0
+    assert TrainConfig(modality_dropout=0.1).modality_dropout_for(1) == 0.1
+    with pytest.raises(ValueError, match="modality dropout needs a model"):
+        TrainConfig(model="late", modality_dropout=0.2)
+
+
+def test_the_restart_trains_without_dropout(tmp_path):
+    """First attempt: modality dropout 0.3 and the encoders' dropout; the restart (fired because
+    the first attempt, at lr 1e-9, learnt nothing; it used its whole budget) has neither."""
+    import pytorch_lightning as pl
+
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, module):
+            layers = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+            seen.append((module.modality_dropout, [layer.p for layer in layers]))
+
+    task = synthetic_task(make_motif_data([0.9, 0.6, 0.0], n=600, seed=0), seed=0)
+    config = TrainConfig(seed=0, epochs=2, lr=1e-9, restarts=1)
+    result = fit(task, config, tmp_path / "run", progress=False, callbacks=[Spy()])
+    assert result.attempts == 2 and result.epochs_run == 4
+    (first_md, first_p), (second_md, second_p) = seen
+    assert first_md == 0.3 and first_p == [0.25] * 3
+    assert second_md == 0.0 and second_p == [0.0] * 3
+
+
+def test_dropout_layers_draw_from_the_run_seed(tmp_path):
+    """Two runs with the same seed train the same weights whatever the global random state (the
+    encoders' dropout used to draw from the unseeded global generator)."""
+    from interfuse.checkpoint import load_checkpoint
+
+    task = synthetic_task(make_motif_data([0.9, 0.0], n=300, length=30, seed=0), seed=0)
+    config = TrainConfig(seed=0, epochs=1, batch_size=32, restarts=0)
+    weights = []
+    for name, state in (("a", 1), ("b", 2)):
+        torch.manual_seed(state)  # different global states before each run
+        fit(task, config, tmp_path / name, progress=False)
+        weights.append(load_checkpoint(tmp_path / name / "best.safetensors")[0])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

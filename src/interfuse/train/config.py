@@ -22,9 +22,14 @@ from typing import Any
 from ..models import MODELS
 from ..terms import InteractionSpec
 
-__all__ = ["CLASS_WEIGHTS", "RESUMABLE_CHANGES", "TrainConfig"]
+__all__ = ["CLASS_WEIGHTS", "DEFAULT_MODALITY_DROPOUT", "RESUMABLE_CHANGES", "TrainConfig"]
 
 CLASS_WEIGHTS = ("none", "balanced")
+
+DEFAULT_MODALITY_DROPOUT = 0.3
+"""Modality dropout of a run that does not set it (see :meth:`TrainConfig.modality_dropout_for`):
+with it each modality's encoder also learns from the samples that a stronger modality would
+decide alone, so weak modalities' relevance is not understated (docs/training.md)."""
 
 RESUMABLE_CHANGES = frozenset({"epochs", "compile"})
 """Settings that may differ when a run is resumed: ``epochs`` (train longer) and ``compile`` (how
@@ -87,10 +92,11 @@ class TrainConfig:
     restarts: int = field(
         default=1,
         metadata=_help(
-            "When training stopped early and the selected model is not clearly better than "
-            "chance or than its best single modality on validation (the learnt verdict), train "
-            "again from the same initialisation with --restart-lr, up to this many times; the "
-            "best validation loss over all attempts is kept (0: never)."
+            "When the selected model is not clearly better than chance or than its best single "
+            "modality on validation (the learnt verdict), train again from the same "
+            "initialisation with --restart-lr and without dropout (modality and encoder "
+            "dropout), up to this many times; the best validation loss over all attempts is "
+            "kept (0: never)."
         ),
     )
     restart_lr: float = field(
@@ -136,11 +142,13 @@ class TrainConfig:
             "process; P processes with batch b then train as one with batch P·b."
         ),
     )
-    modality_dropout: float = field(
-        default=0.0,
+    modality_dropout: float | None = field(
+        default=None,
         metadata=_help(
             "Drop each modality of each training sample with this probability, so the model "
-            "learns to predict when modalities are missing."
+            "learns to predict from any subset and weak modalities get their own gradient "
+            f"(default: {DEFAULT_MODALITY_DROPOUT:g} for a model with a missing-modality path "
+            "and two or more modalities, else 0; a restart trains without it)."
         ),
     )
 
@@ -198,7 +206,8 @@ class TrainConfig:
                 f"{self.class_weights!r}",
             ),
             (
-                _real(self.modality_dropout) and 0.0 <= self.modality_dropout < 1.0,
+                self.modality_dropout is None
+                or (_real(self.modality_dropout) and 0.0 <= self.modality_dropout < 1.0),
                 f"modality_dropout must be in [0, 1), got {self.modality_dropout}",
             ),
         ]
@@ -216,12 +225,22 @@ class TrainConfig:
             raise ValueError(
                 f"compile applies to the fusion head of intense/mnl, not {self.model!r}"
             )
-        if self.modality_dropout > 0 and not MODELS.get(self.model).masks:
+        if (self.modality_dropout or 0.0) > 0 and not MODELS.get(self.model).masks:
             capable = [n for n in MODELS.names() if MODELS.get(n).masks]
             raise ValueError(
                 f"modality dropout needs a model with a missing-modality path "
                 f"({' or '.join(capable)}), not {self.model!r}"
             )
+
+    def modality_dropout_for(self, modalities: int) -> float:
+        """The modality dropout a run with ``modalities`` modalities trains with:
+        ``modality_dropout`` when set, else :data:`DEFAULT_MODALITY_DROPOUT` for a model with
+        a missing-modality path and at least two modalities, else 0."""
+        if self.modality_dropout is not None:
+            return float(self.modality_dropout)
+        if modalities >= 2 and MODELS.get(self.model).masks:
+            return DEFAULT_MODALITY_DROPOUT
+        return 0.0
 
     @property
     def given(self) -> frozenset[str]:

@@ -17,7 +17,9 @@ with built-in relevance, ``share/<term>`` and ``beta/<term>``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -42,7 +44,10 @@ class FusionModule(pl.LightningModule):
     ``modality_dropout`` drops each modality of each training sample independently with that
     probability (through the model's missing-modality path), so the model learns to predict from
     any subset. The drops of epoch e, batch i are drawn from a generator seeded by
-    ``(seed, e, i)``: a resumed run draws exactly what the uninterrupted run drew.
+    ``(seed, e, i)``, and the model's own random layers (dropout in encoders) draw from the
+    global generator seeded from the same triple for that step (forked, so the caller's random
+    state is left as it was): a run is reproducible from its seed, and a resumed run draws
+    exactly what the uninterrupted run drew.
 
     The training losses (``train_loss``, ``train_task_loss``, ``train_regularizer``) are logged
     once per epoch, at its last batch, as epoch means weighted by batch size — the values
@@ -105,11 +110,12 @@ class FusionModule(pl.LightningModule):
             masks = {m: keep & masks[m] if m in masks else keep for m, keep in dropped.items()}
         model = self.model
         options = {"masks": masks} if masks else {}
-        if self.inputs_checked and isinstance(model, MultimodalModel):
-            with model.finite_inputs():  # scanned once as a whole (see the class doc)
+        with self._step_random(batch_idx):
+            if self.inputs_checked and isinstance(model, MultimodalModel):
+                with model.finite_inputs():  # scanned once as a whole (see the class doc)
+                    prediction = model(inputs, **options).prediction
+            else:
                 prediction = model(inputs, **options).prediction
-        else:
-            prediction = model(inputs, **options).prediction
         loss_task = task_loss(self.task, prediction, targets, self.loss_weight)
         n = len(targets)
         loss = loss_task
@@ -207,12 +213,27 @@ class FusionModule(pl.LightningModule):
             self.log_dict({f"share/{t}": v for t, v in relevance.shares.items()})
             self.log_dict({f"beta/{t}": v for t, v in relevance.beta.items()})
 
+    def _step_seed(self, batch_idx: int) -> int:
+        """The seed of training step ``(epoch, batch_idx)`` of this run."""
+        epoch = self.epoch_offset + self.current_epoch
+        return (self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx
+
+    @contextlib.contextmanager
+    def _step_random(self, batch_idx: int) -> Iterator[None]:
+        """The global random state (dropout layers) seeded for this step and process, and
+        restored afterwards."""
+        device = self.device
+        devices = [device] if device.type == "cuda" else []
+        rank = self.global_rank if self._trainer is not None else 0
+        # a stream apart from the modality drops' generator (seeded by the plain step seed)
+        seed = (self._step_seed(batch_idx) * 1_000_003 + 1 + rank) % (2**63)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
     def dropout_masks(self, batch: int, batch_idx: int) -> dict[str, Tensor]:
         """Presence masks ``{m: bool (B,)}`` with each entry False with probability p."""
-        epoch = self.epoch_offset + self.current_epoch
-        generator = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx
-        )
+        generator = torch.Generator().manual_seed(self._step_seed(batch_idx))
         draws = torch.rand(len(self.model.modalities), batch, generator=generator)
         keep = (draws >= self.modality_dropout).to(self.device)
         return {m: keep[i] for i, m in enumerate(self.model.modalities)}

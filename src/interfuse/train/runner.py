@@ -190,10 +190,27 @@ class TrainingState:
     train_seconds: float = 0.0
     attempt: int = 0
     attempt_start: int = 0
+    attempt_best: float = float("inf")
+
+    def record(self, loss: float) -> bool:
+        """Book the validation loss of the epoch just completed (``epoch``): patience counts
+        epochs without a better loss *of this attempt* (``attempt_best``), while the selected
+        model is the best over all attempts. Returns whether it is that best."""
+        best = loss < self.best_loss
+        if best:
+            self.best_loss, self.best_epoch = loss, self.epoch
+        if loss < self.attempt_best:
+            self.attempt_best, self.bad_epochs = loss, 0
+        else:
+            self.bad_epochs += 1
+        return best
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingState:
-        return cls(**dict(values))
+        values = dict(values)
+        # checkpoints written before restarts kept their own patience: the bar was the best loss
+        values.setdefault("attempt_best", values.get("best_loss", float("inf")))
+        return cls(**values)
 
 
 class RunRecorder(pl.Callback):
@@ -330,12 +347,10 @@ class RunRecorder(pl.Callback):
                 {f"share/{t}": v for t, v in relevance.shares.items()}, rank_zero_only=True
             )
 
-        best = val["loss"] < state.best_loss
+        best = state.record(val["loss"])
         if best:
-            state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], state.epoch, 0
             run.save(BEST)
-        else:
-            state.bad_epochs += 1
+        if state.bad_epochs:
             for group in trainer.optimizers[0].param_groups:  # saved with the optimiser state
                 group["lr"] *= run.config.lr_decay
         if self.echo is not None and run.writer:
@@ -561,7 +576,8 @@ def fit(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     several = devices * num_nodes > 1
-    if strategy in ("ddp", "auto") and several and (partial or config.modality_dropout > 0):
+    dropping = config.modality_dropout_for(len(data.modalities)) > 0
+    if strategy in ("ddp", "auto") and several and (partial or dropping):
         # a modality missing from a whole batch leaves its encoder without gradients
         strategy = "ddp_find_unused_parameters_true"
     trainer_options = {
@@ -682,14 +698,12 @@ def _loss_weight(run: _Run) -> torch.Tensor | None:
 
 
 def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
-    """Whether the attempt stalled: it stopped early (no better validation loss for
-    ``patience`` epochs) and its best model is not clearly learnt (:func:`learnt_verdict` on the
-    validation split), while restarts are left. An attempt that used its whole epoch budget is
-    not restarted (train it longer instead, with ``--resume`` and a larger ``--epochs``); nor is
-    a run with encoder modules passed in (a fresh initialisation cannot be rebuilt from trained
-    modules). In distributed training rank 0 decides and every rank follows."""
+    """Whether the attempt failed: its best model is not clearly learnt (:func:`learnt_verdict`
+    on the validation split), while restarts are left. A run with encoder modules passed in is
+    not restarted (a fresh initialisation cannot be rebuilt from trained modules). In
+    distributed training rank 0 decides and every rank follows."""
     state, config = run.state, run.config
-    if state.attempt >= config.restarts or not state.stopped_early or run.encoders:
+    if state.attempt >= config.restarts or run.encoders:
         return False
     decision = False
     if trainer.is_global_zero and (run.out / BEST).exists():
@@ -701,13 +715,18 @@ def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
 
 
 def _restart(run: _Run) -> None:
-    """A new attempt from the run's initialisation (same seed) with ``restart_lr``; the best
-    validation loss so far stays the bar a new best must beat, so the selection is over all
-    attempts. Saved at once, so an interrupted restart resumes as a restart."""
+    """A new attempt from the run's initialisation (same seed) with ``restart_lr`` and no
+    dropout: the first attempt's dropout (modality dropout, dropout layers in encoders) helps
+    weak modalities' encoders learn, but it can keep a model from finding an interaction whose
+    parts are useless alone (XOR), and those are the runs that end here (BENCHMARKS.md §1.1).
+    The attempt has its own patience (epochs without a better loss *of this attempt*); the
+    best validation loss over all attempts selects the model. Saved at once, so an interrupted
+    restart resumes as a restart."""
     state = run.state
     state.attempt += 1
     state.attempt_start = state.epoch
     state.bad_epochs = 0
+    state.attempt_best = float("inf")
     state.stopped_early = False
     fresh = build_model(run.spec, seed=run.config.seed)
     run.model.load_state_dict(fresh.state_dict())
@@ -715,7 +734,7 @@ def _restart(run: _Run) -> None:
     message = (
         f"restart {state.attempt}: the best model (epoch {state.best_epoch}) is not clearly "
         f"better than chance or its best single modality on validation; training again from "
-        f"the same initialisation with learning rate {run.config.restart_lr:g}"
+        f"the same initialisation with learning rate {run.config.restart_lr:g}, without dropout"
     )
     logger.info(message)
     run.save(LAST)
@@ -840,13 +859,18 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
     remaining = config.epochs - (run.state.epoch - run.state.attempt_start)
     if remaining <= 0 or run.state.stopped_early:
         return
+    if run.state.attempt:
+        _dropout_off(run.model)
     module = FusionModule(
         run.model,
         run.data.task,
         config.lam,
         config.restart_lr if run.state.attempt else config.lr,
         config.weight_decay,
-        modality_dropout=config.modality_dropout,
+        # a restart trains without dropout (see _restart)
+        modality_dropout=0.0
+        if run.state.attempt
+        else config.modality_dropout_for(len(run.data.modalities)),
         seed=config.seed,
         # the same trainer runs every attempt and its epoch counter goes on: the module's epoch
         # (offset + trainer.current_epoch) is the run's epoch, as in a resumed run's new trainer
@@ -889,6 +913,14 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
         raise TrainingInterrupted(recorder.agreed.signum, run.state.epoch, str(run.out / LAST))
     run.state.train_seconds += time.perf_counter() - started
     run.save(LAST, optimizer=trainer.optimizers[0])  # keeps the accumulated time
+
+
+def _dropout_off(model: nn.Module) -> None:
+    """Every dropout layer of ``model`` set to drop nothing (a restart trains without dropout;
+    dropout layers have no parameters, so checkpoints are unchanged)."""
+    for layer in model.modules():
+        if isinstance(layer, nn.modules.dropout._DropoutNd):
+            layer.p = 0.0
 
 
 def finish(run: _Run) -> RunResult:
