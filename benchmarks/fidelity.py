@@ -3,12 +3,13 @@
 Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
 game (``GroundTruth.term_shares``). For every configuration and seed we train with
 ``interfuse.train.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
-rank 8, p = 2, λ = 0.05, lr 3e-3, modality dropout 0.3 and the sequence encoder's dropout
-0.25, one restart at lr 1e-2 without dropout when not learnt, early stopping on validation) and compare the shares of the selected model
-with the truth using ``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1,
-leakage, interaction share), plus test accuracy vs the Bayes-optimal accuracy, the entropy of the
-shares, the number of terms with share > 0.01 and the number of *relevant* terms (truth > 0) that
-the model drops (share < 0.01).
+rank 8, p = 2, λ = 0.01, lr 3e-3, modality dropout 0.3 and the sequence encoder's dropout
+0.25, up to two restarts at lr 1e-2 without dropout when not learnt, early stopping on
+validation) and compare the shares of the selected model with the truth using
+``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1, leakage, interaction share),
+plus test accuracy vs the Bayes-optimal accuracy, the entropy of the shares, the number of terms
+with share > 0.01 and the number of *relevant* terms (truth > 0) that the model drops (share <
+0.01).
 
 Experiments (seed s generates the data, the split and the initialisation):
 

@@ -66,7 +66,7 @@ class TrainConfig:
         default=2.0, metadata=_help("lp-norm of the relevance weights, p >= 1 (1 is sparsest).")
     )
     lam: float = field(
-        default=5e-2, metadata=_help("Strength λ of the group-norm regulariser Ω_p in the loss.")
+        default=1e-2, metadata=_help("Strength λ of the group-norm regulariser Ω_p in the loss.")
     )
     iterbn: bool = field(
         default=True,
@@ -90,7 +90,7 @@ class TrainConfig:
         ),
     )
     restarts: int = field(
-        default=1,
+        default=2,
         metadata=_help(
             "When the selected model is not clearly better than chance or than its best single "
             "modality on validation (the learnt verdict), train again from the same "

@@ -65,7 +65,7 @@ class FusionModule(pl.LightningModule):
         self,
         model: MultimodalModel | nn.Module,
         task: str,
-        lam: float = 5e-2,
+        lam: float = 1e-2,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         modality_dropout: float = 0.0,
