@@ -183,8 +183,9 @@ def test_default_modality_dropout_depends_on_model_and_modalities():
 
 
 def test_the_restart_trains_without_dropout(tmp_path):
-    """First attempt: modality dropout 0.3 and the encoders' dropout; the restart (fired because
-    the first attempt, at lr 1e-9, learnt nothing; it used its whole budget) has neither."""
+    """First attempt: modality dropout 0.3, the encoders' dropout and λ; the restart (fired
+    because the first attempt, at lr 1e-9, learnt nothing; it used its whole budget) has no
+    dropout and restart_lam."""
     import pytorch_lightning as pl
 
     seen = []
@@ -192,15 +193,15 @@ def test_the_restart_trains_without_dropout(tmp_path):
     class Spy(pl.Callback):
         def on_train_start(self, trainer, module):
             layers = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
-            seen.append((module.modality_dropout, [layer.p for layer in layers]))
+            seen.append((module.modality_dropout, [layer.p for layer in layers], module.lam))
 
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.0], n=600, seed=0), seed=0)
     config = TrainConfig(seed=0, epochs=2, lr=1e-9, restarts=1)
     result = fit(task, config, tmp_path / "run", progress=False, callbacks=[Spy()])
     assert result.attempts == 2 and result.epochs_run == 4
-    (first_md, first_p), (second_md, second_p) = seen
-    assert first_md == 0.3 and first_p == [0.25] * 3
-    assert second_md == 0.0 and second_p == [0.0] * 3
+    (first_md, first_p, first_lam), (second_md, second_p, second_lam) = seen
+    assert first_md == 0.3 and first_p == [0.25] * 3 and first_lam == config.lam == 0.01
+    assert second_md == 0.0 and second_p == [0.0] * 3 and second_lam == config.restart_lam == 0.05
 
 
 def test_dropout_layers_draw_from_the_run_seed(tmp_path):

@@ -106,6 +106,14 @@ class TrainConfig:
             "interaction-only signals such as XOR can stall)."
         ),
     )
+    restart_lam: float = field(
+        default=5e-2,
+        metadata=_help(
+            "λ of a restart: a restart trains without dropout, and without that regulariser "
+            "the stronger group-norm penalty keeps it from overfitting before it finds an "
+            "interaction such as XOR."
+        ),
+    )
     weight_decay: float = field(
         default=1e-4,
         metadata=_help("AdamW weight decay of encoders and factors (never of the MNL head)."),
@@ -168,6 +176,10 @@ class TrainConfig:
             (_int(self.rank) and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank}"),
             (_real(self.p) and self.p >= 1, f"p must be >= 1, got {self.p}"),
             (_real(self.lam) and self.lam >= 0, f"lam must be >= 0, got {self.lam}"),
+            (
+                _real(self.restart_lam) and self.restart_lam >= 0,
+                f"restart_lam must be >= 0, got {self.restart_lam}",
+            ),
             (_int(self.epochs) and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (
                 _int(self.batch_size) and self.batch_size >= 2,

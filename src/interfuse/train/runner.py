@@ -715,13 +715,13 @@ def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
 
 
 def _restart(run: _Run) -> None:
-    """A new attempt from the run's initialisation (same seed) with ``restart_lr`` and no
-    dropout: the first attempt's dropout (modality dropout, dropout layers in encoders) helps
-    weak modalities' encoders learn, but it can keep a model from finding an interaction whose
-    parts are useless alone (XOR), and those are the runs that end here (BENCHMARKS.md §1.1).
-    The attempt has its own patience (epochs without a better loss *of this attempt*); the
-    best validation loss over all attempts selects the model. Saved at once, so an interrupted
-    restart resumes as a restart."""
+    """A new attempt from the run's initialisation (same seed) with ``restart_lr``,
+    ``restart_lam`` and no dropout: the first attempt's dropout (modality dropout, dropout
+    layers in encoders) helps weak modalities' encoders learn, but it can keep a model from
+    finding an interaction whose parts are useless alone (XOR), and those are the runs that end
+    here (BENCHMARKS.md §1.1). The attempt has its own patience (epochs without a better loss
+    *of this attempt*); the best validation loss over all attempts selects the model. Saved at
+    once, so an interrupted restart resumes as a restart."""
     state = run.state
     state.attempt += 1
     state.attempt_start = state.epoch
@@ -734,7 +734,8 @@ def _restart(run: _Run) -> None:
     message = (
         f"restart {state.attempt}: the best model (epoch {state.best_epoch}) is not clearly "
         f"better than chance or its best single modality on validation; training again from "
-        f"the same initialisation with learning rate {run.config.restart_lr:g}, without dropout"
+        f"the same initialisation with learning rate {run.config.restart_lr:g}, λ "
+        f"{run.config.restart_lam:g}, without dropout"
     )
     logger.info(message)
     run.save(LAST)
@@ -864,7 +865,7 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
     module = FusionModule(
         run.model,
         run.data.task,
-        config.lam,
+        config.restart_lam if run.state.attempt else config.lam,
         config.restart_lr if run.state.attempt else config.lr,
         config.weight_decay,
         # a restart trains without dropout (see _restart)
