@@ -488,7 +488,8 @@ def _missing_section(result: RunResult) -> str:
         "Each row drops the named modalities for every test sample: their blocks, and those of "
         "every interaction containing them, are replaced by their expectation (interfuse docs: "
         "docs/missing-modalities.md). "
-        "Train with `--modality-dropout P` to make the model robust to this.\n"
+        "Modality dropout in training (`--modality-dropout P`, 0.3 by default) makes the model "
+        "robust to this.\n"
     )
     return intro + "\n" + markdown_table(["missing", *names], rows, "l" + "r" * len(names))
 
