@@ -92,11 +92,12 @@ class TrainConfig:
     restarts: int = field(
         default=2,
         metadata=_help(
-            "When the selected model is not clearly better than chance or than its best single "
-            "modality on validation (the learnt verdict), train again from the same "
-            "initialisation with --restart-lr and without dropout (modality and encoder "
-            "dropout), up to this many times; the best validation loss over all attempts is "
-            "kept (0: never)."
+            "Further attempts from the same initialisation with --restart-lr, --restart-lam and "
+            "without dropout (modality and encoder dropout), the best validation loss over all "
+            "attempts kept: after a first attempt with dropout always one (dropout can hide an "
+            "interaction such as XOR), then while the selected model is not clearly better "
+            "than chance or than its best single modality on validation (the learnt verdict); "
+            "at most this many (0: never)."
         ),
     )
     restart_lr: float = field(

@@ -55,9 +55,9 @@ class FusionModule(pl.LightningModule):
     probability (through the model's missing-modality path), so the model learns to predict from
     any subset. The drops of epoch e, batch i are drawn from a generator seeded by
     ``(seed, e, i)``, and the model's own random layers (dropout in encoders) draw from the
-    global generator seeded from the same triple for that step (forked, so the caller's random
-    state is left as it was): a run is reproducible from its seed, and a resumed run draws
-    exactly what the uninterrupted run drew.
+    device's default generator, seeded from the same triple and the process rank for that step
+    and restored afterwards (the caller's random state is left as it was): a run is reproducible
+    from its seed, and a resumed run draws exactly what the uninterrupted run drew.
 
     The training losses (``train_loss``, ``train_task_loss``, ``train_regularizer``) are logged
     once per epoch, at its last batch, as epoch means weighted by batch size — the values

@@ -626,8 +626,8 @@ def fit(
         run = _Run(data, config, spec, out, resuming, modules, writer=writer)
         recorder.run = run
         _train(run, trainer, recorder, accelerator)
-        while _needs_restart(run, trainer):
-            _restart(run)
+        while (reason := _restart_reason(run, trainer)) is not None:
+            _restart(run, reason)
             _train(run, trainer, recorder, accelerator)
         return _finish_everywhere(run, trainer)
 
@@ -697,31 +697,46 @@ def _loss_weight(run: _Run) -> torch.Tensor | None:
     return balanced_weights(data.task, data.train.targets, data.num_outputs)
 
 
-def _needs_restart(run: _Run, trainer: pl.Trainer) -> bool:
-    """Whether the attempt failed: its best model is not clearly learnt (:func:`learnt_verdict`
-    on the validation split), while restarts are left. A run with encoder modules passed in is
+def _trained_with_dropout(run: _Run) -> bool:
+    """Whether the first attempt drops anything: modalities, or units in a dropout layer."""
+    if run.config.modality_dropout_for(len(run.data.modalities)) > 0:
+        return True
+    return any(
+        isinstance(layer, nn.modules.dropout._DropoutNd) and layer.p > 0
+        for layer in run.model.modules()
+    )
+
+
+def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
+    """Why the run trains another attempt, or ``None``, while restarts are left: after a first
+    attempt with dropout, always (``"without dropout"``: dropout can hide an interaction such
+    as XOR even from a model that learnt other modalities, so the learnt verdict cannot tell);
+    after that, when the best model so far is not clearly learnt (``"not learnt"``,
+    :func:`learnt_verdict` on the validation split). A run with encoder modules passed in is
     not restarted (a fresh initialisation cannot be rebuilt from trained modules). In
     distributed training rank 0 decides and every rank follows."""
     state, config = run.state, run.config
     if state.attempt >= config.restarts or run.encoders:
-        return False
+        return None
+    if state.attempt == 0 and _trained_with_dropout(run):
+        return "without dropout"
     decision = False
     if trainer.is_global_zero and (run.out / BEST).exists():
         best_state, _, _ = load_checkpoint(run.out / BEST)
         run.model.load_state_dict(best_state)
         verdict = learnt_verdict(run.model, run.data, seed=config.seed, weight=_loss_weight(run))
         decision = verdict.status != "learnt"
-    return bool(trainer.strategy.broadcast(decision, src=0))
+    return "not learnt" if trainer.strategy.broadcast(decision, src=0) else None
 
 
-def _restart(run: _Run) -> None:
+def _restart(run: _Run, reason: str) -> None:
     """A new attempt from the run's initialisation (same seed) with ``restart_lr``,
     ``restart_lam`` and no dropout: the first attempt's dropout (modality dropout, dropout
     layers in encoders) helps weak modalities' encoders learn, but it can keep a model from
-    finding an interaction whose parts are useless alone (XOR), and those are the runs that end
-    here (BENCHMARKS.md §1.1). The attempt has its own patience (epochs without a better loss
-    *of this attempt*); the best validation loss over all attempts selects the model. Saved at
-    once, so an interrupted restart resumes as a restart."""
+    finding an interaction whose parts are useless alone (XOR; BENCHMARKS.md §1.1), which is
+    why ``reason`` (see :func:`_restart_reason`) is given. The attempt has its own patience
+    (epochs without a better loss *of this attempt*); the best validation loss over all attempts
+    selects the model. Saved at once, so an interrupted restart resumes as a restart."""
     state = run.state
     state.attempt += 1
     state.attempt_start = state.epoch
@@ -731,11 +746,16 @@ def _restart(run: _Run) -> None:
     fresh = build_model(run.spec, seed=run.config.seed)
     run.model.load_state_dict(fresh.state_dict())
     run.optimizer_state = None
+    why = (
+        "the first attempt trained with dropout, which can hide interactions such as XOR"
+        if reason == "without dropout"
+        else f"the best model (epoch {state.best_epoch}) is not clearly better than chance or "
+        f"its best single modality on validation"
+    )
     message = (
-        f"restart {state.attempt}: the best model (epoch {state.best_epoch}) is not clearly "
-        f"better than chance or its best single modality on validation; training again from "
-        f"the same initialisation with learning rate {run.config.restart_lr:g}, λ "
-        f"{run.config.restart_lam:g}, without dropout"
+        f"restart {state.attempt}: {why}; training again from the same initialisation with "
+        f"learning rate {run.config.restart_lr:g}, λ {run.config.restart_lam:g}, without "
+        f"dropout (validation picks the best attempt)"
     )
     logger.info(message)
     run.save(LAST)
