@@ -46,17 +46,19 @@ def test_no_degree_inflation_with_iterbn(motif_run):
 
 
 def test_degree_inflation_contrast_interaction_share_larger_without_normalisation(tmp_path):
-    """Same data and seed, no true interaction: without IterBN+vBN the interaction blocks take
-    a clearly larger share than with them (small data; measured 0.40 against 0.09)."""
+    """Same data, seed and training (one attempt), no true interaction: without IterBN+vBN the
+    interaction blocks take a clearly larger β share than with them (small data; measured 0.38
+    against 0.15 with λ = 0.01 and dropout, 0.40 against 0.09 with the earlier λ = 0.05 and no
+    dropout)."""
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1500, seed=0), seed=0)
     share = {}
     for on in (True, False):
-        config = TrainConfig(seed=0, epochs=10, iterbn=on, vbn=on)
+        config = TrainConfig(seed=0, epochs=10, iterbn=on, vbn=on, restarts=0)
         with warnings.catch_warnings():  # 10 epochs may stop short of convergence: fine here
             warnings.simplefilter("ignore", NotConverged)
             result = fit(task, config, tmp_path / str(on), progress=False)
         share[on] = interaction_share(result.relevance.shares)
-    assert share[True] < 0.15
+    assert share[True] < 0.2
     assert share[False] > 2 * share[True] and share[False] - share[True] > 0.15
 
 
