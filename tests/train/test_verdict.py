@@ -1,11 +1,14 @@
 """The 'not learnt' verdict (issue 12 item 3): decided on the validation split, printed first."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from interfuse.checkpoint import load_checkpoint
 from interfuse.cli.app import print_run
 from interfuse.data.synthetic import make_motif_data
 from interfuse.data.task import synthetic_task
@@ -13,7 +16,8 @@ from interfuse.explain.trust import bootstrap_means, learnt_verdict
 from interfuse.models import build_model, model_spec
 from interfuse.report import render_report
 from interfuse.results import RunResult
-from interfuse.train import TrainConfig
+from interfuse.train import TrainConfig, TrainingState
+from interfuse.train.config import DEFAULT_MODALITY_DROPOUT
 from interfuse.train.runner import fit
 
 
@@ -148,8 +152,6 @@ def test_a_class_weighted_model_is_judged_against_the_weighted_chance():
 def test_patience_counts_per_attempt_while_selection_spans_attempts():
     """A restart whose losses stay above the first attempt's best still has its own patience
     (it used to be stopped after `patience` epochs by the first attempt's best loss)."""
-    from interfuse.train import TrainingState
-
     state = TrainingState()
     for epoch, loss in enumerate([0.5, 0.4, 0.45], start=1):
         state.epoch = epoch
@@ -169,8 +171,6 @@ def test_patience_counts_per_attempt_while_selection_spans_attempts():
 
 
 def test_default_modality_dropout_depends_on_model_and_modalities():
-    from interfuse.train.config import DEFAULT_MODALITY_DROPOUT
-
     assert TrainConfig().modality_dropout is None
     assert TrainConfig().modality_dropout_for(3) == DEFAULT_MODALITY_DROPOUT == 0.3
     assert TrainConfig(model="mnl").modality_dropout_for(2) == 0.3
@@ -186,8 +186,6 @@ def test_the_restart_trains_without_dropout(tmp_path):
     """First attempt: modality dropout 0.3, the encoders' dropout and λ; the restart (fired
     because the first attempt, at lr 1e-9, learnt nothing; it used its whole budget) has no
     dropout and restart_lam."""
-    import pytorch_lightning as pl
-
     seen = []
 
     class Spy(pl.Callback):
@@ -207,8 +205,6 @@ def test_the_restart_trains_without_dropout(tmp_path):
 def test_dropout_layers_draw_from_the_run_seed(tmp_path):
     """Two runs with the same seed train the same weights whatever the global random state (the
     encoders' dropout used to draw from the unseeded global generator)."""
-    from interfuse.checkpoint import load_checkpoint
-
     task = synthetic_task(make_motif_data([0.9, 0.0], n=300, length=30, seed=0), seed=0)
     config = TrainConfig(seed=0, epochs=1, batch_size=32, restarts=0)
     weights = []
@@ -219,3 +215,23 @@ def test_dropout_layers_draw_from_the_run_seed(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_a_second_attempt_without_dropout_follows_only_a_first_with_dropout(tmp_path):
+    """With dropout (the default) a second attempt always follows, even when the first one is
+    learnt, since dropout can hide an interaction that the verdict cannot see; without any
+    dropout a learnt first attempt is final."""
+    task = synthetic_task(make_motif_data([0.9, 0.7], n=800, length=40, seed=0), seed=0)
+    lines: list[str] = []
+    with_dropout = fit(
+        task, TrainConfig(seed=0, epochs=4), tmp_path / "a", progress=False, log=lines.append
+    )
+    assert with_dropout.verdict.status == "learnt" and with_dropout.attempts == 2
+    assert any(line.startswith("restart 1: epoch") for line in lines)
+    plain = dataclasses.replace(
+        task, encoders={m: {**spec, "dropout": 0.0} for m, spec in task.encoders.items()}
+    )
+    without = fit(
+        plain, TrainConfig(seed=0, epochs=4, modality_dropout=0.0), tmp_path / "b", progress=False
+    )
+    assert without.verdict.status == "learnt" and without.attempts == 1
