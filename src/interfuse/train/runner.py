@@ -701,10 +701,7 @@ def _trained_with_dropout(run: _Run) -> bool:
     """Whether the first attempt drops anything: modalities, or units in a dropout layer."""
     if run.config.modality_dropout_for(len(run.data.modalities)) > 0:
         return True
-    return any(
-        isinstance(layer, nn.modules.dropout._DropoutNd) and layer.p > 0
-        for layer in run.model.modules()
-    )
+    return any(layer.p > 0 for layer in _dropout_layers(run.model))
 
 
 def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
@@ -936,12 +933,16 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
     run.save(LAST, optimizer=trainer.optimizers[0])  # keeps the accumulated time
 
 
+def _dropout_layers(model: nn.Module) -> Iterator[nn.modules.dropout._DropoutNd]:
+    """The dropout layers of ``model`` (``nn.Dropout`` and its 1-3d and alpha variants)."""
+    return (m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd))
+
+
 def _dropout_off(model: nn.Module) -> None:
     """Every dropout layer of ``model`` set to drop nothing (a restart trains without dropout;
     dropout layers have no parameters, so checkpoints are unchanged)."""
-    for layer in model.modules():
-        if isinstance(layer, nn.modules.dropout._DropoutNd):
-            layer.p = 0.0
+    for layer in _dropout_layers(model):
+        layer.p = 0.0
 
 
 def finish(run: _Run) -> RunResult:
