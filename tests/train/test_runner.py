@@ -118,16 +118,18 @@ def test_xor_needs_interactions(xor_task, tmp_path):
     assert results.metrics["test"]["accuracy"] < 0.6  # chance is 0.5
 
 
-def test_run_interrupted_during_a_restart_resumes_to_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("attempt", [1, 2], ids=["restart", "fine-tune"])
+def test_run_interrupted_during_a_restart_resumes_to_the_uninterrupted_run(tmp_path, attempt):
     """Modality dropout draws from (seed, epoch, batch): the restart of an uninterrupted run (whose
     trainer's epoch counter goes on across attempts) must use the run's epoch, as the new trainer
-    of a resumed run does; it used to count the epochs before the restart twice."""
+    of a resumed run does; it used to count the epochs before the restart twice. A run cut in
+    the fine-tune (attempt 2: dropout back on, from the restart's best model) resumes as one."""
 
-    class InterruptRestart(pl.Callback):  # SIGINT in the restart's second epoch
+    class InterruptRestart(pl.Callback):  # SIGINT in the restart's 2nd / the fine-tune's 1st epoch
         def on_train_batch_start(self, trainer, *args):
             recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
             state = recorder.run.state
-            if state.attempt == 1 and state.epoch == state.attempt_start + 1:
+            if state.attempt == attempt and state.epoch == state.attempt_start + 2 - attempt:
                 os.kill(os.getpid(), signal.SIGINT)
 
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1000, seed=0), seed=0)
@@ -149,7 +151,8 @@ def test_run_interrupted_during_a_restart_resumes_to_the_uninterrupted_run(tmp_p
         fit(task, config, tmp_path / "cut", resume=True, progress=False, log=lambda line: None)
     a, meta_a, _ = load_checkpoint(tmp_path / "straight" / "last.safetensors")
     b, meta_b, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
-    assert meta_a["state"]["attempt"] == meta_b["state"]["attempt"] == 1
+    assert meta_a["state"]["attempt"] == meta_b["state"]["attempt"] == 2  # the fine-tune ran
+    assert meta_b["state"]["finetuning"]
     assert meta_a["state"]["best_epoch"] == meta_b["state"]["best_epoch"]
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -18,7 +18,7 @@ from interfuse.report import render_report
 from interfuse.results import RunResult
 from interfuse.train import TrainConfig, TrainingState
 from interfuse.train.config import DEFAULT_MODALITY_DROPOUT
-from interfuse.train.runner import fit
+from interfuse.train.runner import RunRecorder, fit
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,12 @@ def unlearnt(tmp_path_factory):
 
 def test_a_model_that_learnt_nothing_is_restarted_and_the_better_attempt_kept(tmp_path):
     """restarts=1: the first attempt (lr 1e-9) learns nothing, so the run is restarted from the
-    same initialisation with restart_lr; validation picks the restart's model."""
+    same initialisation with restart_lr; validation picks the restart's model (no fine-tune
+    here: at the first attempt's lr 1e-9 it would only add epochs)."""
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.3, 0.0], n=1000, seed=0), seed=0)
-    config = TrainConfig(seed=0, epochs=4, patience=1, lr=1e-9, restarts=1, restart_lr=1e-2)
+    config = TrainConfig(
+        seed=0, epochs=4, patience=1, lr=1e-9, restarts=1, restart_lr=1e-2, dropout_finetune=False
+    )
     lines: list[str] = []
     result = fit(task, config, tmp_path / "run", progress=False, log=lines.append)
     first = next(i for i, line in enumerate(lines) if line.startswith("restart 1:"))
@@ -182,24 +185,65 @@ def test_default_modality_dropout_depends_on_model_and_modalities():
         TrainConfig(model="late", modality_dropout=0.2)
 
 
-def test_the_restart_trains_without_dropout(tmp_path):
+def test_the_restart_trains_without_dropout_and_the_fine_tune_with(tmp_path):
     """First attempt: modality dropout 0.3, the encoders' dropout and λ; the restart (fired
     because the first attempt, at lr 1e-9, learnt nothing; it used its whole budget) has no
-    dropout and restart_lam."""
-    seen = []
+    dropout and restart_lam; validation selects the restart's model, so a fine-tune follows:
+    from that model's weights, with the first attempt's dropout, λ and learning rate."""
+    seen, best = [], []
 
-    class Spy(pl.Callback):
+    class Spy(pl.Callback):  # runs after fit's own recorder, which selects the best epoch
         def on_train_start(self, trainer, module):
             layers = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+            weights = {k: v.clone() for k, v in module.model.state_dict().items()}
             seen.append((module.modality_dropout, [layer.p for layer in layers], module.lam))
+            seen[-1] += (module.lr, weights, best[-1] if best else None)
+
+        def on_train_epoch_end(self, trainer, module):
+            recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
+            if recorder.run.state.best_epoch == recorder.run.state.epoch:
+                best.append({k: v.clone() for k, v in module.model.state_dict().items()})
 
     task = synthetic_task(make_motif_data([0.9, 0.6, 0.0], n=600, seed=0), seed=0)
     config = TrainConfig(seed=0, epochs=2, lr=1e-9, restarts=1)
-    result = fit(task, config, tmp_path / "run", progress=False, callbacks=[Spy()])
-    assert result.attempts == 2 and result.epochs_run == 4
-    (first_md, first_p, first_lam), (second_md, second_p, second_lam) = seen
-    assert first_md == 0.3 and first_p == [0.25] * 3 and first_lam == config.lam == 0.01
-    assert second_md == 0.0 and second_p == [0.0] * 3 and second_lam == config.restart_lam == 0.05
+    lines: list[str] = []
+    result = fit(
+        task, config, tmp_path / "run", progress=False, callbacks=[Spy()], log=lines.append
+    )
+    assert result.attempts == 3 and result.epochs_run >= 5
+    (first, restart, finetune) = seen
+    assert first[:4] == (0.3, [0.25] * 3, config.lam, config.lr) and config.lam == 0.01
+    assert restart[:4] == (0.0, [0.0] * 3, config.restart_lam, config.restart_lr)
+    assert finetune[:4] == (0.3, [0.25] * 3, config.lam, config.lr)
+    assert any(line.startswith("fine-tune: epoch   1/2") for line in lines)
+    # the fine-tune starts from the selected (best) model of the restart, not from scratch
+    starts_at, selected = finetune[4], finetune[5]
+    assert all(torch.equal(starts_at[k], selected[k]) for k in starts_at)
+    assert not torch.equal(starts_at["head.bias"], first[4]["head.bias"])
+
+
+def test_no_fine_tune_when_the_first_attempt_is_selected(tmp_path):
+    """A restart that learns nothing (restart_lr 1e-9) leaves the first attempt's model selected,
+    and that model already trained with dropout: no fine-tune; ``--no-dropout-finetune`` also
+    skips it after a selected restart."""
+    task = synthetic_task(make_motif_data([0.9, 0.6, 0.0], n=600, seed=0), seed=0)
+    lines: list[str] = []
+    kept_first = fit(
+        task,
+        TrainConfig(seed=0, epochs=3, restarts=1, restart_lr=1e-9, restart_lam=0.01),
+        tmp_path / "a",
+        progress=False,
+        log=lines.append,
+    )
+    assert kept_first.attempts == 2 and kept_first.best_epoch <= 3
+    assert not any(line.startswith("fine-tune") for line in lines)
+    off = fit(
+        task,
+        TrainConfig(seed=0, epochs=2, lr=1e-9, restarts=1, dropout_finetune=False),
+        tmp_path / "b",
+        progress=False,
+    )
+    assert off.attempts == 2 and off.best_epoch > 2
 
 
 def test_dropout_layers_draw_from_the_run_seed(tmp_path):
@@ -224,7 +268,11 @@ def test_a_second_attempt_without_dropout_follows_only_a_first_with_dropout(tmp_
     task = synthetic_task(make_motif_data([0.9, 0.7], n=800, length=40, seed=0), seed=0)
     lines: list[str] = []
     with_dropout = fit(
-        task, TrainConfig(seed=0, epochs=4), tmp_path / "a", progress=False, log=lines.append
+        task,
+        TrainConfig(seed=0, epochs=4, dropout_finetune=False),
+        tmp_path / "a",
+        progress=False,
+        log=lines.append,
     )
     assert with_dropout.verdict.status == "learnt" and with_dropout.attempts == 2
     assert any(line.startswith("restart 1: epoch") for line in lines)

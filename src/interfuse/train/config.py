@@ -115,6 +115,17 @@ class TrainConfig:
             "interaction such as XOR."
         ),
     )
+    dropout_finetune: bool = field(
+        default=True,
+        metadata=_help(
+            "When validation selects the model of an attempt without dropout (a restart) "
+            "while the first attempt trained with dropout, train that model once more with "
+            "the first attempt's dropout, learning rate and λ, the best validation loss over "
+            "all attempts kept: the interaction the restart found stays, and dropout "
+            "strengthens the other modalities' encoders (less over-credited interaction, "
+            "less overfitting); --no-dropout-finetune skips it."
+        ),
+    )
     weight_decay: float = field(
         default=1e-4,
         metadata=_help("AdamW weight decay of encoders and factors (never of the MNL head)."),
@@ -229,7 +240,7 @@ class TrainConfig:
                 isinstance(getattr(self, name), bool),
                 f"{name} must be True or False, got {getattr(self, name)!r}",
             )
-            for name in ("iterbn", "vbn", "compile", "sync_stats")
+            for name in ("iterbn", "vbn", "dropout_finetune", "compile", "sync_stats")
         ]
         for ok, message in checks:
             if not ok:

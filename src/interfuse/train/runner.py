@@ -191,6 +191,7 @@ class TrainingState:
     attempt: int = 0
     attempt_start: int = 0
     attempt_best: float = float("inf")
+    finetuning: bool = False
 
     def record(self, loss: float) -> bool:
         """Book the validation loss of the epoch just completed (``epoch``): patience counts
@@ -314,6 +315,8 @@ class RunRecorder(pl.Callback):
         row = {"epoch": state.epoch, **train_metrics}
         if state.attempt:
             row["attempt"] = state.attempt
+        if state.finetuning:
+            row["finetune"] = 1
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
         state.history.append(row)
@@ -357,7 +360,7 @@ class RunRecorder(pl.Callback):
             line = _epoch_line(
                 state.epoch - state.attempt_start, run.config.epochs, row, best, self.started
             )
-            self.echo(f"restart {state.attempt}: {line}" if state.attempt else line)
+            self.echo(f"{_attempt_label(state)}: {line}" if state.attempt else line)
         if state.bad_epochs >= run.config.patience:
             state.stopped_early = True
             trainer.should_stop = True
@@ -415,6 +418,8 @@ class _Run:
             self.state = TrainingState.from_dict(header["state"])
         else:
             self.model = build_model(spec, seed=config.seed, encoders=encoders)
+        # the encoders' dropout rates as built (a restart switches them off, a fine-tune back on)
+        self.dropout_rates = [layer.p for layer in _dropout_layers(self.model)]
         if isinstance(self.model, MultimodalModel):
             self.model.compile_fusion = config.compile
         set_sync_stats(self.model, config.sync_stats)
@@ -627,7 +632,7 @@ def fit(
         recorder.run = run
         _train(run, trainer, recorder, accelerator)
         while (reason := _restart_reason(run, trainer)) is not None:
-            _restart(run, reason)
+            _restart(run, trainer, reason)
             _train(run, trainer, recorder, accelerator)
         return _finish_everywhere(run, trainer)
 
@@ -701,59 +706,103 @@ def _trained_with_dropout(run: _Run) -> bool:
     """Whether the first attempt drops anything: modalities, or units in a dropout layer."""
     if run.config.modality_dropout_for(len(run.data.modalities)) > 0:
         return True
-    return any(layer.p > 0 for layer in _dropout_layers(run.model))
+    return any(p > 0 for p in run.dropout_rates)
+
+
+def _attempt_label(state: TrainingState) -> str:
+    """How progress lines and messages name the current attempt after the first."""
+    return "fine-tune" if state.finetuning else f"restart {state.attempt}"
+
+
+def _selected_attempt(state: TrainingState) -> int:
+    """The attempt (0 = the first) whose model validation has selected so far."""
+    rows = (row for row in state.history if row.get("epoch") == state.best_epoch)
+    return int(next(rows, {}).get("attempt", 0))
 
 
 def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
-    """Why the run trains another attempt, or ``None``, while restarts are left: after a first
+    """Why the run trains another attempt, or ``None``. While restarts are left: after a first
     attempt with dropout, always (``"without dropout"``: dropout can hide an interaction such
     as XOR even from a model that learnt other modalities, so the learnt verdict cannot tell);
     after that, when the best model so far is not clearly learnt (``"not learnt"``,
-    :func:`learnt_verdict` on the validation split). A run with encoder modules passed in is
-    not restarted (a fresh initialisation cannot be rebuilt from trained modules). In
-    distributed training rank 0 decides and every rank follows."""
+    :func:`learnt_verdict` on the validation split). Then, once, ``"fine-tune"`` (with
+    ``dropout_finetune``) when validation selected a model of an attempt without dropout
+    while the first attempt had dropout. A run with encoder modules passed in is not
+    restarted (a fresh initialisation cannot be rebuilt from trained modules). In distributed
+    training rank 0 decides and every rank follows."""
     state, config = run.state, run.config
-    if state.attempt >= config.restarts or run.encoders:
+    if state.finetuning or run.encoders:
         return None
-    if state.attempt == 0 and _trained_with_dropout(run):
-        return "without dropout"
-    decision = False
-    if trainer.is_global_zero and (run.out / BEST).exists():
-        best_state, _, _ = load_checkpoint(run.out / BEST)
-        run.model.load_state_dict(best_state)
-        verdict = learnt_verdict(run.model, run.data, seed=config.seed, weight=_loss_weight(run))
-        decision = verdict.status != "learnt"
-    return "not learnt" if trainer.strategy.broadcast(decision, src=0) else None
+    if state.attempt < config.restarts:
+        if state.attempt == 0 and _trained_with_dropout(run):
+            return "without dropout"
+        decision = False
+        if trainer.is_global_zero and (run.out / BEST).exists():
+            best_state, _, _ = load_checkpoint(run.out / BEST)
+            run.model.load_state_dict(best_state)
+            verdict = learnt_verdict(
+                run.model, run.data, seed=config.seed, weight=_loss_weight(run)
+            )
+            decision = verdict.status != "learnt"
+        if trainer.strategy.broadcast(decision, src=0):
+            return "not learnt"
+    if (
+        config.dropout_finetune
+        and state.attempt > 0
+        and _selected_attempt(state) > 0
+        and _trained_with_dropout(run)
+    ):
+        return "fine-tune"
+    return None
 
 
-def _restart(run: _Run, reason: str) -> None:
-    """A new attempt from the run's initialisation (same seed) with ``restart_lr``,
-    ``restart_lam`` and no dropout: the first attempt's dropout (modality dropout, dropout
-    layers in encoders) helps weak modalities' encoders learn, but it can keep a model from
-    finding an interaction whose parts are useless alone (XOR; BENCHMARKS.md §1.1), which is
-    why ``reason`` (see :func:`_restart_reason`) is given. The attempt has its own patience
-    (epochs without a better loss *of this attempt*); the best validation loss over all attempts
-    selects the model. Saved at once, so an interrupted restart resumes as a restart."""
+def _restart(run: _Run, trainer: pl.Trainer, reason: str) -> None:
+    """The next attempt (see :func:`_restart_reason` for when and why). A restart starts from
+    the run's initialisation (same seed) with ``restart_lr``, ``restart_lam`` and no dropout:
+    the first attempt's dropout (modality dropout, dropout layers in encoders) helps weak
+    modalities' encoders learn, but it can keep a model from finding an interaction whose
+    parts are useless alone (XOR; BENCHMARKS.md §1.1). The fine-tune starts from the selected
+    model of such an attempt and trains it with the first attempt's dropout, ``lr`` and
+    ``lam``: the interaction stays found, and dropout now strengthens the other modalities'
+    encoders, which the attempt without dropout left weak (an over-credited interaction,
+    overfitting). Every attempt has its own patience (epochs without a better loss *of this
+    attempt*); the best validation loss over all attempts selects the model. Saved at once,
+    so an interrupted attempt resumes as that attempt."""
     state = run.state
     state.attempt += 1
     state.attempt_start = state.epoch
     state.bad_epochs = 0
     state.attempt_best = float("inf")
     state.stopped_early = False
-    fresh = build_model(run.spec, seed=run.config.seed)
-    run.model.load_state_dict(fresh.state_dict())
     run.optimizer_state = None
-    why = (
-        "the first attempt trained with dropout, which can hide interactions such as XOR"
-        if reason == "without dropout"
-        else f"the best model (epoch {state.best_epoch}) is not clearly better than chance or "
-        f"its best single modality on validation"
-    )
-    message = (
-        f"restart {state.attempt}: {why}; training again from the same initialisation with "
-        f"learning rate {run.config.restart_lr:g}, λ {run.config.restart_lam:g}, without "
-        f"dropout (validation picks the best attempt)"
-    )
+    config = run.config
+    if reason == "fine-tune":
+        state.finetuning = True
+        if trainer.is_global_zero:
+            best_state, _, _ = load_checkpoint(run.out / BEST)
+            run.model.load_state_dict(best_state)
+        if trainer.world_size > 1:  # rank 0's file may not be on other nodes: send its weights
+            for tensor in run.model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        message = (
+            f"fine-tune: validation selected the model of epoch {state.best_epoch}, trained "
+            f"without dropout; training it further with the first attempt's dropout, learning "
+            f"rate {config.lr:g} and λ {config.lam:g} (validation picks the best attempt)"
+        )
+    else:
+        fresh = build_model(run.spec, seed=config.seed)
+        run.model.load_state_dict(fresh.state_dict())
+        why = (
+            "the first attempt trained with dropout, which can hide interactions such as XOR"
+            if reason == "without dropout"
+            else f"the best model (epoch {state.best_epoch}) is not clearly better than chance "
+            f"or its best single modality on validation"
+        )
+        message = (
+            f"restart {state.attempt}: {why}; training again from the same initialisation with "
+            f"learning rate {config.restart_lr:g}, λ {config.restart_lam:g}, without "
+            f"dropout (validation picks the best attempt)"
+        )
     logger.info(message)
     run.save(LAST)
 
@@ -877,18 +926,16 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
     remaining = config.epochs - (run.state.epoch - run.state.attempt_start)
     if remaining <= 0 or run.state.stopped_early:
         return
-    if run.state.attempt:
-        _dropout_off(run.model)
+    # a restart trains without dropout, the first attempt and the fine-tune with (see _restart)
+    restart = run.state.attempt > 0 and not run.state.finetuning
+    _set_dropout(run.model, [0.0] * len(run.dropout_rates) if restart else run.dropout_rates)
     module = FusionModule(
         run.model,
         run.data.task,
-        config.restart_lam if run.state.attempt else config.lam,
-        config.restart_lr if run.state.attempt else config.lr,
+        config.restart_lam if restart else config.lam,
+        config.restart_lr if restart else config.lr,
         config.weight_decay,
-        # a restart trains without dropout (see _restart)
-        modality_dropout=0.0
-        if run.state.attempt
-        else config.modality_dropout_for(len(run.data.modalities)),
+        modality_dropout=0.0 if restart else config.modality_dropout_for(len(run.data.modalities)),
         seed=config.seed,
         # the same trainer runs every attempt and its epoch counter goes on: the module's epoch
         # (offset + trainer.current_epoch) is the run's epoch, as in a resumed run's new trainer
@@ -938,11 +985,12 @@ def _dropout_layers(model: nn.Module) -> Iterator[nn.modules.dropout._DropoutNd]
     return (m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd))
 
 
-def _dropout_off(model: nn.Module) -> None:
-    """Every dropout layer of ``model`` set to drop nothing (a restart trains without dropout;
-    dropout layers have no parameters, so checkpoints are unchanged)."""
-    for layer in _dropout_layers(model):
-        layer.p = 0.0
+def _set_dropout(model: nn.Module, rates: list[float]) -> None:
+    """Set the rate of every dropout layer of ``model``, in :func:`_dropout_layers` order (a
+    restart switches them off, a fine-tune back on; dropout layers have no parameters, so
+    checkpoints are unchanged)."""
+    for layer, rate in zip(_dropout_layers(model), rates, strict=True):
+        layer.p = rate
 
 
 def finish(run: _Run) -> RunResult:
