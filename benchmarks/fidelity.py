@@ -27,6 +27,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,6 +257,7 @@ def run_one(dataset: str, overrides: dict[str, Any], seed: int, settings: dict[s
         "headline": results.estimates.headline if results.estimates else None,
         "verdict": results.verdict.status if results.verdict else None,
         "attempts": results.attempts,
+        "selected_attempt": results.selected_attempt,
         "truth": dict(truth.term_shares),
         "epochs_run": results.epochs_run,
         "best_epoch": results.best_epoch,
@@ -548,10 +550,13 @@ def render_old_vs_new(old: dict[str, Any], new: dict[str, Any]) -> str:
                     pm(s["test_accuracy"]),
                     "—",
                     "—",
+                    "—",
                 ]
             )
         accuracy = pm(e["summary"]["test_accuracy"])
         attempts = sum(r.get("attempts", 1) > 1 for r in e["runs"])
+        selected = Counter(r.get("selected_attempt") or "?" for r in e["runs"])
+        kept = ", ".join(f"{label} {count}" for label, count in sorted(selected.items()))
         for name, est in e.get("estimators", {}).items():
             s = est["summary"]
             rows.append(
@@ -563,6 +568,7 @@ def render_old_vs_new(old: dict[str, Any], new: dict[str, Any]) -> str:
                     pm(s["spearman"], 2),
                     accuracy,
                     f"{attempts}/{len(e['runs'])}",
+                    kept,
                     f"{e['learnt']}/{len(e['runs'])}",
                 ]
             )
@@ -575,6 +581,7 @@ def render_old_vs_new(old: dict[str, Any], new: dict[str, Any]) -> str:
             "Spearman ρ",
             "test acc",
             "restarted",
+            "model selected from",
             "learnt (verdict)",
         ],
         rows,

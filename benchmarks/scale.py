@@ -284,9 +284,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         with PeakRss() as rss:
             written = write_dataset(folder, settings["n"], settings["holdout"])
         written["peak_rss_bytes"] = rss.peak
-        written["statistics_pass_s"], written["statistics_peak_rss_bytes"] = statistics_pass(
-            folder
-        )
+        written["statistics_pass_s"], written["statistics_peak_rss_bytes"] = statistics_pass(folder)
         processes = settings.get("processes", [1, 2])
         training = [train(folder, devices, settings, scratch) for devices in processes]
     payload = {

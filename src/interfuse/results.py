@@ -388,8 +388,11 @@ class RunResult:
         estimates: every registered relevance estimator with intervals and verdicts, and the
             headline (:class:`RelevanceEstimates`); ``None`` for models without an MNL head
             and for results of schema ``interfuse-run/2``.
-        attempts: training attempts (1 + the restarts that fired, see ``TrainConfig.restarts``);
-            the selected model is the best on validation over all of them.
+        attempts: training attempts (1 + the restarts that fired, see ``TrainConfig.restarts``,
+            + the fine-tune, see ``TrainConfig.dropout_finetune``); the selected model is the
+            best on validation over all of them.
+        selected_attempt: the attempt of the selected model: ``"first"``, ``"restart k"`` or
+            ``"fine-tune"``; ``None`` for results written before it was recorded.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -412,6 +415,7 @@ class RunResult:
     relevance_evidence: RelevanceEvidence | None = None
     estimates: RelevanceEstimates | None = None
     attempts: int = 1
+    selected_attempt: str | None = None
     schema: str = SCHEMA
 
     @property

@@ -216,6 +216,9 @@ def test_the_restart_trains_without_dropout_and_the_fine_tune_with(tmp_path):
     assert restart[:4] == (0.0, [0.0] * 3, config.restart_lam, config.restart_lr)
     assert finetune[:4] == (0.3, [0.25] * 3, config.lam, config.lr)
     assert any(line.startswith("fine-tune: epoch   1/2") for line in lines)
+    assert result.selected_attempt == "fine-tune"  # it improved on the restart here
+    assert RunResult.from_json(result.to_json()).selected_attempt == "fine-tune"
+    assert "(attempt: fine-tune, of 3)" in render_report(result, tmp_path / "run").read_text()
     # the fine-tune starts from the selected (best) model of the restart, not from scratch
     starts_at, selected = finetune[4], finetune[5]
     assert all(torch.equal(starts_at[k], selected[k]) for k in starts_at)
@@ -236,6 +239,7 @@ def test_no_fine_tune_when_the_first_attempt_is_selected(tmp_path):
         log=lines.append,
     )
     assert kept_first.attempts == 2 and kept_first.best_epoch <= 3
+    assert kept_first.selected_attempt == "first"
     assert not any(line.startswith("fine-tune") for line in lines)
     off = fit(
         task,
@@ -243,7 +247,7 @@ def test_no_fine_tune_when_the_first_attempt_is_selected(tmp_path):
         tmp_path / "b",
         progress=False,
     )
-    assert off.attempts == 2 and off.best_epoch > 2
+    assert off.attempts == 2 and off.best_epoch > 2 and off.selected_attempt == "restart 1"
 
 
 def test_dropout_layers_draw_from_the_run_seed(tmp_path):

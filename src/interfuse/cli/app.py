@@ -178,8 +178,13 @@ def print_run(title: str, result: RunResult, out: Path) -> None:
     if result.verdict is not None:
         click.echo(result.verdict.headline)
     click.echo(
-        f"{line}; best epoch {result.best_epoch} of {result.epochs_run}, "
-        f"{result.train_seconds:.0f} s"
+        f"{line}; best epoch {result.best_epoch} of {result.epochs_run}"
+        + (
+            f" ({result.selected_attempt})"
+            if result.selected_attempt is not None and result.attempts > 1
+            else ""
+        )
+        + f", {result.train_seconds:.0f} s"
     )
     if result.relevance is not None and result.estimates is not None:
         click.echo(estimates_text(result.estimates))

@@ -536,7 +536,12 @@ def _metrics_section(result: RunResult) -> str:
         rows = [[name, fmt(val.get(name), 4), fmt(test.get(name), 4)] for name in names]
         text += markdown_table(["metric", "val", "test"], rows, align="lrr") + "\n"
     facts = [
-        f"Best epoch: {result.best_epoch} of {result.epochs_run} run."
+        f"Best epoch: {result.best_epoch} of {result.epochs_run} run"
+        + (
+            f" (attempt: {result.selected_attempt}, of {result.attempts})."
+            if result.selected_attempt is not None and result.attempts > 1
+            else "."
+        )
         + (
             ""
             if result.converged

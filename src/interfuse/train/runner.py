@@ -714,10 +714,21 @@ def _attempt_label(state: TrainingState) -> str:
     return "fine-tune" if state.finetuning else f"restart {state.attempt}"
 
 
+def _selected_row(state: TrainingState) -> Mapping[str, float]:
+    """The history row of the epoch whose model validation has selected so far."""
+    return next((row for row in state.history if row.get("epoch") == state.best_epoch), {})
+
+
 def _selected_attempt(state: TrainingState) -> int:
     """The attempt (0 = the first) whose model validation has selected so far."""
-    rows = (row for row in state.history if row.get("epoch") == state.best_epoch)
-    return int(next(rows, {}).get("attempt", 0))
+    return int(_selected_row(state).get("attempt", 0))
+
+
+def _selected_label(state: TrainingState) -> str:
+    """``"first"``, ``"restart k"`` or ``"fine-tune"``: the attempt of the selected model."""
+    row = _selected_row(state)
+    attempt = int(row.get("attempt", 0))
+    return "fine-tune" if row.get("finetune") else f"restart {attempt}" if attempt else "first"
 
 
 def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
@@ -1011,6 +1022,7 @@ def finish(run: _Run) -> RunResult:
         best_epoch=run.state.best_epoch,
         epochs_run=run.state.epoch,
         attempts=run.state.attempt + 1,
+        selected_attempt=_selected_label(run.state),
         stopped_early=run.state.stopped_early,
         train_seconds=round(run.state.train_seconds, 2),
         missing_modalities=missing_modality_metrics(run.model, data) if run.entry.masks else None,
