@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("fidelity", "accuracy", "speed", "throughput")
@@ -173,3 +174,16 @@ def test_alone_bits_trains_on_one_modality_of_the_same_splits():
     assert list(only.encoders) == ["m1"] and only.ground_truth is None
     bits = alone_bits(task, "m0", TrainConfig(epochs=1, seed=0))
     assert math.isfinite(bits) and bits <= 1.0
+
+
+def test_interval_calibration_draws_samples_the_run_never_saw():
+    """The calibration's fresh samples: same generator (motifs), none of the run's sequences."""
+    from benchmarks.fidelity import DATASETS
+    from benchmarks.interval_calibration import _fresh_samples
+
+    fresh = _fresh_samples("motif3", 300, 0, 200)
+    data = DATASETS["motif3"].make(300, 0)
+    assert len(fresh) == 200 and fresh.targets.dtype == torch.int64
+    for m, x in data.one_hot().items():
+        seen = {row.tobytes() for row in x}
+        assert not any(row.numpy().tobytes() in seen for row in fresh.inputs[m]), m
