@@ -94,8 +94,8 @@ __all__ = [
 
 HEADLINE = "shapley_refit"
 """The estimator the report leads with: the most faithful in the fidelity suite (lowest mean L1
-to the ground truth over the eight configurations, 0.18 vs 0.22 for ``shapley``, 0.33 for
-``variance`` and 0.37 for ``beta``; BENCHMARKS.md §1 gives the numbers)."""
+to the ground truth over its eight configurations: 0.084 vs 0.097 for ``shapley``, 0.19 for
+``variance`` and 0.37 for ``beta``; BENCHMARKS.md §1.1 gives the numbers)."""
 
 MARGIN = 0.01
 """Practical-relevance margin: a term is "relevant" only if its share clearly exceeds this."""
