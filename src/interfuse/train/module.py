@@ -54,7 +54,9 @@ class FusionModule(pl.LightningModule):
     ``modality_dropout`` drops each modality of each training sample independently with that
     probability (through the model's missing-modality path), so the model learns to predict from
     any subset. The drops of epoch e, batch i are drawn from a generator seeded by
-    ``(seed, e, i)``, and the model's own random layers (dropout in encoders) draw from the
+    ``(seed, e, i)`` for the global batch of all processes (each takes its own samples' drops,
+    so distributed training drops what one process with the whole batch would), and the model's
+    own random layers (dropout in encoders) draw from the
     device's default generator, seeded from the same triple and the process rank for that step
     and restored afterwards (the caller's random state is left as it was): a run is reproducible
     from its seed, and a resumed run draws exactly what the uninterrupted run drew.
@@ -251,9 +253,17 @@ class FusionModule(pl.LightningModule):
             generator.set_state(state)
 
     def dropout_masks(self, batch: int, batch_idx: int) -> dict[str, Tensor]:
-        """Presence masks ``{m: bool (B,)}`` with each entry False with probability p."""
+        """Presence masks ``{m: bool (B,)}`` with each entry False with probability p.
+
+        Drawn for the *global* batch of the step (``world_size × B`` samples, in the order in
+        which the distributed sampler gives rank r the samples ``r·B … (r+1)·B − 1``), of which
+        this process takes its own columns: P processes with batch B drop exactly what one
+        process with batch P·B drops (one process: the draws are unchanged)."""
+        trainer = self._trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         generator = torch.Generator().manual_seed(self._step_seed(batch_idx))
-        draws = torch.rand(len(self.model.modalities), batch, generator=generator)
+        draws = torch.rand(len(self.model.modalities), world * batch, generator=generator)
+        draws = draws[:, rank * batch : (rank + 1) * batch]
         keep = (draws >= self.modality_dropout).to(self.device)
         return {m: keep[i] for i, m in enumerate(self.model.modalities)}
 
