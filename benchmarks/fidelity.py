@@ -63,40 +63,42 @@ DROP_THRESHOLD = 0.01
 @dataclass(frozen=True)
 class Dataset:
     title: str
-    make: Callable[[int, int], Any]  # (n, seed) -> SyntheticData
+    make: Callable[..., Any]  # (n, seed, **generator options, e.g. motifs) -> SyntheticData
 
 
-def _motif(probs: list[float]) -> Callable[[int, int], Any]:
-    def make(n: int, seed: int) -> Any:
+def _motif(probs: list[float]) -> Callable[..., Any]:
+    def make(n: int, seed: int, **options: Any) -> Any:
         from interfuse.data import make_motif_data
 
-        return make_motif_data(probs, n=n, seed=seed)
+        return make_motif_data(probs, n=n, seed=seed, **options)
 
     return make
 
 
-def _xor(n: int, seed: int) -> Any:
+def _xor(n: int, seed: int, **options: Any) -> Any:
     from interfuse.data import make_xor_data
 
-    return make_xor_data(3, (0, 1), n=n, seed=seed)
+    return make_xor_data(3, (0, 1), n=n, seed=seed, **options)
 
 
-def _mixed(n: int, seed: int) -> Any:
+def _mixed(n: int, seed: int, **options: Any) -> Any:
     from interfuse.data import make_synthetic
 
-    return make_synthetic([0.5, 0.0, 0.0, 0.0], xor_pair=(1, 2), xor_prob=0.8, n=n, seed=seed)
+    return make_synthetic(
+        [0.5, 0.0, 0.0, 0.0], xor_pair=(1, 2), xor_prob=0.8, n=n, seed=seed, **options
+    )
 
 
 REDUNDANT_SOURCES = {"m0": "a", "m1": "a", "m2": "b", "m3": "c"}
 REDUNDANT_PROBS = {"a": 0.8, "b": 0.4, "c": 0.0}
 
 
-def _redundant(n: int, seed: int) -> Any:
+def _redundant(n: int, seed: int, **options: Any) -> Any:
     """Motif data (0.8, -, 0.4, 0) where m1 is an exact copy of m0, with its Shapley truth."""
     from interfuse.data import make_motif_data
     from interfuse.games import coalition_values, shapley_values
 
-    data = make_motif_data([0.8, 0.0, 0.4, 0.0], n=n, seed=seed)
+    data = make_motif_data([0.8, 0.0, 0.4, 0.0], n=n, seed=seed, **options)
     data.codes["m1"] = data.codes["m0"].copy()
     names = list(REDUNDANT_SOURCES)
 

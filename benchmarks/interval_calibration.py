@@ -8,7 +8,8 @@ itself is biased (it learnt less from a weak modality than the modality holds). 
 separates the two for one trained model:
 
 * **population share of the model** — the estimator on ``--population`` fresh samples from the
-  same generator (same motifs, new sequences and labels; none of them in the run's data);
+  same generator (same motifs, new sequences and labels from independent random streams; none
+  of them in the run's data);
 * for ``--chunks`` further disjoint sets of fresh samples of the validation split's size, the
   interval computed exactly as a run computes it, and whether it holds the population share
   (the interval's own claim) and the ground truth (the fidelity suite's check).
@@ -39,23 +40,27 @@ ESTIMATORS = ("variance", "shapley", "shapley_refit")
 """The estimators with intervals (β has none)."""
 
 
+FRESH_SEED = 1_000_003
+"""Offset of the generator seed of the fresh samples (independent random streams)."""
+
+
 def _fresh_samples(dataset: str, n: int, seed: int, count: int) -> TensorData:
-    """``count`` new samples of the generator of ``(dataset, n, seed)``: a larger draw with the
-    same seed has the same motifs, and its first ``n`` rows repeat the run's labels and, for
-    some modalities, its sequences, so only rows ``n, n+1, …`` are used; none of their
+    """``count`` new samples of the generator of ``(dataset, n, seed)``: the same motifs, from
+    independent random streams (another seed; a larger draw with the same seed would continue
+    the run's streams, whose numbers decided the run's motif insertions). None of their
     sequences may equal one of the run's (checked, per modality)."""
     data = DATASETS[dataset].make(n, seed)
-    big = DATASETS[dataset].make(n + count, seed)
-    if big.motifs != data.motifs:
-        raise SystemExit(f"{dataset}: a larger draw of seed {seed} has other motifs")
+    fresh = DATASETS[dataset].make(count, seed + FRESH_SEED, motifs=data.motifs)
+    if fresh.motifs != data.motifs:
+        raise SystemExit(f"{dataset}: the fresh samples have other motifs")
     for m in data.modalities:
         seen = {row.tobytes() for row in data.codes[m]}
-        repeats = sum(row.tobytes() in seen for row in big.codes[m][n:])
+        repeats = sum(row.tobytes() in seen for row in fresh.codes[m])
         if repeats:
             raise SystemExit(f"{dataset}: {repeats} new {m} sequences repeat a training sequence")
-    one_hot = big.one_hot()
-    inputs = {m: torch.from_numpy(one_hot[m][n:]) for m in data.modalities}
-    return TensorData(inputs, torch.from_numpy(np.asarray(big.labels[n:], dtype=np.int64)))
+    one_hot = fresh.one_hot()
+    inputs = {m: torch.from_numpy(one_hot[m]) for m in data.modalities}
+    return TensorData(inputs, torch.from_numpy(np.asarray(fresh.labels, dtype=np.int64)))
 
 
 def calibration_rows(
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         "--population", type=int, default=12000, help="fresh samples for the model's own share"
     )
     args = parser.parse_args(argv)
+    if args.chunks < 1 or args.population < 1:
+        parser.error("--chunks and --population must be at least 1")
     set_threads(1)
     quiet_lightning()
     rows = [r for s in args.seeds for r in calibration_rows(args.dataset, s, args.chunks,

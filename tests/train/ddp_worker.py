@@ -6,6 +6,8 @@ when training ends, writes this rank's model state (``DUMP/rank<r>.safetensors``
 (``DUMP/rank<r>.json``). ``--term-at E``: rank 1 (rank 0 when alone) sends itself SIGTERM when
 epoch E (0-based) starts. Exits with the status the command line would use for an interrupt.
 
+``--finetune``: a first attempt at lr 1e-9, so that the restart wins and the fine-tune runs.
+
 ``--step-check OUT.json`` (2 processes): after training, in the same gloo process group, one
 training step of an MNL model on a batch of 2b samples in one process against the two halves on
 the two ranks (with and without ``sync_stats``, with and without presence masks); rank 0 writes
@@ -142,6 +144,9 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--step-check", type=Path, default=None)
+    parser.add_argument(
+        "--finetune", action="store_true", help="lr 1e-9: a restart wins, then the fine-tune runs"
+    )
     args = parser.parse_args()
     task = _task()
     config = TrainConfig(
@@ -153,7 +158,7 @@ def main() -> None:
         seed=0,
         # drawn for the global batch: the two processes drop what the single one drops
         modality_dropout=0.3,
-        restarts=0,
+        **({"restarts": 1, "lr": 1e-9} if args.finetune else {"restarts": 0}),
     )
     distributed = args.devices * args.num_nodes > 1
     try:

@@ -162,6 +162,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--step-check",
             str(root / "step.json"),
         ),
+        "finetune": launch(
+            str(root / "finetune"),
+            str(root / "finetune-dump"),
+            "--devices",
+            "2",
+            "--epochs",
+            "2",
+            "--finetune",
+        ),
         **nodes("--term-at", "1"),
     }
     # the interrupted nodes first, so that their resume runs while the others still train
@@ -227,6 +236,21 @@ def test_two_processes_train_as_one_with_the_double_batch(runs: Path) -> None:
     history = (runs / "ddp" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 3
     assert json.loads((runs / "ddp" / RESULTS).read_text())["epochs_run"] == 3
+
+
+def test_the_fine_tune_starts_every_rank_from_rank_0s_selected_model(runs: Path) -> None:
+    """Two processes: both ranks take the same decisions (the restart wins, the fine-tune
+    follows, validation selects it) and train in step (identical weights and relevance at the
+    end). (DDP also copies rank 0's weights into every rank when the fine-tune's trainer wraps
+    the model, so this does not tell who sent the selected model.)"""
+    result = json.loads((runs / "finetune" / RESULTS).read_text())
+    assert result["attempts"] == 3 and result["selected_attempt"] == "fine-tune"
+    ranks = states(runs / "finetune-dump")
+    assert sorted(ranks) == [0, 1]
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    shares = relevance(runs / "finetune-dump")
+    assert shares[0] == shares[1]
 
 
 def test_two_nodes_sigterm_on_one_rank_stops_both_and_resume_continues_exactly(

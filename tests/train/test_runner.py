@@ -1,6 +1,7 @@
 """End to end on the synthetic DNA experiment (seeded; docs/data.md §2–§3): relevance finds the
 ground truth."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -156,6 +157,32 @@ def test_run_interrupted_during_a_restart_resumes_to_the_uninterrupted_run(tmp_p
     assert meta_a["state"]["best_epoch"] == meta_b["state"]["best_epoch"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_dropout_finetune_may_change_on_resume(tmp_path):
+    """Turned on when a finished run (its restart selected) is resumed, the fine-tune runs; turned
+    off when a run cut in its fine-tune is resumed, the run stops there."""
+    task = synthetic_task(make_motif_data([0.9, 0.6, 0.0], n=600, seed=0), seed=0)
+    config = TrainConfig(seed=0, epochs=2, lr=1e-9, restarts=1, dropout_finetune=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = fit(task, config, tmp_path / "a", progress=False, log=lambda line: None)
+        assert (off.attempts, off.selected_attempt) == (2, "restart 1")
+        on = dataclasses.replace(config, dropout_finetune=True)
+        later = fit(task, on, tmp_path / "a", resume=True, progress=False, log=lambda line: None)
+        assert later.attempts == 3 and later.epochs_run > off.epochs_run
+
+        class InterruptFinetune(pl.Callback):  # SIGINT in the fine-tune's first epoch
+            def on_train_batch_start(self, trainer, *args):
+                recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
+                if recorder.run.state.finetuning:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        with pytest.raises(TrainingInterrupted):
+            fit(task, on, tmp_path / "b", progress=False, callbacks=[InterruptFinetune()])
+        stopped = fit(task, config, tmp_path / "b", resume=True, progress=False)
+    assert stopped.attempts == 3 and stopped.epochs_run == off.epochs_run
+    assert stopped.selected_attempt == "restart 1"
 
 
 @pytest.mark.parametrize("modality_dropout", [0.0, 0.3])

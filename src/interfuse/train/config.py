@@ -31,9 +31,10 @@ DEFAULT_MODALITY_DROPOUT = 0.3
 with it each modality's encoder also learns from the samples that a stronger modality would
 decide alone, so weak modalities' relevance is not understated (docs/training.md)."""
 
-RESUMABLE_CHANGES = frozenset({"epochs", "compile"})
-"""Settings that may differ when a run is resumed: ``epochs`` (train longer) and ``compile`` (how
-the same math is executed); every other one must match."""
+RESUMABLE_CHANGES = frozenset({"epochs", "compile", "dropout_finetune"})
+"""Settings that may differ when a run is resumed: ``epochs`` (train longer), ``compile`` (how
+the same math is executed) and ``dropout_finetune`` (whether the last attempt, the fine-tune,
+runs; a run resumed in its fine-tune with it off stops there); every other one must match."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -79,7 +80,13 @@ class TrainConfig:
         default=True,
         metadata=_help("Vector-wise batch norm on every block; --no-vbn feeds raw blocks."),
     )
-    epochs: int = field(default=20, metadata=_help("Maximal number of epochs."))
+    epochs: int = field(
+        default=20,
+        metadata=_help(
+            "Maximal number of epochs of each training attempt (the first, every restart and "
+            "the fine-tune; each stops earlier after --patience epochs without improvement)."
+        ),
+    )
     batch_size: int = field(default=128, metadata=_help("Training batch size."))
     lr: float = field(default=3e-3, metadata=_help("AdamW learning rate."))
     lr_decay: float = field(

@@ -789,12 +789,10 @@ def _restart(run: _Run, trainer: pl.Trainer, reason: str) -> None:
     config = run.config
     if reason == "fine-tune":
         state.finetuning = True
-        if trainer.is_global_zero:
-            best_state, _, _ = load_checkpoint(run.out / BEST)
-            run.model.load_state_dict(best_state)
-        if trainer.world_size > 1:  # rank 0's file may not be on other nodes: send its weights
-            for tensor in run.model.state_dict().values():
-                dist.broadcast(tensor, src=0)
+        # rank 0 reads the file (other nodes may not see it) and sends the weights as an object:
+        # between attempts Lightning has moved the model back to the CPU, which NCCL cannot send
+        best_state = load_checkpoint(run.out / BEST)[0] if trainer.is_global_zero else None
+        run.model.load_state_dict(trainer.strategy.broadcast(best_state, src=0))
         message = (
             f"fine-tune: validation selected the model of epoch {state.best_epoch}, trained "
             f"without dropout; training it further with the first attempt's dropout, learning "
@@ -937,6 +935,8 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
     remaining = config.epochs - (run.state.epoch - run.state.attempt_start)
     if remaining <= 0 or run.state.stopped_early:
         return
+    if run.state.finetuning and not config.dropout_finetune:
+        return  # a run resumed in its fine-tune with --no-dropout-finetune: stop it there
     # a restart trains without dropout, the first attempt and the fine-tune with (see _restart)
     restart = run.state.attempt > 0 and not run.state.finetuning
     _set_dropout(run.model, [0.0] * len(run.dropout_rates) if restart else run.dropout_rates)
