@@ -35,14 +35,16 @@ __all__ = [
     "summarize_seeds",
 ]
 
-SCHEMA = "interfuse-run/3"
-"""Schema of ``results.json`` written by this version (``/3`` added ``estimates``)."""
+SCHEMA = "interfuse-run/4"
+"""Schema of ``results.json`` written by this version (``/3`` added ``estimates``, ``/4``
+``selected_attempt``)."""
 
-READABLE_SCHEMAS = ("interfuse-run/2", SCHEMA)
+READABLE_SCHEMAS = ("interfuse-run/2", "interfuse-run/3", SCHEMA)
+"""Schemas this version reads: ``/2`` files load with ``estimates = None``, ``/2`` and ``/3``
+files with ``selected_attempt = None``."""
 
 REPORT, RELEVANCE_FIGURE, HISTORY_FIGURE = "report.md", "relevance.png", "history.png"
 """The rendered files of a run folder (docs/run-folder.md), next to ``results.json``."""
-"""Schemas this version reads: ``/2`` files load with ``estimates = None``."""
 
 
 class SchemaError(ValueError):

@@ -211,3 +211,14 @@ def test_results_of_schema_2_still_load(motif_demo_run):
     values["schema"] = "interfuse-run/2"
     old = RunResult.from_dict(values)
     assert old.estimates is None and old.relevance == result.relevance
+
+
+def test_results_of_schema_3_still_load(motif_demo_run):
+    """Schema /3 had no ``selected_attempt``: it loads as None and the report omits it."""
+    _, result, _ = motif_demo_run
+    values = result.to_dict()
+    values.pop("selected_attempt")
+    values["schema"] = "interfuse-run/3"
+    old = RunResult.from_dict(values)
+    assert old.selected_attempt is None and old.estimates == result.estimates
+    assert old.schema == "interfuse-run/4" and result.selected_attempt is not None
