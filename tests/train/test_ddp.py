@@ -114,6 +114,16 @@ def relevance(folder: Path) -> dict[int, dict]:
     return {int(f.stem[4:]): json.loads(f.read_text()) for f in sorted(folder.glob("rank*.json"))}
 
 
+def identical_ranks(dump: Path) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, dict]]:
+    """Both ranks' dumped states and relevance, asserted identical."""
+    ranks, shares = states(dump), relevance(dump)
+    assert sorted(ranks) == [0, 1]
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    assert shares[0] == shares[1]
+    return ranks, shares
+
+
 def largest_difference(
     a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str
 ) -> float:
@@ -219,12 +229,7 @@ def test_sync_stats_step_equals_one_process_with_the_union_batch(runs: Path) -> 
 def test_two_processes_train_as_one_with_the_double_batch(runs: Path) -> None:
     """The weights that decide predictions and relevance agree with the single process up to
     float noise; the ranks agree exactly (weights, running statistics, relevance)."""
-    ranks = states(runs / "ddp-dump")
-    assert sorted(ranks) == [0, 1]
-    for key in ranks[0]:
-        assert torch.equal(ranks[0][key], ranks[1][key]), key
-    shares = relevance(runs / "ddp-dump")
-    assert shares[0] == shares[1]
+    ranks, shares = identical_ranks(runs / "ddp-dump")
     (single,) = states(runs / "single-dump").values()
     # Adam turns float noise in the gradients of parameters the loss is invariant to (encoder
     # biases before centring) into lr-sized steps, so those are not compared; the head is.
@@ -245,12 +250,7 @@ def test_the_fine_tune_starts_every_rank_from_rank_0s_selected_model(runs: Path)
     the model, so this does not tell who sent the selected model.)"""
     result = json.loads((runs / "finetune" / RESULTS).read_text())
     assert result["attempts"] == 3 and result["selected_attempt"] == "fine-tune"
-    ranks = states(runs / "finetune-dump")
-    assert sorted(ranks) == [0, 1]
-    for key in ranks[0]:
-        assert torch.equal(ranks[0][key], ranks[1][key]), key
-    shares = relevance(runs / "finetune-dump")
-    assert shares[0] == shares[1]
+    identical_ranks(runs / "finetune-dump")
 
 
 def test_two_nodes_sigterm_on_one_rank_stops_both_and_resume_continues_exactly(
