@@ -360,7 +360,8 @@ class RunRecorder(pl.Callback):
             line = _epoch_line(
                 state.epoch - state.attempt_start, run.config.epochs, row, best, self.started
             )
-            self.echo(f"{_attempt_label(state)}: {line}" if state.attempt else line)
+            name = _attempt_name(state.attempt, state.finetuning)
+            self.echo(f"{name}: {line}" if state.attempt else line)
         if state.bad_epochs >= run.config.patience:
             state.stopped_early = True
             trainer.should_stop = True
@@ -709,9 +710,9 @@ def _trained_with_dropout(run: _Run) -> bool:
     return any(p > 0 for p in run.dropout_rates)
 
 
-def _attempt_label(state: TrainingState) -> str:
-    """How progress lines and messages name the current attempt after the first."""
-    return "fine-tune" if state.finetuning else f"restart {state.attempt}"
+def _attempt_name(attempt: int, finetune: bool) -> str:
+    """``"first"``, ``"restart k"`` or ``"fine-tune"``: how lines and results name an attempt."""
+    return "fine-tune" if finetune else f"restart {attempt}" if attempt else "first"
 
 
 def _selected_row(state: TrainingState) -> Mapping[str, float]:
@@ -719,16 +720,10 @@ def _selected_row(state: TrainingState) -> Mapping[str, float]:
     return next((row for row in state.history if row.get("epoch") == state.best_epoch), {})
 
 
-def _selected_attempt(state: TrainingState) -> int:
-    """The attempt (0 = the first) whose model validation has selected so far."""
-    return int(_selected_row(state).get("attempt", 0))
-
-
 def _selected_label(state: TrainingState) -> str:
-    """``"first"``, ``"restart k"`` or ``"fine-tune"``: the attempt of the selected model."""
+    """The name of the attempt whose model validation has selected so far."""
     row = _selected_row(state)
-    attempt = int(row.get("attempt", 0))
-    return "fine-tune" if row.get("finetune") else f"restart {attempt}" if attempt else "first"
+    return _attempt_name(int(row.get("attempt", 0)), bool(row.get("finetune")))
 
 
 def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
@@ -760,7 +755,7 @@ def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
     if (
         config.dropout_finetune
         and state.attempt > 0
-        and _selected_attempt(state) > 0
+        and _selected_label(state) != "first"
         and _trained_with_dropout(run)
     ):
         return "fine-tune"
