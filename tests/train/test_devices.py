@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,43 @@ def test_bad_device_settings_are_one_line_errors(tmp_path: Path, options, messag
     with pytest.raises(ValueError, match=message):
         fit(task, TrainConfig(epochs=1), tmp_path / "run", progress=False, **options)
     assert not (tmp_path / "run").exists()  # refused before the run folder was touched
+
+
+@pytest.mark.parametrize("dropout", [0.3, 0.0])
+def test_compile_says_which_training_steps_it_compiles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dropout: float
+) -> None:
+    """The compiled step has no masks: with modality dropout no step of the first attempt is
+    compiled, and fit says so once; without dropout every training step is compiled."""
+    from interfuse import model as model_module
+
+    calls = []
+    original = model_module.MultimodalModel._compiled_step
+
+    def counted(self, embeddings):  # noqa: ANN001, ANN202
+        calls.append(len(next(iter(embeddings.values()))))
+        return original(self, embeddings)
+
+    # no compiler: the compiled step falls back to eager with its own warning (tested in
+    # tests/test_model.py), so this test does not spend tens of seconds compiling
+    monkeypatch.setattr(model_module, "compiler_problem", lambda: "no C++ compiler found (test)")
+    monkeypatch.setattr(model_module.MultimodalModel, "_compiled_step", counted)
+    task = load_motif(n=160, length=20, seed=0)
+    config = TrainConfig(
+        epochs=1, batch_size=32, rank=4, seed=0, restarts=0, modality_dropout=dropout, compile=True
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(task, config, tmp_path / "run", progress=False, log=lambda line: None, threads=1)
+    notes = [str(w.message) for w in caught if "compiles only" in str(w.message)]
+    if dropout:
+        assert notes == [
+            "compile=True compiles only training batches without missing modalities: modality "
+            "dropout 0.3 masks every batch of the first attempt (and of a fine-tune), which "
+            "therefore run eagerly; restarts train without dropout and are compiled; set "
+            "modality_dropout=0 (--modality-dropout 0) to compile every step"
+        ]
+        assert calls == []
+    else:
+        assert notes == []
+        assert calls and len(calls) == len(task.train) // 32  # every training step

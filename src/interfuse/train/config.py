@@ -158,7 +158,9 @@ class TrainConfig:
         default=False,
         metadata=_help(
             "Compile the fusion head's training step with torch.compile (needs a C++ compiler; "
-            "falls back with one warning; the first step takes tens of seconds)."
+            "falls back with one warning; the first step takes tens of seconds). Only batches "
+            "without missing modalities are compiled: with modality dropout, set "
+            "--modality-dropout 0 to compile every step."
         ),
     )
     sync_stats: bool = field(

@@ -583,6 +583,8 @@ def fit(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     several = devices * num_nodes > 1
     dropping = config.modality_dropout_for(len(data.modalities)) > 0
+    if config.compile and (dropping or partial):
+        warnings.warn(compile_note(config, len(data.modalities), partial), stacklevel=2)
     if strategy in ("ddp", "auto") and several and (partial or dropping):
         # a modality missing from a whole batch leaves its encoder without gradients
         strategy = "ddp_find_unused_parameters_true"
@@ -636,6 +638,25 @@ def fit(
             _restart(run, trainer, reason)
             _train(run, trainer, recorder, accelerator)
         return _finish_everywhere(run, trainer)
+
+
+def compile_note(config: TrainConfig, modalities: int, partial: Sequence[str]) -> str:
+    """Why ``compile=True`` leaves some training steps eager: the compiled step has no presence
+    masks, so a batch with a missing modality (modality dropout, or missing data) runs the
+    eager path — the same math, so results do not change, only which steps are compiled."""
+    rate = config.modality_dropout_for(modalities)
+    reasons = []
+    if rate > 0:
+        reasons.append(
+            f"modality dropout {rate:g} masks every batch of the first attempt (and of a "
+            f"fine-tune), which therefore run eagerly; restarts train without dropout and are "
+            f"compiled; set modality_dropout=0 (--modality-dropout 0) to compile every step"
+        )
+    if partial:
+        reasons.append(f"batches in which {', '.join(partial)} miss samples run eagerly")
+    return "compile=True compiles only training batches without missing modalities: " + (
+        "; ".join(reasons)
+    )
 
 
 def is_global_zero() -> bool:
