@@ -94,6 +94,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "api_overhead": [(4, 8, 2)],
         "compile": [(2, 8, 2), (4, 8, 2), (3, 8, 3), (4, 16, 3)],
         "masked": [(2, 8, 2), (4, 8, 2), (6, 8, 2), (3, 8, 3), (4, 16, 3), (4, 4, 4), (5, 8, 4)],
+        "faults": [(4, 16, 3), (6, 8, 4), (5, 16, 3), (6, 16, 3), (4, 16, 4)],
     },
     "quick": {
         "modalities": [2, 4, 6],
@@ -107,6 +108,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "api_overhead": [(4, 8, 2)],
         "compile": [],
         "masked": [(4, 8, 2)],
+        "faults": [],
     },
     "tiny": {
         "modalities": [2],
@@ -120,6 +122,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
         "api_overhead": [(2, 4, 2)],
         "compile": [],
         "masked": [(2, 4, 2)],
+        "faults": [(2, 4, 2)],
     },
 }
 
@@ -488,10 +491,44 @@ def probe_memory(m: int, r: int, k: int, threads: int) -> dict[str, Any]:
     return out
 
 
-def memory_in_subprocess(m: int, r: int, k: int, threads: int) -> dict[str, Any]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+def probe_faults(m: int, r: int, k: int, threads: int, steps: int = 3) -> dict[str, Any]:
+    """In a fresh process with the default allocator: minor page faults per step (the median of
+    ``steps`` steps after two warm-up steps) of before and ours. Large tensors that the allocator
+    maps afresh for every step fault in every page they touch (4 KiB each)."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(threads)
+    built = build(m, r, k)
+    out: dict[str, Any] = {}
+    for name in ("before", "ours"):
+        step = built["steps"][name]
+        counts = []
+        for index in range(2 + steps):
+            built["clear"]()
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            step()
+            if index >= 2:
+                counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+        out[name] = median(counts)
+    return out
+
+
+def _ratio(faults: dict[str, Any]) -> float:
+    return faults["ours"] / faults["before"] if faults["before"] else math.nan
+
+
+def memory_in_subprocess(
+    m: int, r: int, k: int, threads: int, faults: bool = False
+) -> dict[str, Any]:
+    """:func:`probe_memory` (or, with ``faults``, :func:`probe_faults` under the default
+    allocator) in a fresh process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if not faults:
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     command = [sys.executable, "-m", "benchmarks.fusion_speed", "--probe", f"{m},{r},{k}"]
-    command += ["--threads", str(threads)]
+    command += ["--threads", str(threads)] + (["--faults"] if faults else [])
     try:
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
@@ -738,6 +775,11 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         )
     compiled = [compile_timing(*c, settings) for c in settings.get("compile", [])]
     masked = [masked_timing(*c, settings) for c in settings.get("masked", [])]
+    faults = [
+        {"config": {"M": c[0], "r": c[1], "K": c[2], "features": total_features(*c)}}
+        | memory_in_subprocess(*c, threads, faults=True)
+        for c in settings.get("faults", [])
+    ]
     profiles = [profile_ours(*c) for c in settings["profile"]]
     overhead = [api_overhead(*c, settings) for c in settings["api_overhead"]]
     payload = {
@@ -747,7 +789,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
             **{
                 k: v
                 for k, v in settings.items()
-                if k not in ("profile", "api_overhead", "compile", "masked")
+                if k not in ("profile", "api_overhead", "compile", "masked", "faults")
             },
             "batch": BATCH,
             "encoder_dim": ENCODER_DIM,
@@ -764,6 +806,7 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         "api_overhead": overhead,
         "compiled": compiled,
         "masked": masked,
+        "faults": faults,
     }
     return publish(out_dir, SUITE, scale, payload, render)
 
@@ -908,6 +951,30 @@ def render(payload: dict[str, Any]) -> str:
                 ],
             )
         )
+    if payload.get("faults"):
+        parts.append(
+            "\n\n#### Minor page faults per training step (default allocator, fresh process, "
+            "median of 3 steps after 2 warm-up steps)\n\n"
+        )
+        parts.append(
+            markdown_table(
+                ["M", "r", "K", "features D", "before faults", "ours faults", "ours / before"],
+                [
+                    [
+                        c["config"]["M"],
+                        c["config"]["r"],
+                        c["config"]["K"],
+                        c["config"]["features"],
+                        *(
+                            [fmt(c["before"], 0), fmt(c["ours"], 0), fmt(_ratio(c), 2)]
+                            if "error" not in c
+                            else [c["error"], "—", "—"]
+                        ),
+                    ]
+                    for c in payload["faults"]
+                ],
+            )
+        )
     for p in payload["profiles"]:
         c = p["config"]
         ops = p["aten_ops_per_step"]
@@ -945,9 +1012,11 @@ def _main() -> None:
     parser = argparse.ArgumentParser(description="memory probe (internal)")
     parser.add_argument("--probe", required=True, help="M,r,K")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--faults", action="store_true", help="page faults instead of memory")
     args = parser.parse_args()
     m, r, k = (int(v) for v in args.probe.split(","))
-    print(json.dumps(probe_memory(m, r, k, args.threads)))
+    probe = probe_faults if args.faults else probe_memory
+    print(json.dumps(probe(m, r, k, args.threads)))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ def test_speed_rows_and_memory(tiny_results: tuple[Path, str]) -> None:
     measured = [r["peak_extra_mib"] for r in data["rows"] if "peak_extra_mib" in r]
     assert measured and all("error" not in m for m in measured), measured
     assert data["profiles"][0]["top_ops_ours"]
+    (faults,) = data["faults"]
+    assert "error" not in faults, faults
+    assert faults["before"] >= 0 and faults["ours"] >= 0
 
 
 def test_throughput_variants(tiny_results: tuple[Path, str]) -> None:
