@@ -532,7 +532,10 @@ def fit(
             ``data.train_defaults``.
         out_dir: the run folder (created; locked while training).
         resume: continue the run in ``out_dir`` from ``last.safetensors``; refused when the
-            data, the model or any setting other than ``epochs`` differs.
+            data, the model or any setting other than ``epochs``, ``compile`` and
+            ``dropout_finetune`` (:data:`~interfuse.train.config.RESUMABLE_CHANGES`) differs.
+            The attempt under way trains for its remaining ``epochs`` (so a larger ``epochs``
+            extends it), unless it had stopped early.
         overwrite: replace a finished run in ``out_dir``.
         encoders: per modality, an ``nn.Module``, an encoder spec (``{"type": name, ...}``, see
             :data:`interfuse.encoders.ENCODERS`) or a factory called with the per-sample input
