@@ -375,6 +375,32 @@ def test_divergence_after_a_good_epoch_keeps_last_checkpoint_resumable(tmp_path,
     assert result.epochs_run == 3
 
 
+@pytest.mark.parametrize("where", ["validation", "training step"])
+def test_a_diverging_restart_names_the_restart_learning_rate(tmp_path, monkeypatch, where):
+    """A restart trains at ``restart_lr``: its divergence names that rate and option, not the
+    first attempt's ``lr`` (which it used to blame: "the learning rate 1e-09 is likely too
+    high")."""
+    import interfuse.train.runner as runner
+
+    if where == "training step":  # the restart's second step diverges
+        original = runner.RunRecorder.on_before_backward
+
+        def poison(self, trainer, module, loss):
+            if self.run.state.attempt and trainer.global_step > 1 + self.run.state.attempt_start:
+                loss = loss * float("nan")
+            original(self, trainer, module, loss)
+
+        monkeypatch.setattr(runner.RunRecorder, "on_before_backward", poison)
+    # the restart's first step sends the weights to ~1e30: the validation loss is not finite
+    restart_lr = 1e30 if where == "validation" else 1e-2
+    config = TrainConfig(epochs=1, lr=1e-9, restarts=1, restart_lr=restart_lr, batch_size=32)
+    with pytest.raises(TrainingDiverged) as raised:
+        fit(_tiny_task(), config, tmp_path, progress=False, log=lambda line: None)
+    message = str(raised.value)
+    assert f"learning rate {restart_lr:g}" in message and "--restart-lr" in message, message
+    assert "1e-09" not in message
+
+
 def test_data_errors_name_the_split_modality_and_option(tmp_path):
     with pytest.raises(ValueError, match="no samples"):
         from_arrays({"a": np.zeros((0, 3))}, np.zeros(0, dtype=int))

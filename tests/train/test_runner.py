@@ -214,3 +214,13 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, modality_dropout):
         assert meta_b["state"]["epoch"] == 4
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_fit_documents_every_setting_that_may_change_on_resume():
+    """``fit``'s ``resume`` doc named ``epochs`` as the only setting that may change, while
+    ``compile`` and ``dropout_finetune`` may too (``RESUMABLE_CHANGES``)."""
+    from interfuse.train.config import RESUMABLE_CHANGES
+
+    doc = " ".join(fit.__doc__.split())
+    resume = doc[doc.index("resume:") : doc.index("overwrite:")]
+    assert all(f"``{name}``" in resume for name in RESUMABLE_CHANGES), resume

@@ -270,18 +270,19 @@ class RunRecorder(pl.Callback):
         run = self.run
         step = trainer.global_step + 1
         epoch = run.state.epoch + 1
+        lr, option = _learning_rate(run.state, run.config)
         last = run.out / LAST
         if last.exists():
             keep = (
                 f"{last} (epoch {run.state.epoch}) is the last good checkpoint; continue it "
-                f"with --resume, or start again with a lower --lr and --overwrite"
+                f"with --resume, or start again with a lower {option} and --overwrite"
             )
         else:
-            keep = "No epoch completed, so nothing was saved; rerun with a lower --lr"
+            keep = f"No epoch completed, so nothing was saved; rerun with a lower {option}"
         where = f"{value}" if not finite else "not finite on another process"
         raise TrainingDiverged(
             f"training diverged: the loss is {where} at step {step} (epoch {epoch}); the "
-            f"learning rate {run.config.lr:g} is likely too high (or the data holds extreme "
+            f"learning rate {lr:g} ({option}) is likely too high (or the data holds extreme "
             f"values). {keep}",
             step,
             value,
@@ -321,14 +322,15 @@ class RunRecorder(pl.Callback):
         row.update({f"share:{t}": s for t, s in (relevance.shares if relevance else {}).items()})
         state.history.append(row)
         if not math.isfinite(val["loss"]):
+            lr, option = _learning_rate(state, run.config)
             raise TrainingDiverged(
                 f"training diverged: the validation loss is {val['loss']} after epoch "
-                f"{state.epoch} (step {trainer.global_step}); the learning rate "
-                f"{run.config.lr:g} is likely too high (or the data holds extreme values). "
+                f"{state.epoch} (step {trainer.global_step}); the learning rate {lr:g} "
+                f"({option}) is likely too high (or the data holds extreme values). "
                 + (
                     f"{run.out / LAST} (epoch {state.epoch - 1}) is the last good checkpoint"
                     if (run.out / LAST).exists()
-                    else "No epoch completed, so nothing was saved; rerun with a lower --lr"
+                    else f"No epoch completed, so nothing was saved; rerun with a lower {option}"
                 ),
                 trainer.global_step,
                 val["loss"],
@@ -530,7 +532,10 @@ def fit(
             ``data.train_defaults``.
         out_dir: the run folder (created; locked while training).
         resume: continue the run in ``out_dir`` from ``last.safetensors``; refused when the
-            data, the model or any setting other than ``epochs`` differs.
+            data, the model or any setting other than ``epochs``, ``compile`` and
+            ``dropout_finetune`` (:data:`~interfuse.train.config.RESUMABLE_CHANGES`) differs.
+            The attempt under way trains for its remaining ``epochs`` (so a larger ``epochs``
+            extends it), unless it had stopped early.
         overwrite: replace a finished run in ``out_dir``.
         encoders: per modality, an ``nn.Module``, an encoder spec (``{"type": name, ...}``, see
             :data:`interfuse.encoders.ENCODERS`) or a factory called with the per-sample input
@@ -729,6 +734,14 @@ def _trained_with_dropout(run: _Run) -> bool:
     if run.config.modality_dropout_for(len(run.data.modalities)) > 0:
         return True
     return any(p > 0 for p in run.dropout_rates)
+
+
+def _learning_rate(state: TrainingState, config: TrainConfig) -> tuple[float, str]:
+    """The learning rate of the attempt under way and the option that sets it: a restart's
+    ``--restart-lr``, else (the first attempt, the fine-tune) ``--lr``."""
+    if state.attempt > 0 and not state.finetuning:
+        return config.restart_lr, "--restart-lr"
+    return config.lr, "--lr"
 
 
 def _attempt_name(attempt: int, finetune: bool) -> str:
