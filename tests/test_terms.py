@@ -29,6 +29,11 @@ def test_explicit_terms_are_canonicalised_and_sorted():
         ("video", "text"),
         ("audio", "text"),
     ]
+    # a trailing comma or spaces, as the command line accepts them
+    assert resolve_interactions("text*audio, video*text,", MODS) == [
+        ("video", "text"),
+        ("audio", "text"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -38,6 +43,7 @@ def test_explicit_terms_are_canonicalised_and_sorted():
         ([("video", "text"), ("text", "video")], "listed twice"),
         (["video"], "single modality"),
         (["video*video"], "repeats a modality"),
+        ([""], "empty term"),
         ("triples", "unknown interaction specification"),
         (0, "must be >= 1"),
     ],

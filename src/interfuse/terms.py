@@ -53,6 +53,8 @@ def validate_modality_names(names: Iterable[str]) -> tuple[str, ...]:
 def canonical_term(term: Iterable[str], modalities: Sequence[str]) -> Term:
     """Order a term's modalities as declared; reject unknown or repeated modalities."""
     parts = term.split(TERM_SEPARATOR) if isinstance(term, str) else list(term)
+    if not any(parts):
+        raise ValueError("empty term: a term needs at least one modality")
     position = {m: i for i, m in enumerate(modalities)}
     for m in parts:
         if m not in position:
@@ -62,8 +64,6 @@ def canonical_term(term: Iterable[str], modalities: Sequence[str]) -> Term:
             )
     if len(set(parts)) != len(parts):
         raise ValueError(f"term {term_name(parts)!r} repeats a modality")
-    if not parts:
-        raise ValueError("empty term: a term needs at least one modality")
     return tuple(sorted(parts, key=position.__getitem__))
 
 
@@ -88,8 +88,10 @@ def resolve_interactions(spec: InteractionSpec, modalities: Sequence[str]) -> li
             return _all_terms(modalities, 2, 2)
         if spec == "all":
             return _all_terms(modalities, 2, len(modalities))
-        if TERM_SEPARATOR in spec:  # a single term such as "a*b", or "a*b,c*d"
-            return resolve_interactions(spec.split(","), modalities)
+        if TERM_SEPARATOR in spec:  # a single term such as "a*b", or "a*b,c*d" (as on the CLI)
+            return resolve_interactions(
+                [t.strip() for t in spec.split(",") if t.strip()], modalities
+            )
         raise ValueError(
             f"unknown interaction specification {spec!r}; use 'none', 'pairs', 'all', a maximal "
             f"order, or a list of terms such as ['a*b', ('a', 'c')]"

@@ -229,6 +229,8 @@ def test_unknown_model_is_a_clear_error():
         TrainConfig(model="gru")
     with pytest.raises(ValueError, match="unknown model 'gru'"):
         build_model(ModelSpec("gru", ("a",), {"a": {"type": "mlp", "input_dim": 2}}, 1))
+    with pytest.raises(ValueError, match=r"unknown model \['intense'\]"):  # not a TypeError
+        TrainConfig(model=["intense"])
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ class TrainConfig:
                 object.__setattr__(self, f.name, plain)
         checks = [
             (
-                self.model in MODELS,
+                isinstance(self.model, str) and self.model in MODELS,
                 f"unknown model {self.model!r}; choose one of {', '.join(MODELS.names())}",
             ),
             (_int(self.rank) and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank}"),
