@@ -81,7 +81,9 @@ class MultimodalModel(nn.Module):
             one, or if compilation fails, the model warns once and runs the eager fast path,
             which computes the same values. The first compiled step takes tens of seconds (15–41
             s measured on 2 cores), and a new batch size compiles again (the last, smaller batch
-            of an epoch: once). Masked steps and evaluation run the eager fast path.
+            of an epoch: once). Masked steps (modality dropout included) and evaluation run the
+            eager fast path. On CPU the compiled head is not faster than the eager one
+            (BENCHMARKS.md §3); the switch is for accelerators.
     """
 
     def __init__(
