@@ -83,7 +83,7 @@ class MultimodalModel(nn.Module):
             s measured on 2 cores), and a new batch size compiles again (the last, smaller batch
             of an epoch: once). Masked steps (modality dropout included) and evaluation run the
             eager fast path. On CPU the compiled head is not faster than the eager one
-            (BENCHMARKS.md §3); the switch is for accelerators.
+            (BENCHMARKS.md §3); on a GPU it has not been measured yet.
     """
 
     def __init__(
