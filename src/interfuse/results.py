@@ -35,13 +35,14 @@ __all__ = [
     "summarize_seeds",
 ]
 
-SCHEMA = "interfuse-run/4"
+SCHEMA = "interfuse-run/5"
 """Schema of ``results.json`` written by this version (``/3`` added ``estimates``, ``/4``
-``selected_attempt``)."""
+``selected_attempt``, ``/5`` ``selected_attempt_end``)."""
 
-READABLE_SCHEMAS = ("interfuse-run/2", "interfuse-run/3", SCHEMA)
+READABLE_SCHEMAS = ("interfuse-run/2", "interfuse-run/3", "interfuse-run/4", SCHEMA)
 """Schemas this version reads: ``/2`` files load with ``estimates = None``, ``/2`` and ``/3``
-files with ``selected_attempt = None``."""
+files with ``selected_attempt = None``, ``/2``–``/4`` files with ``selected_attempt_end =
+None``."""
 
 REPORT, RELEVANCE_FIGURE, HISTORY_FIGURE = "report.md", "relevance.png", "history.png"
 """The rendered files of a run folder (docs/run-folder.md), next to ``results.json``."""
@@ -395,6 +396,8 @@ class RunResult:
             best on validation over all of them.
         selected_attempt: the attempt of the selected model: ``"first"``, ``"restart k"`` or
             ``"fine-tune"``; ``None`` for results written before it was recorded.
+        selected_attempt_end: the last epoch that attempt trained (``epochs_run`` when it is
+            the last attempt); ``None`` for results written before it was recorded.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -418,6 +421,7 @@ class RunResult:
     estimates: RelevanceEstimates | None = None
     attempts: int = 1
     selected_attempt: str | None = None
+    selected_attempt_end: int | None = None
     schema: str = SCHEMA
 
     @property
@@ -426,9 +430,12 @@ class RunResult:
 
     @property
     def converged(self) -> bool:
-        """False when the best epoch is the last one run without early stopping (training may
-        have stopped too soon)."""
-        return self.stopped_early or self.best_epoch < self.epochs_run
+        """False when the selected model comes from the last epoch its attempt trained: that
+        attempt ran out of epochs while still improving (training may have stopped too soon).
+        An attempt that stopped early has its best epoch before its last (patience ≥ 1)."""
+        if self.selected_attempt_end is None:  # results of schema /2–/4
+            return self.stopped_early or self.best_epoch < self.epochs_run
+        return self.best_epoch < self.selected_attempt_end
 
     @property
     def truth_shares(self) -> dict[str, float] | None:

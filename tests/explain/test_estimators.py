@@ -1,6 +1,7 @@
 """Relevance estimators on held-out data (issue 12): exact and sampled Shapley values, intervals
 with a known truth, verdicts, results.json."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from interfuse.games import (
     shapley_table,
     shapley_values,
 )
-from interfuse.results import RunResult
+from interfuse.results import SCHEMA, RunResult
 
 
 def _random_games(m: int, games: int, seed: int) -> np.ndarray:
@@ -221,4 +222,19 @@ def test_results_of_schema_3_still_load(motif_demo_run):
     values["schema"] = "interfuse-run/3"
     old = RunResult.from_dict(values)
     assert old.selected_attempt is None and old.estimates == result.estimates
-    assert old.schema == "interfuse-run/4" and result.selected_attempt is not None
+    assert old.schema == SCHEMA and result.selected_attempt is not None
+
+
+def test_results_of_schema_4_still_load_and_judge_convergence_by_the_run(motif_demo_run):
+    """Schema /4 had no ``selected_attempt_end``: convergence falls back to the run's last
+    epoch (the selected model from an earlier attempt counts as converged)."""
+    _, result, _ = motif_demo_run
+    values = result.to_dict()
+    values.pop("selected_attempt_end")
+    values["schema"] = "interfuse-run/4"
+    old = RunResult.from_dict(values)
+    assert old.selected_attempt_end is None and old.schema == SCHEMA
+    assert result.selected_attempt_end is not None
+    earlier = dataclasses.replace(old, best_epoch=3, epochs_run=9, stopped_early=False)
+    assert earlier.converged
+    assert not dataclasses.replace(earlier, selected_attempt_end=3).converged

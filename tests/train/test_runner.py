@@ -224,3 +224,40 @@ def test_fit_documents_every_setting_that_may_change_on_resume():
     doc = " ".join(fit.__doc__.split())
     resume = doc[doc.index("resume:") : doc.index("overwrite:")]
     assert all(f"``{name}``" in resume for name in RESUMABLE_CHANGES), resume
+
+
+def test_an_earlier_attempt_that_ran_out_of_epochs_is_not_converged():
+    """The selected model came from the last epoch of the first attempt (it ran out of epochs
+    while improving) and a worse restart followed: the run is not converged, although its best
+    epoch is not the run's last — the warning names the attempt."""
+    from interfuse.results import RunResult
+    from interfuse.train.runner import TrainingState, _selected_attempt_end
+
+    history = [{"epoch": e, "val_loss": 1.0 / e} for e in range(1, 5)]  # first: best at 4, its last
+    history += [{"epoch": e, "attempt": 1, "val_loss": 1.0} for e in range(5, 8)]
+    state = TrainingState(epoch=7, best_epoch=4, history=history, attempt=1, stopped_early=True)
+    assert _selected_attempt_end(state) == 4
+    state_later = dataclasses.replace(state, best_epoch=5)  # the restart's first epoch
+    assert _selected_attempt_end(state_later) == 7
+
+    result = RunResult(
+        dataset="d",
+        task="classification",
+        model={},
+        config={},
+        metrics={},
+        relevance=None,
+        best_epoch=4,
+        epochs_run=7,
+        stopped_early=True,
+        train_seconds=0.0,
+        attempts=2,
+        selected_attempt="first",
+        selected_attempt_end=4,
+    )
+    assert not result.converged
+    assert str(NotConverged(result)) == (
+        "the best validation loss came in the last epoch of the first attempt (epoch 4; the "
+        "run trained 7): that attempt may not have converged; train longer (a larger --epochs)"
+    )
+    assert dataclasses.replace(result, best_epoch=3).converged

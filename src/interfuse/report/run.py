@@ -545,7 +545,8 @@ def _metrics_section(result: RunResult) -> str:
         + (
             ""
             if result.converged
-            else " **The best epoch is the last one: training may not have converged.**"
+            else " **The best epoch is the last one of its attempt: training may not have "
+            "converged.**"
         ),
         f"Training time: {result.train_seconds:.1f} s.",
     ]

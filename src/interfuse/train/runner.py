@@ -756,8 +756,20 @@ def _selected_row(state: TrainingState) -> Mapping[str, float]:
 
 def _selected_label(state: TrainingState) -> str:
     """The name of the attempt whose model validation has selected so far."""
-    row = _selected_row(state)
-    return _attempt_name(int(row.get("attempt", 0)), bool(row.get("finetune")))
+    return _attempt_name(*_attempt_key(_selected_row(state)))
+
+
+def _selected_attempt_end(state: TrainingState) -> int:
+    """The last epoch trained by the attempt of the selected model."""
+    key = _attempt_key(_selected_row(state))
+    return max(
+        (int(row["epoch"]) for row in state.history if _attempt_key(row) == key),
+        default=state.epoch,
+    )
+
+
+def _attempt_key(row: Mapping[str, float]) -> tuple[int, bool]:
+    return int(row.get("attempt", 0)), bool(row.get("finetune"))
 
 
 def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
@@ -1052,6 +1064,7 @@ def finish(run: _Run) -> RunResult:
         epochs_run=run.state.epoch,
         attempts=run.state.attempt + 1,
         selected_attempt=_selected_label(run.state),
+        selected_attempt_end=_selected_attempt_end(run.state),
         stopped_early=run.state.stopped_early,
         train_seconds=round(run.state.train_seconds, 2),
         missing_modalities=missing_modality_metrics(run.model, data) if run.entry.masks else None,
@@ -1082,6 +1095,14 @@ class NotConverged(UserWarning):
     """The best validation loss came in the last epoch: training may not have converged."""
 
     def __init__(self, result: RunResult) -> None:
+        end = result.selected_attempt_end
+        if end is not None and end < result.epochs_run:  # an earlier attempt was selected
+            super().__init__(
+                f"the best validation loss came in the last epoch of the {result.selected_attempt}"
+                f" attempt (epoch {result.best_epoch}; the run trained {result.epochs_run}): "
+                f"that attempt may not have converged; train longer (a larger --epochs)"
+            )
+            return
         super().__init__(
             f"the best validation loss came in the last epoch ({result.best_epoch} of "
             f"{result.epochs_run}): training may not have converged; train longer (--epochs, "
