@@ -222,3 +222,18 @@ def test_results_of_schema_3_still_load(motif_demo_run):
     old = RunResult.from_dict(values)
     assert old.selected_attempt is None and old.estimates == result.estimates
     assert old.schema == "interfuse-run/4" and result.selected_attempt is not None
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel"])
+def test_refit_game_of_constant_targets_credits_no_term(task):
+    """A held-out split with one class (every label constant): the best constant already
+    predicts every sample with certainty (its loss → 0 as the bias grows), so no coalition can
+    lower the loss and every term's refit share is 0, not a split of the optimiser's residue
+    (~1e-11 nats, which used to be called "relevant")."""
+    generator = torch.Generator().manual_seed(0)
+    parts = {t: torch.randn(200, 2, generator=generator) for t in ("a", "b", "c")}
+    targets = torch.ones(200, dtype=torch.long) if task == "classification" else torch.zeros(200, 2)
+    terms = HeldoutTerms(task, sum(parts.values()), parts, targets, dict.fromkeys(parts, 1 / 3))
+    refit = ESTIMATORS.get("shapley_refit").estimate(terms, EstimateSettings(draws=200))
+    for e in refit.terms.values():
+        assert e.share == 0.0 and e.verdict == "not significant"

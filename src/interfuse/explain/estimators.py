@@ -335,10 +335,16 @@ def refit_losses(
     trained head) and the bias at the mean-replacement value; the empty coalition fits the
     bias only (the best constant). A ridge ``REFIT_RIDGE · Σ (a − 1)²`` keeps separable
     coalitions finite.
+
+    Held-out targets of one class (every label constant): the best constant predicts every
+    sample with certainty (its loss → 0 as the bias grows), so every coalition's loss is 0
+    (``v(T) = 0``), not the residue where the optimiser stops.
     """
     parts = torch.stack([terms.parts[t].double() for t in terms.terms])  # (K, N, C)
     rest = terms.outputs.double() - parts.sum(dim=0)  # (N, C): the head's bias
     n = parts.shape[1]
+    if terms.task != "regression" and bool((terms.targets == terms.targets[0]).all()):
+        return torch.zeros(len(masks), n, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     fold = torch.randperm(n, generator=generator) % 2
     mask = masks.double()
