@@ -20,9 +20,10 @@ validation split's contributions into one share per term (non-negative, summing 
   is the loss reduction the terms in T bring on held-out data (nats for cross-entropy: an
   estimate of the information the model extracts, the quantity the synthetic ground truth is
   defined from). ``φ_t`` is exact over all ``2^K`` coalitions for ``K ≤ EXACT_MAX_TERMS``
-  (one sum and one loss per coalition, vectorised); above that it is estimated from
-  ``SAMPLED_PAIRS`` antithetic pairs of random orders (:func:`~interfuse.games.sampled_shapley`)
-  and the Monte-Carlo error is folded into the interval. By efficiency ``Σ_t φ_t = v(all)``;
+  (one sum and one loss per coalition, vectorised) unless the split is so large that sampling
+  is cheaper (:func:`term_shapley`); else it is estimated from ``SAMPLED_PAIRS`` antithetic pairs
+  of random orders (:func:`~interfuse.games.order_shapley`) and the Monte-Carlo error is folded
+  into the interval. By efficiency ``Σ_t φ_t = v(all)``;
   the share is ``φ_t⁺ / Σ_s φ_s⁺`` (a term whose presence *raises* the held-out loss gets 0).
 * ``shapley_refit`` — the same Shapley shares of a held-out loss game in which each coalition's
   terms are **recalibrated**: ``f_T = b_T + Σ_{t∈T} a_{T,t} c_t`` with one scale per term and a
