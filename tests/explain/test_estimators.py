@@ -15,6 +15,7 @@ from interfuse.explain.estimators import (
     estimate_all,
     term_shapley,
 )
+from interfuse.explain.trust import bootstrap_means
 from interfuse.games import (
     antithetic_orders,
     coalition_values,
@@ -237,3 +238,22 @@ def test_refit_game_of_constant_targets_credits_no_term(task):
     refit = ESTIMATORS.get("shapley_refit").estimate(terms, EstimateSettings(draws=200))
     for e in refit.terms.values():
         assert e.share == 0.0 and e.verdict == "not significant"
+
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"draws": 0}, "draws"),
+        ({"level": 95}, "level"),  # a percentage instead of a fraction
+        ({"alpha": 5}, "alpha"),
+        ({"margin": -0.1}, "margin"),
+    ],
+)
+def test_settings_out_of_range_are_refused_by_name(values, named):
+    """A bad setting is a one-line error naming it (it used to surface from inside torch, e.g.
+    "quantile() q must be in the range [0, 1] but got -47" for level=95, or an empty torch.cat
+    for draws=0)."""
+    with pytest.raises(ValueError, match=named):
+        EstimateSettings(**values)
+    with pytest.raises(ValueError, match="draws"):
+        bootstrap_means(torch.zeros(3, 1), draws=0)

@@ -158,6 +158,15 @@ class EstimateSettings:
     margin: float = MARGIN
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.draws < 1:
+            raise ValueError(f"draws (bootstrap resamples) must be >= 1, got {self.draws}")
+        for name, value in (("level", self.level), ("alpha", self.alpha)):
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be a fraction in (0, 1) (0.95, not 95), got {value}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin must be a share in [0, 1), got {self.margin}")
+
 
 @runtime_checkable
 class Estimator(Protocol):
