@@ -16,6 +16,7 @@ from interfuse.explain.estimators import (
     estimate_all,
     term_shapley,
 )
+from interfuse.explain.trust import bootstrap_means
 from interfuse.games import (
     antithetic_orders,
     coalition_values,
@@ -238,3 +239,37 @@ def test_results_of_schema_4_still_load_and_judge_convergence_by_the_run(motif_d
     earlier = dataclasses.replace(old, best_epoch=3, epochs_run=9, stopped_early=False)
     assert earlier.converged
     assert not dataclasses.replace(earlier, selected_attempt_end=3).converged
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel"])
+def test_refit_game_of_constant_targets_credits_no_term(task):
+    """A held-out split with one class (every label constant): the best constant already
+    predicts every sample with certainty (its loss → 0 as the bias grows), so no coalition can
+    lower the loss and every term's refit share is 0, not a split of the optimiser's residue
+    (~1e-11 nats, which used to be called "relevant")."""
+    generator = torch.Generator().manual_seed(0)
+    parts = {t: torch.randn(200, 2, generator=generator) for t in ("a", "b", "c")}
+    targets = torch.ones(200, dtype=torch.long) if task == "classification" else torch.zeros(200, 2)
+    terms = HeldoutTerms(task, sum(parts.values()), parts, targets, dict.fromkeys(parts, 1 / 3))
+    refit = ESTIMATORS.get("shapley_refit").estimate(terms, EstimateSettings(draws=200))
+    for e in refit.terms.values():
+        assert e.share == 0.0 and e.verdict == "not significant"
+
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"draws": 0}, "draws"),
+        ({"level": 95}, "level"),  # a percentage instead of a fraction
+        ({"alpha": 5}, "alpha"),
+        ({"margin": -0.1}, "margin"),
+    ],
+)
+def test_settings_out_of_range_are_refused_by_name(values, named):
+    """A bad setting is a one-line error naming it (it used to surface from inside torch, e.g.
+    "quantile() q must be in the range [0, 1] but got -47" for level=95, or an empty torch.cat
+    for draws=0)."""
+    with pytest.raises(ValueError, match=named):
+        EstimateSettings(**values)
+    with pytest.raises(ValueError, match="draws"):
+        bootstrap_means(torch.zeros(3, 1), draws=0)

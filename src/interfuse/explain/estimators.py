@@ -20,9 +20,10 @@ validation split's contributions into one share per term (non-negative, summing 
   is the loss reduction the terms in T bring on held-out data (nats for cross-entropy: an
   estimate of the information the model extracts, the quantity the synthetic ground truth is
   defined from). ``φ_t`` is exact over all ``2^K`` coalitions for ``K ≤ EXACT_MAX_TERMS``
-  (one sum and one loss per coalition, vectorised); above that it is estimated from
-  ``SAMPLED_PAIRS`` antithetic pairs of random orders (:func:`~interfuse.games.sampled_shapley`)
-  and the Monte-Carlo error is folded into the interval. By efficiency ``Σ_t φ_t = v(all)``;
+  (one sum and one loss per coalition, vectorised) unless the split is so large that sampling
+  is cheaper (:func:`term_shapley`); else it is estimated from ``SAMPLED_PAIRS`` antithetic pairs
+  of random orders (:func:`~interfuse.games.order_shapley`) and the Monte-Carlo error is folded
+  into the interval. By efficiency ``Σ_t φ_t = v(all)``;
   the share is ``φ_t⁺ / Σ_s φ_s⁺`` (a term whose presence *raises* the held-out loss gets 0).
 * ``shapley_refit`` — the same Shapley shares of a held-out loss game in which each coalition's
   terms are **recalibrated**: ``f_T = b_T + Σ_{t∈T} a_{T,t} c_t`` with one scale per term and a
@@ -156,6 +157,15 @@ class EstimateSettings:
     alpha: float = ALPHA
     margin: float = MARGIN
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.draws < 1:
+            raise ValueError(f"draws (bootstrap resamples) must be >= 1, got {self.draws}")
+        for name, value in (("level", self.level), ("alpha", self.alpha)):
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be a fraction in (0, 1) (0.95, not 95), got {value}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin must be a share in [0, 1), got {self.margin}")
 
 
 @runtime_checkable
@@ -335,10 +345,16 @@ def refit_losses(
     trained head) and the bias at the mean-replacement value; the empty coalition fits the
     bias only (the best constant). A ridge ``REFIT_RIDGE · Σ (a − 1)²`` keeps separable
     coalitions finite.
+
+    Held-out targets of one class (every label constant): the best constant predicts every
+    sample with certainty (its loss → 0 as the bias grows), so every coalition's loss is 0
+    (``v(T) = 0``), not the residue where the optimiser stops.
     """
     parts = torch.stack([terms.parts[t].double() for t in terms.terms])  # (K, N, C)
     rest = terms.outputs.double() - parts.sum(dim=0)  # (N, C): the head's bias
     n = parts.shape[1]
+    if terms.task != "regression" and bool((terms.targets == terms.targets[0]).all()):
+        return torch.zeros(len(masks), n, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     fold = torch.randperm(n, generator=generator) % 2
     mask = masks.double()

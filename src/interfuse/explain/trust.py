@@ -50,6 +50,8 @@ def bootstrap_means(values: Tensor, draws: int = DRAWS, seed: int = 0, chunk: in
     n = values.shape[0]
     if n < 2:
         raise ValueError(f"a bootstrap needs at least 2 samples, got {n}")
+    if draws < 1:
+        raise ValueError(f"a bootstrap needs draws >= 1 resamples, got {draws}")
     generator = torch.Generator().manual_seed(seed)
     values = values.double()
     out = []
