@@ -54,7 +54,7 @@ EXPLAIN_MD = "explain.md"
     default=0,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Seed of the EMAP subsample.",
+    help="Seed of the EMAP subsample, the bootstrap resamples and the refit folds.",
 )
 @click.option(
     "--batch-size",

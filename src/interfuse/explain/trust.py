@@ -230,8 +230,8 @@ def evidence_from_contributions(
     Per sample: ``D_t ‖W_t z_t‖²`` (its mean is the squared held-out block norm ``a_t²``) and
     the loss increase when only ``W_t z_t`` is removed. One paired bootstrap of their means
     gives the percentile interval of the held-out share (the β closed form on ``a``) and the
-    one-sided test of "removing the term raises the loss" (``p_value``: the fraction of resamples
-    whose increase is ≤ 0).
+    one-sided test of "removing the term raises the loss" (``p_value = (#{resamples whose
+    increase is ≤ 0} + 1) / (draws + 1)``, never 0: the observed sample counts as one draw).
     """
     terms = list(parts)
     base = per_sample_loss(task, outputs, targets)
