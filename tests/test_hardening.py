@@ -628,3 +628,18 @@ def test_a_compressed_archive_that_would_not_fit_in_memory_is_refused_before_inf
         arrays.read_arrays(tmp_path / "bomb.npz")
     monkeypatch.setattr(arrays, "available_memory", lambda: 64 << 20)
     assert arrays.read_arrays(tmp_path / "bomb.npz")["a"].shape == (512, 1024)
+
+
+def test_archive_members_that_are_not_arrays_are_checked_before_inflating(tmp_path, monkeypatch):
+    """np.load returns a member that does not start like an .npy file as its raw bytes, read
+    whole: 4 KiB of deflated zeros named ``notes.txt`` inflated to 4 MiB (so 4 MiB of file to
+    4 GiB) past the available memory, unchecked."""
+    import interfuse.data.arrays as arrays
+
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("labels.npy", _npy_bytes((2,), np.zeros(2, np.float32).tobytes()))
+        archive.writestr("notes.txt", bytes(4 << 20))
+    assert (tmp_path / "bomb.npz").stat().st_size < 10_000
+    monkeypatch.setattr(arrays, "available_memory", lambda: 1 << 20)
+    with pytest.raises(ValueError, match=r"'notes.txt'.* would take 4.0 MiB, more than the 1.0"):
+        arrays.read_arrays(tmp_path / "bomb.npz")

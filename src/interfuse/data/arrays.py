@@ -147,13 +147,16 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not an .npz archive")
     # every member's header first: a few compressed bytes can declare (and inflate to)
     # gigabytes, so the sizes are checked before np.load allocates any of them; np.load reads
-    # any member that starts like an .npy file, whatever its name, so every member is checked
+    # any member that starts like an .npy file, whatever its name, so every member is checked;
+    # any other member it returns as its raw bytes, read whole: those count at their full size
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             with archive.open(info) as stream:
                 sizes = _declared_bytes(stream)
             if sizes is None:
+                total += info.file_size
+                _check_declared(f"{path}, member {info.filename!r}", 0, None, total)
                 continue
             declared, header = sizes
             total += declared
