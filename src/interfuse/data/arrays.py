@@ -25,9 +25,11 @@ Nothing is ever unpickled: object arrays are refused.
 from __future__ import annotations
 
 import logging
+import lzma
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,9 +144,33 @@ def load_npy(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot read without pickle ({error})") from None
 
 
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+"""How a file np.load reads as an archive starts (any other start it reads as .npy or pickle)."""
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    NotImplementedError,  # a compression method zipfile lacks
+    RuntimeError,  # an encrypted member
+)
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not an .npz archive")
+    with path.open("rb") as stream:
+        start = stream.read(4)
+    if not zipfile.is_zipfile(path) or start not in _ZIP_STARTS:
+        raise ValueError(f"{path}: not an .npz archive (an .npz file starts with a zip header)")
+    try:
+        return _read_npz(path)
+    except _ARCHIVE_ERRORS as error:
+        raise ValueError(
+            f"{path}: cannot read the archive ({type(error).__name__}: {error}); it may be "
+            f"damaged or incomplete (copy or download it again) or encrypted"
+        ) from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     # every member's header first: a few compressed bytes can declare (and inflate to)
     # gigabytes, so the sizes are checked before np.load allocates any of them; np.load reads
     # any member that starts like an .npy file, whatever its name, so every member is checked;
