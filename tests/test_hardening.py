@@ -692,3 +692,20 @@ def test_an_npz_that_does_not_start_as_an_archive_is_refused(tmp_path):
         (tmp_path / "odd.npz").write_bytes(head + tail.read_bytes())
         with pytest.raises(ValueError, match=r"odd.npz: not an .npz archive"):
             read_arrays(tmp_path / "odd.npz")
+
+
+def test_a_mask_of_the_wrong_length_is_named_when_nan_labels_are_dropped(tmp_path):
+    """With drop_nan_labels the masks were indexed by the labels kept before their length was
+    checked: IndexError "boolean index did not match" from numpy."""
+    from interfuse.data.arrays import load_npz_dataset
+
+    labels = np.array(["yes", "no"] * 20)
+    labels[3] = "nan"
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match=r"mask of modality 'a' must hold one .* \(40\)"):
+        from_arrays({"a": x}, labels, masks={"a": np.ones(39, bool)}, drop_nan_labels=True)
+    np.savez(tmp_path / "d.npz", a=x, labels=labels, a__mask=np.ones(39, bool))
+    with pytest.raises(ValueError, match=r"d.npz: the mask of modality 'a' must hold one"):
+        load_npz_dataset(tmp_path / "d.npz", drop_nan_labels=True)
+    with pytest.raises(ValueError, match=r"masks given for unknown modalities \['b'\]"):
+        from_arrays({"a": x}, labels, masks={"b": np.ones(39, bool)}, drop_nan_labels=True)

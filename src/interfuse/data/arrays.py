@@ -571,16 +571,6 @@ def from_arrays(
     task = task or _infer_task(labels)
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if task == "classification":
-        masked = {f"{m}{MASK_SUFFIX}": np.asarray(k) for m, k in (masks or {}).items()}
-        kept, labels = _drop_nan_labels({**arrays, **masked}, labels, "", drop_nan_labels)
-        arrays, masks = split_masks(kept)
-    stratify = labels if task == "classification" else None
-    parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
-    splits = {
-        s: ({m: x[index] for m, x in arrays.items()}, labels[index])
-        for s, index in zip(SPLITS, parts)
-    }
     masks = {m: np.asarray(mask) for m, mask in (masks or {}).items()}
     unknown = sorted(set(masks) - set(arrays))
     if unknown:
@@ -591,6 +581,16 @@ def from_arrays(
                 f"the mask of modality {m!r} must hold one 0/1 or bool per sample "
                 f"({len(labels)}), got shape {mask.shape}"
             )
+    if task == "classification":  # masks checked first: they are indexed like the labels
+        masked = {f"{m}{MASK_SUFFIX}": k for m, k in masks.items()}
+        kept, labels = _drop_nan_labels({**arrays, **masked}, labels, "", drop_nan_labels)
+        arrays, masks = split_masks(kept)
+    stratify = labels if task == "classification" else None
+    parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
+    splits = {
+        s: ({m: x[index] for m, x in arrays.items()}, labels[index])
+        for s, index in zip(SPLITS, parts)
+    }
     masks_by_split = {
         s: {m: mask[index] for m, mask in masks.items()} for s, index in zip(SPLITS, parts)
     }
