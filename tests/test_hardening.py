@@ -709,3 +709,14 @@ def test_a_mask_of_the_wrong_length_is_named_when_nan_labels_are_dropped(tmp_pat
         load_npz_dataset(tmp_path / "d.npz", drop_nan_labels=True)
     with pytest.raises(ValueError, match=r"masks given for unknown modalities \['b'\]"):
         from_arrays({"a": x}, labels, masks={"b": np.ones(39, bool)}, drop_nan_labels=True)
+
+
+def test_an_archive_named_npy_is_refused(tmp_path):
+    """np.load reads a zip as an archive whatever its name: ``labels.npy`` holding an archive
+    came back as an unchecked NpzFile instead of an array (then "there are 1 labels")."""
+    from interfuse.data.arrays import read_arrays
+
+    np.savez(tmp_path / "labels.npz", labels=np.arange(4))
+    (tmp_path / "labels.npz").rename(tmp_path / "labels.npy")
+    with pytest.raises(ValueError, match=r"labels.npy: an .npz archive, not an .npy file"):
+        read_arrays(tmp_path / "labels.npy")

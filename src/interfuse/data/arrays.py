@@ -135,6 +135,9 @@ def load_npy(path: Path) -> np.ndarray:
     than the memory available, is refused before anything is allocated."""
     with path.open("rb") as stream:
         sizes = _declared_bytes(stream)
+        stream.seek(0)
+        if stream.read(4) in _ZIP_STARTS:  # np.load would return the archive, unchecked
+            raise ValueError(f"{path}: an .npz archive, not an .npy file; rename it to .npz")
     if sizes is not None:
         declared, header = sizes
         _check_declared(str(path), declared, path.stat().st_size - header, declared)
