@@ -628,3 +628,95 @@ def test_a_compressed_archive_that_would_not_fit_in_memory_is_refused_before_inf
         arrays.read_arrays(tmp_path / "bomb.npz")
     monkeypatch.setattr(arrays, "available_memory", lambda: 64 << 20)
     assert arrays.read_arrays(tmp_path / "bomb.npz")["a"].shape == (512, 1024)
+
+
+def test_archive_members_that_are_not_arrays_are_checked_before_inflating(tmp_path, monkeypatch):
+    """np.load returns a member that does not start like an .npy file as its raw bytes, read
+    whole: 4 KiB of deflated zeros named ``notes.txt`` inflated to 4 MiB (so 4 MiB of file to
+    4 GiB) past the available memory, unchecked."""
+    import interfuse.data.arrays as arrays
+
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("labels.npy", _npy_bytes((2,), np.zeros(2, np.float32).tobytes()))
+        archive.writestr("notes.txt", bytes(4 << 20))
+    assert (tmp_path / "bomb.npz").stat().st_size < 10_000
+    monkeypatch.setattr(arrays, "available_memory", lambda: 1 << 20)
+    with pytest.raises(ValueError, match=r"'notes.txt'.* would take 4.0 MiB, more than the 1.0"):
+        arrays.read_arrays(tmp_path / "bomb.npz")
+
+
+def _patched(data: bytes, *changes: tuple[int, int]) -> bytes:
+    raw = bytearray(data)
+    for position, value in changes:
+        raw[position] = value
+    return bytes(raw)
+
+
+def test_a_corrupt_or_encrypted_archive_is_one_line_naming_it(tmp_path):
+    """A damaged download (bad CRC, broken deflate stream), an encrypted archive or one using a
+    compression method zipfile lacks raised BadZipFile, zlib.error, RuntimeError or
+    NotImplementedError from inside zipfile, none naming the archive."""
+    from interfuse.data.arrays import read_arrays
+
+    array = _npy_bytes((64,), np.arange(64, dtype=np.float32).tobytes())
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        with zipfile.ZipFile(tmp_path / "good.npz", "w", method) as archive:
+            archive.writestr("x.npy", array)
+        good = (tmp_path / "good.npz").read_bytes()
+        central = good.rfind(b"PK\x01\x02")
+        data = 30 + len("x.npy")  # the member's data follows its local header
+        cases = {
+            "flipped": _patched(good, (data + 10, good[data + 10] ^ 0xFF)),
+            "encrypted": _patched(good, (6, good[6] | 1), (central + 8, good[central + 8] | 1)),
+            "method 99": _patched(good, (8, 99), (central + 10, 99)),
+        }
+        for what, content in cases.items():
+            (tmp_path / "bad.npz").write_bytes(content)
+            with pytest.raises(ValueError, match=r"bad.npz: cannot read the archive") as error:
+                read_arrays(tmp_path / "bad.npz")
+            assert "\n" not in str(error.value), what
+
+
+def test_an_npz_that_does_not_start_as_an_archive_is_refused(tmp_path):
+    """np.load reads a file that starts like an .npy file as one array, whatever follows: an
+    .npy header with an archive appended passed the archive's checks, then np.load allocated
+    the 8 TiB its header declared (MemoryError) or returned an array where an archive was
+    expected (TypeError)."""
+    from interfuse.data.arrays import read_arrays
+
+    tail = tmp_path / "tail.npz"
+    with zipfile.ZipFile(tail, "w") as archive:
+        archive.writestr("x.npy", _npy_bytes((2,), np.zeros(2, np.float32).tobytes()))
+    for shape in ((1 << 41,), (2,)):
+        head = _npy_bytes(shape, np.zeros(2, np.float32).tobytes())
+        (tmp_path / "odd.npz").write_bytes(head + tail.read_bytes())
+        with pytest.raises(ValueError, match=r"odd.npz: not an .npz archive"):
+            read_arrays(tmp_path / "odd.npz")
+
+
+def test_a_mask_of_the_wrong_length_is_named_when_nan_labels_are_dropped(tmp_path):
+    """With drop_nan_labels the masks were indexed by the labels kept before their length was
+    checked: IndexError "boolean index did not match" from numpy."""
+    from interfuse.data.arrays import load_npz_dataset
+
+    labels = np.array(["yes", "no"] * 20)
+    labels[3] = "nan"
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match=r"mask of modality 'a' must hold one .* \(40\)"):
+        from_arrays({"a": x}, labels, masks={"a": np.ones(39, bool)}, drop_nan_labels=True)
+    np.savez(tmp_path / "d.npz", a=x, labels=labels, a__mask=np.ones(39, bool))
+    with pytest.raises(ValueError, match=r"d.npz: the mask of modality 'a' must hold one"):
+        load_npz_dataset(tmp_path / "d.npz", drop_nan_labels=True)
+    with pytest.raises(ValueError, match=r"masks given for unknown modalities \['b'\]"):
+        from_arrays({"a": x}, labels, masks={"b": np.ones(39, bool)}, drop_nan_labels=True)
+
+
+def test_an_archive_named_npy_is_refused(tmp_path):
+    """np.load reads a zip as an archive whatever its name: ``labels.npy`` holding an archive
+    came back as an unchecked NpzFile instead of an array (then "there are 1 labels")."""
+    from interfuse.data.arrays import read_arrays
+
+    np.savez(tmp_path / "labels.npz", labels=np.arange(4))
+    (tmp_path / "labels.npz").rename(tmp_path / "labels.npy")
+    with pytest.raises(ValueError, match=r"labels.npy: an .npz archive, not an .npy file"):
+        read_arrays(tmp_path / "labels.npy")

@@ -219,3 +219,12 @@ def test_convert_to_a_dataset_folder_keeps_sequences_and_padding(tmp_path):
     assert torch.equal(targets, direct.train.targets)
     assert lazy.encoders == direct.encoders
     assert lazy.preprocessor.sample_shapes == direct.preprocessor.sample_shapes
+
+
+def test_a_modality_that_is_a_single_value_is_named(tmp_path):
+    """A modality stored as one number (not an array of samples) raised IndexError ("tuple index
+    out of range") while the feature sizes were gathered for the error message."""
+    data = affect_data("mosi")
+    data["train"]["vision"] = 5.0
+    with pytest.raises(ValueError, match=r"split 'train', modality 'vision': expected shape"):
+        load_affect("mosi", write_pickle(tmp_path / "a.pkl", data))

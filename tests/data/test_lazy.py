@@ -238,3 +238,14 @@ def test_overwrite_replaces_only_a_dataset_folder(npz: Path, tmp_path: Path) -> 
     again = convert_task(raw, first, overwrite=True)
     assert again == first and (again / "manifest.json").is_file()
     assert len(load_lazy(again).train) == len(raw.train)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_truncated_array_is_refused_by_name(folder: Path, tmp_path: Path, split: str) -> None:
+    """A copy cut short (its header intact) failed in mmap with "mmap length is greater than
+    file size", naming no file."""
+    copy = _copy(folder, tmp_path)
+    path = copy / split / "a.npy"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=rf"{split}/a.npy: truncated"):
+        load_lazy(copy)

@@ -99,3 +99,13 @@ def test_a_run_predicts_the_raw_digit_features(tmp_path):
     accuracies = [result.metrics[s]["accuracy"] for s in ("train", "val", "test")]
     assert min(accuracies) - 0.02 <= accuracy <= max(accuracies) + 0.02
     assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("row", ["1,x,3", "1,2", "1,,3"])
+def test_an_unreadable_csv_is_named(tmp_path, row):
+    """A cell that is not a number or a short row raised numpy's ValueError ("could not convert
+    string 'x' to float64", "the number of columns changed"), naming no file."""
+    for code, _ in VIEWS.values():
+        (tmp_path / f"mfeat-{code}.csv").write_text(f"a,b,c\n1,2,3\n{row}\n")
+    with pytest.raises(ValueError, match=r"mfeat-fou.csv: not a table of numbers \("):
+        mfeat_arrays(tmp_path)

@@ -117,7 +117,7 @@ def load_affect(
     pairs = {}
     replaced: dict[str, int] = {}
     for split, content in splits.items():
-        found = {m: content[m].shape[-1] for m in MODALITIES if m in content}
+        found = {m: np.shape(content[m])[-1] for m in MODALITIES if np.ndim(content.get(m))}
         for key in (*MODALITIES, LABELS):
             if key not in content:
                 raise ValueError(

@@ -25,9 +25,11 @@ Nothing is ever unpickled: object arrays are refused.
 from __future__ import annotations
 
 import logging
+import lzma
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,9 @@ def load_npy(path: Path) -> np.ndarray:
     than the memory available, is refused before anything is allocated."""
     with path.open("rb") as stream:
         sizes = _declared_bytes(stream)
+        stream.seek(0)
+        if stream.read(4) in _ZIP_STARTS:  # np.load would return the archive, unchecked
+            raise ValueError(f"{path}: an .npz archive, not an .npy file; rename it to .npz")
     if sizes is not None:
         declared, header = sizes
         _check_declared(str(path), declared, path.stat().st_size - header, declared)
@@ -142,18 +147,45 @@ def load_npy(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot read without pickle ({error})") from None
 
 
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+"""How a file np.load reads as an archive starts (any other start it reads as .npy or pickle)."""
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    NotImplementedError,  # a compression method zipfile lacks
+    RuntimeError,  # an encrypted member
+)
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not an .npz archive")
+    with path.open("rb") as stream:
+        start = stream.read(4)
+    if not zipfile.is_zipfile(path) or start not in _ZIP_STARTS:
+        raise ValueError(f"{path}: not an .npz archive (an .npz file starts with a zip header)")
+    try:
+        return _read_npz(path)
+    except _ARCHIVE_ERRORS as error:
+        raise ValueError(
+            f"{path}: cannot read the archive ({type(error).__name__}: {error}); it may be "
+            f"damaged or incomplete (copy or download it again) or encrypted"
+        ) from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     # every member's header first: a few compressed bytes can declare (and inflate to)
     # gigabytes, so the sizes are checked before np.load allocates any of them; np.load reads
-    # any member that starts like an .npy file, whatever its name, so every member is checked
+    # any member that starts like an .npy file, whatever its name, so every member is checked;
+    # any other member it returns as its raw bytes, read whole: those count at their full size
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             with archive.open(info) as stream:
                 sizes = _declared_bytes(stream)
             if sizes is None:
+                total += info.file_size
+                _check_declared(f"{path}, member {info.filename!r}", 0, None, total)
                 continue
             declared, header = sizes
             total += declared
@@ -542,16 +574,6 @@ def from_arrays(
     task = task or _infer_task(labels)
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if task == "classification":
-        masked = {f"{m}{MASK_SUFFIX}": np.asarray(k) for m, k in (masks or {}).items()}
-        kept, labels = _drop_nan_labels({**arrays, **masked}, labels, "", drop_nan_labels)
-        arrays, masks = split_masks(kept)
-    stratify = labels if task == "classification" else None
-    parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
-    splits = {
-        s: ({m: x[index] for m, x in arrays.items()}, labels[index])
-        for s, index in zip(SPLITS, parts)
-    }
     masks = {m: np.asarray(mask) for m, mask in (masks or {}).items()}
     unknown = sorted(set(masks) - set(arrays))
     if unknown:
@@ -562,6 +584,16 @@ def from_arrays(
                 f"the mask of modality {m!r} must hold one 0/1 or bool per sample "
                 f"({len(labels)}), got shape {mask.shape}"
             )
+    if task == "classification":  # masks checked first: they are indexed like the labels
+        masked = {f"{m}{MASK_SUFFIX}": k for m, k in masks.items()}
+        kept, labels = _drop_nan_labels({**arrays, **masked}, labels, "", drop_nan_labels)
+        arrays, masks = split_masks(kept)
+    stratify = labels if task == "classification" else None
+    parts = split_indices(len(labels), fractions, seed=seed, stratify=stratify)
+    splits = {
+        s: ({m: x[index] for m, x in arrays.items()}, labels[index])
+        for s, index in zip(SPLITS, parts)
+    }
     masks_by_split = {
         s: {m: mask[index] for m, mask in masks.items()} for s, index in zip(SPLITS, parts)
     }

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import shutil
@@ -366,15 +367,16 @@ def _expected_files(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], str]
     return expected
 
 
-def _header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """Shape, Fortran order and dtype from an ``.npy`` header, reading nothing else."""
+def _header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and where the data starts from an ``.npy`` header, reading
+    nothing else."""
     try:
         with path.open("rb") as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
-                return np.lib.format.read_array_header_1_0(f)
+                return (*np.lib.format.read_array_header_1_0(f), f.tell())
             if version == (2, 0):
-                return np.lib.format.read_array_header_2_0(f)
+                return (*np.lib.format.read_array_header_2_0(f), f.tell())
             raise ValueError(f"unsupported .npy version {version}")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (listed by the manifest)") from None
@@ -386,7 +388,7 @@ def _check_arrays(folder: Path, manifest: Manifest) -> None:
     """Every file's header against the manifest, before any data is read."""
     for relative, (shape, dtype) in _expected_files(manifest).items():
         path = folder / relative
-        found_shape, fortran, found_dtype = _header(path)
+        found_shape, fortran, found_dtype, start = _header(path)
         if found_dtype.hasobject:
             raise ValueError(f"{path}: holds Python objects (needs pickle); refused")
         if fortran:
@@ -395,6 +397,13 @@ def _check_arrays(folder: Path, manifest: Manifest) -> None:
             raise ValueError(f"{path}: shape {tuple(found_shape)}, the manifest says {shape}")
         if found_dtype != np.dtype(dtype):
             raise ValueError(f"{path}: dtype {found_dtype}, the manifest says {dtype}")
+        needed = start + math.prod(shape) * found_dtype.itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise ValueError(
+                f"{path}: truncated ({size:,} bytes, its header needs {needed:,}); copy or "
+                f"convert the dataset again"
+            )
         if relative not in manifest.files:
             raise ValueError(f"{folder / MANIFEST}: no SHA-256 listed for {relative}")
 

@@ -85,7 +85,10 @@ def mfeat_arrays(
     views: dict[str, np.ndarray] = {}
     labels: np.ndarray | None = None
     for view, file in mfeat_files(path).items():
-        table = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2)
+        try:
+            table = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2)
+        except ValueError as error:
+            raise ValueError(f"{file}: not a table of numbers ({error})") from None
         dim = VIEWS[view][1]
         if table.shape != (N_SAMPLES, dim + 1):
             raise ValueError(
