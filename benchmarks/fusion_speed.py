@@ -638,13 +638,18 @@ def masked_timing(m: int, r: int, k: int, settings: dict[str, Any]) -> dict[str,
         for n, e in embeddings.items()
     }
 
+    def clear(module: torch.nn.Module) -> None:  # this step's own gradients only, as in build
+        module.zero_grad(set_to_none=True)
+        for x in inputs.values():
+            x.grad = None
+
     def step_ours() -> None:
-        built["clear"]()
+        clear(model)
         out = model.fuse(inputs, masks)
         (F.cross_entropy(out.prediction, y) + LAM * model.regularizer()).backward()
 
     def step_before() -> None:
-        built["clear"]()
+        clear(before)
         prediction, _ = reference.reference_fuse(before, inputs, masks)
         (F.cross_entropy(prediction, y) + LAM * reference.regularizer(before)).backward()
 
