@@ -515,6 +515,12 @@ def probe_faults(m: int, r: int, k: int, threads: int, steps: int = 3) -> dict[s
     return out
 
 
+def _config_cells(entry: dict[str, Any]) -> list[Any]:
+    """``M, r, K, D`` of a measured configuration, the first cells of its table row."""
+    config = entry["config"]
+    return [config["M"], config["r"], config["K"], config["features"]]
+
+
 def _ratio(faults: dict[str, Any]) -> float:
     return faults["ours"] / faults["before"] if faults["before"] else math.nan
 
@@ -944,10 +950,7 @@ def render(payload: dict[str, Any]) -> str:
                 ["M", "r", "K", "features D", "before ms", "ours ms", "ours / before"],
                 [
                     [
-                        c["config"]["M"],
-                        c["config"]["r"],
-                        c["config"]["K"],
-                        c["config"]["features"],
+                        *_config_cells(c),
                         fmt(c["median_ms"]["before"], 2),
                         fmt(c["median_ms"]["ours"], 2),
                         fmt(c["ours_over_before"], 2),
@@ -966,10 +969,7 @@ def render(payload: dict[str, Any]) -> str:
                 ["M", "r", "K", "features D", "before faults", "ours faults", "ours / before"],
                 [
                     [
-                        c["config"]["M"],
-                        c["config"]["r"],
-                        c["config"]["K"],
-                        c["config"]["features"],
+                        *_config_cells(c),
                         *(
                             [fmt(c["before"], 0), fmt(c["ours"], 0), fmt(_ratio(c), 2)]
                             if "error" not in c
