@@ -14,6 +14,7 @@ from interfuse.coordinated.tasks import (
     run_retrieval,
     run_zeroshot,
 )
+from interfuse.data.mfeat import mfeat_files
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,14 @@ def test_batches_of_one_are_refused_rather_than_silently_skipped(run, config):
 def test_colearn_refuses_repeated_label_fractions():
     with pytest.raises(ValueError, match="label fractions must differ"):
         run_colearn(ColearnConfig(fractions=(0.1, 0.1), data_path="no/such/folder"))
+
+
+def test_colearn_refuses_a_test_fraction_that_leaves_a_class_untrained():
+    try:
+        mfeat_files()
+    except FileNotFoundError:
+        pytest.skip("mfeat data not installed")
+    # 0.998 of 200 digits per class rounds to all 200: numpy's "need at least one array to
+    # concatenate" used to be the only message
+    with pytest.raises(ValueError, match="test fraction 0.998 leaves no training sample"):
+        run_colearn(ColearnConfig(test_fraction=0.998, epochs=1))

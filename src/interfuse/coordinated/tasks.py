@@ -640,6 +640,12 @@ def run_colearn(config: ColearnConfig) -> tuple[ColearnResult, dict[str, Any]]:
     rng = np.random.default_rng([config.seed, 11])
     test_idx = _stratified(labels, config.test_fraction, rng)
     train_idx = np.setdiff1d(np.arange(labels.size), test_idx)
+    empty = np.setdiff1d(np.unique(labels), labels[train_idx])
+    if empty.size:
+        raise ValueError(
+            f"test fraction {config.test_fraction} leaves no training sample of class "
+            f"{', '.join(map(str, empty))}; lower it"
+        )
 
     def standardise(view: str) -> tuple[Tensor, Tensor]:
         x = views[view]
