@@ -71,6 +71,7 @@ def test_colearn_and_summarize(tmp_path):
         (["zeroshot", "--text", "glove", "--out", "x"], "Invalid value for '--text'"),
         (["retrieval", "--epochs", "0", "--out", "x"], "Invalid value for '--epochs'"),
         (["grounding", "--equivariance", "-1", "--out", "x"], "Invalid value for '--equivariance'"),
+        (["grounding", "--equivariance", "nan", *TINY, "--out", "x"], "equivariance must be"),
         (["grounding", "--seed", "-1", "--out", "x"], "Invalid value for '--seed'"),
         (["colearn", "--seed", "-1", "--out", "x"], "Invalid value for '--seed'"),
         (["summarize", "no/such/folder"], "not found"),

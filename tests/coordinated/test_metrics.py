@@ -96,3 +96,13 @@ def test_cell_centres():
     np.testing.assert_allclose(c[0], [2, 2])
     np.testing.assert_allclose(c[9], [6, 6])
     np.testing.assert_allclose(c[7], [30, 2])
+
+
+def test_recall_at_k_refuses_nan_scores():
+    # NaN compares false with everything, so a NaN score used to rank the positive first:
+    # a model whose embeddings went NaN scored a perfect R@1
+    sim = np.array([[0.9, np.nan, 0.5], [0.2, 0.3, 0.8]])
+    with pytest.raises(ValueError, match="NaN"):
+        recall_at_k(sim, np.eye(2, 3, dtype=bool))
+    with pytest.raises(ValueError, match="NaN"):
+        recall_at_k(np.full((2, 3), np.nan), np.eye(2, 3, dtype=bool))

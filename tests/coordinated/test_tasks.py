@@ -1,5 +1,7 @@
 """Task-level validation of the coordinated runs (checked before any data or training)."""
 
+import dataclasses
+
 import pytest
 
 from interfuse.coordinated.tasks import (
@@ -14,6 +16,7 @@ from interfuse.coordinated.tasks import (
     run_retrieval,
     run_zeroshot,
 )
+from interfuse.data.mfeat import mfeat_files
 
 
 @pytest.mark.parametrize(
@@ -34,3 +37,31 @@ def test_batches_of_one_are_refused_rather_than_silently_skipped(run, config):
 def test_colearn_refuses_repeated_label_fractions():
     with pytest.raises(ValueError, match="label fractions must differ"):
         run_colearn(ColearnConfig(fractions=(0.1, 0.1), data_path="no/such/folder"))
+
+
+def test_colearn_refuses_a_test_fraction_that_leaves_a_class_untrained():
+    try:
+        mfeat_files()
+    except FileNotFoundError:
+        pytest.skip("mfeat data not installed")
+    # 0.998 of 200 digits per class rounds to all 200: numpy's "need at least one array to
+    # concatenate" used to be the only message
+    with pytest.raises(ValueError, match="test fraction 0.998 leaves no training sample"):
+        run_colearn(ColearnConfig(test_fraction=0.998, epochs=1))
+
+
+@pytest.mark.parametrize(
+    ("run", "config", "message"),
+    [
+        (run_zeroshot, ZeroShotConfig(text="bow", margin=float("nan")), "margin must be > 0"),
+        (run_retrieval, RetrievalConfig(lr=float("nan")), "lr must be > 0"),
+        (run_grounding, GroundingConfig(equivariance=float("nan")), "equivariance must be"),
+        (run_grounding, GroundingConfig(equivariance=float("inf")), "equivariance must be"),
+    ],
+)
+def test_nan_settings_are_refused(run, config, message):
+    # NaN passed every `<= 0` / `< 0` check: a NaN margin or learning rate trained a model of
+    # NaN weights, and a NaN equivariance weight silently switched the term off
+    tiny = {"n_train": 4, "n_test": 2, "epochs": 1}
+    with pytest.raises(ValueError, match=message):
+        run(dataclasses.replace(config, **tiny))

@@ -110,3 +110,29 @@ def test_colearn_metrics_keep_every_label_fraction():
     assert metrics["weak_helped@5%"] == 0.6
     assert metrics["weak_helped@10%"] == 0.7 and metrics["weak_helped@10.4%"] == 0.71
     assert len(metrics) == 2 + 3 * 3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema_version": 99}, "schema version 99"),
+        ({"chance": None}, "chance"),
+        ({"fractions": 0.05}, "fractions"),
+        ({"weak_alone": ["0.5", "0.6"]}, "weak_alone"),
+        ({"chance": "0.1"}, "chance"),
+        ({"weak_helped": [0.6]}, "one entry per label fraction"),
+    ],
+)
+def test_a_damaged_result_is_one_line_naming_the_file(tmp_path, change, message):
+    # mistyped fields used to load, then fail in `summarize` as an internal TypeError/IndexError
+    colearn = ColearnResult(
+        seed=0, settings={}, weak_view="morph", strong_view="pixel", n_train=10, n_test=5,
+        fractions=(0.05, 0.1), n_labelled=(1, 2), weak_alone=(0.5, 0.6), weak_helped=(0.6, 0.7),
+        strong_alone=(0.9, 0.9), weak_all_labels=0.7, chance=0.1,
+    )  # fmt: skip
+    data = {**colearn.to_dict(), **change}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as error:
+        load_result(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)

@@ -30,7 +30,8 @@ def recall_at_k(
     ``similarity`` ``(queries, candidates)``; ``positives`` a boolean matrix of the same shape
     with at least one True per row. Ties count against the query: the rank of a query's best
     positive is the number of negatives scoring at least as high (a constant score gives no
-    hit at k smaller than the number of negatives + 1).
+    hit at k smaller than the number of negatives + 1). NaN scores are refused (they compare
+    false with everything, so they would rank a positive first).
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     positives = np.asarray(positives, dtype=bool)
@@ -38,6 +39,10 @@ def recall_at_k(
         raise ValueError(f"shapes differ: {similarity.shape} vs {positives.shape}")
     if not positives.any(axis=1).all():
         raise ValueError("every query needs at least one positive candidate")
+    if np.isnan(similarity).any():
+        raise ValueError(
+            f"similarity has {int(np.isnan(similarity).sum())} NaN scores (a diverged model?)"
+        )
     best = np.where(positives, similarity, -np.inf).max(axis=1, keepdims=True)
     rank = ((similarity >= best) & ~positives).sum(axis=1)  # 0 = a positive is first
     return {k: float((rank < k).mean()) for k in ks}

@@ -2,8 +2,8 @@
 
 Every result records its task, seed, settings and metrics; :meth:`to_json` / :meth:`from_json`
 round-trip exactly (tuples stay tuples), :meth:`save` writes atomically, and :func:`load_result`
-reads any of them back by its ``task`` field. A file with another schema version is refused
-with a clear message rather than misread.
+reads any of them back by its ``task`` field. A file with another schema version, or with a
+missing or mistyped field, is refused with one line naming it rather than misread.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -40,6 +41,27 @@ def _tupled(value: Any) -> Any:
     return value
 
 
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a JSON-read ``value`` has the type ``hint`` of a result field (ints pass as
+    floats; booleans are not numbers)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (int, str):
+        return isinstance(value, hint) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    return True
+
+
 @dataclass(frozen=True)
 class _Result:
     task: ClassVar[str] = ""
@@ -63,7 +85,15 @@ class _Result:
         missing = names - set(data)
         if missing:
             raise ValueError(f"{cls.task} result lacks {', '.join(sorted(missing))}")
-        return cls(**{k: _tupled(data[k]) for k in names})
+        values = {k: _tupled(data[k]) for k in names}
+        hints = typing.get_type_hints(cls)
+        wrong = sorted(k for k in names if not _conforms(values[k], hints[k]))
+        if wrong:
+            raise ValueError(
+                f"{cls.task} result: {', '.join(wrong)} not of the expected type "
+                f"({'; '.join(f'{k}: {values[k]!r}' for k in wrong)})"
+            )
+        return cls(**values)
 
     @classmethod
     def from_json(cls: type[R], text: str) -> R:
@@ -205,6 +235,14 @@ class ColearnResult(_Result):
     chance: float
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        per_fraction = (self.n_labelled, self.weak_alone, self.weak_helped, self.strong_alone)
+        if any(len(values) != len(self.fractions) for values in per_fraction):
+            raise ValueError(
+                "colearn result: n_labelled, weak_alone, weak_helped and strong_alone need one "
+                "entry per label fraction"
+            )
+
     def metrics(self) -> dict[str, float]:
         out = {"weak_all_labels": self.weak_all_labels, "chance": self.chance}
         for i, f in enumerate(self.fractions):
@@ -226,9 +264,12 @@ def load_result(path: str | os.PathLike[str]) -> _Result:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     task = data.get("task") if isinstance(data, dict) else None
-    if task not in RESULT_TYPES:
+    if not isinstance(task, str) or task not in RESULT_TYPES:
         raise ValueError(f"{path}: not a coordinated result (task {task!r})")
-    return RESULT_TYPES[task].from_dict(data)
+    try:
+        return RESULT_TYPES[task].from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None

@@ -87,7 +87,7 @@ def _settings(config: Any) -> dict[str, Any]:
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if value is None or value <= 0:
+        if value is None or not value > 0:  # `not >` also refuses NaN
             raise ValueError(f"{name.replace('_', '-')} must be > 0, got {value}")
 
 
@@ -471,8 +471,8 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
         batch_size=config.batch_size, lr=config.lr, dim=config.dim,
     )  # fmt: skip
     _check_batches(config.n_train, config.batch_size)
-    if config.equivariance < 0:
-        raise ValueError(f"equivariance must be >= 0, got {config.equivariance}")
+    if not 0 <= config.equivariance < float("inf"):
+        raise ValueError(f"equivariance must be a finite number >= 0, got {config.equivariance}")
     start = time.perf_counter()
     train = make_scenes(config.n_train, config.seed, stream=TRAIN_STREAM)
     test = make_scenes(config.n_test, config.seed, stream=TEST_STREAM)
@@ -640,6 +640,12 @@ def run_colearn(config: ColearnConfig) -> tuple[ColearnResult, dict[str, Any]]:
     rng = np.random.default_rng([config.seed, 11])
     test_idx = _stratified(labels, config.test_fraction, rng)
     train_idx = np.setdiff1d(np.arange(labels.size), test_idx)
+    empty = np.setdiff1d(np.unique(labels), labels[train_idx])
+    if empty.size:
+        raise ValueError(
+            f"test fraction {config.test_fraction} leaves no training sample of class "
+            f"{', '.join(map(str, empty))}; lower it"
+        )
 
     def standardise(view: str) -> tuple[Tensor, Tensor]:
         x = views[view]
