@@ -1040,3 +1040,31 @@ def test_masked_vbn_head_gradient_of_each_input_alone():
 
     assert torch.autograd.gradcheck(fn, (x.requires_grad_(), w))
     assert torch.autograd.gradcheck(fn, (x.detach(), w.requires_grad_()))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masks"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_embeddings_that_are_not_contiguous(layout, training, masked):
+    """Encoder outputs in another memory layout (a transpose: dense, but column-major; a slice
+    with a step): a modality alone in its width stack is then a view of that tensor, and every
+    path agrees with the reference (the stacked path raised a view error on the transposed
+    block in training, as elementwise operations keep its layout)."""
+    torch.manual_seed(17)
+    model, names, dims = build(3, 2, 2, torch.float64)  # widths 3, 4, 5: one stack each
+    model.train(training)
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(17)
+
+    def embedding(d):
+        if layout == "transposed":
+            return torch.randn(d, BATCH, generator=gen, dtype=torch.float64).t()
+        return torch.randn(BATCH, 2 * d, generator=gen, dtype=torch.float64)[:, ::2]
+
+    masks = {n: torch.rand(BATCH, generator=gen) < 0.7 for n in names} if masked else None
+    inputs = {n: embedding(d) for n, d in dims.items()}
+    if masked:
+        for n, x in inputs.items():  # in place: the layout stays
+            x.masked_fill_(~masks[n][:, None], 0.0)
+    assert not any(x.is_contiguous() for x in inputs.values())
+    _step_against_reference(model, ref, inputs, masks, torch.float64, layout)
