@@ -1119,3 +1119,22 @@ def test_a_loss_on_the_blocks_alone_leaves_the_head_without_gradients(config, ma
         opt_ref.step()
         for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
             close(p, q, torch.float64, f"{name} after step {step}")
+
+
+def test_whole_head_function_notices_a_bias_set_after_none():
+    """A head without bias (``head.bias = None``, as ``MNLFusion(bias=False)``) that is given one
+    again: the one-Function head's cached state had no bias tensor to watch, and kept
+    predicting without it while the reference added it."""
+    torch.manual_seed(19)
+    model, names, dims = build(3, 2, 2, torch.float64, equal=True)
+    model.head.bias = None
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(19)
+    for step in range(2):
+        inputs = {
+            n: torch.randn(BATCH, d, generator=gen, dtype=torch.float64) for n, d in dims.items()
+        }
+        _step_against_reference(model, ref, inputs, None, torch.float64, f"step {step}")
+        bias = torch.randn(3, generator=gen, dtype=torch.float64)
+        model.head.bias = nn.Parameter(bias.clone())
+        ref.head.bias = nn.Parameter(bias.clone())

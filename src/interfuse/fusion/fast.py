@@ -1125,6 +1125,8 @@ def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> tuple:
     held = [*weights, state.bias, *state.buffers.lerped, *state.buffers.counters]
     held += [t for values in masked for t in values]
     links = _ownership(model, held)
+    if state.bias is None:  # no tensor to watch: watch the empty slot (a bias set later)
+        links.append((model.head._parameters, "bias", None))
     return device, state, weights, masked, names, names == list(model.head.blocks), links
 
 
