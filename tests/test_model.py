@@ -253,6 +253,23 @@ def test_bad_encoder_output_is_reported():
         model({"a": torch.randn(4, 3, 2)})
 
 
+@pytest.mark.parametrize("iterbn", [True, False], ids=["fast-path", "module-path"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_an_encoder_output_of_another_width_is_named(iterbn, training):
+    """An encoder whose output width is not the one the model was built for (a wrong
+    ``encoder_dims``): the error names the modality and both widths (it was a shape error from
+    inside a batched matrix product or a Linear, naming neither)."""
+    dims = {"a": 3, "b": 4}
+    model = MultimodalModel(
+        {m: nn.Identity() for m in dims}, encoder_dims={"a": 3, "b": 5}, rank=2, iterbn=iterbn
+    )
+    model.train(training)
+    with pytest.raises(
+        ValueError, match=r"modality 'b' returned 4 features .* built for 5 .* encoder_dims"
+    ):
+        model(make_inputs(dims, n=4))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -292,6 +292,12 @@ class MultimodalModel(nn.Module):
                     f"the encoder of modality {m!r} must return a (batch, features) tensor with "
                     f"batch {batch}, got {shape}"
                 )
+            if h.shape[1] != self._dims[m]:
+                raise ValueError(
+                    f"the encoder of modality {m!r} returned {h.shape[1]} features per sample, but "
+                    f"the model was built for {self._dims[m]} (encoder_dims or the encoder's "
+                    f"output_dim); build the model with encoder_dims={{{m!r}: {h.shape[1]}}}"
+                )
             embeddings[m] = h if keep is None else torch.where(keep[:, None], h, 0.0)
         return embeddings
 

@@ -1040,3 +1040,101 @@ def test_masked_vbn_head_gradient_of_each_input_alone():
 
     assert torch.autograd.gradcheck(fn, (x.requires_grad_(), w))
     assert torch.autograd.gradcheck(fn, (x.detach(), w.requires_grad_()))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masks"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_embeddings_that_are_not_contiguous(layout, training, masked):
+    """Encoder outputs in another memory layout (a transpose: dense, but column-major; a slice
+    with a step): a modality alone in its width stack is then a view of that tensor, and every
+    path agrees with the reference (the stacked path raised a view error on the transposed
+    block in training, as elementwise operations keep its layout)."""
+    torch.manual_seed(17)
+    model, names, dims = build(3, 2, 2, torch.float64)  # widths 3, 4, 5: one stack each
+    model.train(training)
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(17)
+
+    def embedding(d):
+        if layout == "transposed":
+            return torch.randn(d, BATCH, generator=gen, dtype=torch.float64).t()
+        return torch.randn(BATCH, 2 * d, generator=gen, dtype=torch.float64)[:, ::2]
+
+    masks = {n: torch.rand(BATCH, generator=gen) < 0.7 for n in names} if masked else None
+    inputs = {n: embedding(d) for n, d in dims.items()}
+    if masked:
+        for n, x in inputs.items():  # in place: the layout stays
+            x.masked_fill_(~masks[n][:, None], 0.0)
+    assert not any(x.is_contiguous() for x in inputs.values())
+    _step_against_reference(model, ref, inputs, masks, torch.float64, layout)
+
+
+@pytest.mark.parametrize(
+    "config,masked",
+    [
+        ((3, 1, 2, "equal"), False),
+        ((3, 2, 2, "equal"), False),
+        ((3, 2, 2, "equal"), True),
+        ((3, 3, 2, "equal"), False),
+        ((3, 3, 3), False),
+    ],
+    ids=["unimodal", "whole-head", "whole-head-masks", "whole-head-triples", "stacked"],
+)
+def test_a_loss_on_the_blocks_alone_leaves_the_head_without_gradients(config, masked):
+    """A step whose loss reads only the returned blocks (an explanation loss on its own) does
+    not reach the head's weights and bias: they get no gradient (``None``), as on the module
+    path, so an optimiser skips them. A zero gradient instead would let Adam move them by its
+    momentum: the parameters after such a step must equal the reference's."""
+    torch.manual_seed(18)
+    model, names, dims = build(*config[:3], torch.float64, equal=len(config) > 3)
+    ref = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(18)
+    y = torch.arange(BATCH) % 3
+    for step in range(2):  # a task step (Adam's momentum), then a step on the blocks alone
+        masks = {n: torch.rand(BATCH, generator=gen) < 0.7 for n in names} if masked else None
+        inputs = {
+            n: torch.randn(BATCH, d, generator=gen, dtype=torch.float64) for n, d in dims.items()
+        }
+        if masked:
+            inputs = {n: torch.where(masks[n][:, None], x, 0.0) for n, x in inputs.items()}
+        inputs = {n: x.requires_grad_() for n, x in inputs.items()}  # as an encoder's output
+        out = model.fuse(inputs, masks)
+        ref_prediction, ref_blocks = reference.reference_fuse(ref, inputs, masks)
+        opt.zero_grad()
+        opt_ref.zero_grad()
+        if step == 0:
+            F.cross_entropy(out.prediction, y).backward()
+            F.cross_entropy(ref_prediction, y).backward()
+        else:
+            sum(b.pow(3).sum() for b in out.blocks.values()).backward()
+            sum(b.pow(3).sum() for b in ref_blocks.values()).backward()
+        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+            assert (p.grad is None) == (q.grad is None), f"grad {name}, step {step}"
+            if q.grad is not None:
+                close(p.grad, q.grad, torch.float64, f"grad {name}, step {step}")
+        opt.step()
+        opt_ref.step()
+        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+            close(p, q, torch.float64, f"{name} after step {step}")
+
+
+def test_whole_head_function_notices_a_bias_set_after_none():
+    """A head without bias (``head.bias = None``, as ``MNLFusion(bias=False)``) that is given one
+    again: the one-Function head's cached state had no bias tensor to watch, and kept
+    predicting without it while the reference added it."""
+    torch.manual_seed(19)
+    model, names, dims = build(3, 2, 2, torch.float64, equal=True)
+    model.head.bias = None
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(19)
+    for step in range(2):
+        inputs = {
+            n: torch.randn(BATCH, d, generator=gen, dtype=torch.float64) for n, d in dims.items()
+        }
+        _step_against_reference(model, ref, inputs, None, torch.float64, f"step {step}")
+        bias = torch.randn(3, generator=gen, dtype=torch.float64)
+        model.head.bias = nn.Parameter(bias.clone())
+        ref.head.bias = nn.Parameter(bias.clone())

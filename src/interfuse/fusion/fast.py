@@ -111,7 +111,9 @@ class _VbnHead(torch.autograd.Function):
             c = flat
         else:
             c = flat.sub_(mean) if inplace else flat - mean
-        sq = torch.linalg.vector_norm(c.view(num, -1), dim=1).square_().div_(batch)
+        # reshape, not view: a modality alone in its stack is a view of its embedding, and
+        # ``flat - mean`` keeps that layout (a transposed encoder output: not flattenable)
+        sq = torch.linalg.vector_norm(c.reshape(num, -1), dim=1).square_().div_(batch)
         scale = (sq + eps).rsqrt_()
         s3 = scale[:, None, None]
         z = c.mul_(s3) if inplace or not centred else c * s3
@@ -1123,6 +1125,8 @@ def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> tuple:
     held = [*weights, state.bias, *state.buffers.lerped, *state.buffers.counters]
     held += [t for values in masked for t in values]
     links = _ownership(model, held)
+    if state.bias is None:  # no tensor to watch: watch the empty slot (a bias set later)
+        links.append((model.head._parameters, "bias", None))
     return device, state, weights, masked, names, names == list(model.head.blocks), links
 
 

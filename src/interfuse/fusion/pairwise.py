@@ -43,7 +43,9 @@ With triples, ``∂X_S`` (centred, as ``∂X_q``) adds ``∂X_S · G_l`` to ``�
 
 The inner products ``⟨g, Z_m W_mᵀ⟩`` come from the ``(·, B, C)`` head products kept from the
 forward pass. Gradients that reach the returned blocks directly (``∂L/∂Z``, ``∂L/∂Y``, e.g. an
-explanation loss) enter as ``g W`` does, centred, and add to the inner products.
+explanation loss) enter as ``g W`` does, centred, and add to the inner products; when only they
+reach it (``∂L/∂ŷ`` is ``None``), the head's weights and bias get no gradient (``None``, as
+autograd gives the module path's), not zeros that an optimiser with momentum would act on.
 
 **Running statistics** are updated inside the forward pass with two foreach operations, as the
 module path does: one lerp for the vBN means and unbiased squared norms, the factors' means, the
@@ -320,12 +322,14 @@ class _PairwiseHead(torch.autograd.Function):
         )
         x, moment, y3, v3, scale_t, part_t = rest
         num_m, num_f, num_q, num_t = ctx.counts
+        num_v = num_q + num_t
         layout: PairwiseLayout = ctx.layout
         if z is None:
             z = (u - mean_u).mul_(scale_u[:, None, None])
         if y is None and num_q:
             y = x * scale_p[:, None, None]
         batch = z.shape[1]
+        head_reached = grad_out is not None  # else the loss reads the blocks only
         if grad_out is None:
             grad_out = part_u.new_zeros(batch, w.shape[1])
         grad_out = grad_out.contiguous()
@@ -374,6 +378,8 @@ class _PairwiseHead(torch.autograd.Function):
             grad_g.sub_(grad_g.mean(dim=2, keepdim=True))
             grads_p = tuple(torch.bmm(grad_g, u_f).unbind(0))
             _scatter_add(grad_u, layout.factor_rows, torch.bmm(grad_g.transpose(1, 2), proj))
+        if not head_reached:  # no gradient (None, not 0) for the head: optimisers skip it
+            return (None, None, *grad_u.unbind(0), *[None] * num_m, *grads_p, *[None] * num_v)
         return (None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0), *grads_p, *grads_v)
 
 
@@ -635,10 +641,11 @@ class _MaskedPairwiseHead(torch.autograd.Function):
         num_m, _, num_q, _ = ctx.counts
         layout: PairwiseLayout = ctx.layout
         batch = u.shape[1]
+        head_reached = grad_out is not None  # else the loss reads the blocks only
         if grad_out is None:
             grad_out = part_u.new_zeros(batch, w.shape[1])
         grad_out = grad_out.contiguous()
-        grad_bias = grad_out.sum(dim=0) if ctx.has_bias else None
+        grad_bias = grad_out.sum(dim=0) if ctx.has_bias and head_reached else None
 
         def grads(blocks, weights, scale, part, grad_blocks, p, wts, n, usable, feature_major):
             """``(∂W, ∂x)`` of masked vBN blocks and their head (see the class doc)."""
@@ -690,9 +697,9 @@ class _MaskedPairwiseHead(torch.autograd.Function):
             None,
             grad_bias,
             *grad_u.unbind(0),
-            *grad_w.unbind(0),
+            *(grad_w.unbind(0) if head_reached else [None] * num_m),
             *grads_p,
-            *grads_v,
+            *(grads_v if head_reached else [None] * len(grads_v)),
         )
 
 
