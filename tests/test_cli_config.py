@@ -144,3 +144,23 @@ def test_mean_std_text_is_what_the_console_and_summary_print():
 
     assert mean_std_text(0.85, 0.05, 4) == "0.8500 ± 0.0500"
     assert mean_std_text(math.nan, math.nan, 4) == "n/a"
+
+
+def test_run_yaml_of_an_npz_run_with_task_reproduces_it(tmp_path):
+    """run.yaml writes the --task option as ``task:``, which --config refused as an unknown
+    option (its parameter is named task_kind): the run's own run.yaml could not repeat it."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    a = rng.normal(size=(120, 3)) + y[:, None]
+    np.savez(tmp_path / "data.npz", a=a, b=rng.normal(size=(120, 2)), labels=y)
+    args = ["--dataset", "npz", "--data-path", tmp_path / "data.npz", "--task", "regression"]
+    done = run("train", *args, "--epochs", "1", "--rank", "2", "--quiet", "--out", tmp_path / "a")
+    assert done.exit_code == 0, done.output
+    assert "task: regression" in (tmp_path / "a" / "run.yaml").read_text()
+    again = run(
+        "train", "--config", tmp_path / "a" / "run.yaml", "--quiet", "--out", tmp_path / "b"
+    )
+    assert again.exit_code == 0, again.output
+    first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert second["task"] == "regression" and second["config"] == first["config"]
+    assert second["metrics"] == first["metrics"]

@@ -252,11 +252,14 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
         values = {}
     if not isinstance(values, dict):
         raise click.BadParameter(f"{value}: expected a mapping of option: value", param=param)
-    names = {p.name for p in context.command.params if p.name}
+    names = {p.name: p.name for p in context.command.params if p.name}
+    for p in context.command.params:  # an option's own name: task: for --task (task_kind)
+        for flag in p.opts if isinstance(p, click.Option) else ():
+            names.setdefault(flag.lstrip("-").replace("-", "_"), p.name or "")
     defaults = {}
     for key, item in values.items():
-        name = str(key).replace("-", "_")
-        if name in ("config_file", "out", "resume", "overwrite", "seeds") or name not in names:
+        name = names.get(str(key).replace("-", "_"), "")
+        if name in ("", "config_file", "out", "resume", "overwrite", "seeds"):
             raise click.BadParameter(f"{value}: unknown option {key!r}", param=param)
         if isinstance(item, list):  # probs: [0.9, 0.6], interactions: [a*b], xor: [0, 1]
             item = ",".join(str(v) for v in item)
