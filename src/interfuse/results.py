@@ -487,9 +487,16 @@ class RunResult:
             verdict = values.get("verdict")
             evidence = values.get("relevance_evidence")
             estimates = values.get("estimates")
+            # an undefined metric is written null; in memory, as at training, it is NaN
+            tables = {
+                k: _undefined_as_nan(values[k])
+                for k in ("metrics", "missing_modalities")
+                if values.get(k) is not None
+            }
             return cls(
                 **{
                     **dict(values),
+                    **tables,
                     "relevance": None if relevance is None else Relevance.from_dict(relevance),
                     "label_relevance": None
                     if labels is None
@@ -514,6 +521,13 @@ class RunResult:
         except json.JSONDecodeError as error:
             raise SchemaError(f"{source}: invalid JSON ({error})") from None
         return cls.from_dict(values, source)
+
+
+def _undefined_as_nan(table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{set: {metric: value}}`` with the ``null`` of an undefined metric read as NaN."""
+    return {
+        k: {n: math.nan if v is None else v for n, v in row.items()} for k, row in table.items()
+    }
 
 
 def json_safe(value: Any) -> Any:
