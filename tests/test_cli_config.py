@@ -50,6 +50,12 @@ def test_run_yaml_reproduces_the_run(tmp_path):
         ("iterbn: 7\n", "'7' is not a valid boolean"),
         ("quiet: 0.5\n", "'0.5' is not a valid boolean"),
         ("epochs: 1.7\n", "'1.7' is not a valid integer"),
+        # a key without a value (null) reached the data generator as None: internal errors
+        # (AttributeError: 'NoneType' object has no attribute 'split', TypeError: '<=' ...)
+        ("probs:\n", "option 'probs' has no value"),
+        ("n: null\n", "option 'n' has no value"),
+        ("xor_prob: ~\n", "option 'xor_prob' has no value"),
+        ("length:\n", "option 'length' has no value"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path, content, message):

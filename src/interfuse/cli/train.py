@@ -261,6 +261,11 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
         name = names.get(str(key).replace("-", "_"), "")
         if name in ("", "config_file", "out", "resume", "overwrite", "seeds"):
             raise click.BadParameter(f"{value}: unknown option {key!r}", param=param)
+        if item is None:
+            raise click.BadParameter(
+                f"{value}: option {key!r} has no value; give one or leave the key out",
+                param=param,
+            )
         if isinstance(item, list):  # probs: [0.9, 0.6], interactions: [a*b], xor: [0, 1]
             item = ",".join(str(v) for v in item)
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
