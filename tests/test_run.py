@@ -143,6 +143,18 @@ def test_predict_errors_name_the_problem(offset_run, tmp_path):
     assert "Traceback" not in done.output
 
 
+def test_data_for_explaining_without_a_modality_names_it(offset_run, tmp_path):
+    """A data file lacking one of the run's modalities failed with "encoder specifications
+    ['aux', 'tab'] do not match the modalities ['tab']": neither the file nor what it lacks."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "tab-only.npz"
+    np.savez(data, labels=labels, tab=inputs["tab"])
+    with pytest.raises(ValueError, match=r"tab-only.npz: split 'train' has no 'aux' array"):
+        load_run(out).load_data(data)
+    done = run_cli("explain", out, "--data-path", data, "--quiet", "--emap-samples", "0")
+    assert done.exit_code == 1 and "has no 'aux' array" in done.output
+
+
 # -- integrity ------------------------------------------------------------------------------
 
 

@@ -332,6 +332,12 @@ class Run:
                 content, given = split_masks(content)
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from None
+            absent = [m for m in self.modalities if m not in content]
+            if absent:
+                raise ValueError(
+                    f"{where} has no {absent[0]!r} array (the run's modalities are "
+                    f"{self.modalities}; fill a sample with NaN to mark it missing)"
+                )
             tensors = self.preprocessor.transform(content, where)
             present = {}
             for m, x in tensors.items():  # a row of NaN or a <m>__mask marks a missing sample
