@@ -155,6 +155,19 @@ def test_data_for_explaining_without_a_modality_names_it(offset_run, tmp_path):
     assert done.exit_code == 1 and "has no 'aux' array" in done.output
 
 
+def test_predict_does_not_write_over_the_runs_history(offset_run, tmp_path):
+    """--out RUN/history.csv replaced the training history with predictions: `interfuse report`
+    and `interfuse explain` then failed on the run for good (malformed history header)."""
+    inputs, _, _, _, out = offset_run
+    data = tmp_path / "new.npz"
+    np.savez(data, **{m: x[:5] for m, x in inputs.items()})
+    history = (out / "history.csv").read_bytes()
+    done = run_cli("predict", out, data, "--out", out / "history.csv")
+    assert done.exit_code == 1 and "history.csv is a file of the run" in done.output
+    assert (out / "history.csv").read_bytes() == history
+    assert run_cli("report", out).exit_code == 0
+
+
 # -- integrity ------------------------------------------------------------------------------
 
 
