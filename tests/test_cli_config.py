@@ -56,6 +56,9 @@ def test_run_yaml_reproduces_the_run(tmp_path):
         ("n: null\n", "option 'n' has no value"),
         ("xor_prob: ~\n", "option 'xor_prob' has no value"),
         ("length:\n", "option 'length' has no value"),
+        # a YAML bool for a number was read as 1 or 0: rank: true trained with rank 1
+        ("rank: true\n", "'true' is not a valid integer"),
+        ("lr: yes\n", "'true' is not a valid float"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path, content, message):

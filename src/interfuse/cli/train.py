@@ -256,6 +256,7 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
     for p in context.command.params:  # an option's own name: task: for --task (task_kind)
         for flag in p.opts if isinstance(p, click.Option) else ():
             names.setdefault(flag.lstrip("-").replace("-", "_"), p.name or "")
+    flags = {p.name: isinstance(p, click.Option) and p.is_flag for p in context.command.params}
     defaults = {}
     for key, item in values.items():
         name = names.get(str(key).replace("-", "_"), "")
@@ -270,6 +271,8 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
             item = ",".join(str(v) for v in item)
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
             item = str(item)  # parsed as on the command line: epochs: 1.5 and iterbn: 7 refused
+        elif isinstance(item, bool) and not flags[name]:
+            item = str(item).lower()  # rank: true refused, not read as rank 1
         defaults[name] = item
     context.default_map = {**(context.default_map or {}), **defaults}
 
