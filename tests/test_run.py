@@ -168,6 +168,17 @@ def test_predict_does_not_write_over_the_runs_history(offset_run, tmp_path):
     assert run_cli("report", out).exit_code == 0
 
 
+def test_predict_reads_a_training_file_with_its_task_entry(offset_run, tmp_path):
+    """The optional 'task' entry of a training .npz was taken for a modality by predict
+    ("unknown modalities ['task']"), though explain --data-path reads the same file."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "train.npz"
+    np.savez(data, labels=labels, task="classification", **inputs)
+    done = run_cli("predict", out, data, "--out", tmp_path / "p.csv")
+    assert done.exit_code == 0, done.output
+    assert "metrics on DATA's labels" in done.output
+
+
 # -- integrity ------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..data.arrays import LABELS, read_arrays, split_masks
+from ..data.arrays import LABELS, TASK_KEY, read_arrays, split_masks
 from ..io import atomic_write_text
 from ..run import BEST, HISTORY, LOCK, load_run
 from .app import main, user_errors
@@ -71,6 +71,7 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
         )
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
+    arrays.pop(TASK_KEY, None)  # the optional task entry of a training file
     try:
         arrays, masks = split_masks(arrays)
     except ValueError as error:
