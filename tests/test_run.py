@@ -209,6 +209,25 @@ def test_an_edited_header_is_detected(offset_run, tmp_path):
     assert done.exit_code == 1 and "edited" in done.output
 
 
+def test_a_different_custom_encoder_is_named_not_blamed_on_the_file(tmp_path):
+    """Loading with a custom encoder of other sizes than the trained one said "the file was
+    edited or is corrupt", although the file was fine and the given module was the cause."""
+
+    def encoder(width):
+        module = torch.nn.Linear(6, width)
+        module.output_dim = width
+        return module
+
+    inputs, labels = offset_arrays(n=120)
+    task = from_arrays(inputs, labels, seed=0)
+    config = TrainConfig(epochs=1, batch_size=32, rank=2, restarts=0)
+    fit(task, config, tmp_path / "run", encoders={"tab": encoder(8)}, progress=False)
+    with pytest.raises(CheckpointError, match="encoder given for modality 'tab'") as error:
+        load_run(tmp_path / "run", encoders={"tab": encoder(9)})
+    assert "corrupt" not in str(error.value)
+    assert load_run(tmp_path / "run", encoders={"tab": encoder(8)}).predict(inputs).labels
+
+
 def test_sizes_are_checked_before_allocating(offset_run, tmp_path, monkeypatch):
     """Even with a recomputed hash, a description that does not fit the tensors is refused
     before the model is built for real."""
