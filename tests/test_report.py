@@ -444,3 +444,18 @@ def test_an_undefined_metric_renders_the_same_after_a_reload(tmp_path):
     reloaded = read_results(write_run(tmp_path / "b", result, epochs=0))
     assert render_report(reloaded, tmp_path / "b", []).read_text() == trained
     assert math.isnan(reloaded.metrics["test"]["auroc"])
+
+
+@pytest.mark.parametrize("key", ["metrics", "config", "model"])
+@pytest.mark.parametrize("value", [None, [1, 2], "text"])
+def test_a_field_of_the_wrong_kind_is_malformed_not_a_crash(tmp_path, key, value):
+    """results.json whose metrics (config, model) was null or a list loaded, and `interfuse
+    report` then failed with an internal error (AttributeError: 'NoneType' object has no
+    attribute 'get')."""
+    import json
+
+    values = make_result().to_dict()
+    values[key] = value
+    (tmp_path / "results.json").write_text(json.dumps(values))
+    with pytest.raises(SchemaError, match=f"results.json: malformed results.*{key}"):
+        read_results(tmp_path)

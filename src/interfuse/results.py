@@ -481,6 +481,12 @@ class RunResult:
         unexpected = sorted(set(values) - known)
         if unexpected:
             raise SchemaError(f"{source}: unexpected keys {unexpected}")
+        for key in ("model", "config", "metrics", "data"):
+            if key in values and not isinstance(values[key], Mapping):
+                raise SchemaError(
+                    f"{source}: malformed results ({key!r} must be an object, got "
+                    f"{type(values[key]).__name__})"
+                )
         try:
             relevance = values.get("relevance")
             labels = values.get("label_relevance")
