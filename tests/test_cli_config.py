@@ -59,6 +59,9 @@ def test_run_yaml_reproduces_the_run(tmp_path):
         # a YAML bool for a number was read as 1 or 0: rank: true trained with rank 1
         ("rank: true\n", "'true' is not a valid integer"),
         ("lr: yes\n", "'true' is not a valid float"),
+        # an option of the command line only was called unknown
+        ("out: runs/x\n", "option 'out' is given on the command line, not in a config file"),
+        ("seeds: 0-2\n", "option 'seeds' is given on the command line, not in a config file"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path, content, message):

@@ -260,7 +260,12 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
     defaults = {}
     for key, item in values.items():
         name = names.get(str(key).replace("-", "_"), "")
-        if name in ("", "config_file", "out", "resume", "overwrite", "seeds"):
+        if name in ("config_file", "out", "resume", "overwrite", "seeds"):
+            raise click.BadParameter(
+                f"{value}: option {key!r} is given on the command line, not in a config file",
+                param=param,
+            )
+        if not name:
             raise click.BadParameter(f"{value}: unknown option {key!r}", param=param)
         if item is None:
             raise click.BadParameter(
