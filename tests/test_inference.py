@@ -113,3 +113,12 @@ def test_predict_refuses_a_batch_size_below_one(batch_size):
     data = TensorData({"a": torch.zeros(5, 3)}, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         model_outputs(model, data, batch_size=batch_size)
+
+
+def test_predict_on_zero_samples_is_one_clear_error():
+    """An empty array (e.g. after filtering) crashed inside torch: "cannot reshape tensor of 0
+    elements" (RuntimeError, an internal error on the command line)."""
+    model = trained_model()
+    for inputs in ({"a": np.zeros((0, 3))}, {"a": torch.zeros(0, 3), "b": torch.zeros(0, 3)}):
+        with pytest.raises(ValueError, match="0 samples"):
+            predict(model, inputs)

@@ -423,3 +423,39 @@ def test_agreement_summary_of_an_explanation_read_back_from_json():
     again = PosthocResult.from_dict(result.to_dict())
     expected = "Spearman ρ over unimodal terms: x/y n/a, x/z 0.50"
     assert agreement_summary(result) == agreement_summary(again) == expected
+
+
+def test_an_undefined_metric_renders_the_same_after_a_reload(tmp_path):
+    """An undefined metric (NaN, e.g. AUROC of a one-class split) is null in results.json; the
+    report written at training said "n/a", `interfuse report` then re-rendered it as "—" (the
+    mark of a metric that does not exist)."""
+    result = make_result()
+    nan = {"auroc": math.nan}
+    result = RunResult(
+        **{
+            **{f: getattr(result, f) for f in result.__dataclass_fields__},
+            "metrics": {s: {**m, **nan} for s, m in result.metrics.items()},
+            "missing_modalities": {"none": {"accuracy": 0.9, "loss": math.nan}},
+        }
+    )
+    (tmp_path / "a").mkdir()
+    trained = render_report(result, tmp_path / "a", []).read_text()
+    assert "| auroc | n/a | n/a |" in trained
+    reloaded = read_results(write_run(tmp_path / "b", result, epochs=0))
+    assert render_report(reloaded, tmp_path / "b", []).read_text() == trained
+    assert math.isnan(reloaded.metrics["test"]["auroc"])
+
+
+@pytest.mark.parametrize("key", ["metrics", "config", "model"])
+@pytest.mark.parametrize("value", [None, [1, 2], "text"])
+def test_a_field_of_the_wrong_kind_is_malformed_not_a_crash(tmp_path, key, value):
+    """results.json whose metrics (config, model) was null or a list loaded, and `interfuse
+    report` then failed with an internal error (AttributeError: 'NoneType' object has no
+    attribute 'get')."""
+    import json
+
+    values = make_result().to_dict()
+    values[key] = value
+    (tmp_path / "results.json").write_text(json.dumps(values))
+    with pytest.raises(SchemaError, match=f"results.json: malformed results.*{key}"):
+        read_results(tmp_path)

@@ -143,6 +143,42 @@ def test_predict_errors_name_the_problem(offset_run, tmp_path):
     assert "Traceback" not in done.output
 
 
+def test_data_for_explaining_without_a_modality_names_it(offset_run, tmp_path):
+    """A data file lacking one of the run's modalities failed with "encoder specifications
+    ['aux', 'tab'] do not match the modalities ['tab']": neither the file nor what it lacks."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "tab-only.npz"
+    np.savez(data, labels=labels, tab=inputs["tab"])
+    with pytest.raises(ValueError, match=r"tab-only.npz: split 'train' has no 'aux' array"):
+        load_run(out).load_data(data)
+    done = run_cli("explain", out, "--data-path", data, "--quiet", "--emap-samples", "0")
+    assert done.exit_code == 1 and "has no 'aux' array" in done.output
+
+
+def test_predict_does_not_write_over_the_runs_history(offset_run, tmp_path):
+    """--out RUN/history.csv replaced the training history with predictions: `interfuse report`
+    and `interfuse explain` then failed on the run for good (malformed history header)."""
+    inputs, _, _, _, out = offset_run
+    data = tmp_path / "new.npz"
+    np.savez(data, **{m: x[:5] for m, x in inputs.items()})
+    history = (out / "history.csv").read_bytes()
+    done = run_cli("predict", out, data, "--out", out / "history.csv")
+    assert done.exit_code == 1 and "history.csv is a file of the run" in done.output
+    assert (out / "history.csv").read_bytes() == history
+    assert run_cli("report", out).exit_code == 0
+
+
+def test_predict_reads_a_training_file_with_its_task_entry(offset_run, tmp_path):
+    """The optional 'task' entry of a training .npz was taken for a modality by predict
+    ("unknown modalities ['task']"), though explain --data-path reads the same file."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "train.npz"
+    np.savez(data, labels=labels, task="classification", **inputs)
+    done = run_cli("predict", out, data, "--out", tmp_path / "p.csv")
+    assert done.exit_code == 0, done.output
+    assert "metrics on DATA's labels" in done.output
+
+
 # -- integrity ------------------------------------------------------------------------------
 
 
@@ -171,6 +207,25 @@ def test_an_edited_header_is_detected(offset_run, tmp_path):
         load_run(copy)
     done = run_cli("predict", copy, tmp_path / "x.npz")
     assert done.exit_code == 1 and "edited" in done.output
+
+
+def test_a_different_custom_encoder_is_named_not_blamed_on_the_file(tmp_path):
+    """Loading with a custom encoder of other sizes than the trained one said "the file was
+    edited or is corrupt", although the file was fine and the given module was the cause."""
+
+    def encoder(width):
+        module = torch.nn.Linear(6, width)
+        module.output_dim = width
+        return module
+
+    inputs, labels = offset_arrays(n=120)
+    task = from_arrays(inputs, labels, seed=0)
+    config = TrainConfig(epochs=1, batch_size=32, rank=2, restarts=0)
+    fit(task, config, tmp_path / "run", encoders={"tab": encoder(8)}, progress=False)
+    with pytest.raises(CheckpointError, match="encoder given for modality 'tab'") as error:
+        load_run(tmp_path / "run", encoders={"tab": encoder(9)})
+    assert "corrupt" not in str(error.value)
+    assert load_run(tmp_path / "run", encoders={"tab": encoder(8)}).predict(inputs).labels
 
 
 def test_sizes_are_checked_before_allocating(offset_run, tmp_path, monkeypatch):

@@ -68,6 +68,8 @@ def predict(
     if len(set(sizes.values())) != 1:
         raise ValueError(f"modalities have different numbers of samples: {sizes}")
     n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError(f"no samples to predict: the inputs have 0 samples {sizes}")
     present: dict[str, Tensor] = {}
     for m in modalities:
         if m not in tensors:

@@ -481,15 +481,28 @@ class RunResult:
         unexpected = sorted(set(values) - known)
         if unexpected:
             raise SchemaError(f"{source}: unexpected keys {unexpected}")
+        for key in ("model", "config", "metrics", "data"):
+            if key in values and not isinstance(values[key], Mapping):
+                raise SchemaError(
+                    f"{source}: malformed results ({key!r} must be an object, got "
+                    f"{type(values[key]).__name__})"
+                )
         try:
             relevance = values.get("relevance")
             labels = values.get("label_relevance")
             verdict = values.get("verdict")
             evidence = values.get("relevance_evidence")
             estimates = values.get("estimates")
+            # an undefined metric is written null; in memory, as at training, it is NaN
+            tables = {
+                k: _undefined_as_nan(values[k])
+                for k in ("metrics", "missing_modalities")
+                if values.get(k) is not None
+            }
             return cls(
                 **{
                     **dict(values),
+                    **tables,
                     "relevance": None if relevance is None else Relevance.from_dict(relevance),
                     "label_relevance": None
                     if labels is None
@@ -514,6 +527,13 @@ class RunResult:
         except json.JSONDecodeError as error:
             raise SchemaError(f"{source}: invalid JSON ({error})") from None
         return cls.from_dict(values, source)
+
+
+def _undefined_as_nan(table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{set: {metric: value}}`` with the ``null`` of an undefined metric read as NaN."""
+    return {
+        k: {n: math.nan if v is None else v for n, v in row.items()} for k, row in table.items()
+    }
 
 
 def json_safe(value: Any) -> Any:

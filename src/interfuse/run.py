@@ -332,6 +332,12 @@ class Run:
                 content, given = split_masks(content)
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from None
+            absent = [m for m in self.modalities if m not in content]
+            if absent:
+                raise ValueError(
+                    f"{where} has no {absent[0]!r} array (the run's modalities are "
+                    f"{self.modalities}; fill a sample with NaN to mark it missing)"
+                )
             tensors = self.preprocessor.transform(content, where)
             present = {}
             for m, x in tensors.items():  # a row of NaN or a <m>__mask marks a missing sample
@@ -424,6 +430,14 @@ def _check_sizes(
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     if expected != stored:
         differs = sorted(k for k in set(expected) | set(stored) if expected.get(k) != stored.get(k))
+        given = [m for m in encoders or {} if any(k.startswith(f"encoders.{m}.") for k in differs)]
+        if given:
+            key = next(k for k in differs if k.startswith(f"encoders.{given[0]}."))
+            raise CheckpointError(
+                f"{file}: the encoder given for modality {given[0]!r} does not match the one "
+                f"trained ({key!r}: given {expected.get(key)}, stored {stored.get(key)}); pass "
+                f"the module the run was trained with"
+            )
         raise CheckpointError(
             f"{file}: the model description does not match the stored tensors ({len(differs)} "
             f"differ, e.g. {differs[0]!r}: described {expected.get(differs[0])}, stored "

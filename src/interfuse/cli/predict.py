@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from ..data.arrays import LABELS, read_arrays, split_masks
+from ..data.arrays import LABELS, TASK_KEY, read_arrays, split_masks
 from ..io import atomic_write_text
-from ..run import BEST, load_run
+from ..run import BEST, HISTORY, LOCK, load_run
 from .app import main, user_errors
 
 
@@ -65,8 +65,13 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     run = load_run(run_dir, checkpoint)
     target = out or run_dir / "predictions.csv"
     check_output_file(target, "--out", data)
+    if target.name in (HISTORY, LOCK) and target.parent.resolve() == run_dir.resolve():
+        raise ValueError(
+            f"--out {target} is a file of the run; name another file for the predictions"
+        )
     arrays = read_arrays(data)
     labels = arrays.pop(LABELS, None)
+    arrays.pop(TASK_KEY, None)  # the optional task entry of a training file
     try:
         arrays, masks = split_masks(arrays)
     except ValueError as error:

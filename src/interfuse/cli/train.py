@@ -252,16 +252,32 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
         values = {}
     if not isinstance(values, dict):
         raise click.BadParameter(f"{value}: expected a mapping of option: value", param=param)
-    names = {p.name for p in context.command.params if p.name}
+    names = {p.name: p.name for p in context.command.params if p.name}
+    for p in context.command.params:  # an option's own name: task: for --task (task_kind)
+        for flag in p.opts if isinstance(p, click.Option) else ():
+            names.setdefault(flag.lstrip("-").replace("-", "_"), p.name or "")
+    flags = {p.name: isinstance(p, click.Option) and p.is_flag for p in context.command.params}
     defaults = {}
     for key, item in values.items():
-        name = str(key).replace("-", "_")
-        if name in ("config_file", "out", "resume", "overwrite", "seeds") or name not in names:
+        name = names.get(str(key).replace("-", "_"), "")
+        if name in ("config_file", "out", "resume", "overwrite", "seeds"):
+            raise click.BadParameter(
+                f"{value}: option {key!r} is given on the command line, not in a config file",
+                param=param,
+            )
+        if not name:
             raise click.BadParameter(f"{value}: unknown option {key!r}", param=param)
+        if item is None:
+            raise click.BadParameter(
+                f"{value}: option {key!r} has no value; give one or leave the key out",
+                param=param,
+            )
         if isinstance(item, list):  # probs: [0.9, 0.6], interactions: [a*b], xor: [0, 1]
             item = ",".join(str(v) for v in item)
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
             item = str(item)  # parsed as on the command line: epochs: 1.5 and iterbn: 7 refused
+        elif isinstance(item, bool) and not flags[name]:
+            item = str(item).lower()  # rank: true refused, not read as rank 1
         defaults[name] = item
     context.default_map = {**(context.default_map or {}), **defaults}
 
