@@ -323,6 +323,19 @@ def test_resume_may_train_longer(half_run):
     assert load_run(half_run).result.epochs_run == 2
 
 
+def test_resume_refuses_fewer_epochs(tmp_path):
+    """A finished run of 2 epochs resumed with --epochs 1 trained nothing and rewrote
+    results.json with epochs 1, so its run.yaml no longer reproduced it: refused instead."""
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", "2", "--out", out).exit_code == 0
+    results = (out / "results.json").read_bytes()
+    done = run_cli("train", *TINY, "--epochs", "1", "--out", out, "--resume")
+    assert done.exit_code == 1, done.output
+    assert "--epochs 1 is below the 2 the run was started with" in done.output
+    assert len(done.output.strip().splitlines()) == 1
+    assert (out / "results.json").read_bytes() == results
+
+
 # -- exclusivity -----------------------------------------------------------------------------
 
 

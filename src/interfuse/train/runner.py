@@ -465,6 +465,12 @@ class _Run:
                 f"{last}: cannot resume with other training settings ({detail}); only "
                 f"{', '.join(sorted(RESUMABLE_CHANGES))} may change on resume"
             )
+        if self.config.epochs < saved_config.epochs:  # results.json would record fewer
+            raise CheckpointError(
+                f"{last}: a resume trains longer, not shorter: --epochs {self.config.epochs} is "
+                f"below the {saved_config.epochs} the run was started with; resume with "
+                f"--epochs {saved_config.epochs} or more"
+            )
 
     def header(self) -> dict[str, Any]:
         return {
