@@ -23,6 +23,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -52,8 +53,10 @@ __all__ = [
     "Run",
     "RunFolderError",
     "RunPrediction",
+    "explanations_outdated",
     "load_run",
     "lock_run_folder",
+    "model_digest",
     "read_history",
     "read_results",
     "save_run_checkpoint",
@@ -66,6 +69,7 @@ CONFIG = "config.json"
 HISTORY = "history.csv"
 LOCK = ".lock"
 RUN_YAML = "run.yaml"
+EXPLAIN_JSON = "explain.json"
 
 
 class RunFolderError(ValueError):
@@ -144,6 +148,33 @@ def read_results(folder: Path) -> RunResult:
     except UnicodeDecodeError as error:
         raise SchemaError(f"{file}: not a text file ({error.reason})") from None
     return RunResult.from_json(text, str(file))
+
+
+def model_digest(checkpoint: Path) -> str:
+    """The SHA-256 a checkpoint records for its tensors and header (read, not recomputed): it
+    changes whenever the model it holds does."""
+    return str(read_header(checkpoint)[0].get("sha256", ""))
+
+
+def explanations_outdated(folder: Path) -> bool:
+    """Whether ``folder/explain.json`` explains another model than its checkpoint holds now
+    (the run was resumed or overwritten after ``interfuse explain``): the digest recorded when
+    explaining (``run.model_sha256``) against :func:`model_digest` of that checkpoint. ``False``
+    without ``explain.json`` or without a recorded digest (explanations of older versions)."""
+    path = folder / EXPLAIN_JSON
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
+        digest, checkpoint = recorded.get("model_sha256"), recorded.get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: interfuse explain writes it anew
+    if not digest or not checkpoint:
+        return False
+    try:
+        return model_digest(folder / checkpoint) != digest
+    except CheckpointError:
+        return True  # the checkpoint explained is gone or replaced by a broken one
 
 
 def read_history(folder: Path) -> list[dict[str, float]]:

@@ -54,6 +54,26 @@ def test_explain_writes_files_and_links_them(runs):
     assert "[explain.md](explain.md)" in (out / "report.md").read_text()
 
 
+def test_the_report_says_when_explanations_are_of_an_earlier_model(runs, tmp_path):
+    """Resumed with more epochs after ``interfuse explain``, the run holds another model: the
+    report's link to explain.md says the explanations are of an earlier model (it linked them
+    as if current); explaining again clears the note."""
+    out = tmp_path / "run"
+    shutil.copytree(runs / "intense", out)
+    assert run("explain", out, "--emap-samples", "0", "--quiet").exit_code == 0
+    note = "explains an earlier model of this run"
+    assert note not in (out / "report.md").read_text()
+    assert run("report", out).exit_code == 0
+    assert note not in (out / "report.md").read_text()  # the same model: nothing to say
+    longer = [a if a != "2" else "4" for a in TINY]  # --epochs 4
+    resumed = run("train", *longer, "--out", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert note in (out / "report.md").read_text()
+    assert run("report", out).exit_code == 0 and note in (out / "report.md").read_text()
+    assert run("explain", out, "--emap-samples", "0", "--quiet").exit_code == 0
+    assert note not in (out / "report.md").read_text()
+
+
 def test_explain_rebuilds_the_training_data_exactly(runs):
     run_ = load_run(runs / "intense")
     task = run_.load_data()

@@ -20,7 +20,7 @@ from ..metrics import format_metrics
 from ..ranks import interaction_share
 from ..report import mean_std_text, render_comparison, render_report, render_seed_summary
 from ..results import RunResult, summarize_seeds
-from ..run import RUN_YAML, read_history
+from ..run import RUN_YAML, explanations_outdated, read_history
 from ..train import NotConverged, TrainConfig, fit, is_global_zero
 from .app import float_list, main, print_run, user_errors
 from .options import config_from_options, config_options, given_options
@@ -122,7 +122,7 @@ def _train_and_report(
             warnings.showwarning(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
-    render_report(result, out, read_history(out))
+    render_report(result, out, read_history(out), explanations_outdated(out))
     return result
 
 

@@ -311,10 +311,14 @@ _EXPLANATION = (
 
 
 def render_report(
-    result: RunResult, folder: str | Path, history: Sequence[Mapping[str, float]] = ()
+    result: RunResult,
+    folder: str | Path,
+    history: Sequence[Mapping[str, float]] = (),
+    explanations_outdated: bool = False,
 ) -> Path:
     """Write ``report.md``, ``relevance.png`` and (with a history) ``history.png`` into
-    ``folder``; return the path of ``report.md``."""
+    ``folder``; return the path of ``report.md``. ``explanations_outdated``: ``explain.md``
+    explains an earlier model of the run (the link to it says so)."""
     folder = Path(folder)
     dataset = result.dataset or folder.name
     truth = result.truth_shares
@@ -387,6 +391,11 @@ def render_report(
             f"Modality ablation, exact Shapley and Möbius values and EMAP (beside the built-in "
             f"relevance, if any): [{EXPLAIN_REPORT}]({EXPLAIN_REPORT}).\n",
         ]
+        if explanations_outdated:
+            parts.append(
+                f"**{EXPLAIN_REPORT} explains an earlier model of this run** (it was resumed or "
+                f"overwritten since): rerun `interfuse explain` on this folder.\n"
+            )
     if history_png is not None:
         parts += ["## Training history\n", f"![history]({HISTORY_FIGURE})\n"]
     parts += ["## Configuration\n", _config_table({"dataset": dataset, **result.config})]
