@@ -17,9 +17,7 @@ from .app import main, user_errors
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/report.md and its figures from results.json and history.csv."""
     result = read_results(run_dir)
-    path = render_report(
-        result, run_dir, read_history(run_dir), explanations_outdated(run_dir)
-    )
+    path = render_report(result, run_dir, read_history(run_dir), explanations_outdated(run_dir))
     if result.relevance is not None:
         click.echo(result.relevance.table())
     click.echo(f"report: {path}")
