@@ -62,6 +62,12 @@ def test_bad_masks_are_refused_not_ignored():
             predict(model, x, masks={"b": bad})
     for good in (np.arange(4) < 1, (np.arange(4) < 1).astype(int), torch.arange(4) < 1):
         assert predict(model, x, masks={"b": good}).missing_counts() == {"b": 3}
+    # a mask saying present for a modality without data was read as missing, silently
+    only_a = {"a": np.zeros((4, 3))}
+    for present in (True, np.arange(4) < 2):
+        with pytest.raises(ValueError, match=r"masks\['b'\] marks samples as present"):
+            predict(model, only_a, masks={"b": present})
+    assert predict(model, only_a, masks={"b": False}).missing_counts() == {"b": 4}
 
 
 def test_cli_predict_writes_csv(tmp_path):

@@ -74,6 +74,11 @@ def predict(
     for m in modalities:
         if m not in tensors:
             keep = torch.zeros(n, dtype=torch.bool)
+            if masks is not None and m in masks and bool(_as_mask(m, masks[m], n).any()):
+                raise ValueError(
+                    f"masks[{m!r}] marks samples as present, but modality {m!r} is not in the "
+                    f"inputs; pass its data, or a mask of False (or leave it out)"
+                )
         else:
             x = tensors[m]
             keep = (

@@ -27,10 +27,9 @@ EXIT_MEMORY = 4
 EXIT_DIVERGED = 5
 """Training diverged: the loss became NaN or infinite (the last good checkpoint is kept)."""
 EXIT_INTERNAL = 70
-
+"""A bug: an unexpected exception (rerun with ``interfuse --debug ...`` for the traceback)."""
 EXIT_BROKEN_PIPE = 141
 """The reader of standard output went away (``interfuse datasets | head``): 128 + SIGPIPE."""
-"""A bug: an unexpected exception (rerun with ``interfuse --debug ...`` for the traceback)."""
 
 EXIT_CODES = {
     0: "success",
