@@ -162,3 +162,11 @@ def test_sequence_cnn_dropout_acts_in_training_only():
     with pytest.raises(ValueError, match="dropout must be in"):
         SequenceCNN(dropout=1.0)
     assert SequenceCNN().dropout.p == 0.25  # on by default (docs/training.md)
+
+
+@pytest.mark.parametrize("kind", [["mlp"], {"name": "mlp"}])
+def test_an_unhashable_encoder_type_is_a_clear_error(kind):
+    """A spec whose "type" is a list or dict (an edited model description) used to escape as
+    ``TypeError: unhashable type`` from the registry lookup."""
+    with pytest.raises(ValueError, match="modality 'a': unknown encoder type"):
+        build_encoder({"type": kind, "input_dim": 3}, "a")
