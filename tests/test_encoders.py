@@ -170,3 +170,24 @@ def test_an_unhashable_encoder_type_is_a_clear_error(kind):
     ``TypeError: unhashable type`` from the registry lookup."""
     with pytest.raises(ValueError, match="modality 'a': unknown encoder type"):
         build_encoder({"type": kind, "input_dim": 3}, "a")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "sequence_cnn", "channels": 2.5}, "SequenceCNN: channels must be an integer"),
+        ({"type": "sequence_cnn", "kernel_size": "9"}, "SequenceCNN: kernel_size must be an int"),
+        ({"type": "image_cnn", "in_channels": 3.0}, "ImageCNN: in_channels must be an integer"),
+        ({"type": "sequence_gru", "input_dim": 3, "hidden": 4.5}, "SequenceGRU: hidden must be"),
+        ({"type": "mlp", "input_dim": "3"}, r"layer sizes must be integers >= 1"),
+        ({"type": "mlp", "input_dim": 3, "output_dim": 2.0}, r"layer sizes must be integers"),
+        ({"type": "mlp", "input_dim": 3, "hidden": 64}, r"hidden.*list of layer sizes"),
+    ],
+)
+def test_encoder_sizes_of_the_wrong_type_are_one_clear_error(spec, message):
+    """Sizes given as floats or strings used to fail inside torch ("out_channels must be
+    divisible by groups" for channels=2.5, "empty(): argument 'size' failed to unpack ...") or
+    with a bare comparison error."""
+    with pytest.raises(ValueError, match=message) as error:
+        build_encoder(spec, "a")
+    assert "\n" not in str(error.value)
