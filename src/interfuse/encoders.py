@@ -52,7 +52,7 @@ def build_encoder(spec: Mapping[str, Any], modality: str = "?") -> nn.Module:
         )
     try:
         return ENCODERS.get(kind)(**kwargs)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(
             f"modality {modality!r}: bad options for encoder {kind!r}: {error}"
         ) from None
