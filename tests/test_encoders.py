@@ -59,6 +59,26 @@ def test_conv_global_max_gradcheck():
     assert torch.autograd.gradcheck(lambda x, w, b: _ConvGlobalMax.apply(x, w, b, 1), (x, w, b))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sequence_cnn_backward_of_a_low_precision_input_under_autocast(dtype):
+    """A half-precision input under autocast (the generic form's conv accepts it) used to fail
+    in the sparse backward: ``expected scalar type Float but found BFloat16``."""
+    torch.manual_seed(5)
+    cnn = SequenceCNN(channels=4, kernel_size=3, output_dim=2, dropout=0)
+    ref = copy.deepcopy(cnn)
+    x = one_hot(torch.randint(0, 4, (3, 12)))
+    x = (x + 0.3 * torch.randn_like(x)).to(dtype).requires_grad_()  # no ties
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = cnn(x), generic_cnn(ref, x_ref)
+    out.float().sum().backward()
+    expected.float().sum().backward()
+    for (name, p), (_, q) in zip(cnn.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0.02, atol=0.02, msg=name)
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0.02, atol=0.02)
+
+
 def test_sequence_cnn_ties_between_equal_windows():
     """A repeated k-mer ties the maximum: amax splits the gradient between equal windows, the
     sparse backward takes one of them — the same weight gradient."""

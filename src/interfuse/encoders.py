@@ -92,7 +92,8 @@ class _ConvGlobalMax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         x, weight, where = ctx.saved_tensors
-        # under autocast the forward ran in low precision: gradients in the parameters' dtype
+        # under autocast the forward ran in low precision (and the input may be low precision
+        # too): gradients in the parameters' dtype, the input's gradient in the input's
         grad = grad.to(weight.dtype)
         channels, alphabet, width = weight.shape
         batch, pad = x.shape[0], ctx.padding
@@ -103,14 +104,14 @@ class _ConvGlobalMax(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             windows = F.pad(x, (pad, pad)).gather(2, index).view(batch, alphabet, channels, width)
-            grad_w = torch.einsum("bc,bacj->caj", grad, windows)
+            grad_w = torch.einsum("bc,bacj->caj", grad, windows.to(grad.dtype))
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=0)
         if ctx.needs_input_grad[0]:
             spread = (grad[:, :, None, None] * weight).transpose(1, 2)  # (B, A, C, k)
-            padded = x.new_zeros(batch, alphabet, x.shape[2] + 2 * pad)
+            padded = grad.new_zeros(batch, alphabet, x.shape[2] + 2 * pad)
             padded.scatter_add_(2, index, spread.reshape(batch, alphabet, channels * width))
-            grad_x = padded[:, :, pad : pad + x.shape[2]]
+            grad_x = padded[:, :, pad : pad + x.shape[2]].to(x.dtype)
         return grad_x, grad_w, grad_b, None
 
 
