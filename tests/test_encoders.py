@@ -1,6 +1,7 @@
 """Encoders: shapes, translation invariance of the sequence CNN, clear shape errors."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +212,10 @@ def test_encoder_sizes_of_the_wrong_type_are_one_clear_error(spec, message):
     with pytest.raises(ValueError, match=message) as error:
         build_encoder(spec, "a")
     assert "\n" not in str(error.value)
+
+
+def test_docs_state_the_sequence_cnns_default_dropout():
+    """docs/model.md's encoder table said "default 0" while the default is 0.25."""
+    text = (Path(__file__).parents[1] / "docs" / "model.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `SequenceCNN`"))
+    assert f"default {SequenceCNN().dropout.p:g}" in row
