@@ -94,3 +94,22 @@ def test_encoder_errors_name_the_modality(tmp_path):
         fit(task, CONFIG, tmp_path / "b", encoders={"image": lambda shape: 3}, progress=False)
     with pytest.raises(ValueError, match="unknown encoder type 'nope'"):
         fit(task, CONFIG, tmp_path / "c", encoders={"image": {"type": "nope"}}, progress=False)
+
+
+@pytest.mark.parametrize("output_dim", [[4], "abc"])
+def test_a_malformed_output_dim_is_the_encoders_clear_error(tmp_path, output_dim):
+    """The memory estimate before training read ``int(spec["output_dim"])`` and failed first,
+    with ``TypeError: int() argument must be ... not 'list'`` or "invalid literal for int()"."""
+    task = image_task(n=60)
+    spec = {"type": "mlp", "input_dim": 3, "output_dim": output_dim}
+    with pytest.raises(ValueError, match="layer sizes must be integers >= 1"):
+        fit(task, CONFIG, tmp_path, encoders={"tab": spec}, progress=False)
+
+
+def test_an_encoders_own_refusal_names_the_modality(tmp_path):
+    """An encoder's ValueError (a size < 1, a dropout of 1) did not say which modality's spec
+    was wrong, unlike an unknown option."""
+    task = image_task(n=60)
+    spec = {"type": "mlp", "input_dim": 3, "dropout": 1.0}
+    with pytest.raises(ValueError, match="modality 'tab': bad options for encoder 'mlp': dropout"):
+        fit(task, CONFIG, tmp_path, encoders={"tab": spec}, progress=False)

@@ -1,6 +1,7 @@
 """Encoders: shapes, translation invariance of the sequence CNN, clear shape errors."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,26 @@ def test_conv_global_max_gradcheck():
     w = torch.randn(4, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: _ConvGlobalMax.apply(x, w, b, 1), (x, w, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sequence_cnn_backward_of_a_low_precision_input_under_autocast(dtype):
+    """A half-precision input under autocast (the generic form's conv accepts it) used to fail
+    in the sparse backward: ``expected scalar type Float but found BFloat16``."""
+    torch.manual_seed(5)
+    cnn = SequenceCNN(channels=4, kernel_size=3, output_dim=2, dropout=0)
+    ref = copy.deepcopy(cnn)
+    x = one_hot(torch.randint(0, 4, (3, 12)))
+    x = (x + 0.3 * torch.randn_like(x)).to(dtype).requires_grad_()  # no ties
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = cnn(x), generic_cnn(ref, x_ref)
+    out.float().sum().backward()
+    expected.float().sum().backward()
+    for (name, p), (_, q) in zip(cnn.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0.02, atol=0.02, msg=name)
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0.02, atol=0.02)
 
 
 def test_sequence_cnn_ties_between_equal_windows():
@@ -162,3 +183,39 @@ def test_sequence_cnn_dropout_acts_in_training_only():
     with pytest.raises(ValueError, match="dropout must be in"):
         SequenceCNN(dropout=1.0)
     assert SequenceCNN().dropout.p == 0.25  # on by default (docs/training.md)
+
+
+@pytest.mark.parametrize("kind", [["mlp"], {"name": "mlp"}])
+def test_an_unhashable_encoder_type_is_a_clear_error(kind):
+    """A spec whose "type" is a list or dict (an edited model description) used to escape as
+    ``TypeError: unhashable type`` from the registry lookup."""
+    with pytest.raises(ValueError, match="modality 'a': unknown encoder type"):
+        build_encoder({"type": kind, "input_dim": 3}, "a")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "sequence_cnn", "channels": 2.5}, "SequenceCNN: channels must be an integer"),
+        ({"type": "sequence_cnn", "kernel_size": "9"}, "SequenceCNN: kernel_size must be an int"),
+        ({"type": "image_cnn", "in_channels": 3.0}, "ImageCNN: in_channels must be an integer"),
+        ({"type": "sequence_gru", "input_dim": 3, "hidden": 4.5}, "SequenceGRU: hidden must be"),
+        ({"type": "mlp", "input_dim": "3"}, r"layer sizes must be integers >= 1"),
+        ({"type": "mlp", "input_dim": 3, "output_dim": 2.0}, r"layer sizes must be integers"),
+        ({"type": "mlp", "input_dim": 3, "hidden": 64}, r"hidden.*list of layer sizes"),
+    ],
+)
+def test_encoder_sizes_of_the_wrong_type_are_one_clear_error(spec, message):
+    """Sizes given as floats or strings used to fail inside torch ("out_channels must be
+    divisible by groups" for channels=2.5, "empty(): argument 'size' failed to unpack ...") or
+    with a bare comparison error."""
+    with pytest.raises(ValueError, match=message) as error:
+        build_encoder(spec, "a")
+    assert "\n" not in str(error.value)
+
+
+def test_docs_state_the_sequence_cnns_default_dropout():
+    """docs/model.md's encoder table said "default 0" while the default is 0.25."""
+    text = (Path(__file__).parents[1] / "docs" / "model.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `SequenceCNN`"))
+    assert f"default {SequenceCNN().dropout.p:g}" in row

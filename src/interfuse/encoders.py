@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -51,10 +52,21 @@ def build_encoder(spec: Mapping[str, Any], modality: str = "?") -> nn.Module:
         )
     try:
         return ENCODERS.get(kind)(**kwargs)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(
             f"modality {modality!r}: bad options for encoder {kind!r}: {error}"
         ) from None
+
+
+def _is_size(value: object) -> bool:
+    """An integer >= 1 (a layer size); not a bool, float or string."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_sizes(owner: str, sizes: Sequence[tuple[str, object]]) -> None:
+    for name, value in sizes:
+        if not _is_size(value):
+            raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
 
 
 class _ConvGlobalMax(torch.autograd.Function):
@@ -80,7 +92,8 @@ class _ConvGlobalMax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         x, weight, where = ctx.saved_tensors
-        # under autocast the forward ran in low precision: gradients in the parameters' dtype
+        # under autocast the forward ran in low precision (and the input may be low precision
+        # too): gradients in the parameters' dtype, the input's gradient in the input's
         grad = grad.to(weight.dtype)
         channels, alphabet, width = weight.shape
         batch, pad = x.shape[0], ctx.padding
@@ -91,14 +104,14 @@ class _ConvGlobalMax(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             windows = F.pad(x, (pad, pad)).gather(2, index).view(batch, alphabet, channels, width)
-            grad_w = torch.einsum("bc,bacj->caj", grad, windows)
+            grad_w = torch.einsum("bc,bacj->caj", grad, windows.to(grad.dtype))
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=0)
         if ctx.needs_input_grad[0]:
             spread = (grad[:, :, None, None] * weight).transpose(1, 2)  # (B, A, C, k)
-            padded = x.new_zeros(batch, alphabet, x.shape[2] + 2 * pad)
+            padded = grad.new_zeros(batch, alphabet, x.shape[2] + 2 * pad)
             padded.scatter_add_(2, index, spread.reshape(batch, alphabet, channels * width))
-            grad_x = padded[:, :, pad : pad + x.shape[2]]
+            grad_x = padded[:, :, pad : pad + x.shape[2]].to(x.dtype)
         return grad_x, grad_w, grad_b, None
 
 
@@ -124,14 +137,15 @@ class SequenceCNN(nn.Module):
         dropout: float = 0.25,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("alphabet", alphabet),
-            ("channels", channels),
-            ("kernel_size", kernel_size),
-            ("output_dim", output_dim),
-        ):
-            if value < 1:
-                raise ValueError(f"SequenceCNN: {name} must be >= 1, got {value}")
+        _check_sizes(
+            "SequenceCNN",
+            (
+                ("alphabet", alphabet),
+                ("channels", channels),
+                ("kernel_size", kernel_size),
+                ("output_dim", output_dim),
+            ),
+        )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"SequenceCNN: dropout must be in [0, 1), got {dropout}")
         self.alphabet = alphabet
@@ -174,10 +188,12 @@ def feedforward(
     in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0
 ) -> nn.Sequential:
     """``Linear → ReLU (→ Dropout)`` per hidden size, then a final ``Linear``."""
-    if in_features < 1 or out_features < 1 or any(h < 1 for h in hidden):
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ValueError(f"hidden must be a list of layer sizes such as [64], got {hidden!r}")
+    if not all(_is_size(n) for n in (in_features, *hidden, out_features)):
         raise ValueError(
-            f"layer sizes must be >= 1, got in={in_features}, hidden={tuple(hidden)}, "
-            f"out={out_features}"
+            f"layer sizes must be integers >= 1, got in={in_features!r}, "
+            f"hidden={tuple(hidden)!r}, out={out_features!r}"
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -239,14 +255,15 @@ class SequenceGRU(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("input_dim", input_dim),
-            ("hidden", hidden),
-            ("output_dim", output_dim),
-            ("num_layers", num_layers),
-        ):
-            if value < 1:
-                raise ValueError(f"SequenceGRU: {name} must be >= 1, got {value}")
+        _check_sizes(
+            "SequenceGRU",
+            (
+                ("input_dim", input_dim),
+                ("hidden", hidden),
+                ("output_dim", output_dim),
+                ("num_layers", num_layers),
+            ),
+        )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"SequenceGRU: dropout must be in [0, 1), got {dropout}")
         self.input_dim = input_dim
@@ -303,13 +320,10 @@ class ImageCNN(nn.Module):
 
     def __init__(self, in_channels: int, channels: int = 16, output_dim: int = 32) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("channels", channels),
-            ("output_dim", output_dim),
-        ):
-            if value < 1:
-                raise ValueError(f"ImageCNN: {name} must be >= 1, got {value}")
+        _check_sizes(
+            "ImageCNN",
+            (("in_channels", in_channels), ("channels", channels), ("output_dim", output_dim)),
+        )
         self.in_channels = in_channels
         self.output_dim = output_dim
         self.features = nn.Sequential(

@@ -76,7 +76,10 @@ class Registry(Generic[T]):
         del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable name (a list from an edited description) is unknown
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -148,6 +148,21 @@ def test_baselines_reject_missing_modalities():
         model(x, masks={"video": torch.tensor([True, False, True, True, True, True])})
 
 
+@pytest.mark.parametrize("early", [False, True])
+def test_baselines_refuse_masks_they_cannot_read(early):
+    """A mask that is not a bool or tensor used to escape as ``AttributeError: 'list' object has
+    no attribute 'all'``, and a mask of a misspelt modality was silently ignored (the prediction
+    used every modality although the caller marked one as missing)."""
+    model = EarlyFusion({m: (d,) for m, d in DIMS.items()}) if early else LateFusion(encoders())
+    x = inputs()
+    with pytest.raises(ValueError, match="mask of modality 'video' must be a bool"):
+        model(x, masks={"video": [True, False, True, True, True, True]})
+    with pytest.raises(ValueError, match="mask of modality 'video' must be a bool"):
+        model(x, masks={"video": 0})
+    with pytest.raises(ValueError, match=r"masks for unknown modalities \['vidoe'\]"):
+        model(x, masks={"vidoe": False})
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_model_rebuilds_from_its_spec_and_states_its_capabilities(name):
     specs = {m: {"type": "mlp", "input_dim": d, "output_dim": 4} for m, d in DIMS.items()}

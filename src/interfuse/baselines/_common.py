@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..encoders import feedforward
@@ -19,9 +20,24 @@ def mlp_head(
     return net if len(net) > 1 else net[0]
 
 
-def reject_masks(masks: Mapping[str, Tensor | bool] | None, owner: str) -> None:
-    """Baselines have no missing-modality path: any missing entry in ``masks`` is an error."""
+def reject_masks(
+    masks: Mapping[str, Tensor | bool] | None, owner: str, modalities: Sequence[str]
+) -> None:
+    """Baselines have no missing-modality path: any missing entry in ``masks`` is an error (as
+    is a mask of a modality the model does not have, or one that is not a bool)."""
+    unknown = [m for m in (masks or {}) if m not in modalities]
+    if unknown:
+        raise ValueError(
+            f"{owner}: masks for unknown modalities {unknown}; the model expects {list(modalities)}"
+        )
     for m, mask in (masks or {}).items():
+        if not isinstance(mask, bool) and not (
+            isinstance(mask, Tensor) and mask.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"mask of modality {m!r} must be a bool tensor or a Python bool, got "
+                f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}"
+            )
         if not bool(mask if isinstance(mask, bool) else mask.all()):
             raise ValueError(
                 f"{owner} has no missing-modality path, but modality {m!r} is masked as missing; "
@@ -102,7 +118,7 @@ class EncoderFusion(nn.Module):
         self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None
     ) -> FusionOutput:
         """``fuse(encode(inputs))``; ``masks`` may only mark every modality present."""
-        reject_masks(masks, type(self).__name__)
+        reject_masks(masks, type(self).__name__, self.modalities)
         return self.fuse(self.encode(inputs))
 
     def _embeddings(self, embeddings: Mapping[str, Tensor]) -> list[Tensor]:

@@ -81,7 +81,7 @@ class EarlyFusion(nn.Module):
     ) -> FusionOutput:
         """``blocks = {"inputs": concatenated flat inputs}``; ``embeddings`` is empty. ``masks``
         may only mark every modality present (no missing-modality path)."""
-        reject_masks(masks, type(self).__name__)
+        reject_masks(masks, type(self).__name__, self.modalities)
         z = self.flatten(inputs)
         return FusionOutput(self.head(z), {"inputs": z}, {})
 

@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -917,8 +918,11 @@ def _encoder(
 
 def _embedding_dim(encoder: nn.Module | Mapping[str, Any]) -> int:
     if isinstance(encoder, nn.Module):
-        return int(getattr(encoder, "output_dim", 0) or 0)
-    return int(encoder.get("output_dim", 32) or 0)
+        size = getattr(encoder, "output_dim", 0)
+    else:
+        size = encoder.get("output_dim", 32)
+    # a malformed size counts as 0 here: building the encoder refuses it with a clear error
+    return int(size) if isinstance(size, Integral) and not isinstance(size, bool) else 0
 
 
 def check_training_budget(
