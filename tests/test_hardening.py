@@ -522,6 +522,25 @@ def test_meta_device_model_or_inputs_are_refused_in_one_line():
         predict(model, inputs)
 
 
+def test_a_seeded_build_leaves_every_global_generator_as_it_was(monkeypatch):
+    """``build_model(seed=...)`` reseeded the CUDA generators through ``torch.manual_seed`` (lazily
+    on a machine without a GPU), which its ``fork_rng(devices=[])`` does not restore: global
+    random state changed on every GPU machine, against its docstring."""
+    import torch
+
+    from interfuse.models import build_model, model_spec
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    task = _tiny_task()
+    spec = model_spec("intense", task.encoders, TrainConfig(), task.num_outputs)
+    state = torch.get_rng_state()
+    first, second = build_model(spec, seed=3), build_model(spec, seed=3)
+    assert reseeded == [] and torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)  # seeded: the same model twice
+
+
 def test_model_call_with_integer_or_meta_inputs_is_one_line():
     """``model(...)``: integer inputs an encoder cannot take, or meta tensors, are named."""
     import torch

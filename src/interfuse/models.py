@@ -187,10 +187,17 @@ def build_model(
         raise ValueError(
             f"encoders given for unknown modalities {unknown}; model has {spec.modalities}"
         )
-    placement = torch.device(device) if device is not None else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), placement:
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    placement = target if device is not None else contextlib.nullcontext()
+    # only the generators that initialise the parameters are seeded (the CPU's; on a GPU also
+    # the CUDA ones), and fork_rng restores them: torch.manual_seed would also reseed every
+    # CUDA device, which fork_rng(devices=[]) leaves changed
+    cuda = list(range(torch.cuda.device_count())) if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), placement:
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed_all(seed)
         built = {
             m: given[m] if m in given else build_encoder(spec.encoders[m], m)
             for m in spec.modalities
