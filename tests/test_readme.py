@@ -23,3 +23,34 @@ def test_every_readme_python_block_runs(tmp_path, monkeypatch):
             exec(compile(block, f"README.md python block {number}", "exec"), namespace)
         except Exception as error:  # noqa: BLE001 - report which block failed
             pytest.fail(f"README python block {number} failed: {type(error).__name__}: {error}")
+
+
+ROOT = README.parent
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def anchors(page: Path) -> set[str]:
+    """`<a id>` anchors and GitHub's heading slugs of a markdown page."""
+    text = page.read_text(encoding="utf-8")
+    found = set(re.findall(r'<a id="([^"]+)"', text))
+    for heading in re.findall(r"^#+ (.*)$", text, flags=re.M):
+        found.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return found
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda page: page.name)
+def test_doc_links_stay_inside_the_repository_and_resolve(page):
+    """Every link of the README and docs/ is a file (and anchor) of this repository; no page
+    sends a reader to another project's site or code."""
+    text = page.read_text(encoding="utf-8")
+    outside = re.findall(r"https?://\S+|\bgithub\.com/\S+", text)
+    assert not outside, f"{page.name} points outside the repository: {outside}"
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        path, _, fragment = link.partition("#")
+        target = page.parent / path if path else page
+        if not target.exists():
+            broken.append(link)
+        elif fragment and target.suffix == ".md" and fragment not in anchors(target):
+            broken.append(link)
+    assert not broken, f"{page.name}: links to missing files or anchors: {broken}"
