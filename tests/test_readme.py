@@ -54,3 +54,29 @@ def test_doc_links_stay_inside_the_repository_and_resolve(page):
         elif fragment and target.suffix == ".md" and fragment not in anchors(target):
             broken.append(link)
     assert not broken, f"{page.name}: links to missing files or anchors: {broken}"
+
+
+def test_every_list_of_settings_that_may_change_on_resume_is_complete():
+    """Wherever the README or docs/ list the training settings a resume may change, they name
+    every field of ``interfuse.train.RESUMABLE_CHANGES`` (as a field or as its option)."""
+    from interfuse.train import RESUMABLE_CHANGES
+
+    incomplete, checked = [], []
+    for page in DOCS:
+        paragraphs = re.split(r"\n\s*\n|\n(?=\s*[*-] )", page.read_text(encoding="utf-8"))
+        for paragraph in paragraphs:
+            flat = " ".join(paragraph.split())
+            if not re.search(r"may change|except|anything but", flat):
+                continue
+            if not re.search(r"`(--)?epochs`", flat):
+                continue  # not a list of training settings (e.g. the device options)
+            checked.append(page.name)
+            missing = [
+                field
+                for field in sorted(RESUMABLE_CHANGES)
+                if not re.search(field.replace("_", "[-_]"), flat)
+            ]
+            if missing:
+                incomplete.append(f"{page.name}: {flat[:80]}… lacks {missing}")
+    assert {"README.md", "run-folder.md", "scaling.md", "training.md"} <= set(checked), checked
+    assert not incomplete, "\n".join(incomplete)
