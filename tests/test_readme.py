@@ -80,3 +80,43 @@ def test_every_list_of_settings_that_may_change_on_resume_is_complete():
                 incomplete.append(f"{page.name}: {flat[:80]}… lacks {missing}")
     assert {"README.md", "run-folder.md", "scaling.md", "training.md"} <= set(checked), checked
     assert not incomplete, "\n".join(incomplete)
+
+
+# Options of other programs that the pages show: pip, torchrun, pytest.
+FOREIGN_OPTIONS = {
+    "--no-deps",
+    "--nnodes",
+    "--nproc-per-node",
+    "--node-rank",
+    "--master-addr",
+    "--master-port",
+    "--import-mode",
+}
+
+
+def test_every_option_the_docs_show_exists():
+    """Every ``--option`` of the README and docs/ (but testing.md, about tools/mutate.py) is an
+    option of some ``interfuse`` command, so a renamed or removed option cannot stay documented."""
+    import click
+
+    from interfuse.cli import main
+
+    options = set()
+
+    def collect(command: click.Command, ctx: click.Context) -> None:
+        for param in command.get_params(ctx):
+            options.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("--"))
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                collect(sub, click.Context(sub, info_name=name, parent=ctx))
+
+    collect(main, click.Context(main, info_name="interfuse"))
+    unknown = [
+        f"{page.name}:{number}: {option}"
+        for page in DOCS
+        if page.name != "testing.md"
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", line)
+        if option not in options and option not in FOREIGN_OPTIONS
+    ]
+    assert not unknown, f"options the CLI does not have: {unknown}"
