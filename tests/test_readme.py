@@ -120,3 +120,20 @@ def test_every_option_the_docs_show_exists():
         if option not in options and option not in FOREIGN_OPTIONS
     ]
     assert not unknown, f"options the CLI does not have: {unknown}"
+
+
+def test_run_folder_doc_lists_every_results_key():
+    """docs/run-folder.md §2 lists exactly the keys of ``results.json`` (``RunResult``)."""
+    import dataclasses
+
+    from interfuse.results import SCHEMA, RunResult
+
+    text = (ROOT / "docs" / "run-folder.md").read_text(encoding="utf-8")
+    section = text.split('<a id="results-schema"></a>', 1)[1].split("<a id=", 1)[0]
+    documented = {
+        key
+        for row in re.findall(r"^\| (`[^|]+) \|", section, flags=re.M)
+        for key in re.findall(r"`(\w+)`", row)
+    }
+    assert documented == {field.name for field in dataclasses.fields(RunResult)}
+    assert f"schema `{SCHEMA}`" in section
