@@ -1,5 +1,5 @@
 # `make demo` and `make test` set themselves up: the first run creates .venv and installs the
-# pinned dependencies (CPU build of PyTorch); later runs reuse it.
+# pinned dependencies (PyTorch: the CPU build where its wheel is at hand); later runs reuse it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

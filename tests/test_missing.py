@@ -60,6 +60,15 @@ def test_missing_blocks_are_replaced_by_zero_in_eval(iterbn):
     assert torch.equal(out.present["b"], present_b)
 
 
+def test_present_is_none_without_masks_and_every_mask_with_them():
+    """docs/missing-modalities.md §1: ``out.present`` is ``None`` only when no masks were given."""
+    model = make_model()
+    inputs = make_inputs()
+    assert model(inputs).present is None
+    present = model(inputs, masks={"a": True}).present
+    assert set(present) == set(DIMS) and all(bool(mask.all()) for mask in present.values())
+
+
 def test_whole_batch_missing_can_be_left_out():
     model = make_model()
     model.eval()

@@ -369,7 +369,7 @@ class RunResult:
 
     Attributes:
         dataset: name of the data (registered dataset or the task's name).
-        task: ``"classification"`` or ``"regression"``.
+        task: ``"classification"``, ``"regression"`` or ``"multilabel"``.
         model: the model description (:class:`interfuse.models.ModelSpec` as a dict).
         config: the training configuration that was used (``TrainConfig`` as a dict, after
             dataset defaults were applied).
