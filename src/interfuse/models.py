@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any, Protocol
 
 import torch
@@ -86,7 +87,9 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"malformed model description ({error!r})") from None
-        if set(spec.encoders) != set(spec.modalities) or spec.num_outputs < 1:
+        outputs = values["num_outputs"]
+        whole = isinstance(outputs, Integral) and not isinstance(outputs, bool)  # 2.7 is not 2
+        if set(spec.encoders) != set(spec.modalities) or not whole or spec.num_outputs < 1:
             raise ValueError("malformed model description (encoders, modalities or outputs)")
         return spec
 

@@ -223,6 +223,9 @@ def test_a_spec_with_tuples_is_the_spec_its_checkpoint_stores():
     assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     direct = ModelSpec("late", ("a",), {"a": {"type": "mlp", "input_dim": 2, "hidden": (4,)}}, 1)
     assert json.loads(json.dumps(direct.to_dict())) == direct.to_dict()
+    for outputs in (2.7, True, "2"):  # 2.7 was read as 2 outputs, silently
+        with pytest.raises(ValueError, match="malformed model description"):
+            ModelSpec.from_dict({**spec.to_dict(), "num_outputs": outputs})
 
 
 def test_fit_resumes_with_encoder_options_given_as_tuples(tmp_path):
