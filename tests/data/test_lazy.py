@@ -249,3 +249,25 @@ def test_a_truncated_array_is_refused_by_name(folder: Path, tmp_path: Path, spli
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(ValueError, match=rf"{split}/a.npy: truncated"):
         load_lazy(copy)
+
+
+def test_statistics_are_those_of_the_values_stored(tmp_path: Path) -> None:
+    """float64 chunks written to a float16 file: the manifest's statistics are those of the
+    float16 values read back (they were accumulated from the values before the cast)."""
+    x = np.random.default_rng(0).normal(0.3, 0.4, (40, 3))
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 40, "val": 2, "test": 2},
+        shapes={"a": (3,)},
+        encoders={"a": {"type": "mlp"}},
+        target_dtype="float32",
+        dtypes={"a": "float16"},
+    )
+    with writer:
+        for split, rows in (("train", x), ("val", x[:2]), ("test", x[:2])):
+            writer.append(split, {"a": rows}, np.zeros(len(rows)))
+    stored = Scaler.fit(np.load(tmp_path / "out" / "train" / "a.npy"))
+    written = load_lazy(tmp_path / "out").preprocessor.scalers["a"]
+    np.testing.assert_allclose(written.mean, stored.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(written.std, stored.std, rtol=1e-12, atol=1e-12)

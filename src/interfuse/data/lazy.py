@@ -667,6 +667,7 @@ class LazyWriter:
             target.file.write(data)
             target.digest.update(data)
             target.filled = end
+            chunk[relative] = block  # the statistics are those of the values as stored
         if split == "train" and self.standardize:
             for m in self.manifest.modalities:
                 present = masks.get(m) if m in self.manifest.masks[split] else None
