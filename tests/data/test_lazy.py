@@ -271,3 +271,29 @@ def test_statistics_are_those_of_the_values_stored(tmp_path: Path) -> None:
     written = load_lazy(tmp_path / "out").preprocessor.scalers["a"]
     np.testing.assert_allclose(written.mean, stored.mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(written.std, stored.std, rtol=1e-12, atol=1e-12)
+
+
+def test_statistics_skip_the_missing_rows_of_a_0_1_mask(tmp_path: Path) -> None:
+    """A mask given as 0/1 integers (stored as bool): the statistics are those of the present
+    rows (the integers indexed rows 0 and 1 instead)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (30, 2))
+    present = (rng.random(30) > 0.3).astype(np.uint8)
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 30, "val": 2, "test": 2},
+        shapes={"a": (2,)},
+        encoders={"a": {"type": "mlp"}},
+        target_dtype="float32",
+        dtypes={"a": "float64"},
+        masks={"train": ["a"]},
+    )
+    with writer:
+        writer.append("train", {"a": x}, np.zeros(30), {"a": present})
+        for split in ("val", "test"):
+            writer.append(split, {"a": x[:2]}, np.zeros(2))
+    written = load_lazy(tmp_path / "out").preprocessor.scalers["a"]
+    want = Scaler.fit(x[present.astype(bool)])
+    np.testing.assert_allclose(written.mean, want.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(written.std, want.std, rtol=1e-12, atol=1e-12)

@@ -670,7 +670,8 @@ class LazyWriter:
             chunk[relative] = block  # the statistics are those of the values as stored
         if split == "train" and self.standardize:
             for m in self.manifest.modalities:
-                present = masks.get(m) if m in self.manifest.masks[split] else None
+                mask = f"{split}/{m}{MASK}.npy"
+                present = chunk[mask] if m in self.manifest.masks[split] else None
                 rows = _scaler_rows(chunk[f"{split}/{m}.npy"], present)
                 self.moments[m].update(rows)
 
