@@ -297,3 +297,14 @@ def test_statistics_skip_the_missing_rows_of_a_0_1_mask(tmp_path: Path) -> None:
     want = Scaler.fit(x[present.astype(bool)])
     np.testing.assert_allclose(written.mean, want.mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(written.std, want.std, rtol=1e-12, atol=1e-12)
+
+
+def test_streaming_moments_of_values_whose_squares_overflow() -> None:
+    """Values near 1e300 (their squares overflow float64): as :meth:`Scaler.fit`, which rescales
+    them; the streamed std was infinite (a folder its own reader refuses)."""
+    x = np.random.default_rng(0).normal(1, 1, (50, 3)) * np.array([1e300, 1e-300, 1.0])
+    full = Scaler.fit(x)
+    for chunk in (1, 7, 50):
+        streamed = streaming_scaler(x, chunk=chunk)
+        np.testing.assert_allclose(streamed.mean, full.mean, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(streamed.std, full.std, rtol=1e-12, atol=0)

@@ -107,11 +107,14 @@ class RunningMoments:
     ``δ = μ_b − μ_a``, ``n = n_a + n_b``, ``μ = μ_a + δ·n_b/n``,
     ``M2 = M2_a + M2_b + δ²·n_a·n_b/n`` (Chan, Golub & LeVeque), all in float64; the population
     standard deviation is ``sqrt(M2 / n)``, as :meth:`Scaler.fit` computes it in memory.
+    ``mean`` and ``M2`` are kept in units of ``scale`` (per column, a power of two above half the
+    largest magnitude seen; exact), so that the squares of values near 1e300 do not overflow.
     """
 
     count: int = 0
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     def update(self, rows: np.ndarray) -> None:
         """Merge ``rows`` of shape ``(n, width)``."""
@@ -119,23 +122,29 @@ class RunningMoments:
         if n_b == 0:
             return
         rows = rows.astype(np.float64, copy=False)
+        scale = np.ldexp(1.0, np.frexp(np.abs(rows).max(axis=0))[1] - 1)
+        if self.scale is not None:
+            scale = np.maximum(scale, self.scale)
+        rows = rows / scale
         mean_b = rows.mean(axis=0)
         m2_b = ((rows - mean_b) ** 2).sum(axis=0)
-        if self.mean is None or self.m2 is None:
-            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+        if self.mean is None or self.m2 is None or self.scale is None:
+            self.count, self.mean, self.m2, self.scale = n_b, mean_b, m2_b, scale
             return
+        ratio = self.scale / scale
+        mean_a, m2_a = self.mean * ratio, self.m2 * ratio**2
         n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / n)
-        self.count = n
+        delta = mean_b - mean_a
+        self.mean = mean_a + delta * (n_b / n)
+        self.m2 = m2_a + m2_b + delta**2 * (self.count * n_b / n)
+        self.count, self.scale = n, scale
 
     def scaler(self, width: tuple[int, ...], sequence: bool) -> Scaler:
         """The :class:`Scaler` of the rows seen (mean 0 / std 1 when there were none)."""
-        if self.count == 0 or self.mean is None or self.m2 is None:
+        if self.count == 0 or self.mean is None or self.m2 is None or self.scale is None:
             return Scaler(np.zeros(width), np.ones(width), sequence)
-        std = np.sqrt(self.m2 / self.count)
-        return Scaler(self.mean, np.where(std > 1e-12, std, 1.0), sequence)
+        std = np.sqrt(self.m2 / self.count) * self.scale
+        return Scaler(self.mean * self.scale, np.where(std > 1e-12, std, 1.0), sequence)
 
 
 def streaming_scaler(
