@@ -308,3 +308,20 @@ def test_streaming_moments_of_values_whose_squares_overflow() -> None:
         streamed = streaming_scaler(x, chunk=chunk)
         np.testing.assert_allclose(streamed.mean, full.mean, rtol=1e-12, atol=0)
         np.testing.assert_allclose(streamed.std, full.std, rtol=1e-12, atol=0)
+
+
+def test_a_writer_that_cannot_start_leaves_nothing(tmp_path: Path) -> None:
+    """A failure while the files are created (here a dtype numpy does not know) removed
+    nothing: the temporary folder stayed beside the destination."""
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 4, "val": 2, "test": 2},
+        shapes={"a": (3,), "b": (2,)},
+        encoders={"a": {"type": "mlp"}, "b": {"type": "mlp"}},
+        target_dtype="float32",
+        dtypes={"a": "float32", "b": "no such type"},
+    )
+    with pytest.raises(TypeError), writer:
+        pass
+    assert list(tmp_path.iterdir()) == []

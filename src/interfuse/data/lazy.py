@@ -638,10 +638,14 @@ class LazyWriter:
     def __enter__(self) -> LazyWriter:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir()
-        for relative, (shape, dtype) in _expected_files(self.manifest).items():
-            path = self.tmp / relative
-            path.parent.mkdir(exist_ok=True)
-            self.arrays[relative] = _Array.create(path, shape, np.dtype(dtype))
+        try:
+            for relative, (shape, dtype) in _expected_files(self.manifest).items():
+                path = self.tmp / relative
+                path.parent.mkdir(exist_ok=True)
+                self.arrays[relative] = _Array.create(path, shape, np.dtype(dtype))
+        except BaseException as error:  # no __exit__ after a failed __enter__: clean up here
+            self.__exit__(type(error))
+            raise
         return self
 
     def append(
