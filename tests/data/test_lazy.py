@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -325,3 +326,12 @@ def test_a_writer_that_cannot_start_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(TypeError), writer:
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_lists_the_sha256_of_every_file(folder: Path) -> None:
+    """The digests are those of the files (``sha256sum`` checks a copy); they covered the data
+    after the ``.npy`` header only."""
+    files = json.loads((folder / MANIFEST).read_text())["files"]
+    assert sorted(files) == sorted(str(f.relative_to(folder)) for f in folder.rglob("*.npy"))
+    for relative, digest in files.items():
+        assert hashlib.sha256((folder / relative).read_bytes()).hexdigest() == digest, relative

@@ -33,6 +33,7 @@ place when complete: an interrupted conversion leaves no partial dataset.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import mmap
@@ -575,10 +576,12 @@ class _Array:
 
     @classmethod
     def create(cls, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> _Array:
+        header = io.BytesIO()
+        descr = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(header, {**descr, "shape": shape})
         file = path.open("wb")
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(file, {**header, "shape": shape})
-        return cls(file, shape, dtype)
+        file.write(header.getvalue())
+        return cls(file, shape, dtype, digest=hashlib.sha256(header.getvalue()))
 
 
 class LazyWriter:
