@@ -134,6 +134,7 @@ def _edit(folder: Path, change) -> None:  # noqa: ANN001
         (lambda m: m["modalities"]["a"].update(dtype="object"), "dtype 'object' is not a number"),
         (lambda m: m.pop("statistics"), "missing entry 'statistics'"),
         (lambda m: m["statistics"]["a"].update(std=[0.0] * 5), "finite with std > 0"),
+        (lambda m: m["statistics"]["a"].update(sequence=True), "'a': sequence must be false"),
     ],
 )
 def test_manifest_is_validated_strictly(folder: Path, tmp_path: Path, change, message) -> None:  # noqa: ANN001

@@ -338,6 +338,12 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         for m, st in stats.items():
             if not isinstance(st, dict) or set(st) != {"mean", "std", "sequence"}:
                 raise _fail(path, f"statistics of {m!r} need exactly mean, std and sequence")
+            if st["sequence"] is not (len(shapes[m]) == 2):
+                raise _fail(
+                    path,
+                    f"statistics of {m!r}: sequence must be {str(len(shapes[m]) == 2).lower()} "
+                    f"for samples of shape {shapes[m]}",
+                )
             width = (shapes[m][-1],) if st["sequence"] else shapes[m]
             mean = np.asarray(st["mean"], dtype=np.float64)
             std = np.asarray(st["std"], dtype=np.float64)
