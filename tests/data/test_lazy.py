@@ -336,3 +336,21 @@ def test_manifest_lists_the_sha256_of_every_file(folder: Path) -> None:
     assert sorted(files) == sorted(str(f.relative_to(folder)) for f in folder.rglob("*.npy"))
     for relative, digest in files.items():
         assert hashlib.sha256((folder / relative).read_bytes()).hexdigest() == digest, relative
+
+
+def test_regression_targets_are_kept_as_given(tmp_path: Path) -> None:
+    """A regression folder written without a target dtype: the targets read back are those
+    written (the default int64 truncated 0.25 to 0)."""
+    targets = np.array([0.25, -1.5, 3.75, 2.0])
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 4, "val": 4, "test": 4},
+        shapes={"a": (2,)},
+        encoders={"a": {"type": "mlp"}},
+    )
+    with writer:
+        for split in ("train", "val", "test"):
+            writer.append(split, {"a": np.eye(4, 2)}, targets)
+    data = load_lazy(tmp_path / "out")
+    assert torch.equal(data.test.targets, torch.tensor(targets, dtype=torch.float32))

@@ -596,7 +596,8 @@ class LazyWriter:
     ``with LazyWriter(dest, ...) as writer: writer.append("train", inputs, targets, masks)`` …;
     on a clean exit the manifest is written and the temporary folder renamed to ``dest``.
     ``standardize``: accumulate the training split's statistics into the manifest (otherwise the
-    values are used as given).
+    values are used as given). ``target_dtype``: by default int64 (class indices, 0/1 labels),
+    float32 for regression.
     """
 
     def __init__(
@@ -608,7 +609,7 @@ class LazyWriter:
         shapes: Mapping[str, Sequence[int]],
         encoders: Mapping[str, dict[str, Any]],
         target_shape: Sequence[int] = (),
-        target_dtype: str = "int64",
+        target_dtype: str | None = None,
         dtypes: Mapping[str, str] | None = None,
         masks: Mapping[str, Sequence[str]] | None = None,
         num_classes: int | None = None,
@@ -634,7 +635,7 @@ class LazyWriter:
             dtypes=dtypes,
             encoders={m: dict(encoders[m]) for m in shapes},
             target_shape=tuple(target_shape),
-            target_dtype=target_dtype,
+            target_dtype=target_dtype or ("float32" if task == "regression" else "int64"),
             sizes=dict(sizes),
             masks={s: list((masks or {}).get(s, [])) for s in SPLITS},
             statistics=None,
