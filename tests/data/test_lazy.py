@@ -354,3 +354,19 @@ def test_regression_targets_are_kept_as_given(tmp_path: Path) -> None:
             writer.append(split, {"a": np.eye(4, 2)}, targets)
     data = load_lazy(tmp_path / "out")
     assert torch.equal(data.test.targets, torch.tensor(targets, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", ["targets", "a.mask", "sub/a"])
+def test_modality_names_that_are_not_file_names_of_their_own(name: str, tmp_path: Path) -> None:
+    """A modality named ``targets`` was written over the labels' file (the error spoke of the
+    shape of train/targets.npy), ``a.mask`` over a's mask, ``sub/a`` into a folder."""
+    with pytest.raises(ValueError, match=f"modality name {name!r}"):
+        LazyWriter(
+            tmp_path / "out",
+            task="regression",
+            sizes={"train": 4, "val": 2, "test": 2},
+            shapes={"a": (2,), name: (3,)},
+            encoders={"a": {"type": "mlp"}, name: {"type": "mlp"}},
+            masks={"train": ["a"]},
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -618,6 +618,12 @@ class LazyWriter:
         standardize: bool = True,
         overwrite: bool = False,
     ) -> None:
+        for m in shapes:
+            if m == TARGETS or m.endswith(MASK) or "/" in m or "\\" in m:
+                raise ValueError(
+                    f"modality name {m!r} cannot name a file of its own in a dataset folder "
+                    f"(not {TARGETS!r}, ending in {MASK!r} or with a slash); rename the modality"
+                )
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite:
             raise FileExistsError(f"{self.dest} already exists; choose another destination")
