@@ -62,3 +62,19 @@ def test_bad_data_is_reported():
         split_indices(3)
     with pytest.raises(ValueError, match="fractions"):
         split_indices(100, (0.5, 0.5, 0.5))
+
+
+def test_any_seed_of_a_run_shuffles():
+    # a run's seed is any integer >= 0: seed * 1_000_003 + epoch overflowed torch's 64-bit seed
+    # (ValueError: Overflow when unpacking long long) from seeds of about 1.8e13 on
+    for seed in (2**45, 2**63 + 5):
+        batches = list(EpochBatchSampler(10, 4, shuffle=True, seed=seed, start_epoch=3))
+        assert [len(b) for b in batches] == [4, 4] and len(torch.cat(batches).unique()) == 8
+
+
+def test_an_empty_unshuffled_part_has_no_batch():
+    # fewer samples than processes: torch.split of an empty part yielded one empty batch,
+    # although len() said 0
+    parts = [EpochBatchSampler(2, 4, shuffle=False, rank=r, world_size=3) for r in range(3)]
+    assert [len(p) for p in parts] == [1, 1, 0]
+    assert [[b.tolist() for b in p] for p in parts] == [[[0]], [[1]], []]

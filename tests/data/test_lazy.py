@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def _edit(folder: Path, change) -> None:  # noqa: ANN001
         (lambda m: m["modalities"]["a"].update(dtype="object"), "dtype 'object' is not a number"),
         (lambda m: m.pop("statistics"), "missing entry 'statistics'"),
         (lambda m: m["statistics"]["a"].update(std=[0.0] * 5), "finite with std > 0"),
+        (lambda m: m["statistics"]["a"].update(sequence=True), "'a': sequence must be false"),
     ],
 )
 def test_manifest_is_validated_strictly(folder: Path, tmp_path: Path, change, message) -> None:  # noqa: ANN001
@@ -249,3 +251,122 @@ def test_a_truncated_array_is_refused_by_name(folder: Path, tmp_path: Path, spli
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(ValueError, match=rf"{split}/a.npy: truncated"):
         load_lazy(copy)
+
+
+def test_statistics_are_those_of_the_values_stored(tmp_path: Path) -> None:
+    """float64 chunks written to a float16 file: the manifest's statistics are those of the
+    float16 values read back (they were accumulated from the values before the cast)."""
+    x = np.random.default_rng(0).normal(0.3, 0.4, (40, 3))
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 40, "val": 2, "test": 2},
+        shapes={"a": (3,)},
+        encoders={"a": {"type": "mlp"}},
+        target_dtype="float32",
+        dtypes={"a": "float16"},
+    )
+    with writer:
+        for split, rows in (("train", x), ("val", x[:2]), ("test", x[:2])):
+            writer.append(split, {"a": rows}, np.zeros(len(rows)))
+    stored = Scaler.fit(np.load(tmp_path / "out" / "train" / "a.npy"))
+    written = load_lazy(tmp_path / "out").preprocessor.scalers["a"]
+    np.testing.assert_allclose(written.mean, stored.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(written.std, stored.std, rtol=1e-12, atol=1e-12)
+
+
+def test_statistics_skip_the_missing_rows_of_a_0_1_mask(tmp_path: Path) -> None:
+    """A mask given as 0/1 integers (stored as bool): the statistics are those of the present
+    rows (the integers indexed rows 0 and 1 instead)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (30, 2))
+    present = (rng.random(30) > 0.3).astype(np.uint8)
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 30, "val": 2, "test": 2},
+        shapes={"a": (2,)},
+        encoders={"a": {"type": "mlp"}},
+        target_dtype="float32",
+        dtypes={"a": "float64"},
+        masks={"train": ["a"]},
+    )
+    with writer:
+        writer.append("train", {"a": x}, np.zeros(30), {"a": present})
+        for split in ("val", "test"):
+            writer.append(split, {"a": x[:2]}, np.zeros(2))
+    written = load_lazy(tmp_path / "out").preprocessor.scalers["a"]
+    want = Scaler.fit(x[present.astype(bool)])
+    np.testing.assert_allclose(written.mean, want.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(written.std, want.std, rtol=1e-12, atol=1e-12)
+
+
+def test_streaming_moments_of_values_whose_squares_overflow() -> None:
+    """Values near 1e300 (their squares overflow float64): as :meth:`Scaler.fit`, which rescales
+    them; the streamed std was infinite (a folder its own reader refuses)."""
+    x = np.random.default_rng(0).normal(1, 1, (50, 3)) * np.array([1e300, 1e-300, 1.0])
+    full = Scaler.fit(x)
+    for chunk in (1, 7, 50):
+        streamed = streaming_scaler(x, chunk=chunk)
+        np.testing.assert_allclose(streamed.mean, full.mean, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(streamed.std, full.std, rtol=1e-12, atol=0)
+
+
+def test_a_writer_that_cannot_start_leaves_nothing(tmp_path: Path) -> None:
+    """A failure while the files are created (here a dtype numpy does not know) removed
+    nothing: the temporary folder stayed beside the destination."""
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 4, "val": 2, "test": 2},
+        shapes={"a": (3,), "b": (2,)},
+        encoders={"a": {"type": "mlp"}, "b": {"type": "mlp"}},
+        target_dtype="float32",
+        dtypes={"a": "float32", "b": "no such type"},
+    )
+    with pytest.raises(TypeError), writer:
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_lists_the_sha256_of_every_file(folder: Path) -> None:
+    """The digests are those of the files (``sha256sum`` checks a copy); they covered the data
+    after the ``.npy`` header only."""
+    files = json.loads((folder / MANIFEST).read_text())["files"]
+    assert sorted(files) == sorted(str(f.relative_to(folder)) for f in folder.rglob("*.npy"))
+    for relative, digest in files.items():
+        assert hashlib.sha256((folder / relative).read_bytes()).hexdigest() == digest, relative
+
+
+def test_regression_targets_are_kept_as_given(tmp_path: Path) -> None:
+    """A regression folder written without a target dtype: the targets read back are those
+    written (the default int64 truncated 0.25 to 0)."""
+    targets = np.array([0.25, -1.5, 3.75, 2.0])
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 4, "val": 4, "test": 4},
+        shapes={"a": (2,)},
+        encoders={"a": {"type": "mlp"}},
+    )
+    with writer:
+        for split in ("train", "val", "test"):
+            writer.append(split, {"a": np.eye(4, 2)}, targets)
+    data = load_lazy(tmp_path / "out")
+    assert torch.equal(data.test.targets, torch.tensor(targets, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", ["targets", "a.mask", "sub/a"])
+def test_modality_names_that_are_not_file_names_of_their_own(name: str, tmp_path: Path) -> None:
+    """A modality named ``targets`` was written over the labels' file (the error spoke of the
+    shape of train/targets.npy), ``a.mask`` over a's mask, ``sub/a`` into a folder."""
+    with pytest.raises(ValueError, match=f"modality name {name!r}"):
+        LazyWriter(
+            tmp_path / "out",
+            task="regression",
+            sizes={"train": 4, "val": 2, "test": 2},
+            shapes={"a": (2,), name: (3,)},
+            encoders={"a": {"type": "mlp"}, name: {"type": "mlp"}},
+            masks={"train": ["a"]},
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -230,3 +230,15 @@ def test_fit_scans_the_training_split_once_and_names_bad_values(task, tmp_path):
     data = replace(task, train=TensorData(bad, task.train.targets))
     with pytest.raises(ValueError, match=r"modality 'm1': input has 1 non-finite"):
         fit(data, TrainConfig(epochs=1), tmp_path / "run", progress=False)
+
+
+def test_modality_dropout_draws_for_any_seed_of_a_run():
+    # the step seed (seed · 1_000_003 + epoch) · 1_000_003 + batch overflowed torch's 64-bit
+    # seeds from seed ≈ 1.8e7 on (a date such as 20240101; modality dropout is on by default)
+    model = torch.nn.Module()
+    model.modalities = ["a", "b"]
+    for seed in (0, 20240101):
+        drops = FusionModule(model, "classification", modality_dropout=0.3, seed=seed)
+        masks = drops.dropout_masks(64, 5)
+        assert sorted(masks) == ["a", "b"] and all(k.shape == (64,) for k in masks.values())
+        assert 0 < sum(int((~k).sum()) for k in masks.values()) < 128

@@ -198,9 +198,11 @@ class EpochBatchSampler(Sampler[Tensor]):
     def __iter__(self) -> Iterator[Tensor]:
         if not self.shuffle:
             start, stop = self._part()
-            yield from torch.arange(start, stop).split(self.batch_size)
+            if stop > start:  # (an empty part would split into one empty batch)
+                yield from torch.arange(start, stop).split(self.batch_size)
             return
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        # within torch's 64-bit seeds (unchanged below 2**63) for any seed of a run
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
         order = torch.randperm(self.n, generator=generator)
         self.epoch += 1
         step = self.batch_size * self.world_size

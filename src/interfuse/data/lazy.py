@@ -33,6 +33,7 @@ place when complete: an interrupted conversion leaves no partial dataset.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import mmap
@@ -107,11 +108,14 @@ class RunningMoments:
     ``δ = μ_b − μ_a``, ``n = n_a + n_b``, ``μ = μ_a + δ·n_b/n``,
     ``M2 = M2_a + M2_b + δ²·n_a·n_b/n`` (Chan, Golub & LeVeque), all in float64; the population
     standard deviation is ``sqrt(M2 / n)``, as :meth:`Scaler.fit` computes it in memory.
+    ``mean`` and ``M2`` are kept in units of ``scale`` (per column, a power of two above half the
+    largest magnitude seen; exact), so that the squares of values near 1e300 do not overflow.
     """
 
     count: int = 0
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     def update(self, rows: np.ndarray) -> None:
         """Merge ``rows`` of shape ``(n, width)``."""
@@ -119,23 +123,29 @@ class RunningMoments:
         if n_b == 0:
             return
         rows = rows.astype(np.float64, copy=False)
+        scale = np.ldexp(1.0, np.frexp(np.abs(rows).max(axis=0))[1] - 1)
+        if self.scale is not None:
+            scale = np.maximum(scale, self.scale)
+        rows = rows / scale
         mean_b = rows.mean(axis=0)
         m2_b = ((rows - mean_b) ** 2).sum(axis=0)
-        if self.mean is None or self.m2 is None:
-            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+        if self.mean is None or self.m2 is None or self.scale is None:
+            self.count, self.mean, self.m2, self.scale = n_b, mean_b, m2_b, scale
             return
+        ratio = self.scale / scale
+        mean_a, m2_a = self.mean * ratio, self.m2 * ratio**2
         n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / n)
-        self.count = n
+        delta = mean_b - mean_a
+        self.mean = mean_a + delta * (n_b / n)
+        self.m2 = m2_a + m2_b + delta**2 * (self.count * n_b / n)
+        self.count, self.scale = n, scale
 
     def scaler(self, width: tuple[int, ...], sequence: bool) -> Scaler:
         """The :class:`Scaler` of the rows seen (mean 0 / std 1 when there were none)."""
-        if self.count == 0 or self.mean is None or self.m2 is None:
+        if self.count == 0 or self.mean is None or self.m2 is None or self.scale is None:
             return Scaler(np.zeros(width), np.ones(width), sequence)
-        std = np.sqrt(self.m2 / self.count)
-        return Scaler(self.mean, np.where(std > 1e-12, std, 1.0), sequence)
+        std = np.sqrt(self.m2 / self.count) * self.scale
+        return Scaler(self.mean * self.scale, np.where(std > 1e-12, std, 1.0), sequence)
 
 
 def streaming_scaler(
@@ -328,6 +338,12 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         for m, st in stats.items():
             if not isinstance(st, dict) or set(st) != {"mean", "std", "sequence"}:
                 raise _fail(path, f"statistics of {m!r} need exactly mean, std and sequence")
+            if st["sequence"] is not (len(shapes[m]) == 2):
+                raise _fail(
+                    path,
+                    f"statistics of {m!r}: sequence must be {str(len(shapes[m]) == 2).lower()} "
+                    f"for samples of shape {shapes[m]}",
+                )
             width = (shapes[m][-1],) if st["sequence"] else shapes[m]
             mean = np.asarray(st["mean"], dtype=np.float64)
             std = np.asarray(st["std"], dtype=np.float64)
@@ -566,10 +582,12 @@ class _Array:
 
     @classmethod
     def create(cls, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> _Array:
+        header = io.BytesIO()
+        descr = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(header, {**descr, "shape": shape})
         file = path.open("wb")
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(file, {**header, "shape": shape})
-        return cls(file, shape, dtype)
+        file.write(header.getvalue())
+        return cls(file, shape, dtype, digest=hashlib.sha256(header.getvalue()))
 
 
 class LazyWriter:
@@ -578,7 +596,8 @@ class LazyWriter:
     ``with LazyWriter(dest, ...) as writer: writer.append("train", inputs, targets, masks)`` …;
     on a clean exit the manifest is written and the temporary folder renamed to ``dest``.
     ``standardize``: accumulate the training split's statistics into the manifest (otherwise the
-    values are used as given).
+    values are used as given). ``target_dtype``: by default int64 (class indices, 0/1 labels),
+    float32 for regression.
     """
 
     def __init__(
@@ -590,7 +609,7 @@ class LazyWriter:
         shapes: Mapping[str, Sequence[int]],
         encoders: Mapping[str, dict[str, Any]],
         target_shape: Sequence[int] = (),
-        target_dtype: str = "int64",
+        target_dtype: str | None = None,
         dtypes: Mapping[str, str] | None = None,
         masks: Mapping[str, Sequence[str]] | None = None,
         num_classes: int | None = None,
@@ -599,6 +618,12 @@ class LazyWriter:
         standardize: bool = True,
         overwrite: bool = False,
     ) -> None:
+        for m in shapes:
+            if m == TARGETS or m.endswith(MASK) or "/" in m or "\\" in m:
+                raise ValueError(
+                    f"modality name {m!r} cannot name a file of its own in a dataset folder "
+                    f"(not {TARGETS!r}, ending in {MASK!r} or with a slash); rename the modality"
+                )
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite:
             raise FileExistsError(f"{self.dest} already exists; choose another destination")
@@ -616,7 +641,7 @@ class LazyWriter:
             dtypes=dtypes,
             encoders={m: dict(encoders[m]) for m in shapes},
             target_shape=tuple(target_shape),
-            target_dtype=target_dtype,
+            target_dtype=target_dtype or ("float32" if task == "regression" else "int64"),
             sizes=dict(sizes),
             masks={s: list((masks or {}).get(s, [])) for s in SPLITS},
             statistics=None,
@@ -629,10 +654,14 @@ class LazyWriter:
     def __enter__(self) -> LazyWriter:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir()
-        for relative, (shape, dtype) in _expected_files(self.manifest).items():
-            path = self.tmp / relative
-            path.parent.mkdir(exist_ok=True)
-            self.arrays[relative] = _Array.create(path, shape, np.dtype(dtype))
+        try:
+            for relative, (shape, dtype) in _expected_files(self.manifest).items():
+                path = self.tmp / relative
+                path.parent.mkdir(exist_ok=True)
+                self.arrays[relative] = _Array.create(path, shape, np.dtype(dtype))
+        except BaseException as error:  # no __exit__ after a failed __enter__: clean up here
+            self.__exit__(type(error))
+            raise
         return self
 
     def append(
@@ -667,9 +696,11 @@ class LazyWriter:
             target.file.write(data)
             target.digest.update(data)
             target.filled = end
+            chunk[relative] = block  # the statistics are those of the values as stored
         if split == "train" and self.standardize:
             for m in self.manifest.modalities:
-                present = masks.get(m) if m in self.manifest.masks[split] else None
+                mask = f"{split}/{m}{MASK}.npy"
+                present = chunk[mask] if m in self.manifest.masks[split] else None
                 rows = _scaler_rows(chunk[f"{split}/{m}.npy"], present)
                 self.moments[m].update(rows)
 

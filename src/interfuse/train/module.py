@@ -261,7 +261,7 @@ class FusionModule(pl.LightningModule):
         process with batch P·B drops (one process: the draws are unchanged)."""
         trainer = self._trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        generator = torch.Generator().manual_seed(self._step_seed(batch_idx))
+        generator = torch.Generator().manual_seed(self._step_seed(batch_idx) % (2**63))
         draws = torch.rand(len(self.model.modalities), world * batch, generator=generator)
         draws = draws[:, rank * batch : (rank + 1) * batch]
         keep = (draws >= self.modality_dropout).to(self.device)
