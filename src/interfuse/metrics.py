@@ -27,6 +27,7 @@ from torchmetrics.functional import (
     r2_score,
 )
 from torchmetrics.functional.classification import (
+    binary_accuracy,
     binary_auroc,
     binary_average_precision,
     binary_f1_score,
@@ -178,11 +179,23 @@ def _multilabel_metrics(prediction: Tensor, targets: Tensor) -> dict[str, float]
     k = prediction.shape[1]
     probabilities = torch.sigmoid(prediction.double())
     truth = targets.long()
-    metrics = {
-        "accuracy": float(multilabel_accuracy(probabilities, truth, num_labels=k, average="macro")),
-        "exact_match": float(multilabel_exact_match(probabilities, truth, num_labels=k)),
-        "macro_f1": float(multilabel_f1_score(probabilities, truth, num_labels=k, average="macro")),
-    }
+    if k == 1:  # torchmetrics' multilabel functions need two labels; one label is binary
+        accuracy = float(binary_accuracy(probabilities[:, 0], truth[:, 0]))
+        metrics = {
+            "accuracy": accuracy,
+            "exact_match": accuracy,
+            "macro_f1": float(binary_f1_score(probabilities[:, 0], truth[:, 0])),
+        }
+    else:
+        metrics = {
+            "accuracy": float(
+                multilabel_accuracy(probabilities, truth, num_labels=k, average="macro")
+            ),
+            "exact_match": float(multilabel_exact_match(probabilities, truth, num_labels=k)),
+            "macro_f1": float(
+                multilabel_f1_score(probabilities, truth, num_labels=k, average="macro")
+            ),
+        }
     auroc, auprc = [], []
     for j in range(k):
         column = truth[:, j]
