@@ -125,7 +125,7 @@ def compute_metrics(
     """Metrics of ``prediction`` against ``targets`` (see the module docstring for which).
 
     Scores that are undefined for the given targets (e.g. AUROC when a split holds one class,
-    Pearson r of a constant prediction) are NaN.
+    R² of constant targets, Pearson r of a constant prediction) are NaN.
     """
     if metric_set not in METRIC_SETS:
         raise ValueError(f"unknown metric set {metric_set!r}; known: {', '.join(METRIC_SETS)}")
@@ -142,8 +142,10 @@ def compute_metrics(
         true = targets.reshape(-1).double()
         metrics["mae"] = float(mean_absolute_error(pred, true))
         metrics["rmse"] = math.sqrt(float(F.mse_loss(pred, true)))
-        metrics["r2"] = float(r2_score(pred, true)) if len(true) > 1 else math.nan
-        constant = len(true) < 2 or bool(pred.std() == 0) or bool(true.std() == 0)
+        # R² = 1 − SS_res / SS_tot is undefined for constant targets (SS_tot = 0)
+        constant_true = len(true) < 2 or bool(true.std() == 0)
+        metrics["r2"] = math.nan if constant_true else float(r2_score(pred, true))
+        constant = constant_true or bool(pred.std() == 0)
         metrics["pearson"] = math.nan if constant else float(pearson_corrcoef(pred, true))
         if metric_set == "sentiment":
             metrics.update(sentiment_metrics(prediction, targets))
