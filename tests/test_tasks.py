@@ -298,7 +298,7 @@ def test_multilabel_metrics_of_a_single_label_match_sklearn():
     assert m["auprc"] == pytest.approx(skm.average_precision_score(y, probabilities), rel=1e-6)
 
 
-def test_r2_of_constant_targets_is_nan():
+def test_regression_metrics_r2_of_constant_targets_is_nan():
     # R² = 1 − SS_res / SS_tot is undefined when SS_tot = 0 (scikit-learn says so too, and
     # without force_finite gives -inf or NaN); torchmetrics reports 0 or 1 instead
     targets = torch.full((5,), 2.0, dtype=torch.float64)
