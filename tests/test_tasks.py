@@ -279,3 +279,29 @@ def test_weighted_per_sample_loss_averages_to_the_weighted_task_loss(task):
     unweighted = per_sample_loss(task, logits, targets)
     torch.testing.assert_close(unweighted.mean(), task_loss(task, logits, targets))
     assert not torch.allclose(per_sample, unweighted)
+
+
+def test_multilabel_metrics_of_a_single_label_match_sklearn():
+    # TaskData allows a multilabel task with one label (num_classes >= 1); torchmetrics'
+    # multilabel functions need two, so its metrics once failed with their ValueError
+    logits = torch.tensor(GEN.normal(size=(40, 1)))
+    targets = torch.tensor(GEN.integers(0, 2, (40, 1))).float()
+    m = compute_metrics("multilabel", logits, targets)
+    probabilities = torch.sigmoid(logits).numpy()[:, 0]
+    predicted = (probabilities >= 0.5).astype(int)
+    y = targets.numpy()[:, 0].astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
+    assert m["exact_match"] == pytest.approx(skm.accuracy_score(y, predicted))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, predicted))
+    assert m["f1@0"] == pytest.approx(skm.f1_score(y, predicted))
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, probabilities), rel=1e-6)
+    assert m["auprc"] == pytest.approx(skm.average_precision_score(y, probabilities), rel=1e-6)
+
+
+def test_regression_metrics_r2_of_constant_targets_is_nan():
+    # R² = 1 − SS_res / SS_tot is undefined when SS_tot = 0 (scikit-learn says so too, and
+    # without force_finite gives -inf or NaN); torchmetrics reports 0 or 1 instead
+    targets = torch.full((5,), 2.0, dtype=torch.float64)
+    for prediction in (torch.tensor([[0.0], [1.0], [2.0], [3.0], [5.0]]), targets[:, None]):
+        m = compute_metrics("regression", prediction.double(), targets)
+        assert math.isnan(m["r2"]) and math.isnan(m["pearson"])

@@ -27,6 +27,7 @@ from torchmetrics.functional import (
     r2_score,
 )
 from torchmetrics.functional.classification import (
+    binary_accuracy,
     binary_auroc,
     binary_average_precision,
     binary_f1_score,
@@ -124,7 +125,7 @@ def compute_metrics(
     """Metrics of ``prediction`` against ``targets`` (see the module docstring for which).
 
     Scores that are undefined for the given targets (e.g. AUROC when a split holds one class,
-    Pearson r of a constant prediction) are NaN.
+    R² of constant targets, Pearson r of a constant prediction) are NaN.
     """
     if metric_set not in METRIC_SETS:
         raise ValueError(f"unknown metric set {metric_set!r}; known: {', '.join(METRIC_SETS)}")
@@ -141,8 +142,10 @@ def compute_metrics(
         true = targets.reshape(-1).double()
         metrics["mae"] = float(mean_absolute_error(pred, true))
         metrics["rmse"] = math.sqrt(float(F.mse_loss(pred, true)))
-        metrics["r2"] = float(r2_score(pred, true)) if len(true) > 1 else math.nan
-        constant = len(true) < 2 or bool(pred.std() == 0) or bool(true.std() == 0)
+        # R² = 1 − SS_res / SS_tot is undefined for constant targets (SS_tot = 0)
+        constant_true = len(true) < 2 or bool(true.std() == 0)
+        metrics["r2"] = math.nan if constant_true else float(r2_score(pred, true))
+        constant = constant_true or bool(pred.std() == 0)
         metrics["pearson"] = math.nan if constant else float(pearson_corrcoef(pred, true))
         if metric_set == "sentiment":
             metrics.update(sentiment_metrics(prediction, targets))
@@ -178,11 +181,23 @@ def _multilabel_metrics(prediction: Tensor, targets: Tensor) -> dict[str, float]
     k = prediction.shape[1]
     probabilities = torch.sigmoid(prediction.double())
     truth = targets.long()
-    metrics = {
-        "accuracy": float(multilabel_accuracy(probabilities, truth, num_labels=k, average="macro")),
-        "exact_match": float(multilabel_exact_match(probabilities, truth, num_labels=k)),
-        "macro_f1": float(multilabel_f1_score(probabilities, truth, num_labels=k, average="macro")),
-    }
+    if k == 1:  # torchmetrics' multilabel functions need two labels; one label is binary
+        accuracy = float(binary_accuracy(probabilities[:, 0], truth[:, 0]))
+        metrics = {
+            "accuracy": accuracy,
+            "exact_match": accuracy,
+            "macro_f1": float(binary_f1_score(probabilities[:, 0], truth[:, 0])),
+        }
+    else:
+        metrics = {
+            "accuracy": float(
+                multilabel_accuracy(probabilities, truth, num_labels=k, average="macro")
+            ),
+            "exact_match": float(multilabel_exact_match(probabilities, truth, num_labels=k)),
+            "macro_f1": float(
+                multilabel_f1_score(probabilities, truth, num_labels=k, average="macro")
+            ),
+        }
     auroc, auprc = [], []
     for j in range(k):
         column = truth[:, j]

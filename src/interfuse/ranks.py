@@ -35,9 +35,10 @@ count as tied at 0 (their order is noise, not a ranking)."""
 
 def tied_near_zero(values: Sequence[float], tolerance: float = TIE_TOLERANCE) -> list[float]:
     """``values`` with every entry whose magnitude is below ``tolerance × max |value|`` set to 0,
-    so that near-zero values tie instead of being ranked by noise."""
-    scale = max((abs(v) for v in values), default=0.0)
-    return [v if abs(v) >= tolerance * scale else 0.0 for v in values]
+    so that near-zero values tie instead of being ranked by noise. NaN stays NaN (it is not
+    small) and plays no part in the scale."""
+    scale = max((abs(v) for v in values if not math.isnan(v)), default=0.0)
+    return [0.0 if abs(v) < tolerance * scale else v for v in values]
 
 
 def interaction_share(shares: Mapping[str, float]) -> float:

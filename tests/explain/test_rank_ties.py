@@ -37,3 +37,16 @@ def test_a_method_without_interaction_values_is_compared_on_unimodal_terms_only(
     assert agreement["unimodal"]["full~modal"] == pytest.approx(1.0)
     assert "full~modal" not in agreement["all"]
     assert not any(math.isnan(v) for v in agreement["unimodal"].values())
+
+
+def test_a_nan_value_is_not_tied_at_zero():
+    """NaN is not a magnitude below the tolerance: it stays NaN wherever it stands, so the
+    agreement is NaN (as scipy's Spearman ρ) instead of a number from a NaN read as 0."""
+    nan = math.nan
+    tied = tied_near_zero([1.0, nan, 0.5])
+    assert tied[0] == 1.0 and math.isnan(tied[1]) and tied[2] == 0.5
+    assert math.isnan(tied_near_zero([nan, 1.0, 0.5])[0])
+    terms = ["a", "b", "c"]
+    x = _explanation("x", {"a": 1.0, "b": nan, "c": 0.5})
+    y = _explanation("y", {"a": 1.0, "b": 0.2, "c": 0.5})
+    assert math.isnan(rank_agreement(terms, {"x": x, "y": y})["all"]["x~y"])
