@@ -291,7 +291,7 @@ def test_render_report(tmp_path):
     for number in ["0.550", "0.300", "0.100", "0.010", "0.825", "0.565", "0.133"]:
         assert number in text  # shares, β and ground truth
     assert "interaction 2-way" in text and "interaction 3-way" in text
-    assert "p = 2.0" in text
+    assert "(here p = 2)" in text
     # metrics, val and test side by side; Bayes comparison
     assert "| accuracy | 0.9700 | 0.9600 |" in text
     assert "| macro_f1 | — | 0.9550 |" in text
@@ -459,3 +459,13 @@ def test_a_field_of_the_wrong_kind_is_malformed_not_a_crash(tmp_path, key, value
     (tmp_path / "results.json").write_text(json.dumps(values))
     with pytest.raises(SchemaError, match=f"results.json: malformed results.*{key}"):
         read_results(tmp_path)
+
+
+def test_report_states_the_p_the_run_used(tmp_path):
+    """p = 1.25 was written 'p = 1.2' (one decimal) in the explanation of the shares."""
+    result = make_result()
+    relevance = Relevance(p=1.25, beta=result.relevance.beta, shares=result.relevance.shares)
+    result = RunResult(**{**result.__dict__, "relevance": relevance})
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
+    assert "(here p = 1.25)" in text
+

@@ -340,7 +340,7 @@ def render_report(
             level=estimates.level,
         )
         parts += [
-            _EXPLANATION.format(p=fmt(relevance.p, 1)) + "\n",
+            _EXPLANATION.format(p=format(relevance.p, "g")) + "\n",
             "## Relevance\n",
             _estimates_note(estimates),
             estimates_table(estimates, truth, result.relevance_evidence),
@@ -356,7 +356,7 @@ def render_report(
             evidence=evidence,
         )
         parts += [
-            _EXPLANATION.format(p=fmt(relevance.p, 1)) + "\n",
+            _EXPLANATION.format(p=format(relevance.p, "g")) + "\n",
             "## Relevance\n",
             *([_evidence_note(evidence)] if evidence is not None else []),
             relevance_table(relevance.shares, relevance.beta, truth, evidence),
