@@ -305,7 +305,7 @@ def test_render_report(tmp_path):
     # images and configuration
     assert "![relevance](relevance.png)" in text
     assert "![history](history.png)" in text
-    assert "| `rank` | 8 |" in text and "| `iterbn` | true |" in text
+    assert "| `rank` | `8` |" in text and "| `iterbn` | `true` |" in text
 
 
 def test_render_report_minimal_run(tmp_path):
@@ -469,3 +469,13 @@ def test_report_states_the_p_the_run_used(tmp_path):
     text = render_report(result, tmp_path).read_text(encoding="utf-8")
     assert "(here p = 1.25)" in text
 
+
+def test_configuration_values_with_stars_are_not_emphasis(tmp_path):
+    """A list of interaction terms in the configuration (``["m0*m1", "m0*m1*m2"]``) was written
+    bare into the table, where markdown reads ``*m1", "m0*`` as emphasis and drops the stars."""
+    result = make_result()
+    config = {"interactions": ["m0*m1", "m0*m1*m2"], "rank": 8}
+    result = RunResult(**{**result.__dict__, "config": config})
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `interactions`"))
+    assert row == '| `interactions` | `["m0*m1", "m0*m1*m2"]` |'

@@ -594,7 +594,8 @@ def _fidelity_section(
 
 
 def _config_table(config: Mapping[str, Any]) -> str:
-    rows = [[code(key), _config_value(value)] for key, value in config.items()]
+    # as code: a list of interaction terms ("a*b", "a*b*c") would otherwise read as emphasis
+    rows = [[code(key), code(_config_value(value))] for key, value in config.items()]
     return markdown_table(["setting", "value"], rows, align="ll")
 
 
