@@ -176,3 +176,16 @@ def test_run_yaml_of_an_npz_run_with_task_reproduces_it(tmp_path):
     first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
     assert second["task"] == "regression" and second["config"] == first["config"]
     assert second["metrics"] == first["metrics"]
+
+
+def test_a_reversed_range_of_seeds_is_refused():
+    """``--seeds 0,5-3`` trained seed 0 only (the empty range 5..3 vanished without a word);
+    ``--seeds 5-3`` said the seeds were not distinct and non-negative."""
+    import click
+
+    from interfuse.cli.train import _parse_seeds
+
+    with pytest.raises(click.BadParameter, match="first seed.*'5-3'"):
+        _parse_seeds(click.get_current_context(silent=True), None, "0,5-3")
+    done = run("train", "--seeds", "5-3", "--out", "unused")
+    assert done.exit_code == 2 and "'5-3'" in done.output and "first seed" in done.output
