@@ -6,6 +6,7 @@ import errno
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,6 +131,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"Error: {stop}", err=True)
             raise SystemExit(stop.exit_code) from None
+        except KeyboardInterrupt:
+            # Ctrl-C outside the training loop (which turns it into TrainingInterrupted): 130,
+            # not click's "Aborted!" with status 1 (invalid input)
+            if debug_enabled():
+                raise
+            click.echo("Error: interrupted by SIGINT", err=True)
+            raise SystemExit(128 + signal.SIGINT) from None
         except BrokenPipeError:
             # stdout's reader stopped reading (`| head`): no error line, and nothing more is
             # flushed into the closed pipe at exit (Python would report that as an exception)
