@@ -720,7 +720,7 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
     test = summary.metrics.get("test", {})
     metric_rows = [[k, mean_std_text(m, d, 4)] for k, (m, d) in test.items()]
     share_rows = [
-        [code(t), f"{m:.3f} ± {d:.3f}"]
+        [code(t), mean_std_text(m, d, 3)]
         for t, (m, d) in sorted(summary.shares.items(), key=lambda item: -item[1][0])
     ]
     parts = [
@@ -735,11 +735,9 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
         rows = [
             [
                 code(t),
-                f"{m:.3f} ± {d:.3f}",
+                mean_std_text(m, d, 3),
                 f"[{intervals[t][0]:.3f}, {intervals[t][1]:.3f}]" if t in intervals else "—",
-                f"{summary.shares[t][0]:.3f} ± {summary.shares[t][1]:.3f}"
-                if t in summary.shares
-                else "—",
+                mean_std_text(*summary.shares[t], 3) if t in summary.shares else "—",
             ]
             for t, (m, d) in sorted(summary.headline_shares.items(), key=lambda i: -i[1][0])
         ]
