@@ -216,3 +216,15 @@ def test_ctrl_c_outside_training_exits_130(monkeypatch, tmp_path):
     result = run("report", str(tmp_path))
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.output and "Traceback" not in result.output
+
+
+def test_an_os_error_enomem_is_out_of_memory():
+    """``OSError: [Errno 12] Cannot allocate memory`` (fork of a data-loader worker, mmap)
+    exited 3, "file-system error", instead of 4, not enough memory."""
+    import errno
+
+    from interfuse.cli.app import EXIT_MEMORY, translate_error
+
+    error = translate_error(OSError(errno.ENOMEM, "Cannot allocate memory"))
+    assert error.exit_code == EXIT_MEMORY and "out of memory" in error.message
+    assert "Cannot allocate memory [ENOMEM]" in error.message
