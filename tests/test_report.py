@@ -479,3 +479,29 @@ def test_configuration_values_with_stars_are_not_emphasis(tmp_path):
     text = render_report(result, tmp_path).read_text(encoding="utf-8")
     row = next(line for line in text.splitlines() if line.startswith("| `interactions`"))
     assert row == '| `interactions` | `["m0*m1", "m0*m1*m2"]` |'
+
+
+def test_explanation_page_renders_the_same_after_a_reload():
+    """An undefined ρ or metric (NaN) is null in explain.json; explain.md rendered from the
+    result read back wrote "—" (no value) where the page rendered at explaining wrote "n/a"
+    (undefined, as the note under the agreement table explains)."""
+    from interfuse.report import render_explanation
+
+    result = PosthocResult(
+        split_size=10,
+        removal="mask",
+        metric="accuracy",
+        modalities=["a", "b"],
+        terms=["a", "b"],
+        cost="",
+        coalitions={"{a}": {"accuracy": 0.5, "auroc": math.nan}},
+        game={"{a}": 0.0},
+        explanations={},
+        truth=None,
+        agreement={"unimodal": {"x~y": math.nan}, "all": {"x~y": math.nan}},
+        seconds=0.0,
+    )
+    again = PosthocResult.from_dict(result.to_dict())
+    text = render_explanation(again)
+    assert "| x vs y | n/a | n/a |" in text and "| `{a}` | 0.0000 | 0.5000 | n/a |" in text
+    assert text == render_explanation(result)

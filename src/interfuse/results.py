@@ -618,12 +618,16 @@ class PosthocResult:
             return cls(
                 **{
                     **dict(values),
+                    # an undefined ρ, metric or v(S) is written null; in memory it is NaN
+                    "coalitions": _undefined_as_nan(values["coalitions"]),
+                    "game": {k: math.nan if v is None else v for k, v in values["game"].items()},
+                    "agreement": _undefined_as_nan(values["agreement"]),
                     "explanations": {
                         k: Explanation.from_dict(e) for k, e in values["explanations"].items()
                     },
                 }
             )
-        except (TypeError, KeyError) as error:
+        except (TypeError, KeyError, AttributeError) as error:
             raise SchemaError(f"{source}: malformed explanation ({error})") from None
 
     def column(self, method: str) -> dict[str, float | None]:
