@@ -505,3 +505,13 @@ def test_explanation_page_renders_the_same_after_a_reload():
     text = render_explanation(again)
     assert "| x vs y | n/a | n/a |" in text and "| `{a}` | 0.0000 | 0.5000 | n/a |" in text
     assert text == render_explanation(result)
+
+
+def test_render_comparison_of_a_run_without_relevance(tmp_path):
+    """A baseline (no built-in relevance) has a "—" for every term, but its total interaction
+    share was written 0.000, a value its model does not have."""
+    baseline = RunResult(**{**make_result().__dict__, "relevance": None})
+    md = render_comparison({"ours": make_result(), "baseline": baseline}, tmp_path)
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert "| `m0` | 0.550 | — | 0.565 |" in lines
+    assert "| interaction share (total) | 0.040 | — | 0.000 |" in lines

@@ -627,7 +627,7 @@ def render_comparison(runs: Mapping[str, RunResult], out_dir: str | Path) -> Pat
     rows.append(
         [
             "interaction share (total)",
-            *(fmt(interaction_share(s), 3) for s in all_shares.values()),
+            *(fmt(interaction_share(s), 3) if s else "—" for s in all_shares.values()),
         ]
     )
     rows.append(
