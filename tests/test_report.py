@@ -515,3 +515,17 @@ def test_render_comparison_of_a_run_without_relevance(tmp_path):
     lines = md.read_text(encoding="utf-8").splitlines()
     assert "| `m0` | 0.550 | — | 0.565 |" in lines
     assert "| interaction share (total) | 0.040 | — | 0.000 |" in lines
+
+
+def test_estimates_note_mentions_grey_ticks_only_when_drawn(tmp_path):
+    """With β as the headline the figure has no grey β ticks (nothing to compare), but the
+    note under the heading still said "the grey ticks in the figure are the β shares"."""
+    from interfuse.results import RelevanceEstimate, RelevanceEstimates, TermEstimate
+
+    terms = {t: TermEstimate(s, s) for t, s in SHARES.items()}
+    beta = RelevanceEstimate("beta", "β share", "the closed form", "", terms)
+    result = RunResult(
+        **{**make_result().__dict__, "estimates": RelevanceEstimates("beta", {"beta": beta})}
+    )
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
+    assert "**Headline: β share**" in text and "grey ticks" not in text

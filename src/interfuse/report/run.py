@@ -439,6 +439,10 @@ def _estimates_note(estimates: RelevanceEstimates) -> str:
     best = estimates.best
     level = f"{estimates.level:.0%}"
     listed = "; ".join(f"*{e.label}*: {e.description}" for e in estimates.estimates.values())
+    # the figure draws β shares as grey ticks beside another headline only
+    ticks = (
+        "; the grey ticks in the figure are the β shares" if estimates.headline != "beta" else ""
+    )
     return (
         f"**Headline: {best.label}** — {best.description}. Computed on the {estimates.split} "
         f"split; the interval is a {level} percentile bootstrap over its samples "
@@ -446,9 +450,8 @@ def _estimates_note(estimates: RelevanceEstimates) -> str:
         f"variability of training (seed, training sample). **Verdict**: *relevant* when the "
         f"share clearly exceeds {estimates.margin:g} (a one-sided bootstrap test of share ≤ "
         f"{estimates.margin:g} rejects at {estimates.alpha:g}, the false-positive rate per "
-        f"term), else *not significant*; the grey ticks in the figure are the β shares. "
-        f"Estimators: {listed}. **removal Δloss**: the {estimates.split} loss increase when "
-        f"only the term's block is removed.\n"
+        f"term), else *not significant*{ticks}. Estimators: {listed}. **removal Δloss**: the "
+        f"{estimates.split} loss increase when only the term's block is removed.\n"
     )
 
 
