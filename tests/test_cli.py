@@ -202,3 +202,29 @@ def test_convert_overwrite_replaces_only_a_dataset_folder_that_does_not_hold_the
     result = run("convert", str(pool), str(folder), "--overwrite", "--seed", "1")
     assert result.exit_code == 0, result.output
     assert (folder / "manifest.json").is_file() and not inside.exists()
+
+
+def test_ctrl_c_outside_training_exits_130(monkeypatch, tmp_path):
+    """EXIT_CODES: 130 is SIGINT and 1 invalid input, but Ctrl-C outside the training loop
+    (reading a run, explaining, rendering) became click's 'Aborted!' with exit status 1."""
+    import interfuse.cli.report as report_command
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_command, "read_results", interrupted)
+    result = run("report", str(tmp_path))
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "Traceback" not in result.output
+
+
+def test_an_os_error_enomem_is_out_of_memory():
+    """``OSError: [Errno 12] Cannot allocate memory`` (fork of a data-loader worker, mmap)
+    exited 3, "file-system error", instead of 4, not enough memory."""
+    import errno
+
+    from interfuse.cli.app import EXIT_MEMORY, translate_error
+
+    error = translate_error(OSError(errno.ENOMEM, "Cannot allocate memory"))
+    assert error.exit_code == EXIT_MEMORY and "out of memory" in error.message
+    assert "Cannot allocate memory [ENOMEM]" in error.message

@@ -176,3 +176,40 @@ def test_run_yaml_of_an_npz_run_with_task_reproduces_it(tmp_path):
     first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
     assert second["task"] == "regression" and second["config"] == first["config"]
     assert second["metrics"] == first["metrics"]
+
+
+def test_a_reversed_range_of_seeds_is_refused():
+    """``--seeds 0,5-3`` trained seed 0 only (the empty range 5..3 vanished without a word);
+    ``--seeds 5-3`` said the seeds were not distinct and non-negative."""
+    import click
+
+    from interfuse.cli.train import _parse_seeds
+
+    with pytest.raises(click.BadParameter, match="first seed.*'5-3'"):
+        _parse_seeds(click.get_current_context(silent=True), None, "0,5-3")
+    done = run("train", "--seeds", "5-3", "--out", "unused")
+    assert done.exit_code == 2 and "'5-3'" in done.output and "first seed" in done.output
+
+
+def test_the_std_of_one_seed_is_undefined_not_zero(tmp_path):
+    """``--seeds 3`` summarised one run as "0.8000 ± 0.0000" (summary.json: std 0), a spread of
+    exactly zero; the n − 1 standard deviation of one value is undefined."""
+    one = RunResult(
+        dataset="d",
+        task="classification",
+        model={},
+        config={},
+        metrics={"test": {"accuracy": 0.8}},
+        relevance=Relevance(2.0, {"a": 1.0, "b": 1.0}, {"a": 0.6, "b": 0.4}),
+        best_epoch=1,
+        epochs_run=2,
+        stopped_early=False,
+        train_seconds=0.0,
+    )
+    summary = summarize_seeds({3: one})
+    assert summary.metrics["test"]["accuracy"][0] == 0.8
+    assert math.isnan(summary.metrics["test"]["accuracy"][1])
+    assert summary.to_dict()["shares"]["a"] == {"mean": 0.6, "std": None}
+    text = render_seed_summary(summary, tmp_path).read_text()
+    assert "| accuracy | 0.8000 ± n/a |" in text and "| `a` | 0.600 ± n/a |" in text
+    assert "nan" not in text

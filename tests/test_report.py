@@ -291,7 +291,7 @@ def test_render_report(tmp_path):
     for number in ["0.550", "0.300", "0.100", "0.010", "0.825", "0.565", "0.133"]:
         assert number in text  # shares, β and ground truth
     assert "interaction 2-way" in text and "interaction 3-way" in text
-    assert "p = 2.0" in text
+    assert "(here p = 2)" in text
     # metrics, val and test side by side; Bayes comparison
     assert "| accuracy | 0.9700 | 0.9600 |" in text
     assert "| macro_f1 | — | 0.9550 |" in text
@@ -305,7 +305,7 @@ def test_render_report(tmp_path):
     # images and configuration
     assert "![relevance](relevance.png)" in text
     assert "![history](history.png)" in text
-    assert "| `rank` | 8 |" in text and "| `iterbn` | true |" in text
+    assert "| `rank` | `8` |" in text and "| `iterbn` | `true` |" in text
 
 
 def test_render_report_minimal_run(tmp_path):
@@ -459,3 +459,73 @@ def test_a_field_of_the_wrong_kind_is_malformed_not_a_crash(tmp_path, key, value
     (tmp_path / "results.json").write_text(json.dumps(values))
     with pytest.raises(SchemaError, match=f"results.json: malformed results.*{key}"):
         read_results(tmp_path)
+
+
+def test_report_states_the_p_the_run_used(tmp_path):
+    """p = 1.25 was written 'p = 1.2' (one decimal) in the explanation of the shares."""
+    result = make_result()
+    relevance = Relevance(p=1.25, beta=result.relevance.beta, shares=result.relevance.shares)
+    result = RunResult(**{**result.__dict__, "relevance": relevance})
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
+    assert "(here p = 1.25)" in text
+
+
+def test_configuration_values_with_stars_are_not_emphasis(tmp_path):
+    """A list of interaction terms in the configuration (``["m0*m1", "m0*m1*m2"]``) was written
+    bare into the table, where markdown reads ``*m1", "m0*`` as emphasis and drops the stars."""
+    result = make_result()
+    config = {"interactions": ["m0*m1", "m0*m1*m2"], "rank": 8}
+    result = RunResult(**{**result.__dict__, "config": config})
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `interactions`"))
+    assert row == '| `interactions` | `["m0*m1", "m0*m1*m2"]` |'
+
+
+def test_explanation_page_renders_the_same_after_a_reload():
+    """An undefined ρ or metric (NaN) is null in explain.json; explain.md rendered from the
+    result read back wrote "—" (no value) where the page rendered at explaining wrote "n/a"
+    (undefined, as the note under the agreement table explains)."""
+    from interfuse.report import render_explanation
+
+    result = PosthocResult(
+        split_size=10,
+        removal="mask",
+        metric="accuracy",
+        modalities=["a", "b"],
+        terms=["a", "b"],
+        cost="",
+        coalitions={"{a}": {"accuracy": 0.5, "auroc": math.nan}},
+        game={"{a}": 0.0},
+        explanations={},
+        truth=None,
+        agreement={"unimodal": {"x~y": math.nan}, "all": {"x~y": math.nan}},
+        seconds=0.0,
+    )
+    again = PosthocResult.from_dict(result.to_dict())
+    text = render_explanation(again)
+    assert "| x vs y | n/a | n/a |" in text and "| `{a}` | 0.0000 | 0.5000 | n/a |" in text
+    assert text == render_explanation(result)
+
+
+def test_render_comparison_of_a_run_without_relevance(tmp_path):
+    """A baseline (no built-in relevance) has a "—" for every term, but its total interaction
+    share was written 0.000, a value its model does not have."""
+    baseline = RunResult(**{**make_result().__dict__, "relevance": None})
+    md = render_comparison({"ours": make_result(), "baseline": baseline}, tmp_path)
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert "| `m0` | 0.550 | — | 0.565 |" in lines
+    assert "| interaction share (total) | 0.040 | — | 0.000 |" in lines
+
+
+def test_estimates_note_mentions_grey_ticks_only_when_drawn(tmp_path):
+    """With β as the headline the figure has no grey β ticks (nothing to compare), but the
+    note under the heading still said "the grey ticks in the figure are the β shares"."""
+    from interfuse.results import RelevanceEstimate, RelevanceEstimates, TermEstimate
+
+    terms = {t: TermEstimate(s, s) for t, s in SHARES.items()}
+    beta = RelevanceEstimate("beta", "β share", "the closed form", "", terms)
+    result = RunResult(
+        **{**make_result().__dict__, "estimates": RelevanceEstimates("beta", {"beta": beta})}
+    )
+    text = render_report(result, tmp_path).read_text(encoding="utf-8")
+    assert "**Headline: β share**" in text and "grey ticks" not in text

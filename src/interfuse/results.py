@@ -618,12 +618,16 @@ class PosthocResult:
             return cls(
                 **{
                     **dict(values),
+                    # an undefined ρ, metric or v(S) is written null; in memory it is NaN
+                    "coalitions": _undefined_as_nan(values["coalitions"]),
+                    "game": {k: math.nan if v is None else v for k, v in values["game"].items()},
+                    "agreement": _undefined_as_nan(values["agreement"]),
                     "explanations": {
                         k: Explanation.from_dict(e) for k, e in values["explanations"].items()
                     },
                 }
             )
-        except (TypeError, KeyError) as error:
+        except (TypeError, KeyError, AttributeError) as error:
             raise SchemaError(f"{source}: malformed explanation ({error})") from None
 
     def column(self, method: str) -> dict[str, float | None]:
@@ -638,7 +642,8 @@ class SeedSummary:
     """Mean and standard deviation over runs that differ only in their seed.
 
     ``metrics[split][metric]`` and ``shares[term]`` (β shares) are ``(mean, std)`` over the runs
-    (std with ``n − 1``; 0 for one run); ``seeds`` lists the seeds in run order.
+    (std with ``n − 1``; undefined for one run: NaN, ``null`` in ``summary.json``, ``n/a`` in
+    ``summary.md``); ``seeds`` lists the seeds in run order.
     ``headline_shares[term]``: ``(mean, std)`` of the headline estimator's shares (named
     ``headline``) and ``headline_intervals[term]`` the 95 % Student-t interval of their mean over
     seeds (``mean ± t_{0.975, n−1} · std / √n``; it includes training variability, and the
@@ -679,7 +684,7 @@ def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
     def stats(values: list[float]) -> tuple[float, float]:
         n = len(values)
         mean = sum(values) / n
-        var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+        var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else math.nan
         return mean, math.sqrt(var)
 
     metrics = {

@@ -6,6 +6,7 @@ import errno
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +80,17 @@ def translate_error(error: BaseException) -> CommandError | None:
     code = getattr(error, "exit_code", None)
     if isinstance(error, click.ClickException):
         return None
-    if isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and _is_out_of_memory(str(error))
+    enomem = isinstance(error, OSError) and error.errno == errno.ENOMEM
+    if (
+        isinstance(error, MemoryError)
+        or enomem
+        or (isinstance(error, RuntimeError) and _is_out_of_memory(str(error)))
     ):
-        detail = one_line(str(error)) or "the system refused an allocation"
+        detail = (
+            describe_os_error(error)
+            if isinstance(error, OSError)
+            else one_line(str(error)) or "the system refused an allocation"
+        )
         return CommandError(
             f"out of memory ({detail}); lower the batch size, rank or interactions, or use "
             f"less data",
@@ -117,9 +125,9 @@ def _is_out_of_memory(text: str) -> bool:
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """The error boundary of every command: each failure becomes one line on stderr and an
     exit status of :data:`EXIT_CODES` — validation errors (``ValueError``) and missing files 1,
-    file-system errors (with errno name and path) 3, ``MemoryError`` 4, a diverged run 5, an
-    interrupted run 128 + the signal number, anything unexpected 70. ``interfuse --debug``
-    re-raises instead, showing the traceback."""
+    file-system errors (with errno name and path) 3, ``MemoryError`` and ENOMEM 4, a diverged
+    run 5, an interrupted run 128 + the signal number, anything unexpected 70. ``interfuse
+    --debug`` re-raises instead, showing the traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -130,6 +138,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"Error: {stop}", err=True)
             raise SystemExit(stop.exit_code) from None
+        except KeyboardInterrupt:
+            # Ctrl-C outside the training loop (which turns it into TrainingInterrupted): 130,
+            # not click's "Aborted!" with status 1 (invalid input)
+            if debug_enabled():
+                raise
+            click.echo("Error: interrupted by SIGINT", err=True)
+            raise SystemExit(128 + signal.SIGINT) from None
         except BrokenPipeError:
             # stdout's reader stopped reading (`| head`): no error line, and nothing more is
             # flushed into the closed pipe at exit (Python would report that as an exception)

@@ -292,6 +292,12 @@ def _parse_seeds(
     try:
         for part in value.split(","):
             first, _, last = part.strip().partition("-")
+            if int(last or first) < int(first):
+                raise click.BadParameter(
+                    f"the first seed of a range must not exceed the last (0-4), got "
+                    f"{part.strip()!r}",
+                    param=param,
+                )
             seeds += range(int(first), int(last or first) + 1)
     except ValueError:
         raise click.BadParameter(

@@ -340,7 +340,7 @@ def render_report(
             level=estimates.level,
         )
         parts += [
-            _EXPLANATION.format(p=fmt(relevance.p, 1)) + "\n",
+            _EXPLANATION.format(p=format(relevance.p, "g")) + "\n",
             "## Relevance\n",
             _estimates_note(estimates),
             estimates_table(estimates, truth, result.relevance_evidence),
@@ -356,7 +356,7 @@ def render_report(
             evidence=evidence,
         )
         parts += [
-            _EXPLANATION.format(p=fmt(relevance.p, 1)) + "\n",
+            _EXPLANATION.format(p=format(relevance.p, "g")) + "\n",
             "## Relevance\n",
             *([_evidence_note(evidence)] if evidence is not None else []),
             relevance_table(relevance.shares, relevance.beta, truth, evidence),
@@ -439,6 +439,10 @@ def _estimates_note(estimates: RelevanceEstimates) -> str:
     best = estimates.best
     level = f"{estimates.level:.0%}"
     listed = "; ".join(f"*{e.label}*: {e.description}" for e in estimates.estimates.values())
+    # the figure draws β shares as grey ticks beside another headline only
+    ticks = (
+        "; the grey ticks in the figure are the β shares" if estimates.headline != "beta" else ""
+    )
     return (
         f"**Headline: {best.label}** — {best.description}. Computed on the {estimates.split} "
         f"split; the interval is a {level} percentile bootstrap over its samples "
@@ -446,9 +450,8 @@ def _estimates_note(estimates: RelevanceEstimates) -> str:
         f"variability of training (seed, training sample). **Verdict**: *relevant* when the "
         f"share clearly exceeds {estimates.margin:g} (a one-sided bootstrap test of share ≤ "
         f"{estimates.margin:g} rejects at {estimates.alpha:g}, the false-positive rate per "
-        f"term), else *not significant*; the grey ticks in the figure are the β shares. "
-        f"Estimators: {listed}. **removal Δloss**: the {estimates.split} loss increase when "
-        f"only the term's block is removed.\n"
+        f"term), else *not significant*{ticks}. Estimators: {listed}. **removal Δloss**: the "
+        f"{estimates.split} loss increase when only the term's block is removed.\n"
     )
 
 
@@ -594,7 +597,8 @@ def _fidelity_section(
 
 
 def _config_table(config: Mapping[str, Any]) -> str:
-    rows = [[code(key), _config_value(value)] for key, value in config.items()]
+    # as code: a list of interaction terms ("a*b", "a*b*c") would otherwise read as emphasis
+    rows = [[code(key), code(_config_value(value))] for key, value in config.items()]
     return markdown_table(["setting", "value"], rows, align="ll")
 
 
@@ -626,7 +630,7 @@ def render_comparison(runs: Mapping[str, RunResult], out_dir: str | Path) -> Pat
     rows.append(
         [
             "interaction share (total)",
-            *(fmt(interaction_share(s), 3) for s in all_shares.values()),
+            *(fmt(interaction_share(s), 3) if s else "—" for s in all_shares.values()),
         ]
     )
     rows.append(
@@ -719,7 +723,7 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
     test = summary.metrics.get("test", {})
     metric_rows = [[k, mean_std_text(m, d, 4)] for k, (m, d) in test.items()]
     share_rows = [
-        [code(t), f"{m:.3f} ± {d:.3f}"]
+        [code(t), mean_std_text(m, d, 3)]
         for t, (m, d) in sorted(summary.shares.items(), key=lambda item: -item[1][0])
     ]
     parts = [
@@ -734,11 +738,9 @@ def render_seed_summary(summary: SeedSummary, out_dir: str | Path, title: str = 
         rows = [
             [
                 code(t),
-                f"{m:.3f} ± {d:.3f}",
+                mean_std_text(m, d, 3),
                 f"[{intervals[t][0]:.3f}, {intervals[t][1]:.3f}]" if t in intervals else "—",
-                f"{summary.shares[t][0]:.3f} ± {summary.shares[t][1]:.3f}"
-                if t in summary.shares
-                else "—",
+                mean_std_text(*summary.shares[t], 3) if t in summary.shares else "—",
             ]
             for t, (m, d) in sorted(summary.headline_shares.items(), key=lambda i: -i[1][0])
         ]
