@@ -38,6 +38,27 @@ def test_classification_metrics_match_sklearn():
     assert m["auprc"] == pytest.approx(np.mean(ap), rel=1e-6)
 
 
+@pytest.mark.parametrize("task", ["classification", "multilabel", "regression"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_metrics_of_a_non_finite_prediction_are_all_nan(task, bad):
+    """All-NaN logits scored accuracy 0.5 and AUROC 0.25, and one NaN logit turned a perfect
+    ranking into AUROC 0.5: only the loss was NaN. A diverged prediction has no score."""
+    generator = torch.Generator().manual_seed(0)
+    if task == "classification":
+        targets = torch.tensor([0, 1, 0, 1, 1, 0])
+        prediction = torch.randn(6, 2, generator=generator)
+    elif task == "multilabel":
+        targets = torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0]]).float()
+        prediction = torch.randn(4, 2, generator=generator)
+    else:
+        targets = torch.randn(6, generator=generator)
+        prediction = targets[:, None].clone()
+    finite = compute_metrics(task, prediction, targets)
+    prediction[1, 0] = bad
+    scores = compute_metrics(task, prediction, targets)
+    assert set(scores) == set(finite) and all(math.isnan(v) for v in scores.values()), scores
+
+
 def test_binary_ranking_metrics_are_those_of_class_one_and_undefined_for_one_class():
     logits = torch.tensor(GEN.normal(size=(40, 2)))
     targets = torch.tensor(GEN.integers(0, 2, 40))

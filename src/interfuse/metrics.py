@@ -125,13 +125,18 @@ def compute_metrics(
     """Metrics of ``prediction`` against ``targets`` (see the module docstring for which).
 
     Scores that are undefined for the given targets (e.g. AUROC when a split holds one class,
-    R² of constant targets, Pearson r of a constant prediction) are NaN.
+    R² of constant targets, Pearson r of a constant prediction) are NaN. A prediction with a
+    NaN or infinite value (a diverged model) has no score: every metric is NaN, not what an
+    arg-max or a ranking of NaN would give (accuracy 0.5, AUROC 0.25 for all-NaN logits).
     """
     if metric_set not in METRIC_SETS:
         raise ValueError(f"unknown metric set {metric_set!r}; known: {', '.join(METRIC_SETS)}")
     if metric_set == "sentiment" and task != "regression":
         raise ValueError("the 'sentiment' metric set needs a regression task")
     prediction = prediction.detach()
+    if not bool(torch.isfinite(prediction).all()):
+        names = compute_metrics(task, torch.zeros_like(prediction), targets, metric_set)
+        return dict.fromkeys(names, math.nan)
     metrics = {"loss": float(task_loss(task, prediction, targets))}
     if task == "classification":
         metrics.update(_classification_metrics(prediction, targets))
