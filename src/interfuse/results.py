@@ -529,11 +529,14 @@ class RunResult:
         return cls.from_dict(values, source)
 
 
+def _null_as_nan(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name: value}`` with the ``null`` of an undefined value read as NaN."""
+    return {n: math.nan if v is None else v for n, v in row.items()}
+
+
 def _undefined_as_nan(table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """``{set: {metric: value}}`` with the ``null`` of an undefined metric read as NaN."""
-    return {
-        k: {n: math.nan if v is None else v for n, v in row.items()} for k, row in table.items()
-    }
+    return {k: _null_as_nan(row) for k, row in table.items()}
 
 
 def json_safe(value: Any) -> Any:
@@ -620,7 +623,7 @@ class PosthocResult:
                     **dict(values),
                     # an undefined ρ, metric or v(S) is written null; in memory it is NaN
                     "coalitions": _undefined_as_nan(values["coalitions"]),
-                    "game": {k: math.nan if v is None else v for k, v in values["game"].items()},
+                    "game": _null_as_nan(values["game"]),
                     "agreement": _undefined_as_nan(values["agreement"]),
                     "explanations": {
                         k: Explanation.from_dict(e) for k, e in values["explanations"].items()

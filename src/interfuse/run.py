@@ -45,7 +45,7 @@ from .data.task import TaskData
 from .inference import Prediction, predict
 from .metrics import compute_metrics
 from .models import ModelSpec, build_model, model_entry
-from .results import RunResult, SchemaError
+from .results import PosthocResult, RunResult, SchemaError
 
 __all__ = [
     "BEST",
@@ -53,6 +53,7 @@ __all__ = [
     "Run",
     "RunFolderError",
     "RunPrediction",
+    "explained_model",
     "explanations_outdated",
     "load_run",
     "lock_run_folder",
@@ -156,16 +157,26 @@ def model_digest(checkpoint: Path) -> str:
     return str(read_header(checkpoint)[0].get("sha256", ""))
 
 
+def explained_model(folder: Path, checkpoint: str) -> dict[str, str]:
+    """What ``explain.json`` records of the model it explains (``PosthocResult.run``): the run
+    folder, the checkpoint and its :func:`model_digest` (read by :func:`explanations_outdated`)."""
+    return {
+        "dir": str(folder),
+        "checkpoint": checkpoint,
+        "model_sha256": model_digest(folder / checkpoint),
+    }
+
+
 def explanations_outdated(folder: Path) -> bool:
     """Whether ``folder/explain.json`` explains another model than its checkpoint holds now
     (the run was resumed or overwritten after ``interfuse explain``): the digest recorded when
-    explaining (``run.model_sha256``) against :func:`model_digest` of that checkpoint. ``False``
-    without ``explain.json`` or without a recorded digest (explanations of older versions)."""
+    explaining (:func:`explained_model`) against :func:`model_digest` of that checkpoint.
+    ``False`` without ``explain.json`` or without a recorded digest (older explanations)."""
     path = folder / EXPLAIN_JSON
     if not path.is_file():
         return False
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
+        recorded = PosthocResult.from_dict(json.loads(path.read_text(encoding="utf-8"))).run
         digest, checkpoint = recorded.get("model_sha256"), recorded.get("checkpoint")
     except (OSError, ValueError, AttributeError):
         return False  # unreadable: interfuse explain writes it anew

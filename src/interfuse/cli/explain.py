@@ -11,7 +11,7 @@ from ..explain import explain_model
 from ..io import atomic_write_text
 from ..report import agreement_summary, comparison_table, render_explanation, render_report
 from ..report.run import EXPLAIN_REPORT as EXPLAIN_MD
-from ..run import BEST, EXPLAIN_JSON, load_run, model_digest, read_history
+from ..run import BEST, EXPLAIN_JSON, explained_model, load_run, read_history
 from .app import main, user_errors
 
 
@@ -109,9 +109,7 @@ def explain(
         progress=not quiet,
         log=click.echo,
     )
-    explained = {"dir": str(run_dir), "checkpoint": checkpoint}
-    explained["model_sha256"] = model_digest(run_dir / checkpoint)  # see explanations_outdated
-    explanation = replace(explanation, run=explained)
+    explanation = replace(explanation, run=explained_model(run_dir, checkpoint))
     atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
     atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, run.result.dataset))
     render_report(run.result, run_dir, read_history(run_dir))  # adds the link to explain.md

@@ -226,9 +226,10 @@ class FusionModule(pl.LightningModule):
             self.log_dict({f"beta/{t}": v for t, v in relevance.beta.items()})
 
     def _step_seed(self, batch_idx: int) -> int:
-        """The seed of training step ``(epoch, batch_idx)`` of this run."""
+        """The seed of training step ``(epoch, batch_idx)`` of this run (within torch's 64-bit
+        seeds for any seed of a run; unchanged below 2**63)."""
         epoch = self.epoch_offset + self.current_epoch
-        return (self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx
+        return ((self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx) % (2**63)
 
     @contextlib.contextmanager
     def _step_random(self, batch_idx: int) -> Iterator[None]:
@@ -261,7 +262,7 @@ class FusionModule(pl.LightningModule):
         process with batch P·B drops (one process: the draws are unchanged)."""
         trainer = self._trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        generator = torch.Generator().manual_seed(self._step_seed(batch_idx) % (2**63))
+        generator = torch.Generator().manual_seed(self._step_seed(batch_idx))
         draws = torch.rand(len(self.model.modalities), world * batch, generator=generator)
         draws = draws[:, rank * batch : (rank + 1) * batch]
         keep = (draws >= self.modality_dropout).to(self.device)

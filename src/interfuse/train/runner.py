@@ -743,10 +743,15 @@ def _trained_with_dropout(run: _Run) -> bool:
     return any(p > 0 for p in run.dropout_rates)
 
 
+def _in_restart(state: TrainingState) -> bool:
+    """Whether the attempt under way is a restart (no dropout, ``restart_lr``, ``restart_lam``),
+    not the first attempt or the fine-tune (dropout, ``lr``, ``lam``; see :func:`_restart`)."""
+    return state.attempt > 0 and not state.finetuning
+
+
 def _learning_rate(state: TrainingState, config: TrainConfig) -> tuple[float, str]:
-    """The learning rate of the attempt under way and the option that sets it: a restart's
-    ``--restart-lr``, else (the first attempt, the fine-tune) ``--lr``."""
-    if state.attempt > 0 and not state.finetuning:
+    """The learning rate of the attempt under way and the option that sets it."""
+    if _in_restart(state):
         return config.restart_lr, "--restart-lr"
     return config.lr, "--lr"
 
@@ -989,7 +994,7 @@ def _train(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, accelerator: s
     if run.state.finetuning and not config.dropout_finetune:
         return  # a run resumed in its fine-tune with --no-dropout-finetune: stop it there
     # a restart trains without dropout, the first attempt and the fine-tune with (see _restart)
-    restart = run.state.attempt > 0 and not run.state.finetuning
+    restart = _in_restart(run.state)
     _set_dropout(run.model, [0.0] * len(run.dropout_rates) if restart else run.dropout_rates)
     module = FusionModule(
         run.model,
