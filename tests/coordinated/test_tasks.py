@@ -3,13 +3,17 @@
 import dataclasses
 
 import pytest
+import torch
 
+from interfuse.coordinated.scenes import make_scenes
 from interfuse.coordinated.tasks import (
+    TRAIN_STREAM,
     CaptionConfig,
     ColearnConfig,
     GroundingConfig,
     RetrievalConfig,
     ZeroShotConfig,
+    _train_space,
     run_caption,
     run_colearn,
     run_grounding,
@@ -65,3 +69,20 @@ def test_nan_settings_are_refused(run, config, message):
     tiny = {"n_train": 4, "n_test": 2, "epochs": 1}
     with pytest.raises(ValueError, match=message):
         run(dataclasses.replace(config, **tiny))
+
+
+def test_retrieval_text_inputs_keep_every_word_of_a_caption_longer_than_the_training_ones():
+    """Test captions are padded to their own length, not cut to the longest training caption."""
+    train = make_scenes(4, 0, stream=TRAIN_STREAM)
+    space = _train_space(train, RetrievalConfig(n_train=4, epochs=1, batch_size=2, dim=8))
+    longest = max(len(c) for scene in train.captions for c in scene)
+    words = [w for scene in train.captions for c in scene for w in c]
+    long_caption = " ".join((words * (2 * longest))[: 2 * longest])
+    ids = space.texts_to_input([long_caption])
+    assert ids.shape == (1, 2 * longest)
+    assert bool((ids > 1).all())  # every word kept and known (1 = unknown, 0 = padding)
+    # the width is padding only: the embedding of a caption does not depend on it
+    short = space.texts_to_input([" ".join(train.captions[0][0])])
+    padded = torch.cat([short, short.new_zeros(1, 5)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(space.model.embed_texts(short), space.model.embed_texts(padded))

@@ -324,10 +324,11 @@ def _train_space(train: Scenes, config: RetrievalConfig) -> _Space:
     per_scene = len(train.captions[0])
     if config.text == "bow":
         vocab = Vocabulary.from_texts(texts)
-        width = max(len(c) for scene in train.captions for c in scene)
 
         def to_input(batch: list[str]) -> Tensor:
-            return vocab.encode(batch, length=width)
+            # padded to the batch's longest text: the model pools over words, so the width
+            # changes nothing, and a text longer than every training caption keeps all its words
+            return vocab.encode(batch)
 
         torch.manual_seed(config.seed)
         text_module: nn.Module = BagOfWords(len(vocab), dim=64, output_dim=128)
@@ -477,9 +478,10 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
     train = make_scenes(config.n_train, config.seed, stream=TRAIN_STREAM)
     test = make_scenes(config.n_test, config.seed, stream=TEST_STREAM)
     vocab = Vocabulary.from_texts(train.texts())
-    width = max(len(c) for s in (train, test) for scene in s.captions for c in scene)
     per_scene = len(train.captions[0])
-    ids = vocab.encode([c for scene in train.captions for c in scene], length=width)
+    # each call pads to its own longest caption (the model reads words, not positions past the
+    # caption's end): test captions never set a training setting
+    ids = vocab.encode([c for scene in train.captions for c in scene])
     images = _images(train)
     torch.manual_seed(config.seed)
     model = GroundingModel(len(vocab), dim=config.dim)
@@ -504,7 +506,7 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
     maps = []
     with torch.no_grad():
         for k in range(per_scene):
-            t_ids = vocab.encode([scene[k] for scene in test.captions], length=width)
+            t_ids = vocab.encode([scene[k] for scene in test.captions])
             att = torch.cat(
                 [
                     model.attention(test_images[i : i + 256], t_ids[i : i + 256])
@@ -530,7 +532,7 @@ def run_grounding(config: GroundingConfig) -> tuple[GroundingResult, dict[str, A
         sims = torch.cat(
             [
                 model.scores(test_images[i : i + 100], vocab.encode(
-                    [scene[0] for scene in test.captions], length=width))
+                    [scene[0] for scene in test.captions]))
                 for i in range(0, len(test), 100)
             ]
         ).numpy()  # fmt: skip
