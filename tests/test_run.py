@@ -433,3 +433,28 @@ def test_numpy_scalars_are_accepted_as_the_numbers_they_are():
     assert json.loads(json.dumps(config.to_dict()))["seed"] == 3
     with pytest.raises(ValueError, match="seed must be an integer"):
         TrainConfig(seed=np.bool_(True))
+
+
+def test_resume_refuses_other_missing_modality_masks(tmp_path):
+    """The data fingerprint hashes tensors and targets only: the same tensors with other masks
+    (a task built in memory) resumed silently, mixing two missingness patterns in one run."""
+    import dataclasses
+
+    inputs, labels = offset_arrays(n=120)
+    task = from_arrays(inputs, labels, seed=0)
+
+    def with_masks(shift: int):
+        def masked(split):
+            keep = torch.ones(len(split), dtype=torch.bool)
+            keep[shift : shift + len(split) // 4] = False  # as many missing, other samples
+            return dataclasses.replace(split, masks={"aux": keep})
+
+        splits = {s: masked(getattr(task, s)) for s in ("train", "val", "test")}
+        return dataclasses.replace(task, **splits)
+
+    out = tmp_path / "run"
+    fit(with_masks(0), TrainConfig(epochs=1, batch_size=32, rank=2, seed=0), out, progress=False)
+    longer = TrainConfig(epochs=2, batch_size=32, rank=2, seed=0)
+    with pytest.raises(CheckpointError, match="other missing-modality masks"):
+        fit(with_masks(3), longer, out, progress=False, resume=True)
+    assert fit(with_masks(0), longer, out, progress=False, resume=True).config["epochs"] == 2

@@ -381,7 +381,8 @@ class RunResult:
         ground_truth: known relevance of synthetic data (``term_shares``, ``bayes_accuracy``…).
         class_names: display names of classes ``0 .. C-1`` (classification).
         data: provenance — ``source`` (dataset, options, path, SHA-256 of the file),
-            ``fingerprint`` (SHA-256 of the preprocessed splits), ``split_sizes``, ``present``
+            ``fingerprint`` (SHA-256 of the preprocessed splits), ``masks_fingerprint`` (of
+            their missing-modality masks), ``split_sizes``, ``present``
             (samples with each modality per split) and the loader's ``info``.
         label_relevance: multilabel tasks, per label: relevance from the head rows of that label.
         verdict: whether the model learnt anything on held-out data (:class:`LearntVerdict`);

@@ -131,6 +131,24 @@ class TaskData:
                 digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    def masks_fingerprint(self) -> str:
+        """SHA-256 of the missing-modality masks of every split held in memory.
+
+        :meth:`fingerprint` hashes tensors and targets only (the inputs of absent samples are
+        ignored, so they need not change with the masks); a resumed run compares this too. A
+        lazily read split's masks are in its files, which its content digest covers.
+        """
+        digest = hashlib.sha256()
+        for split in ("train", "val", "test"):
+            data = getattr(self, split)
+            if not isinstance(data, TensorData):
+                continue
+            for name, mask in sorted(data.masks.items()):
+                m = mask.detach().cpu().to(torch.bool).contiguous()
+                digest.update(f"{split}/{name}/{tuple(m.shape)}".encode())
+                digest.update(m.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
 
 def synthetic_task(
     data: SyntheticData,

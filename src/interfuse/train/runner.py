@@ -406,6 +406,7 @@ class _Run:
             "name": data.name,
             "source": data.source,
             "fingerprint": data.fingerprint(),
+            "masks_fingerprint": data.masks_fingerprint(),
             "split_sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
             "present": {s: getattr(data, s).present_counts() for s in ("train", "val", "test")},
             "metrics": data.metrics,
@@ -455,6 +456,13 @@ class _Run:
                 + (f" ({', '.join(what)} differ)" if what else " (same shapes, other values)")
                 + "; a different file, data seed or split would mix training and test samples. "
                 "Resume with the same data and --data-seed, or start a new run"
+            )
+        # runs started before masks were fingerprinted have no digest to compare
+        saved_masks = saved_data.get("masks_fingerprint")
+        if saved_masks is not None and saved_masks != self.provenance["masks_fingerprint"]:
+            raise CheckpointError(
+                f"{last} was trained with other missing-modality masks (same tensors, other "
+                "samples marked missing); resume with the same masks, or start a new run"
             )
         saved_config = TrainConfig.from_dict(header.get("config") or {})
         changed = [k for k in self.config.differences(saved_config) if k not in RESUMABLE_CHANGES]
