@@ -139,17 +139,26 @@ class ModalityRemoval:
 
     def representations(self, data: TensorData) -> dict[str, Tensor]:
         """What the operator replaces, for every sample of ``data`` (on the CPU): encoder outputs
-        ``{m: (N, d_m)}`` for ``mask``/``embedding``, the raw inputs for ``input``."""
+        ``{m: (N, d_m)}`` for ``mask``/``embedding`` (a model with a missing-modality path
+        encodes with ``data.masks``, so the inputs of missing samples are ignored), the raw
+        inputs for ``input``."""
         missing = [m for m in self.modalities if m not in data.inputs]
         if missing:
             raise ValueError(f"the data lack modalities {missing} of the model")
         if not self.uses_fusion_only:
             return {m: data.inputs[m] for m in self.modalities}
         parts: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        # samples missing in the data: their inputs are ignored (they may hold anything, NaN
+        # included), as in a forward pass with the data's masks
+        masked = supports_masks(self.model) and bool(data.masks)
         with evaluation_mode(self.model):
             for index in torch.arange(len(data)).split(self.batch_size):
                 batch = {m: data.inputs[m][index].to(self.device) for m in self.modalities}
-                embeddings = self.model.encode(batch)
+                if masked:
+                    masks = {m: k[index].to(self.device) for m, k in data.masks.items()}
+                    embeddings = self.model.encode(batch, masks)
+                else:
+                    embeddings = self.model.encode(batch)
                 for m in self.modalities:
                     parts[m].append(embeddings[m].detach().cpu())
         return {m: torch.cat(parts[m]) for m in self.modalities}
