@@ -129,6 +129,34 @@ def test_removal_ignores_the_inputs_of_samples_missing_in_the_data(intense, meth
         )
 
 
+@pytest.mark.parametrize("method", ["embedding", "input"])
+def test_mean_removal_takes_a_lazily_read_training_split(intense, method):
+    """``explain --method embedding|input`` on a dataset folder (interfuse-lazy) failed with
+    AttributeError: the training split's ``inputs`` are raw memory maps, not tensors; the
+    reference means now come from its batches (standardised, missing rows left out)."""
+    from interfuse.data.lazy import LazyData
+
+    reference = data(seed=1)
+    present = torch.arange(len(reference)) % 4 != 0
+    inputs = {m: x.clone() for m, x in reference.inputs.items()}
+    inputs["b"][~present] = 0.0
+    in_memory = TensorData(inputs, reference.targets, {"b": present})
+    arrays = {m: x.numpy() for m, x in inputs.items()}
+    lazy = LazyData(arrays, reference.targets, {"b": present}, {})
+    model = intense if method == "embedding" else _early()
+    expected = ModalityRemoval(model, in_memory, method=method, batch_size=7)
+    got = ModalityRemoval(model, lazy, method=method, batch_size=7)
+    for m in DIMS:
+        torch.testing.assert_close(got.baseline[m], expected.baseline[m])
+    test = data(seed=2)
+    torch.testing.assert_close(got.predict(test, {"a"}), expected.predict(test, {"a"}))
+
+
+def _early():
+    torch.manual_seed(0)
+    return EarlyFusion({m: (d,) for m, d in DIMS.items()}, num_outputs=2, hidden=(6,)).eval()
+
+
 def test_removal_restores_training_mode(intense):
     intense.train()
     ModalityRemoval(intense).predict(data(seed=2), present={"a"})
