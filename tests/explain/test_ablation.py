@@ -121,6 +121,11 @@ def test_removal_ignores_the_inputs_of_samples_missing_in_the_data(intense, meth
         expected = removal.predict(TensorData(zeros, test.targets, {"a": present}), coalition)
         got = removal.predict(TensorData(nans, test.targets, {"a": present}), coalition)
         torch.testing.assert_close(got, expected)
+    # a modality of the data that the model lacks (masked too) is left alone
+    masks = {"a": present, "x": present}
+    extra = TensorData({**nans, "x": torch.zeros(len(test), 1)}, test.targets, masks)
+    alone = removal.predict(TensorData(nans, test.targets, {"a": present}), {"b"})
+    torch.testing.assert_close(removal.predict(extra, {"b"}), alone)
     if method == "mask":  # all modalities kept: the model's own prediction with the data's masks
         with torch.no_grad():
             full = intense(nans, masks={"a": present}).prediction

@@ -186,7 +186,9 @@ class ModalityRemoval:
                     continue
                 batch = {m: inputs[m].to(self.device) for m in self.modalities}
                 if masked and masks:
-                    on_device = {m: k.to(self.device) for m, k in masks.items()}
+                    on_device = {
+                        m: k.to(self.device) for m, k in masks.items() if m in self.modalities
+                    }
                     embeddings = self.model.encode(batch, on_device)
                 else:
                     embeddings = self.model.encode(batch)
