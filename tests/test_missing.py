@@ -124,6 +124,35 @@ def test_bad_masks_are_named(masks, message):
         make_model()(make_inputs(), masks=masks)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(
+    ("masks", "message"),
+    [
+        ({"z": torch.ones(12, dtype=torch.bool)}, r"unknown modalities \['z'\]"),
+        ({"a": torch.ones(12, dtype=torch.long)}, "mask of modality 'a' must be a bool tensor"),
+        ({"a": torch.ones(12)}, "mask of modality 'a' must be a bool tensor"),
+        ({"a": torch.ones(3, dtype=torch.bool)}, r"mask of modality 'a' .* shape \(12,\)"),
+    ],
+)
+def test_fuse_names_bad_masks(masks, message, training):
+    """``fuse`` (called directly, as the explainers do) ignored a mask of an unknown modality
+    without a word, took 0/1 or float masks in training (values silently off in evaluation:
+    a RuntimeError from torch.where) and failed on a wrong shape with an unrelated error."""
+    model = make_model().train(training)
+    with torch.no_grad():
+        embeddings = model.encode(make_inputs())
+    with pytest.raises(ValueError, match=message):
+        model.fuse(embeddings, masks)
+
+
+def test_fuse_takes_a_python_bool_for_the_whole_batch():
+    model = make_model().eval()
+    with torch.no_grad():
+        embeddings = model.encode(make_inputs())
+        expected = model.fuse(embeddings, {"a": torch.zeros(12, dtype=torch.bool)}).prediction
+        torch.testing.assert_close(model.fuse(embeddings, {"a": False}).prediction, expected)
+
+
 def test_left_out_modality_needs_a_mask():
     inputs = make_inputs()
     del inputs["b"]

@@ -232,3 +232,23 @@ def test_masks_with_labels_in_columns(task):
     splits = (data.train, data.val, data.test)
     assert sum(len(s) for s in splits) == N
     assert sum(int((~s.masks["a"]).sum()) for s in splits) == int((~present).sum())
+
+
+@pytest.mark.parametrize("values", [(-1, 1), (1, 2), (0, 255)])
+def test_integer_masks_other_than_0_1_are_refused(tmp_path, values):
+    """A mask coded -1/1 (as binary labels often are) or 1/2 was cast to bool, every sample
+    present: the missing samples silently counted as present, in training files and predict."""
+    full, y = arrays()
+    mask = np.where(np.arange(N) % 4 == 0, *values[::-1]).astype(np.int64)
+    with pytest.raises(ValueError, match=r"mask of modality 'a' must hold .*0/1"):
+        from_arrays(full, y, masks={"a": mask}, seed=0)
+    out = tmp_path / "run"
+    fit(from_arrays(full, y, seed=0), TrainConfig(epochs=1, rank=2), out, progress=False)
+    run = load_run(out)
+    rows = {m: x[:8] for m, x in full.items()}
+    with pytest.raises(ValueError, match=r"mask of modality 'a' must hold .*0/1"):
+        run.predict(rows, masks={"a": mask[:8]})
+    np.savez(tmp_path / "new.npz", **rows, a__mask=mask[:8])
+    done = CliRunner().invoke(main, ["predict", str(out), str(tmp_path / "new.npz")])
+    assert done.exit_code == 1 and "mask of modality 'a' must hold" in done.output, done.output
+    assert "0/1" in done.output

@@ -143,6 +143,11 @@ def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
             f"mask of modality {name!r} must hold bools or 0/1 (True = present), got dtype "
             f"{array.dtype}"
         )
+    if array.dtype.kind != "b" and ((array != 0) & (array != 1)).any():
+        raise ValueError(
+            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got values "
+            f"{np.unique(array)[:5].tolist()}"
+        )
     mask = torch.as_tensor(array)
     if mask.shape != (n,):
         raise ValueError(

@@ -302,17 +302,20 @@ class MultimodalModel(nn.Module):
         return embeddings
 
     def fuse(
-        self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+        self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None
     ) -> FusionOutput:
         """Blocks and prediction from encoder outputs ``{modality: (B, d_m)}``.
 
-        ``masks`` (``{m: bool (B,)}``, True = present; see :meth:`presence`) replace the block of
-        a missing modality, and of every interaction containing it, by its expectation 0; batch
-        statistics then use present samples only.
+        ``masks`` (``{m: bool (B,)}`` or a Python bool, True = present; see :meth:`presence`)
+        replace the block of a missing modality, and of every interaction containing it, by its
+        expectation 0; batch statistics then use present samples only. A mask of an unknown
+        modality, or one that is not a bool of shape ``(B,)``, is an error naming the modality.
 
         Under mixed precision (autocast) the encoders run in the low precision and the fusion
         (batch statistics, IterBN, vBN, the head) in float32, as batch norm does.
         """
+        if masks:
+            masks = self._fuse_masks(embeddings, masks)
         device = next(iter(embeddings.values())).device.type
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
@@ -340,6 +343,35 @@ class MultimodalModel(nn.Module):
                 z = self.norms[name](z, present)
             blocks[name] = z if present is None else torch.where(present[:, None], z, 0.0)
         return FusionOutput(self.head(blocks), blocks, dict(embeddings), masks)
+
+    def _fuse_masks(
+        self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool]
+    ) -> dict[str, Tensor]:
+        """``masks`` of :meth:`fuse` checked (names, bool dtype, shape ``(B,)``; metadata only,
+        no device sync), a Python bool expanded to the batch."""
+        unknown = [m for m in masks if m not in self.modalities]
+        if unknown:
+            raise ValueError(
+                f"masks for unknown modalities {unknown}; the model expects {list(self.modalities)}"
+            )
+        first = next(iter(embeddings.values()))
+        batch = first.shape[0]
+        checked = {}
+        for m, mask in masks.items():
+            if isinstance(mask, bool):
+                mask = torch.full((batch,), mask, dtype=torch.bool, device=first.device)
+            elif not isinstance(mask, Tensor) or mask.shape != (batch,) or mask.dtype != torch.bool:
+                described = (
+                    f"{mask.dtype} tensor of shape {tuple(mask.shape)}"
+                    if isinstance(mask, Tensor)
+                    else type(mask).__name__
+                )
+                raise ValueError(
+                    f"mask of modality {m!r} must be a bool tensor of shape ({batch},) or a "
+                    f"Python bool, got {described}"
+                )
+            checked[m] = mask
+        return checked
 
     def forward(
         self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None

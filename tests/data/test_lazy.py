@@ -370,3 +370,33 @@ def test_modality_names_that_are_not_file_names_of_their_own(name: str, tmp_path
             masks={"train": ["a"]},
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("split", "masks", "message"),
+    [
+        ("val", {"a": np.array([True, False])}, r"split 'val': masks given for .*\['a'\]"),
+        ("train", {}, r"split 'train': no mask given for modality 'a'"),
+        ("train", {"a": np.array([1, 2, 1, 1])}, r"mask of modality 'a' must hold 0/1"),
+        ("train", {"a": np.array([0.0, 1.0, 1.0, 1.0])}, r"mask of modality 'a' must hold"),
+    ],
+)
+def test_writer_masks_that_the_manifest_does_not_declare_are_refused(
+    tmp_path: Path, split: str, masks: dict, message: str
+) -> None:
+    """A mask for a modality the manifest does not mask in that split was dropped without a
+    word (its missing rows then trained as present samples); a mask of 1/2 or of floats was cast
+    to bool (every sample present); a declared mask left out failed with a bare KeyError."""
+    writer = LazyWriter(
+        tmp_path / "out",
+        task="regression",
+        sizes={"train": 4, "val": 2, "test": 2},
+        shapes={"a": (2,)},
+        encoders={"a": {"type": "mlp"}},
+        target_dtype="float32",
+        masks={"train": ["a"]},
+    )
+    n = {"train": 4, "val": 2}[split]
+    with pytest.raises(ValueError, match=message), writer:
+        writer.append(split, {"a": np.ones((n, 2))}, np.zeros(n), masks)
+    assert list(tmp_path.iterdir()) == []

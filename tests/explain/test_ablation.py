@@ -106,6 +106,62 @@ def test_input_removal_uses_the_training_mean_of_x():
         ModalityRemoval(model, None, method="input")
 
 
+@pytest.mark.parametrize("method", ["mask", "embedding"])
+def test_removal_ignores_the_inputs_of_samples_missing_in_the_data(intense, method):
+    """The encoders ran on every row without the data's masks, so a missing sample's row of
+    NaN (which the model ignores, docs/missing-modalities.md §1) failed with 'non-finite values
+    in present samples'; the rows of missing samples must not matter."""
+    test = data(seed=2)
+    present = torch.arange(len(test)) % 3 != 0
+    zeros = {m: x.clone() for m, x in test.inputs.items()}
+    zeros["a"][~present] = 0.0
+    nans = dict(zeros, a=zeros["a"].masked_fill(~present[:, None], float("nan")))
+    removal = ModalityRemoval(intense, data(seed=1), method=method)
+    for coalition in ({"a", "b", "c"}, {"b", "c"}, {"a"}):
+        expected = removal.predict(TensorData(zeros, test.targets, {"a": present}), coalition)
+        got = removal.predict(TensorData(nans, test.targets, {"a": present}), coalition)
+        torch.testing.assert_close(got, expected)
+    # a modality of the data that the model lacks (masked too) is left alone
+    masks = {"a": present, "x": present}
+    extra = TensorData({**nans, "x": torch.zeros(len(test), 1)}, test.targets, masks)
+    alone = removal.predict(TensorData(nans, test.targets, {"a": present}), {"b"})
+    torch.testing.assert_close(removal.predict(extra, {"b"}), alone)
+    if method == "mask":  # all modalities kept: the model's own prediction with the data's masks
+        with torch.no_grad():
+            full = intense(nans, masks={"a": present}).prediction
+        torch.testing.assert_close(
+            removal.predict(TensorData(nans, test.targets, {"a": present})), full
+        )
+
+
+@pytest.mark.parametrize("method", ["embedding", "input"])
+def test_mean_removal_takes_a_lazily_read_training_split(intense, method):
+    """``explain --method embedding|input`` on a dataset folder (interfuse-lazy) failed with
+    AttributeError: the training split's ``inputs`` are raw memory maps, not tensors; the
+    reference means now come from its batches (standardised, missing rows left out)."""
+    from interfuse.data.lazy import LazyData
+
+    reference = data(seed=1)
+    present = torch.arange(len(reference)) % 4 != 0
+    inputs = {m: x.clone() for m, x in reference.inputs.items()}
+    inputs["b"][~present] = 0.0
+    in_memory = TensorData(inputs, reference.targets, {"b": present})
+    arrays = {m: x.numpy() for m, x in inputs.items()}
+    lazy = LazyData(arrays, reference.targets, {"b": present}, {})
+    model = intense if method == "embedding" else _early()
+    expected = ModalityRemoval(model, in_memory, method=method, batch_size=7)
+    got = ModalityRemoval(model, lazy, method=method, batch_size=7)
+    for m in DIMS:
+        torch.testing.assert_close(got.baseline[m], expected.baseline[m])
+    test = data(seed=2)
+    torch.testing.assert_close(got.predict(test, {"a"}), expected.predict(test, {"a"}))
+
+
+def _early():
+    torch.manual_seed(0)
+    return EarlyFusion({m: (d,) for m, d in DIMS.items()}, num_outputs=2, hidden=(6,)).eval()
+
+
 def test_removal_restores_training_mode(intense):
     intense.train()
     ModalityRemoval(intense).predict(data(seed=2), present={"a"})

@@ -172,3 +172,30 @@ def test_recorded_subsample_is_the_one_projected_when_samples_lack_a_modality():
     assert details["model"] == pytest.approx(
         compute_metrics("classification", outputs, complete[1]), nan_ok=True
     )
+
+
+def test_explain_skips_emap_when_no_sample_has_every_modality():
+    """A test split in which one modality is never present (training had it) has no complete
+    sample: EMAP raised 'EMAP needs samples that have every modality; none has' and the whole
+    explanation (ablation, Shapley, … and the CLI's explain) failed with it. EMAP is skipped,
+    saying why; the other explainers run."""
+    from interfuse.explain import explain_model
+    from interfuse.report import render_explanation
+
+    dims = {"a": 3, "b": 2}
+    model = _tanh_model(dims)
+    gen = torch.Generator().manual_seed(1)
+    inputs = {m: torch.randn(20, d, generator=gen) for m, d in dims.items()}
+    targets = torch.randint(0, 2, (20,), generator=gen)
+    model.train()
+    with torch.no_grad():
+        model(inputs)
+    model.eval()
+    inputs["b"] = torch.zeros(20, 2)
+    test = TensorData(inputs, targets, {"b": torch.zeros(20, dtype=torch.bool)})
+    result = explain_model(model, test, "classification", emap_samples=8)
+    details = result.explanations["emap"].details
+    assert "no sample" in details["skipped"] and "'b'" in details["skipped"], details
+    assert result.explanations["shapley"].scores["b"] == pytest.approx(0.0)
+    text = render_explanation(result)
+    assert "EMAP skipped" in text

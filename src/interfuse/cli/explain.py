@@ -124,4 +124,6 @@ def explain(
             f"EMAP accuracy gap (model − additive projection, {emap.details['n_samples']} "
             f"samples): {emap.details['accuracy_gap']:+.4f}"
         )
+    elif emap is not None and emap.details.get("skipped"):
+        click.echo(f"EMAP skipped: {emap.details['skipped']}")
     click.echo(f"explanations: {run_dir / EXPLAIN_MD} and {run_dir / EXPLAIN_JSON}")

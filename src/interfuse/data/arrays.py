@@ -288,6 +288,11 @@ def mark_missing(
                 f"{where}the mask of modality {modality!r} must hold one 0/1 or bool per sample "
                 f"({len(x)}), got shape {mask.shape} and dtype {mask.dtype}"
             )
+        if mask.dtype.kind != "b" and ((mask != 0) & (mask != 1)).any():
+            raise ValueError(
+                f"{where}the mask of modality {modality!r} must hold 0/1 or bools (True = "
+                f"present), got values {np.unique(mask)[:5].tolist()}"
+            )
         present &= mask.astype(bool)
     if present.all():
         return x, present

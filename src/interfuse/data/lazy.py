@@ -675,11 +675,29 @@ class LazyWriter:
         finite value; ``masks``: True = present, for the modalities the manifest masks)."""
         n = len(targets)
         masks = dict(masks or {})
+        declared = self.manifest.masks.get(split, [])
+        undeclared = sorted(set(masks) - set(declared))
+        if undeclared:
+            raise ValueError(
+                f"split {split!r}: masks given for {undeclared}, which the writer does not mask "
+                f"in this split (declared: {declared}); pass masks={{{split!r}: [...]}} to "
+                f"LazyWriter"
+            )
         chunk: dict[str, np.ndarray] = {f"{split}/{TARGETS}.npy": np.asarray(targets)}
         for m in self.manifest.modalities:
             chunk[f"{split}/{m}.npy"] = np.asarray(inputs[m])
-        for m in self.manifest.masks[split]:
-            chunk[f"{split}/{m}{MASK}.npy"] = np.asarray(masks[m], dtype=bool)
+        for m in declared:
+            if m not in masks:
+                raise ValueError(f"split {split!r}: no mask given for modality {m!r}")
+            mask = np.asarray(masks[m])
+            if mask.dtype.kind not in "bui" or (
+                mask.dtype.kind != "b" and ((mask != 0) & (mask != 1)).any()
+            ):
+                raise ValueError(
+                    f"split {split!r}: the mask of modality {m!r} must hold 0/1 or bools (True "
+                    f"= present), got dtype {mask.dtype} with values {np.unique(mask)[:5].tolist()}"
+                )
+            chunk[f"{split}/{m}{MASK}.npy"] = mask.astype(bool)
         for relative, values in chunk.items():
             target = self.arrays[relative]
             if len(values) != n:

@@ -136,8 +136,24 @@ def emap_subsample(data: TensorData, n_samples: int, seed: int = 0) -> Tensor:
         complete &= mask
     rows = torch.arange(len(data))[complete]
     if len(rows) == 0:
-        raise ValueError("EMAP needs samples that have every modality; none has")
+        raise ValueError(f"EMAP needs samples that have every modality; {no_complete_sample(data)}")
     return rows[subsample(len(rows), n_samples, seed)]
+
+
+def no_complete_sample(data: TensorData) -> str | None:
+    """Why no sample of ``data`` has every modality (``None`` when one has): the modalities
+    that no sample has, or else that every sample lacks one."""
+    complete = torch.ones(len(data), dtype=torch.bool)
+    for mask in data.masks.values():
+        complete &= mask
+    if bool(complete.any()):
+        return None
+    never = [m for m, mask in data.masks.items() if not bool(mask.any())]
+    if never:
+        return f"no sample has modality {never[0]!r}" + (
+            f" (nor {', '.join(map(repr, never[1:]))})" if len(never) > 1 else ""
+        )
+    return "no sample has every modality"
 
 
 def emap(
@@ -214,7 +230,10 @@ class EmapExplainer:
 
     def explain(self, context: ExplainContext) -> Explanation:
         details: dict[str, Any] = {}
-        if context.emap_samples > 0:
+        reason = no_complete_sample(context.data) if context.emap_samples > 0 else None
+        if reason is not None:  # EMAP recombines complete samples: skipped, the others run
+            details = {"skipped": f"{reason} in the explained split"}
+        elif context.emap_samples > 0:
             result = emap(
                 context.model,
                 context.data,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..baselines._common import EncoderFusion
-from ..data.batching import TensorData
+from ..data.batching import ModalitySplit
 from ..model import MultimodalModel
 
 Method = Literal["auto", "mask", "embedding", "input"]
@@ -104,7 +104,7 @@ class ModalityRemoval:
     def __init__(
         self,
         model: nn.Module,
-        reference: TensorData | None = None,
+        reference: ModalitySplit | None = None,
         method: Method | str = "auto",
         batch_size: int = 1024,
     ) -> None:
@@ -121,11 +121,7 @@ class ModalityRemoval:
                     f"method={self.method!r} replaces modalities by their mean over reference "
                     f"data; pass reference=<training split>"
                 )
-            reps = self.representations(reference)
-            self.baseline = {
-                m: _present_rows(reps[m], reference.masks.get(m)).double().mean(dim=0).to(x.dtype)
-                for m, x in reps.items()
-            }
+            self.baseline = self._reference_means(reference)
 
     @property
     def device(self) -> torch.device:
@@ -137,22 +133,66 @@ class ModalityRemoval:
         """Coalitions are evaluated on encoder outputs (the encoders run once per sample)."""
         return self.method in ("mask", "embedding")
 
-    def representations(self, data: TensorData) -> dict[str, Tensor]:
+    def representations(self, data: ModalitySplit) -> dict[str, Tensor]:
         """What the operator replaces, for every sample of ``data`` (on the CPU): encoder outputs
-        ``{m: (N, d_m)}`` for ``mask``/``embedding``, the raw inputs for ``input``."""
+        ``{m: (N, d_m)}`` for ``mask``/``embedding`` (a model with a missing-modality path
+        encodes with ``data.masks``, so the inputs of missing samples are ignored), the raw
+        inputs for ``input``."""
+        self._check_modalities(data)
+        if not self.uses_fusion_only and all(
+            isinstance(data.inputs[m], Tensor) for m in self.modalities
+        ):
+            return {m: data.inputs[m] for m in self.modalities}
+        parts: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        for reps, _ in self._batches(data):
+            for m in self.modalities:
+                parts[m].append(reps[m])
+        return {m: torch.cat(parts[m]) for m in self.modalities}
+
+    def _reference_means(self, reference: ModalitySplit) -> dict[str, Tensor]:
+        """The mean representation of every modality over the samples of ``reference`` that
+        have it, batch by batch (a lazily read training split is never held in memory)."""
+        self._check_modalities(reference)
+        sums: dict[str, Tensor] = {}
+        counts = dict.fromkeys(self.modalities, 0)
+        dtypes: dict[str, torch.dtype] = {}
+        for reps, masks in self._batches(reference):
+            for m in self.modalities:
+                rows = _present_rows(reps[m], masks.get(m))
+                total = rows.double().sum(dim=0)
+                sums[m] = total if m not in sums else sums[m] + total
+                counts[m] += len(rows)
+                dtypes[m] = reps[m].dtype
+        return {m: (sums[m] / max(counts[m], 1)).to(dtypes[m]) for m in self.modalities}
+
+    def _check_modalities(self, data: ModalitySplit) -> None:
         missing = [m for m in self.modalities if m not in data.inputs]
         if missing:
             raise ValueError(f"the data lack modalities {missing} of the model")
-        if not self.uses_fusion_only:
-            return {m: data.inputs[m] for m in self.modalities}
-        parts: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+
+    def _batches(
+        self, data: ModalitySplit
+    ) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        """``(representations, masks)`` of ``data`` batch by batch (on the CPU), from its
+        batches (``data[index]``: standardised, missing rows 0, for every kind of split)."""
+        # samples missing in the data: their inputs are ignored (they may hold anything, NaN
+        # included), as in a forward pass with the data's masks
+        masked = supports_masks(self.model)
         with evaluation_mode(self.model):
             for index in torch.arange(len(data)).split(self.batch_size):
-                batch = {m: data.inputs[m][index].to(self.device) for m in self.modalities}
-                embeddings = self.model.encode(batch)
-                for m in self.modalities:
-                    parts[m].append(embeddings[m].detach().cpu())
-        return {m: torch.cat(parts[m]) for m in self.modalities}
+                inputs, _, masks = data[index]
+                if not self.uses_fusion_only:
+                    yield {m: inputs[m] for m in self.modalities}, masks
+                    continue
+                batch = {m: inputs[m].to(self.device) for m in self.modalities}
+                if masked and masks:
+                    on_device = {
+                        m: k.to(self.device) for m, k in masks.items() if m in self.modalities
+                    }
+                    embeddings = self.model.encode(batch, on_device)
+                else:
+                    embeddings = self.model.encode(batch)
+                yield {m: embeddings[m].detach().cpu() for m in self.modalities}, masks
 
     def predict_from(
         self,
@@ -188,7 +228,7 @@ class ModalityRemoval:
                 outputs.append(self._forward(batch, keep).detach().cpu())
         return torch.cat(outputs)
 
-    def predict(self, data: TensorData, present: Iterable[str] | None = None) -> Tensor:
+    def predict(self, data: ModalitySplit, present: Iterable[str] | None = None) -> Tensor:
         """Predictions on ``data`` with only the ``present`` modalities kept."""
         return self.predict_from(self.representations(data), present, data.masks)
 

@@ -118,7 +118,13 @@ def render_explanation(result: PosthocResult, title: str = "") -> str:
             ),
         ]
     emap = result.explanations.get("emap")
-    if emap is not None and emap.details:
+    if emap is not None and emap.details.get("skipped"):
+        parts += [
+            "## EMAP (additive projection)\n",
+            f"EMAP skipped: {emap.details['skipped']} (EMAP recombines samples that have every "
+            f"modality).\n",
+        ]
+    elif emap is not None and emap.details:
         d = emap.details
         names = [k for k in d["model"] if k in d["emap"]]
         gap = d.get("accuracy_gap")
