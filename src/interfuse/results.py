@@ -586,7 +586,9 @@ class PosthocResult:
     ``game``: v(S); ``explanations``: one :class:`Explanation` per explainer that ran, in
     registration order; ``truth``: ground-truth shares per term, if known; ``agreement``:
     Spearman ρ between every two methods with values for every term (``{"unimodal": {"a~b": ρ},
-    "all": {…}}``); ``run``: the run folder and checkpoint, when explained from one.
+    "all": {…}}``); ``run``: the run folder and checkpoint, when explained from one;
+    ``absent``: modalities that no sample of the split has — removing them changes nothing, so
+    every post-hoc value of theirs is 0 whatever the model learnt from them.
     """
 
     split_size: int
@@ -602,6 +604,7 @@ class PosthocResult:
     agreement: dict[str, dict[str, float]]
     seconds: float
     run: dict[str, str] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
     schema: str = "interfuse-explain/1"
 
     def to_dict(self) -> dict[str, Any]:

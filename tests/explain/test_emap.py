@@ -1,6 +1,8 @@
 """EMAP: the additive projection reproduces additive models, removes pure products, and gives
 the same answer on encoder outputs as on raw inputs."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from interfuse.baselines import EarlyFusion
 from interfuse.data.batching import TensorData
 from interfuse.explain.emap import emap, emap_cost, emap_projection, subsample
 from interfuse.metrics import compute_metrics
+from interfuse.results import PosthocResult
 
 
 def reps(n=12, seed=0, dims=(2, 3, 1)):
@@ -199,3 +202,10 @@ def test_explain_skips_emap_when_no_sample_has_every_modality():
     assert result.explanations["shapley"].scores["b"] == pytest.approx(0.0)
     text = render_explanation(result)
     assert "EMAP skipped" in text
+    # b's post-hoc values are 0 by construction (removing it changes nothing): said, not ranked
+    assert result.absent == ["b"]
+    assert "no sample of the explained split has 'b'" in text
+    again = PosthocResult.from_dict(json.loads(result.to_json()))
+    assert again.absent == ["b"]
+    complete = TensorData(inputs, targets)
+    assert explain_model(model, complete, "classification", emap_samples=0).absent == []

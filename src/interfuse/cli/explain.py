@@ -9,7 +9,13 @@ import click
 
 from ..explain import explain_model
 from ..io import atomic_write_text
-from ..report import agreement_summary, comparison_table, render_explanation, render_report
+from ..report import (
+    absent_warning,
+    agreement_summary,
+    comparison_table,
+    render_explanation,
+    render_report,
+)
 from ..report.run import EXPLAIN_REPORT as EXPLAIN_MD
 from ..run import BEST, EXPLAIN_JSON, explained_model, load_run, read_history
 from .app import main, user_errors
@@ -114,6 +120,8 @@ def explain(
     atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, run.result.dataset))
     render_report(run.result, run_dir, read_history(run_dir))  # adds the link to explain.md
     click.echo("")
+    if explanation.absent:
+        click.echo(absent_warning(explanation))
     click.echo(comparison_table(explanation))
     summary = agreement_summary(explanation)
     if summary:

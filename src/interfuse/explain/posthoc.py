@@ -119,6 +119,7 @@ def explain_model(
         truth=truth,
         agreement=rank_agreement(terms, explanations, truth),
         seconds=round(time.perf_counter() - started, 2),
+        absent=[m for m in players if m in data.masks and not bool(data.masks[m].any())],
     )
 
 

@@ -1,6 +1,11 @@
 """Rendering: markdown reports and figures from typed results (never trains or loads models)."""
 
-from interfuse.report.explain import agreement_summary, comparison_table, render_explanation
+from interfuse.report.explain import (
+    absent_warning,
+    agreement_summary,
+    comparison_table,
+    render_explanation,
+)
 from interfuse.report.run import (
     estimates_table,
     mean_std_text,
@@ -14,6 +19,7 @@ from interfuse.report.run import (
 from interfuse.report.tables import markdown_table
 
 __all__ = [
+    "absent_warning",
     "agreement_summary",
     "comparison_table",
     "estimates_table",

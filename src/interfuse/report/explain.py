@@ -41,6 +41,19 @@ def agreement_summary(result: PosthocResult) -> str:
     return "Spearman ρ over unimodal terms: " + ", ".join(parts) if parts else ""
 
 
+def absent_warning(result: PosthocResult) -> str:
+    """The warning (plain text) for modalities that no explained sample has ("" if none)."""
+    if not result.absent:
+        return ""
+    names = ", ".join(repr(m) for m in result.absent)
+    return (
+        f"Warning: no sample of the explained split has {names}. Removing a modality that "
+        "is absent everywhere changes nothing, so its post-hoc values (and those of its "
+        "interactions) are 0 by construction, whatever the model learnt from it; they and the "
+        "rank agreements that include them say nothing about its relevance."
+    )
+
+
 def render_explanation(result: PosthocResult, title: str = "") -> str:
     """The markdown page (``explain.md``)."""
     metric = result.metric
@@ -60,6 +73,8 @@ def render_explanation(result: PosthocResult, title: str = "") -> str:
         comparison_table(result),
         "### Rank agreement (Spearman ρ)\n",
     ]
+    if result.absent:
+        parts.insert(1, f"**{absent_warning(result)}**\n")
     pairs = list(result.agreement.get("unimodal", {}))
     if pairs:
         rows = [
