@@ -423,6 +423,42 @@ def test_truncated_results_json_is_named(small_run, tmp_path):
         _one_line_error(_invoke(command, str(broken)), 1, str(broken / "results.json"))
 
 
+def test_deeply_nested_json_in_a_run_folder_is_one_line_not_an_internal_error(small_run, tmp_path):
+    """A few hundred kilobytes of nested brackets in results.json, a checkpoint header,
+    explain.json or config.json raised RecursionError: exit 70, "a bug", instead of the file
+    named as malformed (exit 1)."""
+    import torch
+    from safetensors.torch import save
+
+    from interfuse.checkpoint import CheckpointError, read_header
+    from interfuse.run import explanations_outdated
+
+    deep = "[" * 100_000 + "]" * 100_000
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in small_run.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "explain.json").write_text(deep)
+    assert explanations_outdated(broken) is False  # unreadable: explain writes it anew
+    (broken / "results.json").write_text(deep)
+    for command in ("explain", "report"):
+        _one_line_error(_invoke(command, str(broken)), 1, str(broken / "results.json"))
+    (broken / "best.safetensors").write_bytes(
+        save({"model.x": torch.zeros(1)}, metadata={"interfuse": deep})
+    )
+    with pytest.raises(CheckpointError, match="best.safetensors"):
+        read_header(broken / "best.safetensors")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text(deep)
+    _one_line_error(
+        _invoke("train", "--n", "300", "--epochs", "1", "--quiet", "--out", str(fresh)),
+        1,
+        "config.json, not written by",
+    )
+
+
 # -- half-written state --------------------------------------------------------------------
 
 

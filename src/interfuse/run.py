@@ -178,7 +178,7 @@ def explanations_outdated(folder: Path) -> bool:
     try:
         recorded = PosthocResult.from_dict(json.loads(path.read_text(encoding="utf-8"))).run
         digest, checkpoint = recorded.get("model_sha256"), recorded.get("checkpoint")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False  # unreadable: interfuse explain writes it anew
     if not digest or not checkpoint:
         return False

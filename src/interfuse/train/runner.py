@@ -126,7 +126,7 @@ def _run_config(out: Path) -> bool:
     """Whether ``out/config.json`` was written by a run (not a file of the user's)."""
     try:
         header = json.loads((out / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(header, dict) and {"config", "data", "task"} <= header.keys()
 
