@@ -483,6 +483,29 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_rerun(tmp_path, caplog)
     fit(task, TrainConfig(restarts=0, epochs=1, batch_size=32), out, resume=True, progress=False)
 
 
+def test_a_baseline_killed_before_its_first_checkpoint_resumes_afresh(tmp_path, monkeypatch):
+    """Baselines wrote no config.json (only the MNL model did), so a baseline killed in its
+    first epoch left a folder that --resume refused ("nothing to resume") although such a run
+    starts afresh with or without --resume (docs/run-folder.md §7)."""
+    import interfuse.train.runner as runner
+
+    class Killed(Exception):
+        pass
+
+    def kill(self, name, optimizer=None):
+        raise Killed
+
+    task = _tiny_task()
+    config = TrainConfig(model="late", restarts=0, epochs=1, batch_size=32)
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(runner._Run, "save", kill)  # killed before its first checkpoint
+        with pytest.raises(Killed):
+            fit(task, config, out, progress=False)
+    assert json.loads((out / "config.json").read_text())["config"]["model"] == "late"
+    assert fit(task, config, out, resume=True, progress=False).epochs_run == 1
+
+
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     """A folder holding the user's config.json and report.md (no run) was trained into and
     both files were silently replaced; a run's own config.json (killed in its first epoch)

@@ -427,7 +427,7 @@ class _Run:
         if isinstance(self.model, MultimodalModel):
             self.model.compile_fusion = config.compile
         set_sync_stats(self.model, config.sync_stats)
-        if isinstance(self.model, MultimodalModel) and writer:
+        if writer:  # every model's run: a run killed before its first checkpoint starts afresh
             atomic_write_text(out / CONFIG, json.dumps(self.header(), indent=2, default=str) + "\n")
 
     def _check_resumable(self, header: Mapping[str, Any]) -> None:
