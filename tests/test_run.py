@@ -380,6 +380,19 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
             pass
 
 
+def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path):
+    """A run folder copied with a .lock symlink (to any file of the user's): taking the lock
+    truncated the link's target and wrote a PID into it."""
+    precious = tmp_path / "notes.txt"
+    precious.write_text("my notes\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(precious)
+    with pytest.raises(RunFolderError, match="lock file"), lock_run_folder(out):
+        pass
+    assert precious.read_text() == "my notes\n"
+
+
 # -- defaults live in the library ------------------------------------------------------------
 
 
