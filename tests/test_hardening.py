@@ -506,6 +506,42 @@ def test_a_baseline_killed_before_its_first_checkpoint_resumes_afresh(tmp_path, 
     assert fit(task, config, out, resume=True, progress=False).epochs_run == 1
 
 
+def test_a_best_checkpoint_newer_than_the_last_is_never_reported_as_the_selected_model(
+    tmp_path, monkeypatch
+):
+    """Killed between writing best.safetensors and last.safetensors of an epoch, then resumed
+    with settings that do not train that epoch again (here the --epochs it was started with):
+    results.json named the last checkpoint's best epoch but its metrics, and predict, came
+    from the newer model in best.safetensors. Refused, naming both files."""
+    import interfuse.train.runner as runner
+    from interfuse.checkpoint import CheckpointError, read_header
+
+    class Killed(Exception):
+        pass
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32, lr=1e-2)
+    out = tmp_path / "run"
+    fit(task, config, out, progress=False)
+    save = runner._Run.save
+
+    def killed_after_best(self, name, optimizer=None):
+        if name == "last.safetensors" and self.state.epoch == 2:
+            raise Killed
+        save(self, name, optimizer)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner._Run, "save", killed_after_best)
+        with pytest.raises(Killed):
+            fit(task, config.replace(epochs=2), out, resume=True, progress=False)
+    assert read_header(out / "best.safetensors")[0]["state"]["best_epoch"] == 2
+    assert read_header(out / "last.safetensors")[0]["state"]["epoch"] == 1
+    with pytest.raises(CheckpointError, match="best.safetensors holds the model of epoch 2"):
+        fit(task, config, out, resume=True, progress=False)
+    # resumed as interrupted, the epoch is trained again and the files agree
+    assert fit(task, config.replace(epochs=2), out, resume=True, progress=False).best_epoch == 2
+
+
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     """A folder holding the user's config.json and report.md (no run) was trained into and
     both files were silently replaced; a run's own config.json (killed in its first epoch)

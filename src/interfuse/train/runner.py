@@ -802,7 +802,7 @@ def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
             return "without dropout"
         decision = False
         if trainer.is_global_zero and (run.out / BEST).exists():
-            best_state, _, _ = load_checkpoint(run.out / BEST)
+            best_state = _load_best(run)
             run.model.load_state_dict(best_state)
             verdict = learnt_verdict(
                 run.model, run.data, seed=config.seed, weight=_loss_weight(run)
@@ -844,7 +844,7 @@ def _restart(run: _Run, trainer: pl.Trainer, reason: str) -> None:
         state.finetuning = True
         # rank 0 reads the file (other nodes may not see it) and sends the weights as an object:
         # between attempts Lightning has moved the model back to the CPU, which NCCL cannot send
-        best_state = load_checkpoint(run.out / BEST)[0] if trainer.is_global_zero else None
+        best_state = _load_best(run) if trainer.is_global_zero else None
         run.model.load_state_dict(trainer.strategy.broadcast(best_state, src=0))
         message = (
             f"fine-tune: validation selected the model of epoch {state.best_epoch}, trained "
@@ -1060,9 +1060,27 @@ def _set_dropout(model: nn.Module, rates: list[float]) -> None:
         layer.p = rate
 
 
+def _load_best(run: _Run) -> dict[str, torch.Tensor]:
+    """The weights in ``best.safetensors``, which must be of the epoch the run selected: a run
+    stopped between writing ``best`` and ``last`` of an epoch, then resumed without training
+    that epoch again, would report one model's epoch with another model's metrics."""
+    path = run.out / BEST
+    state, header, _ = load_checkpoint(path)
+    saved = (header.get("state") or {}).get("best_epoch", run.state.best_epoch)
+    if saved != run.state.best_epoch:
+        raise CheckpointError(
+            f"{path} holds the model of epoch {saved}, but {run.out / LAST} (epoch "
+            f"{run.state.epoch}) selected epoch {run.state.best_epoch}: the run was stopped "
+            f"between writing the two and resumed with settings that did not train epoch "
+            f"{saved} again; resume with the settings it was interrupted with, or retrain it "
+            f"(--overwrite)"
+        )
+    return state
+
+
 def finish(run: _Run) -> RunResult:
     """Reload the best model, evaluate it on every split, write results.json and history.csv."""
-    best_state, _, _ = load_checkpoint(run.out / BEST)
+    best_state = _load_best(run)
     run.model.load_state_dict(best_state)
     data = run.data
     result = RunResult(
