@@ -542,6 +542,38 @@ def test_a_best_checkpoint_newer_than_the_last_is_never_reported_as_the_selected
     assert fit(task, config.replace(epochs=2), out, resume=True, progress=False).best_epoch == 2
 
 
+def test_a_run_finished_while_a_second_writer_waited_for_the_lock_is_kept(tmp_path, monkeypatch):
+    """The folder was checked before its lock was taken: a run that finished in between (its
+    first epoch under way at the check, so the folder counted as never checkpointed) had its
+    results.json and checkpoints deleted by the second writer, which then trained over it."""
+    import contextlib
+
+    import interfuse.train.runner as runner
+    from interfuse.run import RunFolderError
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    finished = tmp_path / "finished"
+    fit(task, config, finished, progress=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_bytes((finished / "config.json").read_bytes())
+    lock = runner.lock_run_folder
+
+    @contextlib.contextmanager
+    def first_run_finishes_meanwhile(folder):
+        for name in ("results.json", "last.safetensors", "best.safetensors"):
+            (out / name).write_bytes((finished / name).read_bytes())
+        with lock(folder):
+            yield
+
+    monkeypatch.setattr(runner, "lock_run_folder", first_run_finishes_meanwhile)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        fit(task, config, out, progress=False)
+    assert (out / "results.json").read_bytes() == (finished / "results.json").read_bytes()
+    assert (out / "last.safetensors").exists() and (out / "best.safetensors").exists()
+
+
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     """A folder holding the user's config.json and report.md (no run) was trained into and
     both files were silently replaced; a run's own config.json (killed in its first epoch)

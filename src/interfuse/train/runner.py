@@ -635,6 +635,9 @@ def fit(
             raise RunFolderError(refusal)
     lock = lock_run_folder(out) if writer else contextlib.nullcontext()
     with lock, _quiet_lightning(not verbose), _threads(threads):
+        # checked again under the lock: a run that held it may have finished since the check
+        if writer and (refusal := _refusal(out, resume, overwrite)) is not None:
+            raise RunFolderError(refusal)
         if writer:
             removed = remove_stale_temporaries(out)
             if removed:
