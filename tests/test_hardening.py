@@ -574,6 +574,34 @@ def test_a_run_finished_while_a_second_writer_waited_for_the_lock_is_kept(tmp_pa
     assert (out / "last.safetensors").exists() and (out / "best.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda state: state.update(bogus=1),
+        lambda state: state.update(epoch="3"),
+        lambda state: state.update(history=[1, 2]),
+        lambda state: state.pop("epoch"),
+    ],
+    ids=["unknown-entry", "epoch-text", "history-numbers", "no-epoch"],
+)
+def test_a_checkpoint_with_a_malformed_training_state_is_refused_on_resume(tmp_path, edit):
+    """A last.safetensors whose training state was edited and its SHA-256 recomputed (it is a
+    checksum, not a signature) failed on resume with TypeError deep in training: exit 70,
+    "a bug", or trained from a wrong epoch."""
+    from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    fit(task, config, tmp_path, progress=False)
+    last = tmp_path / "last.safetensors"
+    model, header, optimizer = load_checkpoint(last)
+    extra = header.pop("tensors")
+    edit(header["state"])
+    save_checkpoint(last, model, header, optimizer, extra=extra)
+    with pytest.raises(CheckpointError, match="last.safetensors: malformed training state"):
+        fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
+
+
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     """A folder holding the user's config.json and report.md (no run) was trained into and
     both files were silently replaced; a run's own config.json (killed in its first epoch)

@@ -209,9 +209,29 @@ class TrainingState:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingState:
+        """``ValueError`` naming the entry for an unknown, missing or mistyped one (a header
+        edited and its checksum recomputed)."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"expected a mapping, got {type(values).__name__}")
         values = dict(values)
         # checkpoints written before restarts kept their own patience: the bar was the best loss
         values.setdefault("attempt_best", values.get("best_loss", float("inf")))
+        defaults = asdict(cls())
+        unknown = sorted(set(values) - set(defaults))
+        missing = [k for k in ("epoch", "best_loss", "best_epoch") if k not in values]
+        if unknown or missing:
+            raise ValueError(f"unknown entries {unknown}, missing entries {missing}")
+        for key, value in values.items():
+            default = defaults[key]
+            if isinstance(default, bool):
+                valid = isinstance(value, bool)
+            elif isinstance(default, list):
+                valid = isinstance(value, list) and all(isinstance(r, dict) for r in value)
+            else:  # a count (int) or a loss or time (float; an integral one may be an int)
+                number = type(default) if isinstance(default, int) else (int, float)
+                valid = isinstance(value, number) and not isinstance(value, bool)
+            if not valid:
+                raise ValueError(f"{key} {value!r} is not a {type(default).__name__}")
         return cls(**values)
 
 
@@ -419,7 +439,10 @@ class _Run:
             self._check_resumable(header)
             self.model = build_model(spec, encoders=encoders)
             self.model.load_state_dict(model_state)
-            self.state = TrainingState.from_dict(header["state"])
+            try:
+                self.state = TrainingState.from_dict(header.get("state"))
+            except ValueError as error:
+                raise CheckpointError(f"{out / LAST}: malformed training state ({error})") from None
         else:
             self.model = build_model(spec, seed=config.seed, encoders=encoders)
         # the encoders' dropout rates as built (a restart switches them off, a fine-tune back on)
