@@ -74,6 +74,28 @@ def test_the_report_says_when_explanations_are_of_an_earlier_model(runs, tmp_pat
     assert note not in (out / "report.md").read_text()
 
 
+def test_a_checkpoint_replaced_while_explaining_is_not_recorded_as_explained(
+    runs, tmp_path, monkeypatch
+):
+    """The run was resumed (its best.safetensors replaced) while ``interfuse explain`` worked:
+    explain.json recorded the digest of the new checkpoint, read after explaining the old
+    model, so the report presented the old model's explanations as the current ones."""
+    import interfuse.cli.explain as cli_explain
+
+    out = tmp_path / "run"
+    shutil.copytree(runs / "intense", out)
+    load = cli_explain.load_run
+
+    def resumed_meanwhile(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        (out / "best.safetensors").write_bytes((out / "last.safetensors").read_bytes())
+        return loaded
+
+    monkeypatch.setattr(cli_explain, "load_run", resumed_meanwhile)
+    assert run("explain", out, "--emap-samples", "0", "--quiet").exit_code == 0
+    assert "explains an earlier model of this run" in (out / "report.md").read_text()
+
+
 def test_explain_rebuilds_the_training_data_exactly(runs):
     run_ = load_run(runs / "intense")
     task = run_.load_data()
