@@ -253,6 +253,25 @@ def test_sizes_are_checked_before_allocating(offset_run, tmp_path, monkeypatch):
     assert built == ["meta"]  # only the memory-free skeleton was built
 
 
+def test_scaler_statistics_of_another_shape_are_refused_before_predicting(offset_run, tmp_path):
+    """Statistics of shape (K, 1, F) in a crafted checkpoint (hash recomputed) broadcast
+    against (N, F) inputs to a (K, N, F) array: a 0.5 MB file made predict allocate
+    K·N·F values, far more than the file holds."""
+    from interfuse import checkpoint as ckpt
+
+    _, _, _, _, out = offset_run
+    copy = tmp_path / "crafted"
+    shutil.copytree(out, copy)
+    state, header, _ = ckpt.load_checkpoint(copy / "best.safetensors")
+    tensors = header.pop("tensors")
+    prep = tensors["prep"]
+    for name in ("tab.mean", "tab.std"):
+        prep[name] = prep[name].reshape(1, 1, -1).repeat(5000, 1, 1)
+    ckpt.save_checkpoint(copy / "best.safetensors", state, header, extra=tensors)
+    with pytest.raises(CheckpointError, match="best.safetensors.*'tab'.*shape"):
+        load_run(copy)
+
+
 def test_an_old_checkpoint_format_says_so(offset_run, tmp_path):
     _, _, _, _, out = offset_run
     copy = tmp_path / "old"
