@@ -122,8 +122,10 @@ def explain(
         log=click.echo,
     )
     explanation = replace(explanation, run=explained or explained_model(run_dir, checkpoint))
-    atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
+    # explain.json, which records the model explained, last: stopped between the two files, the
+    # previous explain.json reads as of another model rather than a stale explain.md as current
     atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, run.result.dataset))
+    atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
     # adds the link to explain.md, from the run's files now (it may have been resumed meanwhile)
     render_report(
         read_results(run_dir), run_dir, read_history(run_dir), explanations_outdated(run_dir)
