@@ -109,6 +109,27 @@ def test_a_killed_seeds_run_is_continued_by_the_same_command_with_resume(tmp_pat
     assert done.exit_code == 0, done.output
     assert (tmp_path / "seed-1" / "results.json").exists()
     assert (tmp_path / "summary.json").exists()
+    # killed in the first epoch of seed 0 (its folder holds only the run's config.json)
+    early = tmp_path / "early"
+    (early / "seed-0").mkdir(parents=True)
+    (early / "seed-0" / "config.json").write_bytes(
+        (tmp_path / "seed-0" / "config.json").read_bytes()
+    )
+    done = run(
+        "train",
+        *TINY,
+        "--epochs",
+        "1",
+        "--restarts",
+        "0",
+        "--seeds",
+        "0,1",
+        "--out",
+        early,
+        "--resume",
+    )
+    assert done.exit_code == 0, done.output
+    assert (early / "summary.json").exists()
     # with nothing of the run there at all, --resume is still refused
     wrong = run("train", *TINY, "--seeds", "0,1", "--out", tmp_path / "typo", "--resume")
     assert wrong.exit_code == 1 and "nothing to resume" in wrong.output

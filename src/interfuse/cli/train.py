@@ -440,9 +440,9 @@ def train(
     if seeds is None:
         _train_one(info, data_options, config, out, quiet, resume, overwrite, runtime)
         return
-    # --resume continues the seeds a killed run had started and trains those it had not (when
-    # none had started, the first seed refuses: nothing to resume)
-    started = [s for s in seeds if (out / f"seed-{s}" / LAST).exists()]
+    # --resume continues the seeds a killed run had checkpointed and trains the others (when
+    # it had started none, the first seed refuses: nothing to resume)
+    started = any((out / f"seed-{s}").is_dir() for s in seeds)
     results = {}
     for seed in seeds:
         click.echo(f"\n--- seed {seed} ---")
@@ -452,7 +452,7 @@ def train(
             config.replace(seed=seed),
             out / f"seed-{seed}",
             quiet,
-            resume and (seed in started or not started),
+            resume and ((out / f"seed-{seed}" / LAST).exists() or not started),
             overwrite,
             runtime,
         )
