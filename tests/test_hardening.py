@@ -602,6 +602,27 @@ def test_a_checkpoint_with_a_malformed_training_state_is_refused_on_resume(tmp_p
         fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
 
 
+def test_an_optimiser_state_of_other_shapes_is_refused_on_resume(tmp_path):
+    """An optimiser moment of another shape than its parameter (header edited, checksum
+    recomputed) was loaded as it was: it broadcast into the update, and the resumed run
+    stopped as "diverged" blaming the learning rate."""
+    import torch
+
+    from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    fit(task, config, tmp_path, progress=False)
+    last = tmp_path / "last.safetensors"
+    model, header, optimizer = load_checkpoint(last)
+    extra = header.pop("tensors")
+    moments = next(v for v in optimizer["state"].values() if v["exp_avg"].dim() > 0)
+    moments["exp_avg"] = torch.zeros(3)
+    save_checkpoint(last, model, header, optimizer, extra=extra)
+    with pytest.raises(CheckpointError, match="last.safetensors: the optimiser state"):
+        fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
+
+
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     """A folder holding the user's config.json and report.md (no run) was trained into and
     both files were silently replaced; a run's own config.json (killed in its first epoch)

@@ -262,6 +262,7 @@ class RunRecorder(pl.Callback):
         # a process group; ours only records the signal, and the ranks agree at step boundaries.
         install_handlers(self.interrupted)
         if self.run.optimizer_state is not None:
+            _check_optimizer_state(trainer.optimizers[0], self.run.optimizer_state, self.run)
             trainer.optimizers[0].load_state_dict(self.run.optimizer_state)
             self.run.optimizer_state = None
 
@@ -390,6 +391,25 @@ class RunRecorder(pl.Callback):
             trainer.should_stop = True
         run.save(LAST, optimizer=trainer.optimizers[0])
         run.write_history()
+
+
+def _check_optimizer_state(
+    optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], run: _Run
+) -> None:
+    """Every saved moment has its parameter's shape (torch loads any: a checkpoint edited with
+    its checksum recomputed would broadcast into the updates)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved.get("state", {}).items():
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue  # the step count
+            if not 0 <= index < len(params) or value.shape != params[index].shape:
+                expected = tuple(params[index].shape) if 0 <= index < len(params) else None
+                raise CheckpointError(
+                    f"{run.out / LAST}: the optimiser state {name!r} of parameter {index} has "
+                    f"shape {tuple(value.shape)}, its parameter {expected}; the file was edited "
+                    f"or is corrupt"
+                )
 
 
 def _epoch_line(
