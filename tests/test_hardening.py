@@ -652,6 +652,26 @@ def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
     )
 
 
+def test_a_best_safetensors_that_no_run_wrote_is_never_deleted(tmp_path):
+    """A folder holding the user's own best.safetensors (another tool's weights) counted as a
+    run killed before its first checkpoint: training deleted the file and started."""
+    import torch
+    from safetensors.torch import save_file
+
+    from interfuse.run import RunFolderError
+
+    out = tmp_path / "models"
+    out.mkdir()
+    save_file({"w": torch.ones(3)}, out / "best.safetensors")
+    mine = (out / "best.safetensors").read_bytes()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    with pytest.raises(RunFolderError, match=r"best\.safetensors, not written by an interfuse"):
+        fit(_tiny_task(), config, out, progress=False)
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        fit(_tiny_task(), config, out, resume=True, progress=False)
+    assert (out / "best.safetensors").read_bytes() == mine
+
+
 def test_stale_temporaries_are_removed_on_resume(tmp_path):
     task = _tiny_task()
     fit(task, TrainConfig(epochs=1, batch_size=32), tmp_path, progress=False)

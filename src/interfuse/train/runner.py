@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..budget import (
@@ -119,7 +120,19 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
 def _never_checkpointed(out: Path) -> bool:
     """A run was started in ``out`` but its first checkpoint never completed."""
     incomplete = not (out / LAST).exists() and not (out / RESULTS).exists()
-    return incomplete and (_run_config(out) or (out / BEST).exists())
+    return incomplete and (_run_config(out) or _run_best(out))
+
+
+def _run_best(out: Path) -> bool:
+    """Whether ``out/best.safetensors`` may be a run's: not a readable safetensors file without
+    an interfuse header (the user's weights of another tool)."""
+    if not (out / BEST).exists():
+        return False
+    try:
+        with safe_open(str(out / BEST), framework="pt") as f:
+            return "interfuse" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return True  # unreadable: no one's weights, a run's part
 
 
 def _run_config(out: Path) -> bool:
@@ -134,9 +147,9 @@ def _run_config(out: Path) -> bool:
 def _foreign_files(out: Path) -> list[str]:
     """The files a run writes that ``out`` holds although no run was started there (the
     user's own ``config.json``, ``report.md``, … that training would replace)."""
-    if any((out / f).exists() for f in RESULT_FILES) or _run_config(out):
+    if (out / LAST).exists() or (out / RESULTS).exists() or _run_config(out) or _run_best(out):
         return []
-    return [f for f in RUN_FILES if (out / f).exists()]
+    return [f for f in (*RUN_FILES, BEST) if (out / f).exists()]
 
 
 def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
@@ -147,14 +160,14 @@ def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
     if resume:
         if not (out / LAST).exists():
             return f"nothing to resume: {out / LAST} does not exist"
-    elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
-        return (
-            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
     elif not overwrite and (foreign := _foreign_files(out)):
         return (
             f"{out} holds {', '.join(foreign)}, not written by an interfuse run, "
             f"which training would replace; choose a new or empty --out, or pass --overwrite"
+        )
+    elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
+        return (
+            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
     return None
 
