@@ -87,6 +87,54 @@ def test_seeds_train_one_run_each_and_summarise(tmp_path):
     assert bad.exit_code == 2 and "expected seeds like 0-4" in bad.output
 
 
+def test_a_killed_seeds_run_is_continued_by_the_same_command_with_resume(tmp_path, monkeypatch):
+    """`--seeds 0,1` killed during seed 0 (seed-1/ not yet started): the same command with
+    --resume refused seed 1 ("nothing to resume"), so the run could neither be continued nor
+    summarised; a seed not yet started is trained, the others resumed."""
+    import interfuse.cli.train as cli_train
+
+    args = [*TINY, "--epochs", "1", "--restarts", "0", "--seeds", "0,1", "--out", tmp_path]
+    fit = cli_train.fit
+
+    def killed_before_seed_1(task, config, out, **options):
+        if config.seed == 1:
+            raise KeyboardInterrupt
+        return fit(task, config, out, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli_train, "fit", killed_before_seed_1)
+        assert run("train", *args).exit_code == 130
+    assert not (tmp_path / "summary.json").exists()
+    done = run("train", *args, "--resume")
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "seed-1" / "results.json").exists()
+    assert (tmp_path / "summary.json").exists()
+    # killed in the first epoch of seed 0 (its folder holds only the run's config.json)
+    early = tmp_path / "early"
+    (early / "seed-0").mkdir(parents=True)
+    (early / "seed-0" / "config.json").write_bytes(
+        (tmp_path / "seed-0" / "config.json").read_bytes()
+    )
+    done = run(
+        "train",
+        *TINY,
+        "--epochs",
+        "1",
+        "--restarts",
+        "0",
+        "--seeds",
+        "0,1",
+        "--out",
+        early,
+        "--resume",
+    )
+    assert done.exit_code == 0, done.output
+    assert (early / "summary.json").exists()
+    # with nothing of the run there at all, --resume is still refused
+    wrong = run("train", *TINY, "--seeds", "0,1", "--out", tmp_path / "typo", "--resume")
+    assert wrong.exit_code == 1 and "nothing to resume" in wrong.output
+
+
 def test_summarize_seeds_values():
     def result(accuracy, share):
         return RunResult(

@@ -423,6 +423,42 @@ def test_truncated_results_json_is_named(small_run, tmp_path):
         _one_line_error(_invoke(command, str(broken)), 1, str(broken / "results.json"))
 
 
+def test_deeply_nested_json_in_a_run_folder_is_one_line_not_an_internal_error(small_run, tmp_path):
+    """A few hundred kilobytes of nested brackets in results.json, a checkpoint header,
+    explain.json or config.json raised RecursionError: exit 70, "a bug", instead of the file
+    named as malformed (exit 1)."""
+    import torch
+    from safetensors.torch import save
+
+    from interfuse.checkpoint import CheckpointError, read_header
+    from interfuse.run import explanations_outdated
+
+    deep = "[" * 100_000 + "]" * 100_000
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in small_run.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "explain.json").write_text(deep)
+    assert explanations_outdated(broken) is False  # unreadable: explain writes it anew
+    (broken / "results.json").write_text(deep)
+    for command in ("explain", "report"):
+        _one_line_error(_invoke(command, str(broken)), 1, str(broken / "results.json"))
+    (broken / "best.safetensors").write_bytes(
+        save({"model.x": torch.zeros(1)}, metadata={"interfuse": deep})
+    )
+    with pytest.raises(CheckpointError, match="best.safetensors"):
+        read_header(broken / "best.safetensors")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text(deep)
+    _one_line_error(
+        _invoke("train", "--n", "300", "--epochs", "1", "--quiet", "--out", str(fresh)),
+        1,
+        "config.json, not written by",
+    )
+
+
 # -- half-written state --------------------------------------------------------------------
 
 
@@ -445,6 +481,146 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_rerun(tmp_path, caplog)
     (out / "last.safetensors").unlink()
     (out / "results.json").unlink()
     fit(task, TrainConfig(restarts=0, epochs=1, batch_size=32), out, resume=True, progress=False)
+
+
+def test_a_baseline_killed_before_its_first_checkpoint_resumes_afresh(tmp_path, monkeypatch):
+    """Baselines wrote no config.json (only the MNL model did), so a baseline killed in its
+    first epoch left a folder that --resume refused ("nothing to resume") although such a run
+    starts afresh with or without --resume (docs/run-folder.md §7)."""
+    import interfuse.train.runner as runner
+
+    class Killed(Exception):
+        pass
+
+    def kill(self, name, optimizer=None):
+        raise Killed
+
+    task = _tiny_task()
+    config = TrainConfig(model="late", restarts=0, epochs=1, batch_size=32)
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(runner._Run, "save", kill)  # killed before its first checkpoint
+        with pytest.raises(Killed):
+            fit(task, config, out, progress=False)
+    assert json.loads((out / "config.json").read_text())["config"]["model"] == "late"
+    assert fit(task, config, out, resume=True, progress=False).epochs_run == 1
+
+
+def test_a_best_checkpoint_newer_than_the_last_is_never_reported_as_the_selected_model(
+    tmp_path, monkeypatch
+):
+    """Killed between writing best.safetensors and last.safetensors of an epoch, then resumed
+    with settings that do not train that epoch again (here the --epochs it was started with):
+    results.json named the last checkpoint's best epoch but its metrics, and predict, came
+    from the newer model in best.safetensors. Refused, naming both files."""
+    import interfuse.train.runner as runner
+    from interfuse.checkpoint import CheckpointError, read_header
+
+    class Killed(Exception):
+        pass
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32, lr=1e-2)
+    out = tmp_path / "run"
+    fit(task, config, out, progress=False)
+    save = runner._Run.save
+
+    def killed_after_best(self, name, optimizer=None):
+        if name == "last.safetensors" and self.state.epoch == 2:
+            raise Killed
+        save(self, name, optimizer)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner._Run, "save", killed_after_best)
+        with pytest.raises(Killed):
+            fit(task, config.replace(epochs=2), out, resume=True, progress=False)
+    assert read_header(out / "best.safetensors")[0]["state"]["best_epoch"] == 2
+    assert read_header(out / "last.safetensors")[0]["state"]["epoch"] == 1
+    with pytest.raises(CheckpointError, match="best.safetensors holds the model of epoch 2"):
+        fit(task, config, out, resume=True, progress=False)
+    # resumed as interrupted, the epoch is trained again and the files agree
+    assert fit(task, config.replace(epochs=2), out, resume=True, progress=False).best_epoch == 2
+
+
+def test_a_run_finished_while_a_second_writer_waited_for_the_lock_is_kept(tmp_path, monkeypatch):
+    """The folder was checked before its lock was taken: a run that finished in between (its
+    first epoch under way at the check, so the folder counted as never checkpointed) had its
+    results.json and checkpoints deleted by the second writer, which then trained over it."""
+    import contextlib
+
+    import interfuse.train.runner as runner
+    from interfuse.run import RunFolderError
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    finished = tmp_path / "finished"
+    fit(task, config, finished, progress=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_bytes((finished / "config.json").read_bytes())
+    lock = runner.lock_run_folder
+
+    @contextlib.contextmanager
+    def first_run_finishes_meanwhile(folder):
+        for name in ("results.json", "last.safetensors", "best.safetensors"):
+            (out / name).write_bytes((finished / name).read_bytes())
+        with lock(folder):
+            yield
+
+    monkeypatch.setattr(runner, "lock_run_folder", first_run_finishes_meanwhile)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        fit(task, config, out, progress=False)
+    assert (out / "results.json").read_bytes() == (finished / "results.json").read_bytes()
+    assert (out / "last.safetensors").exists() and (out / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda state: state.update(bogus=1),
+        lambda state: state.update(epoch="3"),
+        lambda state: state.update(history=[1, 2]),
+        lambda state: state.pop("epoch"),
+    ],
+    ids=["unknown-entry", "epoch-text", "history-numbers", "no-epoch"],
+)
+def test_a_checkpoint_with_a_malformed_training_state_is_refused_on_resume(tmp_path, edit):
+    """A last.safetensors whose training state was edited and its SHA-256 recomputed (it is a
+    checksum, not a signature) failed on resume with TypeError deep in training: exit 70,
+    "a bug", or trained from a wrong epoch."""
+    from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    fit(task, config, tmp_path, progress=False)
+    last = tmp_path / "last.safetensors"
+    model, header, optimizer = load_checkpoint(last)
+    extra = header.pop("tensors")
+    edit(header["state"])
+    save_checkpoint(last, model, header, optimizer, extra=extra)
+    with pytest.raises(CheckpointError, match="last.safetensors: malformed training state"):
+        fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
+
+
+def test_an_optimiser_state_of_other_shapes_is_refused_on_resume(tmp_path):
+    """An optimiser moment of another shape than its parameter (header edited, checksum
+    recomputed) was loaded as it was: it broadcast into the update, and the resumed run
+    stopped as "diverged" blaming the learning rate."""
+    import torch
+
+    from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    task = _tiny_task()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    fit(task, config, tmp_path, progress=False)
+    last = tmp_path / "last.safetensors"
+    model, header, optimizer = load_checkpoint(last)
+    extra = header.pop("tensors")
+    moments = next(v for v in optimizer["state"].values() if v["exp_avg"].dim() > 0)
+    moments["exp_avg"] = torch.zeros(3)
+    save_checkpoint(last, model, header, optimizer, extra=extra)
+    with pytest.raises(CheckpointError, match="last.safetensors: the optimiser state"):
+        fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
 
 
 def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
@@ -474,6 +650,26 @@ def test_training_into_a_folder_of_the_users_never_replaces_its_files(tmp_path):
         ).epochs_run
         == 1
     )
+
+
+def test_a_best_safetensors_that_no_run_wrote_is_never_deleted(tmp_path):
+    """A folder holding the user's own best.safetensors (another tool's weights) counted as a
+    run killed before its first checkpoint: training deleted the file and started."""
+    import torch
+    from safetensors.torch import save_file
+
+    from interfuse.run import RunFolderError
+
+    out = tmp_path / "models"
+    out.mkdir()
+    save_file({"w": torch.ones(3)}, out / "best.safetensors")
+    mine = (out / "best.safetensors").read_bytes()
+    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
+    with pytest.raises(RunFolderError, match=r"best\.safetensors, not written by an interfuse"):
+        fit(_tiny_task(), config, out, progress=False)
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        fit(_tiny_task(), config, out, resume=True, progress=False)
+    assert (out / "best.safetensors").read_bytes() == mine
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):

@@ -253,6 +253,25 @@ def test_sizes_are_checked_before_allocating(offset_run, tmp_path, monkeypatch):
     assert built == ["meta"]  # only the memory-free skeleton was built
 
 
+def test_scaler_statistics_of_another_shape_are_refused_before_predicting(offset_run, tmp_path):
+    """Statistics of shape (K, 1, F) in a crafted checkpoint (hash recomputed) broadcast
+    against (N, F) inputs to a (K, N, F) array: a 0.5 MB file made predict allocate
+    K·N·F values, far more than the file holds."""
+    from interfuse import checkpoint as ckpt
+
+    _, _, _, _, out = offset_run
+    copy = tmp_path / "crafted"
+    shutil.copytree(out, copy)
+    state, header, _ = ckpt.load_checkpoint(copy / "best.safetensors")
+    tensors = header.pop("tensors")
+    prep = tensors["prep"]
+    for name in ("tab.mean", "tab.std"):
+        prep[name] = prep[name].reshape(1, 1, -1).repeat(5000, 1, 1)
+    ckpt.save_checkpoint(copy / "best.safetensors", state, header, extra=tensors)
+    with pytest.raises(CheckpointError, match="best.safetensors.*'tab'.*shape"):
+        load_run(copy)
+
+
 def test_an_old_checkpoint_format_says_so(offset_run, tmp_path):
     _, _, _, _, out = offset_run
     copy = tmp_path / "old"
@@ -378,6 +397,19 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
     with lock_run_folder(tmp_path), pytest.raises(RunFolderError, match=f"PID {os.getpid()}"):
         with lock_run_folder(tmp_path):
             pass
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path):
+    """A run folder copied with a .lock symlink (to any file of the user's): taking the lock
+    truncated the link's target and wrote a PID into it."""
+    precious = tmp_path / "notes.txt"
+    precious.write_text("my notes\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(precious)
+    with pytest.raises(RunFolderError, match="lock file"), lock_run_folder(out):
+        pass
+    assert precious.read_text() == "my notes\n"
 
 
 # -- defaults live in the library ------------------------------------------------------------

@@ -87,6 +87,8 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, 
             raise TypeError
     except (KeyError, json.JSONDecodeError, TypeError):
         raise CheckpointError(f"checkpoint {path} has no interfuse header; is it ours?") from None
+    except RecursionError:  # brackets nested beyond the stack: no header of ours
+        raise CheckpointError(f"checkpoint {path} is corrupt (its header nests too deep)") from None
     if header.get("format") in OLD_FORMATS:
         raise CheckpointError(
             f"checkpoint {path} was made by an older version of interfuse (format "

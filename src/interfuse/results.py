@@ -525,7 +525,7 @@ class RunResult:
     def from_json(cls, text: str, source: str = "results.json") -> RunResult:
         try:
             values = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:  # nested beyond the stack
             raise SchemaError(f"{source}: invalid JSON ({error})") from None
         return cls.from_dict(values, source)
 

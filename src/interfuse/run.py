@@ -88,10 +88,11 @@ def lock_run_folder(folder: Path) -> Iterator[None]:
     however it ends), holding the writer's PID for the message.
     """
     path = folder / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a symbolic link: the lock file is truncated and written
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
-        raise RunFolderError(f"cannot create the lock file {path}: {error.strerror}") from None
+        why = "it is a symbolic link; remove it" if error.errno == errno.ELOOP else error.strerror
+        raise RunFolderError(f"cannot create the lock file {path}: {why}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,7 +179,7 @@ def explanations_outdated(folder: Path) -> bool:
     try:
         recorded = PosthocResult.from_dict(json.loads(path.read_text(encoding="utf-8"))).run
         digest, checkpoint = recorded.get("model_sha256"), recorded.get("checkpoint")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False  # unreadable: interfuse explain writes it anew
     if not digest or not checkpoint:
         return False

@@ -96,6 +96,10 @@ def test_results_round_trip_and_schema(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_result(tmp_path / "bad.json")
+    # brackets nested beyond the parser's stack: RecursionError, an internal error (exit 70)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="deep.json: not valid JSON"):
+        load_result(tmp_path / "deep.json")
 
 
 def test_colearn_metrics_keep_every_label_fraction():

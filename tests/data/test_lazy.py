@@ -144,6 +144,14 @@ def test_manifest_is_validated_strictly(folder: Path, tmp_path: Path, change, me
         load_lazy(copy)
 
 
+def test_a_manifest_nested_beyond_the_parser_is_named(folder: Path, tmp_path: Path) -> None:
+    """Deeply nested brackets raised RecursionError: exit 70, "a bug", not the file named."""
+    copy = _copy(folder, tmp_path)
+    (copy / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="manifest.json.*not valid JSON"):
+        load_lazy(copy)
+
+
 def test_pickled_or_missing_arrays_are_refused_by_name(folder: Path, tmp_path: Path) -> None:
     copy = _copy(folder, tmp_path)
     np.save(copy / "val" / "b.npy", np.empty((3, 7, 3), dtype=object), allow_pickle=True)

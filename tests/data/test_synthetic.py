@@ -259,6 +259,14 @@ def saved(tmp_path):
     return path
 
 
+def test_a_truth_file_nested_beyond_the_parser_is_named(saved):
+    """Deeply nested brackets raised RecursionError: exit 70, "a bug", not the file named."""
+    truth = saved.with_name("d.truth.json")
+    truth.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="d.truth.json: malformed ground-truth file"):
+        load_synthetic(saved)
+
+
 def rewrite_line(path, index, edit):
     lines = path.read_text().splitlines()
     lines[index] = edit(lines[index])

@@ -74,6 +74,56 @@ def test_the_report_says_when_explanations_are_of_an_earlier_model(runs, tmp_pat
     assert note not in (out / "report.md").read_text()
 
 
+def test_a_checkpoint_replaced_while_explaining_is_not_recorded_as_explained(
+    runs, tmp_path, monkeypatch
+):
+    """The run was resumed (its best.safetensors replaced) while ``interfuse explain`` worked:
+    explain.json recorded the digest of the new checkpoint, read after explaining the old
+    model, so the report presented the old model's explanations as the current ones."""
+    import interfuse.cli.explain as cli_explain
+
+    out = tmp_path / "run"
+    shutil.copytree(runs / "intense", out)
+    load = cli_explain.load_run
+
+    def resumed_meanwhile(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        (out / "best.safetensors").write_bytes((out / "last.safetensors").read_bytes())
+        return loaded
+
+    monkeypatch.setattr(cli_explain, "load_run", resumed_meanwhile)
+    assert run("explain", out, "--emap-samples", "0", "--quiet").exit_code == 0
+    assert "explains an earlier model of this run" in (out / "report.md").read_text()
+
+
+def test_explanations_stopped_half_written_never_read_as_current(runs, tmp_path, monkeypatch):
+    """Explaining a resumed run stopped after explain.json but before explain.md (killed, disk
+    full): explain.json recorded the new model, so the report linked the previous model's
+    explain.md as current. explain.md is written first, explain.json (the record) last."""
+    import errno
+
+    import interfuse.cli.explain as cli_explain
+    from interfuse.run import explanations_outdated
+
+    out = tmp_path / "run"
+    shutil.copytree(runs / "intense", out)
+    assert run("explain", out, "--emap-samples", "0", "--quiet").exit_code == 0
+    (out / "best.safetensors").write_bytes((out / "last.safetensors").read_bytes())  # resumed
+    assert explanations_outdated(out)
+    write = cli_explain.atomic_write_text
+    calls = []
+
+    def disk_full_at_the_second_file(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(path, text)
+
+    monkeypatch.setattr(cli_explain, "atomic_write_text", disk_full_at_the_second_file)
+    assert run("explain", out, "--emap-samples", "0", "--quiet").exit_code == 3
+    assert explanations_outdated(out)
+
+
 def test_explain_rebuilds_the_training_data_exactly(runs):
     run_ = load_run(runs / "intense")
     task = run_.load_data()

@@ -17,7 +17,15 @@ from ..report import (
     render_report,
 )
 from ..report.run import EXPLAIN_REPORT as EXPLAIN_MD
-from ..run import BEST, EXPLAIN_JSON, explained_model, load_run, read_history
+from ..run import (
+    BEST,
+    EXPLAIN_JSON,
+    explained_model,
+    explanations_outdated,
+    load_run,
+    read_history,
+    read_results,
+)
 from .app import main, user_errors
 
 
@@ -94,7 +102,11 @@ def explain(
 
     Example: interfuse explain runs/xor
     """
-    run = load_run(run_dir, checkpoint)
+    # the digest of the checkpoint is read before its model: a run resumed meanwhile (another
+    # checkpoint once explaining ends) then reads as explained by an earlier model, not the new
+    file = run_dir / checkpoint
+    explained = explained_model(run_dir, checkpoint) if file.is_file() else None
+    run = load_run(run_dir, checkpoint)  # names what is wrong with the folder or checkpoint
     if run.result is None:
         raise FileNotFoundError(
             f"{run_dir / 'results.json'} not found: is {run_dir} a finished run?"
@@ -115,10 +127,15 @@ def explain(
         progress=not quiet,
         log=click.echo,
     )
-    explanation = replace(explanation, run=explained_model(run_dir, checkpoint))
-    atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
+    explanation = replace(explanation, run=explained or explained_model(run_dir, checkpoint))
+    # explain.json, which records the model explained, last: stopped between the two files, the
+    # previous explain.json reads as of another model rather than a stale explain.md as current
     atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, run.result.dataset))
-    render_report(run.result, run_dir, read_history(run_dir))  # adds the link to explain.md
+    atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
+    # adds the link to explain.md, from the run's files now (it may have been resumed meanwhile)
+    render_report(
+        read_results(run_dir), run_dir, read_history(run_dir), explanations_outdated(run_dir)
+    )
     click.echo("")
     if explanation.absent:
         click.echo(absent_warning(explanation))

@@ -20,7 +20,7 @@ from ..metrics import format_metrics
 from ..ranks import interaction_share
 from ..report import mean_std_text, render_comparison, render_report, render_seed_summary
 from ..results import RunResult, summarize_seeds
-from ..run import RUN_YAML, explanations_outdated, read_history
+from ..run import LAST, RUN_YAML, explanations_outdated, read_history
 from ..train import NotConverged, TrainConfig, fit, is_global_zero
 from .app import float_list, main, print_run, user_errors
 from .options import config_from_options, config_options, given_options
@@ -440,6 +440,9 @@ def train(
     if seeds is None:
         _train_one(info, data_options, config, out, quiet, resume, overwrite, runtime)
         return
+    # --resume continues the seeds a killed run had checkpointed and trains the others (when
+    # it had started none, the first seed refuses: nothing to resume)
+    started = any((out / f"seed-{s}").is_dir() for s in seeds)
     results = {}
     for seed in seeds:
         click.echo(f"\n--- seed {seed} ---")
@@ -449,7 +452,7 @@ def train(
             config.replace(seed=seed),
             out / f"seed-{seed}",
             quiet,
-            resume,
+            resume and ((out / f"seed-{seed}" / LAST).exists() or not started),
             overwrite,
             runtime,
         )

@@ -264,7 +264,7 @@ def load_result(path: str | os.PathLike[str]) -> _Result:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     task = data.get("task") if isinstance(data, dict) else None
     if not isinstance(task, str) or task not in RESULT_TYPES:

@@ -265,7 +265,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         )
     try:
         values = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise _fail(path, f"not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise _fail(path, "the manifest must be a JSON object")

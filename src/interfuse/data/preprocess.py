@@ -18,6 +18,7 @@ The state is numbers and strings only (:meth:`state` / :meth:`from_state`), save
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -286,13 +287,21 @@ class Preprocessor:
                 )
                 for m in meta["standardized"]
             }
+            shapes = {m: tuple(int(d) for d in s) for m, s in meta["sample_shapes"].items()}
+            for m, scaler in scalers.items():  # one value per feature: nothing to broadcast
+                shape = shapes[m]
+                known = len(shape) == 2 if scaler.sequence else -1 not in shape
+                width = shape[-1:] if scaler.sequence else (math.prod(shape),)
+                if not known or not scaler.mean.shape == scaler.std.shape == width:
+                    raise ValueError(
+                        f"the statistics of modality {m!r} have shape {scaler.mean.shape} and "
+                        f"{scaler.std.shape}, expected {width} for samples of shape {shapes[m]}"
+                    )
             classes = meta["classes"]
             return cls(
                 task=str(meta["task"]),
                 modalities=tuple(meta["modalities"]),
-                sample_shapes={
-                    m: tuple(int(d) for d in s) for m, s in meta["sample_shapes"].items()
-                },
+                sample_shapes=shapes,
                 scalers=scalers,
                 classes=None if classes is None else tuple(str(c) for c in classes),
             )

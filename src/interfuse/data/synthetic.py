@@ -448,7 +448,7 @@ def load_synthetic(path: str | os.PathLike[str]) -> SyntheticData:
         m0, m1 = meta["motifs"]
         params = dict(meta["params"])
         length = int(params["length"])
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise ValueError(f"{truth}: malformed ground-truth file ({err!r})") from err
 
     header, _, body = path.read_bytes().partition(b"\n")

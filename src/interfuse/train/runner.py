@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..budget import (
@@ -119,14 +120,26 @@ def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Pa
 def _never_checkpointed(out: Path) -> bool:
     """A run was started in ``out`` but its first checkpoint never completed."""
     incomplete = not (out / LAST).exists() and not (out / RESULTS).exists()
-    return incomplete and (_run_config(out) or (out / BEST).exists())
+    return incomplete and (_run_config(out) or _run_best(out))
+
+
+def _run_best(out: Path) -> bool:
+    """Whether ``out/best.safetensors`` may be a run's: not a readable safetensors file without
+    an interfuse header (the user's weights of another tool)."""
+    if not (out / BEST).exists():
+        return False
+    try:
+        with safe_open(str(out / BEST), framework="pt") as f:
+            return "interfuse" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return True  # unreadable: no one's weights, a run's part
 
 
 def _run_config(out: Path) -> bool:
     """Whether ``out/config.json`` was written by a run (not a file of the user's)."""
     try:
         header = json.loads((out / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(header, dict) and {"config", "data", "task"} <= header.keys()
 
@@ -134,9 +147,9 @@ def _run_config(out: Path) -> bool:
 def _foreign_files(out: Path) -> list[str]:
     """The files a run writes that ``out`` holds although no run was started there (the
     user's own ``config.json``, ``report.md``, … that training would replace)."""
-    if any((out / f).exists() for f in RESULT_FILES) or _run_config(out):
+    if (out / LAST).exists() or (out / RESULTS).exists() or _run_config(out) or _run_best(out):
         return []
-    return [f for f in RUN_FILES if (out / f).exists()]
+    return [f for f in (*RUN_FILES, BEST) if (out / f).exists()]
 
 
 def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
@@ -147,14 +160,14 @@ def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
     if resume:
         if not (out / LAST).exists():
             return f"nothing to resume: {out / LAST} does not exist"
-    elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
-        return (
-            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
     elif not overwrite and (foreign := _foreign_files(out)):
         return (
             f"{out} holds {', '.join(foreign)}, not written by an interfuse run, "
             f"which training would replace; choose a new or empty --out, or pass --overwrite"
+        )
+    elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
+        return (
+            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
     return None
 
@@ -209,9 +222,29 @@ class TrainingState:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingState:
+        """``ValueError`` naming the entry for an unknown, missing or mistyped one (a header
+        edited and its checksum recomputed)."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"expected a mapping, got {type(values).__name__}")
         values = dict(values)
         # checkpoints written before restarts kept their own patience: the bar was the best loss
         values.setdefault("attempt_best", values.get("best_loss", float("inf")))
+        defaults = asdict(cls())
+        unknown = sorted(set(values) - set(defaults))
+        missing = [k for k in ("epoch", "best_loss", "best_epoch") if k not in values]
+        if unknown or missing:
+            raise ValueError(f"unknown entries {unknown}, missing entries {missing}")
+        for key, value in values.items():
+            default = defaults[key]
+            if isinstance(default, bool):
+                valid = isinstance(value, bool)
+            elif isinstance(default, list):
+                valid = isinstance(value, list) and all(isinstance(r, dict) for r in value)
+            else:  # a count (int) or a loss or time (float; an integral one may be an int)
+                number = type(default) if isinstance(default, int) else (int, float)
+                valid = isinstance(value, number) and not isinstance(value, bool)
+            if not valid:
+                raise ValueError(f"{key} {value!r} is not a {type(default).__name__}")
         return cls(**values)
 
 
@@ -242,6 +275,7 @@ class RunRecorder(pl.Callback):
         # a process group; ours only records the signal, and the ranks agree at step boundaries.
         install_handlers(self.interrupted)
         if self.run.optimizer_state is not None:
+            _check_optimizer_state(trainer.optimizers[0], self.run.optimizer_state, self.run)
             trainer.optimizers[0].load_state_dict(self.run.optimizer_state)
             self.run.optimizer_state = None
 
@@ -372,6 +406,25 @@ class RunRecorder(pl.Callback):
         run.write_history()
 
 
+def _check_optimizer_state(
+    optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], run: _Run
+) -> None:
+    """Every saved moment has its parameter's shape (torch loads any: a checkpoint edited with
+    its checksum recomputed would broadcast into the updates)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved.get("state", {}).items():
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue  # the step count
+            if not 0 <= index < len(params) or value.shape != params[index].shape:
+                expected = tuple(params[index].shape) if 0 <= index < len(params) else None
+                raise CheckpointError(
+                    f"{run.out / LAST}: the optimiser state {name!r} of parameter {index} has "
+                    f"shape {tuple(value.shape)}, its parameter {expected}; the file was edited "
+                    f"or is corrupt"
+                )
+
+
 def _epoch_line(
     epoch: int, epochs: int, row: Mapping[str, float], best: bool, started: float
 ) -> str:
@@ -420,7 +473,10 @@ class _Run:
             self._check_resumable(header)
             self.model = build_model(spec, encoders=encoders)
             self.model.load_state_dict(model_state)
-            self.state = TrainingState.from_dict(header["state"])
+            try:
+                self.state = TrainingState.from_dict(header.get("state"))
+            except ValueError as error:
+                raise CheckpointError(f"{out / LAST}: malformed training state ({error})") from None
         else:
             self.model = build_model(spec, seed=config.seed, encoders=encoders)
         # the encoders' dropout rates as built (a restart switches them off, a fine-tune back on)
@@ -428,7 +484,7 @@ class _Run:
         if isinstance(self.model, MultimodalModel):
             self.model.compile_fusion = config.compile
         set_sync_stats(self.model, config.sync_stats)
-        if isinstance(self.model, MultimodalModel) and writer:
+        if writer:  # every model's run: a run killed before its first checkpoint starts afresh
             atomic_write_text(out / CONFIG, json.dumps(self.header(), indent=2, default=str) + "\n")
 
     def _check_resumable(self, header: Mapping[str, Any]) -> None:
@@ -643,6 +699,9 @@ def fit(
             raise RunFolderError(refusal)
     lock = lock_run_folder(out) if writer else contextlib.nullcontext()
     with lock, _quiet_lightning(not verbose), _threads(threads):
+        # checked again under the lock: a run that held it may have finished since the check
+        if writer and (refusal := _refusal(out, resume, overwrite)) is not None:
+            raise RunFolderError(refusal)
         if writer:
             removed = remove_stale_temporaries(out)
             if removed:
@@ -810,7 +869,7 @@ def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
             return "without dropout"
         decision = False
         if trainer.is_global_zero and (run.out / BEST).exists():
-            best_state, _, _ = load_checkpoint(run.out / BEST)
+            best_state = _load_best(run)
             run.model.load_state_dict(best_state)
             verdict = learnt_verdict(
                 run.model, run.data, seed=config.seed, weight=_loss_weight(run)
@@ -852,7 +911,7 @@ def _restart(run: _Run, trainer: pl.Trainer, reason: str) -> None:
         state.finetuning = True
         # rank 0 reads the file (other nodes may not see it) and sends the weights as an object:
         # between attempts Lightning has moved the model back to the CPU, which NCCL cannot send
-        best_state = load_checkpoint(run.out / BEST)[0] if trainer.is_global_zero else None
+        best_state = _load_best(run) if trainer.is_global_zero else None
         run.model.load_state_dict(trainer.strategy.broadcast(best_state, src=0))
         message = (
             f"fine-tune: validation selected the model of epoch {state.best_epoch}, trained "
@@ -1068,9 +1127,27 @@ def _set_dropout(model: nn.Module, rates: list[float]) -> None:
         layer.p = rate
 
 
+def _load_best(run: _Run) -> dict[str, torch.Tensor]:
+    """The weights in ``best.safetensors``, which must be of the epoch the run selected: a run
+    stopped between writing ``best`` and ``last`` of an epoch, then resumed without training
+    that epoch again, would report one model's epoch with another model's metrics."""
+    path = run.out / BEST
+    state, header, _ = load_checkpoint(path)
+    saved = (header.get("state") or {}).get("best_epoch", run.state.best_epoch)
+    if saved != run.state.best_epoch:
+        raise CheckpointError(
+            f"{path} holds the model of epoch {saved}, but {run.out / LAST} (epoch "
+            f"{run.state.epoch}) selected epoch {run.state.best_epoch}: the run was stopped "
+            f"between writing the two and resumed with settings that did not train epoch "
+            f"{saved} again; resume with the settings it was interrupted with, or retrain it "
+            f"(--overwrite)"
+        )
+    return state
+
+
 def finish(run: _Run) -> RunResult:
     """Reload the best model, evaluate it on every split, write results.json and history.csv."""
-    best_state, _, _ = load_checkpoint(run.out / BEST)
+    best_state = _load_best(run)
     run.model.load_state_dict(best_state)
     data = run.data
     result = RunResult(
