@@ -182,6 +182,11 @@ class Preprocessor:
                 )
             if len(x) == 0:
                 raise ValueError(f"{prefix}modality {m!r} has 0 samples")
+            if 0 in x.shape[1:]:  # a variable sequence length of 0 passes the shape check
+                raise ValueError(
+                    f"{prefix}modality {m!r} has no features: samples of shape {x.shape[1:]} "
+                    f"(every axis after the first needs a size >= 1)"
+                )
             x = x.astype(np.float64, copy=False)
             _check_values(m, x, prefix)
             if m in self.scalers:
