@@ -109,7 +109,9 @@ class Preprocessor:
 
     ``sample_shapes``: per-sample shape of each modality (``-1`` for a variable sequence
     length); ``scalers``: per modality, empty when the task is not standardised; ``classes``:
-    raw label values (as strings) of class indices ``0 .. C-1``, ``None`` for regression.
+    raw label values (as strings) of class indices ``0 .. C-1``, ``None`` for regression;
+    ``nonfinite_zero``: modalities whose NaN and infinite values become 0 before anything else
+    (the affect loaders' conversion of the MultiBench files).
     """
 
     task: str
@@ -117,6 +119,7 @@ class Preprocessor:
     sample_shapes: Mapping[str, tuple[int, ...]]
     scalers: Mapping[str, Scaler] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None
+    nonfinite_zero: tuple[str, ...] = ()
 
     @classmethod
     def fit(
@@ -188,6 +191,8 @@ class Preprocessor:
                     f"(every axis after the first needs a size >= 1)"
                 )
             x = x.astype(np.float64, copy=False)
+            if m in self.nonfinite_zero:
+                x = np.where(np.isfinite(x), x, 0.0)
             _check_values(m, x, prefix)
             if m in self.scalers:
                 with np.errstate(over="ignore", invalid="ignore"):
@@ -275,6 +280,7 @@ class Preprocessor:
             "standardized": sorted(self.scalers),
             "sequence": sorted(m for m, s in self.scalers.items() if s.sequence),
             "classes": None if self.classes is None else list(self.classes),
+            "nonfinite_zero": list(self.nonfinite_zero),
         }
         return tensors, meta
 
@@ -300,6 +306,7 @@ class Preprocessor:
                 },
                 scalers=scalers,
                 classes=None if classes is None else tuple(str(c) for c in classes),
+                nonfinite_zero=tuple(meta.get("nonfinite_zero", ())),  # absent before it existed
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"malformed preprocessing state ({error!r})") from None
