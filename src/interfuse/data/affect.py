@@ -163,8 +163,12 @@ def load_affect(
     )
     if spec.class_names is not None:
         task.class_names = list(spec.class_names)
-    # saved with the run, so that predict converts new raw rows of these files the same way
-    task.preprocessor = replace(task.fitted_preprocessor(), nonfinite_zero=MODALITIES)
+    # saved with the run, so that predict converts new raw rows and labels the same way
+    task.preprocessor = replace(
+        task.fitted_preprocessor(),
+        nonfinite_zero=MODALITIES,
+        labels_above_zero=spec.task == "classification",
+    )
     return task
 
 

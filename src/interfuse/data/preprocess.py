@@ -111,7 +111,8 @@ class Preprocessor:
     length); ``scalers``: per modality, empty when the task is not standardised; ``classes``:
     raw label values (as strings) of class indices ``0 .. C-1``, ``None`` for regression;
     ``nonfinite_zero``: modalities whose NaN and infinite values become 0 before anything else
-    (the affect loaders' conversion of the MultiBench files).
+    (the affect loaders' conversion of the MultiBench files); ``labels_above_zero``: raw
+    numeric labels are class 1 when > 0, else class 0 (the affect loaders' binarisation).
     """
 
     task: str
@@ -120,6 +121,7 @@ class Preprocessor:
     scalers: Mapping[str, Scaler] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None
     nonfinite_zero: tuple[str, ...] = ()
+    labels_above_zero: bool = False
 
     @classmethod
     def fit(
@@ -220,6 +222,12 @@ class Preprocessor:
                     f"got shape {values.shape}"
                 )
             values = values.reshape(len(values)) if values.ndim else values.reshape(1)
+            if self.labels_above_zero and values.dtype.kind in "biuf":
+                if not np.isfinite(values.astype(np.float64)).all():
+                    raise ValueError(
+                        f"{source + ': ' if source else ''}labels contain NaN or infinite values"
+                    )
+                values = (values > 0).astype(np.int64)
         if self.classes is None:
             if values.dtype.kind not in "biuf":
                 raise ValueError(
@@ -281,6 +289,7 @@ class Preprocessor:
             "sequence": sorted(m for m, s in self.scalers.items() if s.sequence),
             "classes": None if self.classes is None else list(self.classes),
             "nonfinite_zero": list(self.nonfinite_zero),
+            "labels_above_zero": self.labels_above_zero,
         }
         return tensors, meta
 
@@ -306,7 +315,9 @@ class Preprocessor:
                 },
                 scalers=scalers,
                 classes=None if classes is None else tuple(str(c) for c in classes),
-                nonfinite_zero=tuple(meta.get("nonfinite_zero", ())),  # absent before it existed
+                # both absent in runs saved before they were recorded
+                nonfinite_zero=tuple(meta.get("nonfinite_zero", ())),
+                labels_above_zero=bool(meta.get("labels_above_zero", False)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"malformed preprocessing state ({error!r})") from None
