@@ -250,6 +250,18 @@ def test_bad_evaluation_labels_are_named_not_nan_metrics(small_run, tmp_path):
     assert regression.encode_labels(np.array([[0.5], [1.0]])).tolist() == [0.5, 1.0]
 
 
+def test_sequences_without_time_steps_are_named_not_an_argmax_error():
+    """New sequences (N, 0, d) passed the shape check of a variable length and failed with
+    'attempt to get argmax of an empty sequence', naming neither the file nor the modality."""
+    rng = np.random.default_rng(0)
+    train = {"seq": rng.normal(size=(10, 5, 3)), "tab": rng.normal(size=(10, 2))}
+    new = {"seq": np.zeros((4, 0, 3)), "tab": rng.normal(size=(4, 2))}
+    for standardize in (True, False):
+        prep = Preprocessor.fit("regression", train, standardize=standardize)
+        with pytest.raises(ValueError, match=r"new.npz: modality 'seq' has no features.*\(0, 3\)"):
+            prep.transform(new, "new.npz")
+
+
 def test_unexpected_stored_load_option_is_named(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"

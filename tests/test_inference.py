@@ -70,6 +70,19 @@ def test_bad_masks_are_refused_not_ignored():
     assert predict(model, only_a, masks={"b": False}).missing_counts() == {"b": 4}
 
 
+def test_integer_masks_other_than_0_and_1_are_refused():
+    """An integer mask was read as bools: 2 (or -1) counted as present, 0 as missing, so a mask
+    of, say, sample indices marked sample 0 missing and every other present, silently."""
+    model = trained_model()
+    x = {"a": np.zeros((4, 3)), "b": np.zeros((4, 3))}
+    for bad in (np.arange(4), np.array([1, 0, -1, 1]), torch.tensor([0, 1, 2, 1])):
+        with pytest.raises(ValueError, match=r"mask of modality 'b' must hold bools or 0/1"):
+            predict(model, x, masks={"b": bad})
+    assert predict(model, x, masks={"b": np.array([1, 0, 0, 1], np.uint8)}).missing_counts() == {
+        "b": 2
+    }
+
+
 def test_cli_predict_writes_csv(tmp_path):
     out = tmp_path / "run"
     runner = CliRunner()

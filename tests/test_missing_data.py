@@ -94,6 +94,16 @@ def test_a_missing_sample_leaves_the_values_of_the_others_exact(dtype):
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+def test_integer_masks_in_data_other_than_0_and_1_are_refused():
+    """A '<m>__mask' of integers other than 0/1 was read as bools (2 or -1: present), silently;
+    predict refuses such masks, so the same file trained and then failed to predict."""
+    n = 40
+    x = np.arange(2 * n, dtype=float).reshape(n, 2)
+    y = np.arange(n) % 2
+    with pytest.raises(ValueError, match=r"mask of modality 't' must hold one 0/1 or bool"):
+        from_arrays({"t": x}, y, masks={"t": np.arange(n) % 3})
+
+
 def test_training_with_missing_data_matches_complete_data_with_dropout(runs):
     """The same split, judged on the same test samples (complete, then with the missing rows)."""
     root, full, missing, y = runs

@@ -143,10 +143,10 @@ def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
             f"mask of modality {name!r} must hold bools or 0/1 (True = present), got dtype "
             f"{array.dtype}"
         )
-    if array.dtype.kind != "b" and ((array != 0) & (array != 1)).any():
+    if array.dtype.kind != "b" and not np.isin(array, (0, 1)).all():
+        other = sorted(set(array[~np.isin(array, (0, 1))].tolist()))[:5]
         raise ValueError(
-            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got values "
-            f"{np.unique(array)[:5].tolist()}"
+            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got values {other}"
         )
     mask = torch.as_tensor(array)
     if mask.shape != (n,):

@@ -205,6 +205,46 @@ def test_a_run_predicts_raw_affect_features_as_training_saw_them(tmp_path, name)
     assert metrics["loss"] == pytest.approx(run.result.metrics["test"]["loss"], rel=1e-5)
 
 
+def test_a_run_predicts_raw_affect_rows_with_non_finite_values_as_training_saw_them(tmp_path):
+    """Training turns the files' NaN and -inf into 0, but the run did not record it: predict on
+    the data set's own raw test arrays failed ("modality 'audio': 1 values are infinite"), and a
+    sample entirely NaN was taken as missing where training had seen zeros."""
+    from interfuse import load_run
+    from interfuse.inference import model_outputs
+
+    data = affect_data("mosi", seed=1)
+    data["train"]["audio"][2, -1, 0] = -np.inf
+    data["test"]["audio"][3, -1, 1] = -np.inf
+    data["test"]["vision"][4, -1, :] = np.nan
+    data["test"]["text"][5] = np.nan
+    task = load_dataset("mosi", path=write_pickle(tmp_path / "mosi.pkl", data))
+    fit(task, TrainConfig(epochs=1, batch_size=8, rank=2, seed=0), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    raw = {m: data["test"][m] for m in ("vision", "audio", "text")}
+    prediction = run.predict(raw)
+    torch.testing.assert_close(prediction.outputs, model_outputs(run.model, task.test))
+    assert prediction.missing_counts() == {}
+
+
+def test_a_run_evaluates_raw_minus_one_one_labels_as_training_read_them(tmp_path):
+    """MUStARD/UR-FUNNY labels -1/1 train (class 1: label > 0), but the run did not record the
+    binarisation: evaluating on the data set's own raw labels failed with "labels ['-1'] were
+    never seen in training"."""
+    from interfuse import load_run
+
+    data = affect_data("mustard", seed=1)
+    for split in data.values():
+        split["labels"] = np.where(split["labels"] > 0, 1.0, -1.0)
+    task = load_dataset("mustard", path=write_pickle(tmp_path / "mustard.pkl", data))
+    fit(task, TrainConfig(epochs=1, batch_size=8, rank=2, seed=0), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    raw = {m: data["test"][m] for m in ("vision", "audio", "text")}
+    metrics = run.evaluate(raw, data["test"]["labels"])
+    assert metrics["loss"] == pytest.approx(run.result.metrics["test"]["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="labels contain NaN or infinite values"):
+        run.evaluate(raw, np.full(len(data["test"]["labels"]), np.nan))
+
+
 def test_convert_to_a_dataset_folder_keeps_sequences_and_padding(tmp_path):
     """interfuse convert FILE DIR --dataset mosi: the folder trains on what the pickle gives."""
     source = write_pickle(tmp_path / "mosi.pkl", affect_data("mosi"))

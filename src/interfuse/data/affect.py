@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +163,12 @@ def load_affect(
     )
     if spec.class_names is not None:
         task.class_names = list(spec.class_names)
+    # saved with the run, so that predict converts new raw rows and labels the same way
+    task.preprocessor = replace(
+        task.fitted_preprocessor(),
+        nonfinite_zero=MODALITIES,
+        labels_above_zero=spec.task == "classification",
+    )
     return task
 
 

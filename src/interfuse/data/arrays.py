@@ -288,10 +288,11 @@ def mark_missing(
                 f"{where}the mask of modality {modality!r} must hold one 0/1 or bool per sample "
                 f"({len(x)}), got shape {mask.shape} and dtype {mask.dtype}"
             )
-        if mask.dtype.kind != "b" and ((mask != 0) & (mask != 1)).any():
+        if mask.dtype.kind != "b" and not np.isin(mask, (0, 1)).all():
+            other = sorted(set(mask[~np.isin(mask, (0, 1))].tolist()))[:5]
             raise ValueError(
-                f"{where}the mask of modality {modality!r} must hold 0/1 or bools (True = "
-                f"present), got values {np.unique(mask)[:5].tolist()}"
+                f"{where}the mask of modality {modality!r} must hold one 0/1 or bool per sample, "
+                f"got values {other}"
             )
         present &= mask.astype(bool)
     if present.all():

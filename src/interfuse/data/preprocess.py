@@ -110,7 +110,10 @@ class Preprocessor:
 
     ``sample_shapes``: per-sample shape of each modality (``-1`` for a variable sequence
     length); ``scalers``: per modality, empty when the task is not standardised; ``classes``:
-    raw label values (as strings) of class indices ``0 .. C-1``, ``None`` for regression.
+    raw label values (as strings) of class indices ``0 .. C-1``, ``None`` for regression;
+    ``nonfinite_zero``: modalities whose NaN and infinite values become 0 before anything else
+    (the affect loaders' conversion of the MultiBench files); ``labels_above_zero``: raw
+    numeric labels are class 1 when > 0, else class 0 (the affect loaders' binarisation).
     """
 
     task: str
@@ -118,6 +121,8 @@ class Preprocessor:
     sample_shapes: Mapping[str, tuple[int, ...]]
     scalers: Mapping[str, Scaler] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None
+    nonfinite_zero: tuple[str, ...] = ()
+    labels_above_zero: bool = False
 
     @classmethod
     def fit(
@@ -183,7 +188,14 @@ class Preprocessor:
                 )
             if len(x) == 0:
                 raise ValueError(f"{prefix}modality {m!r} has 0 samples")
+            if 0 in x.shape[1:]:  # a variable sequence length of 0 passes the shape check
+                raise ValueError(
+                    f"{prefix}modality {m!r} has no features: samples of shape {x.shape[1:]} "
+                    f"(every axis after the first needs a size >= 1)"
+                )
             x = x.astype(np.float64, copy=False)
+            if m in self.nonfinite_zero:
+                x = np.where(np.isfinite(x), x, 0.0)
             _check_values(m, x, prefix)
             if m in self.scalers:
                 with np.errstate(over="ignore", invalid="ignore"):
@@ -211,6 +223,12 @@ class Preprocessor:
                     f"got shape {values.shape}"
                 )
             values = values.reshape(len(values)) if values.ndim else values.reshape(1)
+            if self.labels_above_zero and values.dtype.kind in "biuf":
+                if not np.isfinite(values.astype(np.float64)).all():
+                    raise ValueError(
+                        f"{source + ': ' if source else ''}labels contain NaN or infinite values"
+                    )
+                values = (values > 0).astype(np.int64)
         if self.classes is None:
             if values.dtype.kind not in "biuf":
                 raise ValueError(
@@ -271,6 +289,8 @@ class Preprocessor:
             "standardized": sorted(self.scalers),
             "sequence": sorted(m for m, s in self.scalers.items() if s.sequence),
             "classes": None if self.classes is None else list(self.classes),
+            "nonfinite_zero": list(self.nonfinite_zero),
+            "labels_above_zero": self.labels_above_zero,
         }
         return tensors, meta
 
@@ -304,6 +324,9 @@ class Preprocessor:
                 sample_shapes=shapes,
                 scalers=scalers,
                 classes=None if classes is None else tuple(str(c) for c in classes),
+                # both absent in runs saved before they were recorded
+                nonfinite_zero=tuple(meta.get("nonfinite_zero", ())),
+                labels_above_zero=bool(meta.get("labels_above_zero", False)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"malformed preprocessing state ({error!r})") from None
