@@ -262,6 +262,23 @@ def test_an_old_checkpoint_format_says_so(offset_run, tmp_path):
     assert done.exit_code == 1 and "older version of interfuse" in done.output
 
 
+def test_a_folder_of_interfuse_coordinated_is_named_not_called_old(tmp_path):
+    """`interfuse report` on a folder written by `interfuse coordinated colearn` said its
+    results.json "was made by an older version of interfuse"; explain and predict said only
+    that best.safetensors does not exist."""
+    out = tmp_path / "co"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"schema_version": 1, "task": "colearn"}))
+    np.savez(tmp_path / "x.npz", a=np.zeros((2, 3)))
+    for args in (("report", out), ("explain", out), ("predict", out, tmp_path / "x.npz")):
+        done = run_cli(*args)
+        assert done.exit_code == 1, done.output
+        assert "result of `interfuse coordinated colearn`, not of `interfuse train`" in (
+            done.output
+        ), args
+        assert "older version" not in done.output
+
+
 # -- resume ----------------------------------------------------------------------------------
 
 TINY = [

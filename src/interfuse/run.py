@@ -421,6 +421,8 @@ def load_run(
     if "/" in checkpoint or checkpoint in ("", ".", ".."):
         raise ValueError(f"--checkpoint names a file inside the run folder, got {checkpoint!r}")
     file = folder / checkpoint
+    if not file.is_file() and (folder / RESULTS).is_file():
+        read_results(folder)  # a folder of another command is named as such
     header, shapes = read_header(file)
     stored = sum(math.prod(shape) for shape in shapes.values())
     check_budget(
