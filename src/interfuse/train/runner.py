@@ -700,11 +700,11 @@ def _finish_everywhere(run: _Run, trainer: pl.Trainer) -> RunResult:
 
 @contextlib.contextmanager
 def _lightning_errors() -> Iterator[None]:
-    """Lightning's refusal of a device setting (no such accelerator, strategy or device count)
-    as one ``ValueError`` naming the options."""
+    """Lightning's refusal of a device setting (no such accelerator, strategy or device count,
+    or an accelerator whose package is not installed) as one ``ValueError`` naming the options."""
     try:
         yield
-    except (MisconfigurationException, RuntimeError, ValueError) as error:
+    except (MisconfigurationException, RuntimeError, ValueError, ImportError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"cannot train with these device settings (--device/accelerator, --devices, "
