@@ -311,7 +311,9 @@ def half_run(tmp_path):
         (["--n", "320"], "other data"),
         (["--lr", "0.01"], "lr 0.003 → 0.01"),
         (["--batch-size", "16"], "batch_size 32 → 16"),
-        (["--rank", "4"], "different model"),
+        # named what differs, not only "options differ" beside the (equal) modalities
+        (["--rank", "4"], "different model or data: options.rank 8 → 4 (checkpoint → now)"),
+        (["--interactions", "none"], "options.interactions ['m0*m1'] → []"),
     ],
 )
 def test_resume_refuses_other_data_or_settings(half_run, change, message):
