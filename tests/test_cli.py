@@ -113,6 +113,11 @@ def test_resume_of_a_corrupt_checkpoint_fails_cleanly(tiny_run):
         (["--probs", "0.9,abc"], "comma-separated numbers"),
         (["--p", "0.5"], "p must be >= 1"),
         (["--interactions", "m0*m9"], "unknown modality 'm9'"),
+        # a misspelt keyword was read as a term: "term 'pair' names unknown modality 'pair'"
+        (
+            ["--interactions", "pair"],
+            "unknown interaction specification 'pair'; use 'none', 'pairs'",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
