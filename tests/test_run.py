@@ -279,6 +279,21 @@ def test_a_folder_of_interfuse_coordinated_is_named_not_called_old(tmp_path):
         assert "older version" not in done.output
 
 
+def test_the_folder_of_train_seeds_names_its_seed_runs(offset_run, tmp_path):
+    """report, explain and predict on the parent folder of `interfuse train --seeds` said
+    "results.json not found: is DIR a finished run?" or "best.safetensors does not exist"."""
+    _, _, _, _, out = offset_run
+    shutil.copytree(out, tmp_path / "seeds" / "seed-0")
+    np.savez(tmp_path / "x.npz", tab=np.zeros((2, 6)))
+    parent = tmp_path / "seeds"
+    for args in (("report", parent), ("explain", parent), ("predict", parent, tmp_path / "x.npz")):
+        done = run_cli(*args)
+        assert done.exit_code == 1, done.output
+        assert f"holds one run per seed (seed-0), not a run; name one of them, e.g. {parent}" in (
+            " ".join(done.output.split())
+        ), args
+
+
 # -- resume ----------------------------------------------------------------------------------
 
 TINY = [
