@@ -179,6 +179,22 @@ def test_predict_reads_a_training_file_with_its_task_entry(offset_run, tmp_path)
     assert "metrics on DATA's labels" in done.output
 
 
+def test_predict_names_a_file_with_splits(offset_run, tmp_path):
+    """A training file with splits (train/tab, …) was refused with "unknown modalities
+    ['test/aux', 'test/labels', …]", every key of the file listed as a modality."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "splits.npz"
+    arrays = {f"{s}/{m}": x[:4] for s in ("train", "valid", "test") for m, x in inputs.items()}
+    np.savez(data, **arrays, **{f"{s}/labels": labels[:4] for s in ("train", "valid", "test")})
+    done = run_cli("predict", out, data, "--out", tmp_path / "p.csv")
+    assert done.exit_code == 1, done.output
+    expected = (
+        "splits.npz holds splits (test, train, valid); predict reads one array per modality, "
+        "named as in the run (tab, aux), without a split prefix"
+    )
+    assert expected in " ".join(done.output.split()), done.output
+
+
 # -- integrity ------------------------------------------------------------------------------
 
 
