@@ -205,7 +205,11 @@ def _train_one(
             options["task"] = data["task"]
         if data["drop_nan_labels"]:
             options["drop_nan_labels"] = True
-        task = load_dataset(info.name, **options)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. float labels like classes
+            warnings.simplefilter("always")
+            task = load_dataset(info.name, **options)
+        for warning in caught:  # one line each, not Python's file:line and source line
+            click.echo(f"warning: {warning.message}", err=True)
     result = _train_and_report(
         task, config, out, quiet, resume=resume, overwrite=overwrite, **runtime
     )
