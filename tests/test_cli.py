@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -113,6 +114,11 @@ def test_resume_of_a_corrupt_checkpoint_fails_cleanly(tiny_run):
         (["--probs", "0.9,abc"], "comma-separated numbers"),
         (["--p", "0.5"], "p must be >= 1"),
         (["--interactions", "m0*m9"], "unknown modality 'm9'"),
+        # a misspelt keyword was read as a term: "term 'pair' names unknown modality 'pair'"
+        (
+            ["--interactions", "pair"],
+            "unknown interaction specification 'pair'; use 'none', 'pairs'",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
@@ -122,6 +128,21 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     assert message in result.output, result.output
     assert "Traceback" not in result.output
     assert not out.exists()  # nothing written for bad input
+
+
+def test_a_data_warning_is_one_line(tmp_path):
+    """The warning about float labels that look like classes came as Python's
+    "…/arrays.py:658: UserWarning: …" followed by the source line "return from_arrays("."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 120).astype(float)
+    np.savez(tmp_path / "d.npz", a=rng.normal(size=(120, 3)), labels=labels)
+    result = run(
+        "train", "--dataset", "npz", "--data-path", str(tmp_path / "d.npz"), "--epochs", "1",
+        "--restarts", "0", "--quiet", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: float labels with only the values [0.0, 1.0] are treated as" in result.output
+    assert "UserWarning" not in result.output and "from_arrays(" not in result.output
 
 
 def test_unwritable_out(tmp_path):

@@ -69,6 +69,8 @@ def test_bad_config_files_are_one_line(tmp_path, content, message):
     config.write_text(content)
     done = run("train", "--config", config, "--out", tmp_path / "x")
     assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output
+    # the error is one line (a YAML syntax error spread over eight, with a caret drawing)
+    assert done.output.split("Error:", 1)[1].strip().count("\n") == 0, done.output
 
 
 def test_seeds_train_one_run_each_and_summarise(tmp_path):

@@ -947,3 +947,28 @@ def test_an_archive_named_npy_is_refused(tmp_path):
     (tmp_path / "labels.npz").rename(tmp_path / "labels.npy")
     with pytest.raises(ValueError, match=r"labels.npy: an .npz archive, not an .npy file"):
         read_arrays(tmp_path / "labels.npy")
+
+
+def test_an_object_array_is_named_as_such_not_as_truncated(tmp_path):
+    """An object array (numpy pickles it) was refused as "its header declares 2.3 KiB of data
+    but the file holds 757 B (truncated, or not a valid .npy)": the 8-byte pointers of its
+    header's dtype counted as its data."""
+    from interfuse.data.arrays import read_arrays
+
+    labels = np.array([{"x": 1}] * 300, dtype=object)
+    np.savez(tmp_path / "d.npz", a=np.zeros((300, 2)), labels=labels)
+    np.save(tmp_path / "labels.npy", labels, allow_pickle=True)
+    for name, where in (("d.npz", "d.npz, array 'labels'"), ("labels.npy", "labels.npy")):
+        with pytest.raises(ValueError, match=rf"{where}: an object array") as error:
+            read_arrays(tmp_path / name)
+        assert "truncated" not in str(error.value)
+    result = _invoke(
+        "train",
+        "--dataset",
+        "npz",
+        "--data-path",
+        str(tmp_path / "d.npz"),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    _one_line_error(result, 1, "array 'labels': an object array")

@@ -179,6 +179,22 @@ def test_predict_reads_a_training_file_with_its_task_entry(offset_run, tmp_path)
     assert "metrics on DATA's labels" in done.output
 
 
+def test_predict_names_a_file_with_splits(offset_run, tmp_path):
+    """A training file with splits (train/tab, …) was refused with "unknown modalities
+    ['test/aux', 'test/labels', …]", every key of the file listed as a modality."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "splits.npz"
+    arrays = {f"{s}/{m}": x[:4] for s in ("train", "valid", "test") for m, x in inputs.items()}
+    np.savez(data, **arrays, **{f"{s}/labels": labels[:4] for s in ("train", "valid", "test")})
+    done = run_cli("predict", out, data, "--out", tmp_path / "p.csv")
+    assert done.exit_code == 1, done.output
+    expected = (
+        "splits.npz holds splits (test, train, valid); predict reads one array per modality, "
+        "named as in the run (tab, aux), without a split prefix"
+    )
+    assert expected in " ".join(done.output.split()), done.output
+
+
 # -- integrity ------------------------------------------------------------------------------
 
 
@@ -281,6 +297,38 @@ def test_an_old_checkpoint_format_says_so(offset_run, tmp_path):
     assert done.exit_code == 1 and "older version of interfuse" in done.output
 
 
+def test_a_folder_of_interfuse_coordinated_is_named_not_called_old(tmp_path):
+    """`interfuse report` on a folder written by `interfuse coordinated colearn` said its
+    results.json "was made by an older version of interfuse"; explain and predict said only
+    that best.safetensors does not exist."""
+    out = tmp_path / "co"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"schema_version": 1, "task": "colearn"}))
+    np.savez(tmp_path / "x.npz", a=np.zeros((2, 3)))
+    for args in (("report", out), ("explain", out), ("predict", out, tmp_path / "x.npz")):
+        done = run_cli(*args)
+        assert done.exit_code == 1, done.output
+        assert "result of `interfuse coordinated colearn`, not of `interfuse train`" in (
+            done.output
+        ), args
+        assert "older version" not in done.output
+
+
+def test_the_folder_of_train_seeds_names_its_seed_runs(offset_run, tmp_path):
+    """report, explain and predict on the parent folder of `interfuse train --seeds` said
+    "results.json not found: is DIR a finished run?" or "best.safetensors does not exist"."""
+    _, _, _, _, out = offset_run
+    shutil.copytree(out, tmp_path / "seeds" / "seed-0")
+    np.savez(tmp_path / "x.npz", tab=np.zeros((2, 6)))
+    parent = tmp_path / "seeds"
+    for args in (("report", parent), ("explain", parent), ("predict", parent, tmp_path / "x.npz")):
+        done = run_cli(*args)
+        assert done.exit_code == 1, done.output
+        assert f"holds one run per seed (seed-0), not a run; name one of them, e.g. {parent}" in (
+            " ".join(done.output.split())
+        ), args
+
+
 # -- resume ----------------------------------------------------------------------------------
 
 TINY = [
@@ -313,7 +361,9 @@ def half_run(tmp_path):
         (["--n", "320"], "other data"),
         (["--lr", "0.01"], "lr 0.003 → 0.01"),
         (["--batch-size", "16"], "batch_size 32 → 16"),
-        (["--rank", "4"], "different model"),
+        # named what differs, not only "options differ" beside the (equal) modalities
+        (["--rank", "4"], "different model or data: options.rank 8 → 4 (checkpoint → now)"),
+        (["--interactions", "none"], "options.interactions ['m0*m1'] → []"),
     ],
 )
 def test_resume_refuses_other_data_or_settings(half_run, change, message):

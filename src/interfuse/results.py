@@ -469,6 +469,12 @@ class RunResult:
             raise SchemaError(f"{source}: expected a JSON object at the top level")
         schema = values.get("schema")
         if schema not in READABLE_SCHEMAS:
+            if schema is None and "schema_version" in values:  # interfuse.coordinated's results
+                raise SchemaError(
+                    f"{source} is the result of `interfuse coordinated "
+                    f"{values.get('task', '…')}`, not of `interfuse train`: it has no model, "
+                    f"and its report.md is already written"
+                )
             if schema is None:
                 raise SchemaError(
                     f"{source} was made by an older version of interfuse (no schema version; "

@@ -130,6 +130,16 @@ def save_run_checkpoint(
     )
 
 
+def _refuse_seed_parent(folder: Path) -> None:
+    """The folder of ``interfuse train --seeds`` holds one run per seed, not a run: say so."""
+    runs = sorted(p.name for p in folder.glob("seed-*") if (p / RESULTS).is_file())
+    if runs:
+        raise RunFolderError(
+            f"{folder} holds one run per seed ({', '.join(runs)}), not a "
+            f"run; name one of them, e.g. {folder / runs[0]}"
+        )
+
+
 def _check_run_folder(folder: Path) -> None:
     """A run folder must exist and be a folder (a file inside one is named as such)."""
     if folder.is_file():
@@ -144,6 +154,7 @@ def read_results(folder: Path) -> RunResult:
     file = folder / RESULTS
     _check_run_folder(folder)
     if not file.is_file():
+        _refuse_seed_parent(folder)
         raise FileNotFoundError(f"{file} not found: is {folder} a finished run?")
     try:
         text = file.read_text(encoding="utf-8")
@@ -422,6 +433,10 @@ def load_run(
     if "/" in checkpoint or checkpoint in ("", ".", ".."):
         raise ValueError(f"--checkpoint names a file inside the run folder, got {checkpoint!r}")
     file = folder / checkpoint
+    if not file.is_file():
+        _refuse_seed_parent(folder)
+        if (folder / RESULTS).is_file():
+            read_results(folder)  # a folder of another command is named as such
     header, shapes = read_header(file)
     stored = sum(math.prod(shape) for shape in shapes.values())
     check_budget(

@@ -214,6 +214,21 @@ def test_convert_and_train_from_the_command_line(npz: Path, tmp_path: Path) -> N
     assert results["data"]["split_sizes"]["train"] == len(load_lazy(dest).train)
 
 
+def test_convert_names_a_source_that_needs_no_conversion(npz: Path, tmp_path: Path) -> None:
+    """A dataset folder given as SOURCE failed with "split 'test' has no 'labels' array", an
+    .npz given for an .npz TARGET with "not a readable data pickle (UnpicklingError: …)"."""
+    runner = CliRunner()
+    dest = tmp_path / "big"
+    assert runner.invoke(main, ["convert", str(npz), str(dest)]).exit_code == 0
+    again = runner.invoke(main, ["convert", str(dest), str(tmp_path / "big2")])
+    assert again.exit_code == 1, again.output
+    assert f"{dest} is already a dataset folder (it has manifest.json)" in again.output
+    to_npz = runner.invoke(main, ["convert", str(npz), str(tmp_path / "x.npz")])
+    assert to_npz.exit_code == 1, to_npz.output
+    assert "is already an .npz (read without pickle)" in to_npz.output
+    assert not (tmp_path / "big2").exists() and not (tmp_path / "x.npz").exists()
+
+
 def _rss_file_kib() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))

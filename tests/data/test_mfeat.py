@@ -109,3 +109,17 @@ def test_an_unreadable_csv_is_named(tmp_path, row):
         (tmp_path / f"mfeat-{code}.csv").write_text(f"a,b,c\n1,2,3\n{row}\n")
     with pytest.raises(ValueError, match=r"mfeat-fou.csv: not a table of numbers \("):
         mfeat_arrays(tmp_path)
+
+
+@pytest.mark.parametrize(("cell", "column"), [(0, 1), (-1, 77)])
+def test_a_nan_cell_names_the_file_and_row(tmp_path, cell, column):
+    """A NaN feature was refused as "modality 'fourier': 1 values are NaN or infinite",
+    naming no file; a NaN label became a huge integer ("labels differ from the other views'")."""
+    for code, dim in VIEWS.values():
+        rows = np.ones((2000, dim + 1))
+        rows[:, -1] = np.arange(2000) % 10
+        if code == "fou":
+            rows[4, cell] = np.nan
+        np.savetxt(tmp_path / f"mfeat-{code}.csv", rows, delimiter=",", fmt="%g", header="h")
+    with pytest.raises(ValueError, match=rf"mfeat-fou.csv: 1 values .* row 5, column {column}"):
+        mfeat_arrays(tmp_path)

@@ -290,6 +290,15 @@ def test_load_rejects_malformed_csv(saved, index, edit, match):
     assert str(saved) in str(err.value)
 
 
+def test_load_rejects_a_truncated_csv(saved):
+    """A CSV cut after a few rows (an interrupted copy) loaded as a smaller data set whose
+    params still recorded the full n."""
+    lines = saved.read_text().splitlines()
+    saved.write_text("\n".join(lines[:4]) + "\n")
+    with pytest.raises(ValueError, match=r"3 data rows, but d.truth.json records n = \d+"):
+        load_synthetic(saved)
+
+
 def test_load_missing_files(saved, tmp_path):
     with pytest.raises(FileNotFoundError, match="data file not found: .*nope.csv"):
         load_synthetic(tmp_path / "nope.csv")

@@ -56,6 +56,9 @@ def test_training_on_gpu_matches_cpu(tmp_path: Path) -> None:
     ("options", "message"),
     [
         ({"strategy": "bogus"}, "cannot train with these device settings .*invalid strategy"),
+        # an accelerator whose package is missing was an internal error (exit 70):
+        # ModuleNotFoundError: Requirement 'torch_xla>=1.13' not met
+        ({"accelerator": "tpu"}, "cannot train with these device settings .*torch_xla"),
         ({"devices": 0}, "devices must be an integer >= 1, got 0"),
         ({"num_nodes": True}, "num_nodes must be an integer >= 1, got True"),
     ],

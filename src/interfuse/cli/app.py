@@ -174,6 +174,8 @@ def parse_interactions(text: str) -> str | int | list[str]:
         return text
     if text.isdigit():
         return int(text)
+    if "*" not in text and "," not in text:  # a misspelt keyword (pair): the library names it
+        return text
     return [t.strip() for t in text.split(",") if t.strip()]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..data.affect import AFFECT_DATASETS
-from ..data.lazy import check_replaceable, convert_task
+from ..data.lazy import MANIFEST, check_replaceable, convert_task
 from ..data.registry import dataset_info, list_datasets, load_dataset
 from ..data.safe_pickle import convert_pickle
 from ..data.task import TASKS
@@ -115,6 +115,16 @@ def convert(
     standardisation statistics computed in the same pass: interfuse convert data.npz big/ then
     interfuse train --dataset lazy --data-path big/ --out DIR.
     """
+    if (source / MANIFEST).is_file():  # else "split 'test' has no 'labels' array"
+        raise click.ClickException(
+            f"{source} is already a dataset folder (it has {MANIFEST}); train on it with "
+            f"--dataset lazy --data-path {source}"
+        )
+    if target.suffix == ".npz" and source.suffix == ".npz" and source.is_file():
+        raise click.ClickException(  # else "not a readable data pickle (UnpicklingError: …)"
+            f"{source} is already an .npz (read without pickle); converting to .npz needs a "
+            f"pickle, and the .npz can be passed to --data-path as it is"
+        )
     if target.exists() and not overwrite:
         raise click.ClickException(f"{target} exists; pass --overwrite to replace it")
     if target.exists() and target.suffix != ".npz":

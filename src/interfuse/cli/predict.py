@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..data.arrays import LABELS, TASK_KEY, read_arrays, split_masks
+from ..data.arrays import LABELS, SPLIT_ALIASES, TASK_KEY, read_arrays, split_masks
 from ..io import atomic_write_text
 from ..run import BEST, HISTORY, LOCK, load_run
 from .app import main, user_errors
@@ -70,6 +70,12 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
             f"--out {target} is a file of the run; name another file for the predictions"
         )
     arrays = read_arrays(data)
+    splits = sorted({k.partition("/")[0] for k in arrays if k.partition("/")[0] in SPLIT_ALIASES})
+    if splits and not set(arrays) & set(run.modalities):  # a training file with splits
+        raise ValueError(
+            f"{data} holds splits ({', '.join(splits)}); predict reads one array per modality, "
+            f"named as in the run ({', '.join(run.modalities)}), without a split prefix"
+        )
     labels = arrays.pop(LABELS, None)
     arrays.pop(TASK_KEY, None)  # the optional task entry of a training file
     try:

@@ -22,7 +22,7 @@ from ..report import mean_std_text, render_comparison, render_report, render_see
 from ..results import RunResult, summarize_seeds
 from ..run import LAST, RUN_YAML, explanations_outdated, read_history
 from ..train import NotConverged, TrainConfig, fit, is_global_zero
-from .app import float_list, main, print_run, user_errors
+from .app import float_list, main, one_line, print_run, user_errors
 from .options import config_from_options, config_options, given_options
 
 DEFAULT_PROBS = "0.9,0.6,0.3,0.0"
@@ -205,7 +205,11 @@ def _train_one(
             options["task"] = data["task"]
         if data["drop_nan_labels"]:
             options["drop_nan_labels"] = True
-        task = load_dataset(info.name, **options)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. float labels like classes
+            warnings.simplefilter("always")
+            task = load_dataset(info.name, **options)
+        for warning in caught:  # one line each, not Python's file:line and source line
+            click.echo(f"warning: {warning.message}", err=True)
     result = _train_and_report(
         task, config, out, quiet, resume=resume, overwrite=overwrite, **runtime
     )
@@ -246,8 +250,15 @@ def _load_config_file(context: click.Context, param: click.Parameter, value: Pat
         return
     try:
         values = yaml.safe_load(value.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
+    except OSError as error:
         raise click.BadParameter(f"{value}: cannot read ({error})", param=param) from None
+    except yaml.YAMLError as error:  # its own message spans lines, with a caret drawing
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or error
+        raise click.BadParameter(
+            one_line(f"{value}: cannot read as YAML ({problem}{where})"), param=param
+        ) from None
     if values is None:
         values = {}
     if not isinstance(values, dict):

@@ -97,10 +97,11 @@ def _read_folder(folder: Path, prefix: str, depth: int) -> dict[str, np.ndarray]
     return arrays
 
 
-def _declared_bytes(stream: Any) -> tuple[int, int] | None:
+def _declared_bytes(stream: Any, where: str) -> tuple[int, int] | None:
     """``(bytes the array will take, bytes of its header)`` from an ``.npy`` header at the start
     of ``stream``, or ``None`` when the header is not one numpy's public readers parse (then
-    ``np.load`` reports the problem)."""
+    ``np.load`` reports the problem). An object array (stored as a pickle) is refused, naming
+    ``where``."""
     try:
         version = np.lib.format.read_magic(stream)
         read = (
@@ -109,6 +110,14 @@ def _declared_bytes(stream: Any) -> tuple[int, int] | None:
             else np.lib.format.read_array_header_2_0
         )
         shape, _, dtype = read(stream)
+    except (ValueError, TypeError, OverflowError, EOFError):
+        return None
+    if dtype.hasobject:
+        raise ValueError(
+            f"{where}: an object array (stored as a pickle, which is never loaded); save "
+            f"numbers, or strings as a fixed-width array (e.g. np.asarray(values, dtype=str))"
+        )
+    try:
         return int(np.prod(shape, dtype=object)) * dtype.itemsize, int(stream.tell())
     except (ValueError, TypeError, OverflowError, EOFError):
         return None
@@ -134,7 +143,7 @@ def load_npy(path: Path) -> np.ndarray:
     """One ``.npy`` file, without pickle; a header declaring more than the file holds, or more
     than the memory available, is refused before anything is allocated."""
     with path.open("rb") as stream:
-        sizes = _declared_bytes(stream)
+        sizes = _declared_bytes(stream, str(path))
         stream.seek(0)
         if stream.read(4) in _ZIP_STARTS:  # np.load would return the archive, unchecked
             raise ValueError(f"{path}: an .npz archive, not an .npy file; rename it to .npz")
@@ -181,16 +190,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            where = f"{path}, array {name!r}"
             with archive.open(info) as stream:
-                sizes = _declared_bytes(stream)
+                sizes = _declared_bytes(stream, where)
             if sizes is None:
                 total += info.file_size
                 _check_declared(f"{path}, member {info.filename!r}", 0, None, total)
                 continue
             declared, header = sizes
             total += declared
-            name = info.filename.removesuffix(".npy")
-            where = f"{path}, array {name!r}"
             _check_declared(where, declared, info.file_size - header, total)
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -95,6 +95,13 @@ def mfeat_arrays(
                 f"{file}: expected {N_SAMPLES} rows of {dim} features and a label, got a "
                 f"table of shape {table.shape}"
             )
+        bad = ~np.isfinite(table)
+        if bad.any():  # else the error named neither the file nor the row (or the labels cast)
+            row, column = (int(i) + 1 for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{file}: {int(bad.sum())} values are NaN or infinite (the first in data row "
+                f"{row}, column {column}); the mfeat tables have no missing values"
+            )
         view_labels = table[:, -1].astype(np.int64)
         if labels is None:
             labels = view_labels

@@ -460,6 +460,11 @@ def load_synthetic(path: str | os.PathLike[str]) -> SyntheticData:
     rows = body.splitlines()
     if not rows:
         raise ValueError(f"{path}: no data rows")
+    if "n" in params and len(rows) != params["n"]:  # else a cut copy loaded as if whole
+        raise ValueError(
+            f"{path}: {len(rows)} data rows, but {truth.name} records n = {params['n']} "
+            f"(truncated or edited?)"
+        )
 
     n_mod = len(ground_truth.modalities)
     width = 1 + n_mod * (1 + length)

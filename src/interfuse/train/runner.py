@@ -177,6 +177,28 @@ def _resumes(out: Path, resume: bool) -> bool:
     return resume and (out / LAST).exists()
 
 
+def _spec_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between two model descriptions, one entry per differing field (``options``
+    field by field: ``options.rank 8 → 4``; the encoders by modality name)."""
+    parts = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if old == new:
+            continue
+        if key == "options" and isinstance(old, Mapping) and isinstance(new, Mapping):
+            parts += [
+                f"options.{k} {old.get(k)!r} → {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            ]
+        elif key == "encoders" and isinstance(old, Mapping) and isinstance(new, Mapping):
+            changed = sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m))
+            parts.append(f"encoders of {', '.join(changed)}")
+        else:
+            parts.append(f"{key} {old!r} → {new!r}")
+    return parts
+
+
 class TrainingDiverged(ValueError):
     """The training loss became NaN or infinite; nothing after the last complete epoch is kept.
 
@@ -492,13 +514,10 @@ class _Run:
         last = self.out / LAST
         saved_spec = header.get("spec")
         if saved_spec != self.spec.to_dict():
-            saved = saved_spec or {}
-            now = self.spec.to_dict()
-            differs = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            differs = _spec_differences(saved_spec or {}, self.spec.to_dict())
             raise CheckpointError(
-                f"{last} was written for a different model or data: {', '.join(differs)} differ "
-                f"(checkpoint modalities {saved.get('modalities')}, now {now['modalities']}); "
-                f"resume with the same dataset and options"
+                f"{last} was written for a different model or data: {'; '.join(differs)} "
+                f"(checkpoint → now); resume with the same dataset and options"
             )
         saved_data = header.get("data") or {}
         if saved_data.get("fingerprint") != self.provenance["fingerprint"]:
@@ -767,11 +786,11 @@ def _finish_everywhere(run: _Run, trainer: pl.Trainer) -> RunResult:
 
 @contextlib.contextmanager
 def _lightning_errors() -> Iterator[None]:
-    """Lightning's refusal of a device setting (no such accelerator, strategy or device count)
-    as one ``ValueError`` naming the options."""
+    """Lightning's refusal of a device setting (no such accelerator, strategy or device count,
+    or an accelerator whose package is not installed) as one ``ValueError`` naming the options."""
     try:
         yield
-    except (MisconfigurationException, RuntimeError, ValueError) as error:
+    except (MisconfigurationException, RuntimeError, ValueError, ImportError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"cannot train with these device settings (--device/accelerator, --devices, "
