@@ -1,6 +1,7 @@
 """Text encoders (bag of words, cached MiniLM) and the typed results' JSON round trip."""
 
 import dataclasses
+import io
 import json
 
 import numpy as np
@@ -59,6 +60,38 @@ def test_minilm_embeddings_are_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(fresh, "_load", lambda: pytest.fail("cache not used"))
     np.testing.assert_array_equal(fresh.encode(texts), emb)
     assert fresh.key(texts) != fresh.key(texts[:2])
+
+
+@pytest.mark.skipif(not minilm_available(), reason="the [text] extra is not installed")
+@pytest.mark.parametrize("kind", ["huge header", "npz", "float64", "garbage"])
+def test_a_corrupt_or_crafted_embedding_cache_is_computed_again(tmp_path, monkeypatch, kind):
+    """A cache file was read with np.load unchecked: a tiny file whose header claims a huge
+    array made it allocate that much, and a corrupt one failed every later run until deleted."""
+    encoder = SentenceEncoder(cache_dir=tmp_path)
+    texts = ["a red circle", "a blue square"]
+    path = tmp_path / f"minilm-{encoder.key(texts)}.npy"
+    if kind == "huge header":  # a valid .npy header declaring (2, 384 · 10^9) floats
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buffer, {"descr": "<f4", "fortran_order": False, "shape": (2, 384 * 10**9)}
+        )
+        path.write_bytes(buffer.getvalue() + b"\0" * 64)
+    elif kind == "npz":
+        np.savez(tmp_path / "x.npz", a=np.zeros((2, 384), np.float32))
+        (tmp_path / "x.npz").rename(path)
+    elif kind == "float64":
+        np.save(path, np.zeros((2, 384)))
+    else:
+        path.write_bytes(b"not an array")
+    fake = np.full((2, 384), 1 / np.sqrt(384), dtype=np.float32)
+
+    class Model:
+        def encode(self, unique, **options):
+            return fake[: len(unique)]
+
+    monkeypatch.setattr(encoder, "_load", Model)
+    np.testing.assert_array_equal(encoder.encode(texts), fake)
+    np.testing.assert_array_equal(np.load(path), fake)  # the bad file was replaced
 
 
 def _zeroshot():

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from interfuse.data.arrays import load_npy
 from interfuse.io import atomic_write_bytes
 
 __all__ = [
@@ -216,9 +217,13 @@ class SentenceEncoder:
         texts = list(texts)
         path = self.cache_dir / f"minilm-{self.key(texts)}.npy"
         if self.cache and path.is_file():
-            cached = np.load(path, allow_pickle=False)
-            if cached.shape == (len(texts), self.dim):
-                return cached
+            try:  # header checked before anything is allocated; never unpickled
+                cached = load_npy(path)
+            except (OSError, ValueError):
+                cached = None  # corrupt or not ours: computed again and replaced
+            if cached is not None and cached.shape == (len(texts), self.dim):
+                if cached.dtype == np.float32 and np.isfinite(cached).all():
+                    return cached
         unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         with torch.inference_mode():
             emb = self._load().encode(
