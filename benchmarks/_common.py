@@ -184,7 +184,13 @@ def publish(
     payload: dict[str, Any],
     render: Callable[[dict[str, Any]], str],
 ) -> dict[str, Any]:
-    """Print the suite's tables, write its JSON and markdown, and return the payload."""
+    """Print the suite's tables, write its JSON and markdown, and return the payload.
+
+    The tables are rendered from the payload as the JSON stores it (floats rounded by
+    ``round_floats``), so that ``render(json.load(<suite>.json))`` gives the markdown file
+    again; rendering the unrounded numbers let a std of 0.008499… print 0.008 in the
+    markdown but 0.009 from the stored 0.0085."""
+    payload = round_floats(payload)
     tables = render(payload)
     print(tables)
     path = write_results(out_dir, suite, scale, payload, tables)

@@ -190,3 +190,20 @@ def test_interval_calibration_draws_samples_the_run_never_saw():
     for m, x in data.one_hot().items():
         seen = {row.tobytes() for row in x}
         assert not any(row.numpy().tobytes() in seen for row in fresh.inputs[m]), m
+
+
+def test_markdown_is_what_render_gives_for_the_stored_json(tmp_path: Path) -> None:
+    """``<suite>.md`` must be reproducible from ``<suite>.json``: a std of 0.008499… is stored
+    as 0.0085 (5 digits) and printed 0.009 from the JSON, so the tables must be rendered from
+    the rounded numbers too."""
+    from benchmarks._common import pm, publish
+
+    payload = {"suite": "x", "scale": "tiny", "value": {"mean": 0.08099, "std": 0.0084999, "n": 5}}
+
+    def render(p: dict) -> str:
+        return "| std |\n|---|\n| " + pm(p["value"]) + " |\n"
+
+    publish(tmp_path, "x", "tiny", payload, render)
+    stored = json.loads((tmp_path / "x-tiny.json").read_text(encoding="utf-8"))
+    table = (tmp_path / "x-tiny.md").read_text(encoding="utf-8")
+    assert table.split("\n", 1)[1] == render(stored)
