@@ -207,3 +207,22 @@ def test_markdown_is_what_render_gives_for_the_stored_json(tmp_path: Path) -> No
     stored = json.loads((tmp_path / "x-tiny.json").read_text(encoding="utf-8"))
     table = (tmp_path / "x-tiny.md").read_text(encoding="utf-8")
     assert table.split("\n", 1)[1] == render(stored)
+
+
+def test_a_suite_run_through_python_c_does_not_record_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -c "from benchmarks import fidelity; fidelity.run('main', OUT)"`` (how §1.1 and
+    §2 of BENCHMARKS.md were run) has ``sys.argv == ['-c']``: the result recorded
+    ``python -m benchmarks `` as its command — a different command (every suite, full scale)."""
+    from benchmarks._common import environment, publish
+
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    payload = {"suite": "x", "scale": "main", "environment": environment(1)}
+    publish(tmp_path, "x", "main", payload, lambda p: "| a |\n|---|\n| 1 |\n")
+    command = json.loads((tmp_path / "x-main.json").read_text(encoding="utf-8"))["environment"][
+        "command"
+    ]
+    assert not command.startswith("python -m benchmarks")
+    assert "'main'" in command and "python -c" in command
+    assert "python -m benchmarks" not in (tmp_path / "x-main.md").read_text(encoding="utf-8")
