@@ -226,3 +226,32 @@ def test_a_suite_run_through_python_c_does_not_record_the_command_line(
     assert not command.startswith("python -m benchmarks")
     assert "'main'" in command and "python -c" in command
     assert "python -m benchmarks" not in (tmp_path / "x-main.md").read_text(encoding="utf-8")
+
+
+def test_accuracy_cell_of_a_model_that_failed_at_a_later_seed_says_how_many_seeds() -> None:
+    """A model that fails at seed 1 keeps its seed-0 run (and is listed under "Skipped"), but its
+    cell sat in a table headed "mean ± std over 3 seeds" as if it were a 3-seed mean."""
+    from benchmarks import accuracy
+
+    def entry(values: list[float], skipped: str | None = None) -> dict:
+        stats = {"mean": sum(values) / len(values), "std": 0.0, "n": len(values)}
+        return {"runs": [{"test_accuracy": v} for v in values], "skipped": skipped,
+                "test_accuracy": stats}  # fmt: skip
+
+    models = {m: entry([0.9, 0.9, 0.9]) for m in accuracy.MODELS}
+    models["late"] = entry([0.8], "failed at seed 1: RuntimeError: boom")
+    models["unimodal"] = entry([0.7, 0.7, 0.7])
+    for run in models["unimodal"]["runs"]:
+        run["modality"] = "m0"
+    for run in models["tfn"]["runs"]:
+        run["rank"] = 8
+    payload = {
+        "settings": {"seeds": 3, "n": 10, "epochs": 1, "mfeat_epochs": 1},
+        "availability": {"skipped_datasets": {}},
+        "datasets": [{"name": "motif4", "models": models, "bayes_accuracy": 1.0}],
+    }
+    table = accuracy.render(payload)
+    late = next(line for line in table.splitlines() if line.startswith("| late"))
+    assert "0.800 ± 0.000 (1 of 3 seeds)" in late
+    intense = next(line for line in table.splitlines() if line.startswith("| ours (pairs"))
+    assert "of 3 seeds" not in intense
