@@ -61,6 +61,28 @@ def git_revision() -> str:
         return "unknown"
 
 
+def _from_command_line() -> bool:
+    """Whether this process is ``python -m benchmarks …`` (not ``python -c``, a test or a
+    script calling a suite's ``run``)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    try:
+        return Path(argv0).resolve() == Path(__file__).resolve().parent / "__main__.py"
+    except (OSError, ValueError):  # pragma: no cover
+        return False
+
+
+def command_line(suite: str | None = None, scale: str | None = None) -> str:
+    """The command that produced a result: ``python -m benchmarks …`` when run from the command
+    line, else which suite's ``run`` was called and from what (``python -c`` code is not in
+    ``sys.argv``, so it is not recorded; the ``-c`` runs of BENCHMARKS.md give it there)."""
+    if _from_command_line():
+        return "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    argv = [a for a in sys.argv if a]
+    caller = "python -c …" if argv[:1] == ["-c"] else "python " + shlex.join(argv)
+    called = f"{suite} suite run({scale!r})" if suite else "a suite's run()"
+    return f"{called} called from `{caller}`"
+
+
 def environment(threads: int) -> dict[str, Any]:
     """Machine, versions and load: recorded with every result."""
     import torch
@@ -82,7 +104,7 @@ def environment(threads: int) -> dict[str, Any]:
         "lightning": lightning,
         "torch_threads": threads,
         "git": git_revision(),
-        "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command_line(),
         "load_start": load_average(),
     }
 
@@ -184,7 +206,18 @@ def publish(
     payload: dict[str, Any],
     render: Callable[[dict[str, Any]], str],
 ) -> dict[str, Any]:
-    """Print the suite's tables, write its JSON and markdown, and return the payload."""
+    """Print the suite's tables, write its JSON and markdown, and return the payload.
+
+    The tables are rendered from the payload as the JSON stores it (floats rounded by
+    ``round_floats``), so that ``render(json.load(<suite>.json))`` gives the markdown file
+    again; rendering the unrounded numbers let a std of 0.008499… print 0.008 in the
+    markdown but 0.009 from the stored 0.0085."""
+    payload = round_floats(payload)
+    if "environment" in payload and not _from_command_line():
+        payload["environment"] = {
+            **payload["environment"],
+            "command": command_line(suite, scale),
+        }
     tables = render(payload)
     print(tables)
     path = write_results(out_dir, suite, scale, payload, tables)

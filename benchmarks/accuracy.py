@@ -284,7 +284,11 @@ def render(payload: dict[str, Any]) -> str:
         row = [MODEL_TITLES[model]]
         for d in datasets:
             entry = d["models"].get(model, {"runs": [], "skipped": "n/a"})
-            row.append(pm(entry["test_accuracy"]) if entry["runs"] else "skipped")
+            cell = pm(entry["test_accuracy"]) if entry["runs"] else "skipped"
+            if entry["runs"] and len(entry["runs"]) < s["seeds"]:
+                # a model that failed at a later seed keeps its earlier runs: say over how many
+                cell += f" ({len(entry['runs'])} of {s['seeds']} seeds)"
+            row.append(cell)
         rows.append(row)
     bayes = ["Bayes-optimal"] + [fmt(d.get("bayes_accuracy")) for d in datasets]
     rows.append(bayes)

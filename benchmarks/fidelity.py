@@ -2,10 +2,13 @@
 
 Synthetic DNA data (``interfuse.data.synthetic``) with known Shapley shares of the information
 game (``GroundTruth.term_shares``). For every configuration and seed we train with
-``interfuse.train.fit`` (``TrainConfig`` defaults unless stated: pairwise interactions,
-rank 8, p = 2, λ = 0.01, lr 3e-3, modality dropout 0.3 and the sequence encoder's dropout
-0.25, up to two restarts at lr 1e-2 without dropout when not learnt, early stopping on
-validation) and compare the shares of the selected model with the truth using
+``interfuse.train.fit`` (``TrainConfig`` defaults unless stated, recorded in the JSON:
+pairwise interactions, rank 8, p = 2, λ = 0.01, lr 3e-3, modality dropout 0.3 and the sequence
+encoder's dropout 0.25; then always an attempt without dropout at lr 1e-2 and λ 0.05, a third
+when not learnt, and a fine-tune with the first attempt's dropout when validation selects an
+attempt without it; early stopping on validation, validation picks the model) and compare the
+shares of the selected model (β) and of every held-out estimator (validation split) with the
+truth using
 ``interfuse.ranks.fidelity`` (Spearman ρ over unimodal terms, L1, leakage, interaction share),
 plus test accuracy vs the Bayes-optimal accuracy, the entropy of the shares, the number of terms
 with share > 0.01 and the number of *relevant* terms (truth > 0) that the model drops (share <
@@ -18,7 +21,10 @@ Experiments (seed s generates the data, the split and the initialisation):
   equally; a sparsity-inducing norm need not), at p = 2 and p = 1;
 * ``inflation``: motif data without any true interaction, interactions on, IterBN+vBN on vs off;
 * ``p``: the p sweep (p = 1, 4/3, 2, 4) on the 6-modality configuration, which has a weak but
-  relevant modality (m3, p_m = 0.1, true share 0.046) and two irrelevant ones.
+  relevant modality (m3, p_m = 0.1, true share 0.046) and two irrelevant ones;
+* ``heldout``: ``motif5``, reported but not used to choose the estimators (scales ``full`` and
+  ``main``; ``main`` = the ``main`` and ``heldout`` groups at full settings, run through
+  ``fidelity.run("main", OUT)``).
 """
 
 from __future__ import annotations

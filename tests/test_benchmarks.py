@@ -190,3 +190,68 @@ def test_interval_calibration_draws_samples_the_run_never_saw():
     for m, x in data.one_hot().items():
         seen = {row.tobytes() for row in x}
         assert not any(row.numpy().tobytes() in seen for row in fresh.inputs[m]), m
+
+
+def test_markdown_is_what_render_gives_for_the_stored_json(tmp_path: Path) -> None:
+    """``<suite>.md`` must be reproducible from ``<suite>.json``: a std of 0.008499… is stored
+    as 0.0085 (5 digits) and printed 0.009 from the JSON, so the tables must be rendered from
+    the rounded numbers too."""
+    from benchmarks._common import pm, publish
+
+    payload = {"suite": "x", "scale": "tiny", "value": {"mean": 0.08099, "std": 0.0084999, "n": 5}}
+
+    def render(p: dict) -> str:
+        return "| std |\n|---|\n| " + pm(p["value"]) + " |\n"
+
+    publish(tmp_path, "x", "tiny", payload, render)
+    stored = json.loads((tmp_path / "x-tiny.json").read_text(encoding="utf-8"))
+    table = (tmp_path / "x-tiny.md").read_text(encoding="utf-8")
+    assert table.split("\n", 1)[1] == render(stored)
+
+
+def test_a_suite_run_through_python_c_does_not_record_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -c "from benchmarks import fidelity; fidelity.run('main', OUT)"`` (how §1.1 and
+    §2 of BENCHMARKS.md were run) has ``sys.argv == ['-c']``: the result recorded
+    ``python -m benchmarks `` as its command — a different command (every suite, full scale)."""
+    from benchmarks._common import environment, publish
+
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    payload = {"suite": "x", "scale": "main", "environment": environment(1)}
+    publish(tmp_path, "x", "main", payload, lambda p: "| a |\n|---|\n| 1 |\n")
+    command = json.loads((tmp_path / "x-main.json").read_text(encoding="utf-8"))["environment"][
+        "command"
+    ]
+    assert not command.startswith("python -m benchmarks")
+    assert "'main'" in command and "python -c" in command
+    assert "python -m benchmarks" not in (tmp_path / "x-main.md").read_text(encoding="utf-8")
+
+
+def test_accuracy_cell_of_a_model_that_failed_at_a_later_seed_says_how_many_seeds() -> None:
+    """A model that fails at seed 1 keeps its seed-0 run (and is listed under "Skipped"), but its
+    cell sat in a table headed "mean ± std over 3 seeds" as if it were a 3-seed mean."""
+    from benchmarks import accuracy
+
+    def entry(values: list[float], skipped: str | None = None) -> dict:
+        stats = {"mean": sum(values) / len(values), "std": 0.0, "n": len(values)}
+        return {"runs": [{"test_accuracy": v} for v in values], "skipped": skipped,
+                "test_accuracy": stats}  # fmt: skip
+
+    models = {m: entry([0.9, 0.9, 0.9]) for m in accuracy.MODELS}
+    models["late"] = entry([0.8], "failed at seed 1: RuntimeError: boom")
+    models["unimodal"] = entry([0.7, 0.7, 0.7])
+    for run in models["unimodal"]["runs"]:
+        run["modality"] = "m0"
+    for run in models["tfn"]["runs"]:
+        run["rank"] = 8
+    payload = {
+        "settings": {"seeds": 3, "n": 10, "epochs": 1, "mfeat_epochs": 1},
+        "availability": {"skipped_datasets": {}},
+        "datasets": [{"name": "motif4", "models": models, "bayes_accuracy": 1.0}],
+    }
+    table = accuracy.render(payload)
+    late = next(line for line in table.splitlines() if line.startswith("| late"))
+    assert "0.800 ± 0.000 (1 of 3 seeds)" in late
+    intense = next(line for line in table.splitlines() if line.startswith("| ours (pairs"))
+    assert "of 3 seeds" not in intense
