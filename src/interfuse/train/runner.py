@@ -66,6 +66,7 @@ from ..run import (
     RUN_YAML,
     RunFolderError,
     lock_run_folder,
+    model_digest,
     save_run_checkpoint,
 )
 from .config import RESUMABLE_CHANGES, TrainConfig
@@ -1202,6 +1203,7 @@ def finish(run: _Run) -> RunResult:
         estimates=relevance_estimates(run.model, data.task, data.val, seed=run.config.seed)
         if run.entry.relevance and isinstance(run.model, MultimodalModel)
         else None,
+        model_sha256=model_digest(run.out / BEST),  # readers tell when best changes later
     )
     atomic_write_text(run.out / RESULTS, result.to_json())
     run.write_history()
