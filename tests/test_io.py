@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -73,3 +74,50 @@ def test_permissions(tmp_path):
     existing.chmod(0o640)
     atomic_write_text(existing, "new")
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640
+
+
+def test_a_live_writers_temporary_survives_a_train_starting_meanwhile(tmp_path, monkeypatch):
+    """``interfuse explain`` writes into a run folder without its lock; a ``train --resume``
+    starting while it writes clears leftover temporaries. The writer's own (its PID is alive)
+    survives, and its write completes."""
+    fsync = os.fsync
+    cleared: list = []
+
+    def train_starts_now(fd):
+        cleared.append(iio.remove_stale_temporaries(tmp_path))
+        fsync(fd)
+
+    monkeypatch.setattr(iio.os, "fsync", train_starts_now)
+    atomic_write_text(tmp_path / "explain.json", "{}")
+    assert cleared[0] == [] and (tmp_path / "explain.json").read_text() == "{}"
+
+
+def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead": f".history.csv.{dead}-0123456789ab.tmp",
+            "old": ".results.json.abcdef012345.tmp",  # before the PID was recorded: removed
+            "live": f".explain.json.{live.pid}-0123456789ab.tmp",
+            "mine": f".report.md.{os.getpid()}-abcdef012345.tmp",
+            "other": "notes.tmp",  # not a temporary of ours
+            "group": ".x.0-0123456789ab.tmp",  # PID 0 names no writer: removed, never signalled
+        }
+        for name in names.values():
+            (tmp_path / name).write_text("x")
+        removed = {p.name for p in iio.remove_stale_temporaries(tmp_path)}
+    finally:
+        live.kill()
+        live.wait()
+    assert removed == {names["dead"], names["old"], names["group"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        names[k] for k in ("live", "mine", "other")
+    )

@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
@@ -24,7 +26,8 @@ from interfuse.checkpoint import CheckpointError
 from interfuse.cli import main
 from interfuse.data import from_arrays
 from interfuse.data.registry import DATASETS, DatasetInfo, ModalityInfo, load_dataset
-from interfuse.run import RunFolderError, lock_run_folder
+from interfuse.results import RESULTS_OUTDATED
+from interfuse.run import RunFolderError, lock_run_folder, model_digest, results_outdated
 from interfuse.train import TrainConfig, fit
 
 CLASSES = np.array(["cat", "dog", "eel"])
@@ -540,3 +543,75 @@ def test_resume_refuses_other_missing_modality_masks(tmp_path):
     with pytest.raises(CheckpointError, match="other missing-modality masks"):
         fit(with_masks(3), longer, out, progress=False, resume=True)
     assert fit(with_masks(0), longer, out, progress=False, resume=True).config["epochs"] == 2
+
+
+# -- results of an earlier model ---------------------------------------------------------------
+
+
+class _CrashAfterFirstEpoch(pl.Callback):
+    """Stops a resumed run after its first new epoch was saved (as a kill would)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise RuntimeError("stopped")
+
+
+@pytest.fixture(scope="module")
+def extended_run(tmp_path_factory):
+    """A finished run resumed with more epochs and stopped after a better epoch was saved:
+    best.safetensors holds a newer model than results.json was measured on."""
+    inputs, labels = offset_arrays(n=300)
+    task = from_arrays(inputs, labels, seed=0, name="offset")
+    out = tmp_path_factory.mktemp("extended") / "run"
+    config = TrainConfig(epochs=2, batch_size=64, rank=2, seed=0, lr=1e-2, restarts=0)
+    fit(task, config, out, progress=False)
+    finished = load_run(out)
+    assert not finished.results_outdated
+    before = (out / "best.safetensors").read_bytes()
+    with pytest.raises(RuntimeError, match="stopped"):
+        fit(
+            task,
+            replace(config, epochs=6),
+            out,
+            resume=True,
+            progress=False,
+            callbacks=[_CrashAfterFirstEpoch()],
+        )
+    assert (out / "best.safetensors").read_bytes() != before  # a newer best was saved
+    return inputs, out
+
+
+def test_results_of_an_earlier_model_are_flagged_by_load_run(extended_run):
+    _, out = extended_run
+    run = load_run(out)
+    assert run.results_outdated and run.result is not None  # the results still load
+
+
+def test_report_and_predict_say_the_results_are_of_an_earlier_model(extended_run, tmp_path):
+    inputs, out = extended_run
+    done = run_cli("report", out)
+    assert done.exit_code == 0, done.output
+    assert f"warning: {RESULTS_OUTDATED}" in done.output
+    assert RESULTS_OUTDATED in (out / "report.md").read_text(encoding="utf-8")
+    data = tmp_path / "new.npz"
+    np.savez(data, **inputs)
+    done = run_cli("predict", out, data, "--out", tmp_path / "p.csv")
+    assert done.exit_code == 0, done.output  # the model still predicts
+    assert done.output.count(RESULTS_OUTDATED) == 1
+    assert (tmp_path / "p.csv").is_file()
+
+
+def test_results_of_the_model_in_best_are_not_flagged(offset_run, tmp_path):
+    *_, out = offset_run
+    assert load_run(out).result.model_sha256 == model_digest(out / "best.safetensors")
+    assert not results_outdated(out)
+    done = run_cli("report", out)
+    assert done.exit_code == 0 and RESULTS_OUTDATED not in done.output
+    # results of an older version (schema /5, no digest recorded) still load, unflagged
+    folder = tmp_path / "old"
+    shutil.copytree(out, folder)
+    values = json.loads((folder / "results.json").read_text())
+    del values["model_sha256"]
+    values["schema"] = "interfuse-run/5"
+    (folder / "results.json").write_text(json.dumps(values))
+    run = load_run(folder)
+    assert run.result.model_sha256 is None and not run.results_outdated

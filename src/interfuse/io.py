@@ -16,7 +16,8 @@ from pathlib import Path
 __all__ = ["TMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
 
 TMP_SUFFIX = ".tmp"
-"""Temporary files are named ``.<name>.<12 hex digits>.tmp`` beside their target."""
+"""Temporary files are named ``.<name>.<writer's PID>-<12 hex digits>.tmp`` beside their target
+(``.<name>.<12 hex digits>.tmp`` before the PID was recorded)."""
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -37,7 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}{TMP_SUFFIX}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, 0o666)
     try:
@@ -76,20 +77,40 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temporary files that killed writers left in ``folder`` (call it only while
-    holding the folder's lock, so no live writer owns them); returns the removed paths."""
+    """Remove the temporary files that killed writers left in ``folder``; returns the removed
+    paths. A temporary whose name records a PID (:data:`TMP_SUFFIX`) of a process still alive
+    is kept: a writer that takes no lock (``interfuse explain``, ``predict``, ``report``
+    writing beside a training run) may be writing it now. One without a PID (written by an
+    older version) is removed, as before."""
     removed = []
     for entry in Path(folder).iterdir():
         stem, _, token = entry.name[: -len(TMP_SUFFIX)].rpartition(".")
-        if (
-            entry.name.startswith(".")
-            and entry.name.endswith(TMP_SUFFIX)
-            and len(token) == 12
-            and all(c in "0123456789abcdef" for c in token)
-            and stem
-            and entry.is_file()
-        ):
+        if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and stem):
+            continue
+        writer, dash, digits = token.rpartition("-")
+        if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
+            continue
+        if dash and not (writer.isdecimal() and writer.isascii()):
+            continue
+        if dash and _alive(int(writer)):
+            continue
+        if entry.is_file():
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this PID exists (on this machine; a zombie counts as alive)."""
+    if pid <= 0:
+        return False  # 0 and negative PIDs would name process groups
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OverflowError:
+        return False
+    return True

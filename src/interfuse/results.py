@@ -18,6 +18,7 @@ from typing import Any
 from scipy.stats import t as student_t
 
 __all__ = [
+    "RESULTS_OUTDATED",
     "SCHEMA",
     "Explanation",
     "LearntVerdict",
@@ -35,11 +36,24 @@ __all__ = [
     "summarize_seeds",
 ]
 
-SCHEMA = "interfuse-run/5"
+SCHEMA = "interfuse-run/6"
 """Schema of ``results.json`` written by this version (``/3`` added ``estimates``, ``/4``
-``selected_attempt``, ``/5`` ``selected_attempt_end``)."""
+``selected_attempt``, ``/5`` ``selected_attempt_end``, ``/6`` ``model_sha256``)."""
 
-READABLE_SCHEMAS = ("interfuse-run/2", "interfuse-run/3", "interfuse-run/4", SCHEMA)
+RESULTS_OUTDATED = (
+    "results.json was measured on an earlier model than best.safetensors holds now (the run was "
+    "resumed and stopped before it finished); its numbers are not this model's: finish the run "
+    "with --resume"
+)
+"""What readers say when ``results.json`` is of an earlier model (``RunResult.model_sha256``)."""
+
+READABLE_SCHEMAS = (
+    "interfuse-run/2",
+    "interfuse-run/3",
+    "interfuse-run/4",
+    "interfuse-run/5",
+    SCHEMA,
+)
 """Schemas this version reads: ``/2`` files load with ``estimates = None``, ``/2`` and ``/3``
 files with ``selected_attempt = None``, ``/2``–``/4`` files with ``selected_attempt_end =
 None``."""
@@ -399,6 +413,10 @@ class RunResult:
             ``"fine-tune"``; ``None`` for results written before it was recorded.
         selected_attempt_end: the last epoch that attempt trained (``epochs_run`` when it is
             the last attempt); ``None`` for results written before it was recorded.
+        model_sha256: the digest ``best.safetensors`` recorded for the model these results were
+            measured on (``interfuse.run.model_digest``): a later model in that file (a resumed
+            run stopped before it finished) no longer matches, and readers say so
+            (``interfuse.run.results_outdated``); ``None`` for results of schema /2–/5.
         schema: the schema version (:data:`SCHEMA`).
     """
 
@@ -423,6 +441,7 @@ class RunResult:
     attempts: int = 1
     selected_attempt: str | None = None
     selected_attempt_end: int | None = None
+    model_sha256: str | None = None
     schema: str = SCHEMA
 
     @property
@@ -494,6 +513,12 @@ class RunResult:
                     f"{source}: malformed results ({key!r} must be an object, got "
                     f"{type(values[key]).__name__})"
                 )
+        digest = values.get("model_sha256")
+        if digest is not None and not isinstance(digest, str):
+            raise SchemaError(
+                f"{source}: malformed results ('model_sha256' must be a string, got "
+                f"{type(digest).__name__})"
+            )
         try:
             relevance = values.get("relevance")
             labels = values.get("label_relevance")

@@ -60,6 +60,7 @@ __all__ = [
     "model_digest",
     "read_history",
     "read_results",
+    "results_outdated",
     "save_run_checkpoint",
 ]
 
@@ -200,6 +201,24 @@ def explanations_outdated(folder: Path) -> bool:
         return True  # the checkpoint explained is gone or replaced by a broken one
 
 
+def results_outdated(folder: Path, result: RunResult | None = None) -> bool:
+    """Whether ``folder/results.json`` was measured on another model than ``best.safetensors``
+    holds now (a finished run resumed to train longer and stopped before it finished): the
+    digest the results recorded (``RunResult.model_sha256``) against :func:`model_digest` of
+    ``best.safetensors``. ``result`` is the folder's results when already read. ``False``
+    without results or without a recorded digest (results of older versions)."""
+    if result is None:
+        if not (folder / RESULTS).is_file():
+            return False
+        result = read_results(folder)
+    if not result.model_sha256:
+        return False
+    try:
+        return model_digest(folder / BEST) != result.model_sha256
+    except CheckpointError:
+        return True  # the model measured is gone or replaced by a broken file
+
+
 def read_history(folder: Path) -> list[dict[str, float]]:
     """``folder/history.csv`` as rows (empty when absent); ``ValueError`` naming the file and line
     for a malformed one."""
@@ -258,7 +277,9 @@ class Run:
 
     ``model`` is in eval mode; ``preprocessor`` turns raw arrays into model inputs; ``result``
     is the run's :class:`RunResult` (``None`` while training has not finished); ``header`` is the
-    checkpoint's header (configuration, provenance, training state).
+    checkpoint's header (configuration, provenance, training state). ``results_outdated``:
+    ``result`` was measured on an earlier model than ``best.safetensors`` holds now (a resumed
+    run stopped before it finished; :func:`results_outdated`): its numbers are not this model's.
     """
 
     path: Path
@@ -267,6 +288,7 @@ class Run:
     preprocessor: Preprocessor
     result: RunResult | None
     header: dict[str, Any]
+    results_outdated: bool = False
 
     @property
     def task(self) -> str:
@@ -459,7 +481,8 @@ def load_run(
     except (KeyError, ValueError) as error:
         raise CheckpointError(f"{file}: {error}") from None
     result = read_results(folder) if (folder / RESULTS).is_file() else None
-    return Run(folder, spec, model.eval(), preprocessor, result, header)
+    outdated = result is not None and results_outdated(folder, result)
+    return Run(folder, spec, model.eval(), preprocessor, result, header, outdated)
 
 
 def _spec_from_header(header: Mapping[str, Any], file: Path) -> ModelSpec:

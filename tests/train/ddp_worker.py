@@ -7,6 +7,8 @@ when training ends, writes this rank's model state (``DUMP/rank<r>.safetensors``
 epoch E (0-based) starts. Exits with the status the command line would use for an interrupt.
 
 ``--finetune``: a first attempt at lr 1e-9, so that the restart wins and the fine-tune runs.
+``--corrupt-best`` (with it): rank 0 overwrites ``best.safetensors`` with garbage when the restart
+ends, so that reading the selected model for the fine-tune fails on rank 0 only.
 
 ``--step-check OUT.json`` (2 processes): after training, in the same gloo process group, one
 training step of an MNL model on a batch of 2b samples in one process against the two halves on
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -43,9 +46,11 @@ EPOCHS = 3
 class Dump(pl.Callback):
     """Writes the model of this rank at the end of training; optionally SIGTERMs one rank."""
 
-    def __init__(self, folder: Path, term_at: int | None) -> None:
+    def __init__(self, folder: Path, term_at: int | None, corrupt: Path | None = None) -> None:
         self.folder = folder
         self.term_at = term_at
+        self.corrupt = corrupt  # the run folder whose best.safetensors rank 0 breaks
+        self.ends = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         victim = 1 if trainer.world_size > 1 else 0
@@ -53,6 +58,10 @@ class Dump(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ends += 1
+        if self.corrupt is not None and self.ends == 2 and trainer.is_global_zero:
+            # after the restart, before the fine-tune: rank 0 fails to read the selected model
+            (self.corrupt / "best.safetensors").write_bytes(b"not a checkpoint")
         rank = trainer.global_rank
         model = pl_module.model
         state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
@@ -131,6 +140,19 @@ def step_check(path: Path) -> None:
         path.write_text(json.dumps(diffs))
 
 
+def failed(dump: Path, rank: int, error: Exception) -> None:
+    """``rank r: <type>: <message>`` on stderr, then exit 1. Rank 0 first waits (up to 60 s) for
+    rank 1 to fail too, as a caller that catches the error and goes on would keep it alive: a
+    rank 1 left waiting for rank 0 in a collective then waits as long."""
+    print(f"rank {rank}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    dump.mkdir(parents=True, exist_ok=True)
+    (dump / f"rank{rank}.failed").touch()
+    deadline = time.monotonic() + 60
+    while rank == 0 and not (dump / "rank1.failed").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -144,6 +166,9 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--step-check", type=Path, default=None)
+    parser.add_argument(
+        "--corrupt-best", action="store_true", help="(with --finetune) rank 0 breaks best"
+    )
     parser.add_argument(
         "--finetune", action="store_true", help="lr 1e-9: a restart wins, then the fine-tune runs"
     )
@@ -169,7 +194,7 @@ def main() -> None:
             resume=args.resume,
             progress=False,
             log=lambda line: None,
-            callbacks=[Dump(args.dump, args.term_at)],
+            callbacks=[Dump(args.dump, args.term_at, args.out if args.corrupt_best else None)],
             accelerator="cpu",
             precision=args.precision,
             threads=1,
@@ -180,6 +205,10 @@ def main() -> None:
     except TrainingInterrupted as error:
         print(error, file=sys.stderr)
         sys.exit(error.exit_code)
+    except Exception as error:
+        if not args.corrupt_best:
+            raise
+        failed(args.dump, int(os.environ.get("LOCAL_RANK", "0")), error)
     if args.step_check is not None:
         step_check(args.step_check)
 

@@ -282,3 +282,28 @@ def test_readme_single_machine_commands_run(runs: Path) -> None:
     results = json.loads((folder / "runs" / "ddp" / RESULTS).read_text())
     assert results["config"]["sync_stats"] is True
     assert results["epochs_run"] == 1
+
+
+def test_a_rank_0_failure_to_read_the_selected_model_reaches_every_rank(tmp_path: Path) -> None:
+    """Rank 0 cannot read ``best.safetensors`` for the fine-tune (the worker overwrites it with
+    garbage when the restart ends). Rank 1, waiting for that model in a broadcast, raises the
+    same one-line error at once; it used to wait for as long as rank 0's process lived (forever
+    for a caller that catches the error and goes on, which the worker imitates for 60 s) and
+    then fail with gloo's "Connection closed by peer"."""
+    code, err = finish(
+        launch(
+            str(tmp_path / "run"),
+            str(tmp_path / "dump"),
+            "--devices",
+            "2",
+            "--epochs",
+            "2",
+            "--finetune",
+            "--corrupt-best",
+        )
+    )
+    lines = sorted(line for line in err.splitlines() if line.startswith("rank "))
+    message = f"CheckpointError: checkpoint {tmp_path / 'run' / BEST} is corrupt or truncated"
+    assert code == 1, err[-3000:]
+    assert [line[:7] for line in lines] == ["rank 0:", "rank 1:"], err[-3000:]
+    assert all(message in line for line in lines), lines

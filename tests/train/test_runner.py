@@ -11,12 +11,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from interfuse.checkpoint import load_checkpoint
+from interfuse.checkpoint import CheckpointError, load_checkpoint
 from interfuse.data.synthetic import make_motif_data
 from interfuse.data.task import synthetic_task
 from interfuse.train import NotConverged, TrainConfig
 from interfuse.train.interrupt import TrainingInterrupted
-from interfuse.train.runner import RunFolderError, RunRecorder, fit
+from interfuse.train.runner import RunFolderError, RunRecorder, fit, on_rank_zero
 
 
 def interaction_share(shares):
@@ -261,3 +261,37 @@ def test_an_earlier_attempt_that_ran_out_of_epochs_is_not_converged():
         "run trained 7): that attempt may not have converged; train longer (a larger --epochs)"
     )
     assert dataclasses.replace(result, best_epoch=3).converged
+
+
+class _Strategy:
+    """What rank 0 broadcasts, as a rank other than 0 receives it."""
+
+    def __init__(self, sent: object) -> None:
+        self.sent = sent
+
+    def broadcast(self, value: object, src: int = 0) -> object:
+        return self.sent
+
+
+class _OtherRank:
+    world_size = 2
+    is_global_zero = False
+
+    def __init__(self, sent: object) -> None:
+        self.strategy = _Strategy(sent)
+
+
+@pytest.mark.parametrize(
+    ("sent", "error", "message"),
+    [
+        ((None, "CheckpointError", "best is corrupt"), CheckpointError, "^best is corrupt$"),
+        ((None, "OSError", "disk full"), OSError, "^disk full$"),
+        ((None, None, "boom"), RuntimeError, "^rank 0 failed to validate: boom$"),
+    ],
+)
+def test_a_rank_0_failure_is_raised_on_every_rank(sent, error, message):
+    """A rank other than 0 raises rank 0's failure (same type where the command line's exit
+    status depends on it) instead of returning or waiting; rank 0's value reaches it."""
+    with pytest.raises(error, match=message):
+        on_rank_zero(_OtherRank(sent), lambda: pytest.fail("computed on rank 1"), "validate")
+    assert on_rank_zero(_OtherRank((7, None, None)), lambda: 0, "validate") == 7

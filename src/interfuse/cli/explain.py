@@ -17,6 +17,7 @@ from ..report import (
     render_report,
 )
 from ..report.run import EXPLAIN_REPORT as EXPLAIN_MD
+from ..results import RESULTS_OUTDATED
 from ..run import (
     BEST,
     EXPLAIN_JSON,
@@ -25,6 +26,7 @@ from ..run import (
     load_run,
     read_history,
     read_results,
+    results_outdated,
 )
 from .app import main, user_errors
 
@@ -133,9 +135,11 @@ def explain(
     atomic_write_text(run_dir / EXPLAIN_MD, render_explanation(explanation, run.result.dataset))
     atomic_write_text(run_dir / EXPLAIN_JSON, explanation.to_json())
     # adds the link to explain.md, from the run's files now (it may have been resumed meanwhile)
-    render_report(
-        read_results(run_dir), run_dir, read_history(run_dir), explanations_outdated(run_dir)
-    )
+    results = read_results(run_dir)
+    outdated = results_outdated(run_dir, results)
+    render_report(results, run_dir, read_history(run_dir), explanations_outdated(run_dir), outdated)
+    if outdated:
+        click.echo(f"warning: {RESULTS_OUTDATED}", err=True)
     click.echo("")
     if explanation.absent:
         click.echo(absent_warning(explanation))

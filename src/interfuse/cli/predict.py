@@ -10,6 +10,7 @@ import click
 
 from ..data.arrays import LABELS, SPLIT_ALIASES, TASK_KEY, read_arrays, split_masks
 from ..io import atomic_write_text
+from ..results import RESULTS_OUTDATED
 from ..run import BEST, HISTORY, LOCK, load_run
 from .app import main, user_errors
 
@@ -63,6 +64,8 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     modalities that were missing.
     """
     run = load_run(run_dir, checkpoint)
+    if run.results_outdated:  # the model predicts; only the run's recorded numbers are old
+        click.echo(f"warning: {RESULTS_OUTDATED}", err=True)
     target = out or run_dir / "predictions.csv"
     check_output_file(target, "--out", data)
     if target.name in (HISTORY, LOCK) and target.parent.resolve() == run_dir.resolve():

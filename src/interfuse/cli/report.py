@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ..report import render_report
-from ..run import explanations_outdated, read_history, read_results
+from ..results import RESULTS_OUTDATED
+from ..run import explanations_outdated, read_history, read_results, results_outdated
 from .app import main, user_errors
 
 
@@ -17,7 +18,11 @@ from .app import main, user_errors
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/report.md and its figures from results.json and history.csv."""
     result = read_results(run_dir)
-    path = render_report(result, run_dir, read_history(run_dir), explanations_outdated(run_dir))
+    outdated = results_outdated(run_dir, result)
+    history = read_history(run_dir)
+    path = render_report(result, run_dir, history, explanations_outdated(run_dir), outdated)
+    if outdated:
+        click.echo(f"warning: {RESULTS_OUTDATED}", err=True)
     if result.relevance is not None:
         click.echo(result.relevance.table())
     click.echo(f"report: {path}")

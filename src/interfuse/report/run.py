@@ -31,6 +31,7 @@ from ..results import (
     HISTORY_FIGURE,
     RELEVANCE_FIGURE,
     REPORT,
+    RESULTS_OUTDATED,
     RelevanceEstimate,
     RelevanceEstimates,
     RelevanceEvidence,
@@ -315,16 +316,21 @@ def render_report(
     folder: str | Path,
     history: Sequence[Mapping[str, float]] = (),
     explanations_outdated: bool = False,
+    results_outdated: bool = False,
 ) -> Path:
     """Write ``report.md``, ``relevance.png`` and (with a history) ``history.png`` into
     ``folder``; return the path of ``report.md``. ``explanations_outdated``: ``explain.md``
-    explains an earlier model of the run (the link to it says so)."""
+    explains an earlier model of the run (the link to it says so). ``results_outdated``: the
+    results were measured on an earlier model than ``best.safetensors`` holds now (a banner at
+    the top says so)."""
     folder = Path(folder)
     dataset = result.dataset or folder.name
     truth = result.truth_shares
     relevance = result.relevance
     history_png = plot_history(history, folder / HISTORY_FIGURE)
     parts = [f"# Run report: {dataset}\n"]
+    if results_outdated:
+        parts.append(f"> **Warning:** {RESULTS_OUTDATED}\n")
     if result.verdict is not None:
         parts.append(_verdict_section(result))
     if relevance is not None and result.estimates is not None:

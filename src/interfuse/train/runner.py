@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -66,6 +66,7 @@ from ..run import (
     RUN_YAML,
     RunFolderError,
     lock_run_folder,
+    model_digest,
     save_run_checkpoint,
 )
 from .config import RESUMABLE_CHANGES, TrainConfig
@@ -79,6 +80,7 @@ __all__ = [
     "fit",
     "is_global_zero",
     "missing_modality_metrics",
+    "on_rank_zero",
     "prepare_run_folder",
 ]
 
@@ -86,6 +88,7 @@ RESULT_FILES = (RESULTS, LAST, BEST)
 RUN_FILES = (CONFIG, HISTORY, REPORT, RUN_YAML, RELEVANCE_FIGURE, HISTORY_FIGURE)
 """Files a run writes besides its checkpoints and results (replaced without asking)."""
 logger = logging.getLogger("interfuse")
+T = TypeVar("T")
 
 
 def prepare_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
@@ -365,11 +368,14 @@ class RunRecorder(pl.Callback):
         train_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")
         }
-        outcome: tuple[dict[str, float], Relevance | None] | None = None
-        if trainer.is_global_zero:
-            val = evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics)
-            outcome = (val, run.relevance())
-        val, relevance = trainer.strategy.broadcast(outcome, src=0)
+        val, relevance = on_rank_zero(
+            trainer,
+            lambda: (
+                evaluate(run.model, run.data.val, run.data.task, metric_set=run.data.metrics),
+                run.relevance(),
+            ),
+            "validate",
+        )
         row = {"epoch": state.epoch, **train_metrics}
         if state.attempt:
             row["attempt"] = state.attempt
@@ -766,22 +772,45 @@ def is_global_zero() -> bool:
 def _finish_everywhere(run: _Run, trainer: pl.Trainer) -> RunResult:
     """Rank 0 evaluates and writes ``results.json``; the result (or its failure) reaches every
     rank, so no rank waits forever for one that failed."""
+    return on_rank_zero(trainer, lambda: finish(run), "finish the run")
+
+
+REBUILT_ERRORS: tuple[type[Exception], ...] = (
+    CheckpointError,
+    RunFolderError,
+    ResourceBudgetError,
+    ValueError,
+    OSError,
+)
+"""Errors of rank 0 that the other ranks raise as the same type (most specific first): the
+command line gives them the same exit status; any other becomes a ``RuntimeError``."""
+
+
+def on_rank_zero(trainer: pl.Trainer, compute: Callable[[], T], what: str) -> T:
+    """``compute()`` on rank 0 alone (it reads or writes the run folder), its value broadcast to
+    every rank. When it fails, every rank raises instead of waiting forever in the broadcast for
+    a rank that left: rank 0 its own error, the others its one line as the first matching type
+    of :data:`REBUILT_ERRORS` (else ``RuntimeError('rank 0 failed to <what>: …')``)."""
     if trainer.world_size == 1:
-        return finish(run)
-    outcome: tuple[RunResult | None, str | None] = (None, None)
-    failure: BaseException | None = None
+        return compute()
+    outcome: tuple[T | None, str | None, str | None] = (None, None, None)
+    failure: Exception | None = None
     if trainer.is_global_zero:
         try:
-            outcome = (finish(run), None)
+            outcome = (compute(), None, None)
         except Exception as error:  # re-raised below, after the other ranks were told
             failure = error
-            outcome = (None, f"rank 0 failed to finish the run: {error}")
-    result, message = trainer.strategy.broadcast(outcome, src=0)
+            kind = next((t.__name__ for t in REBUILT_ERRORS if isinstance(error, t)), None)
+            outcome = (None, kind, " ".join(str(error).split()) or type(error).__name__)
+    value, kind, message = trainer.strategy.broadcast(outcome, src=0)
     if failure is not None:
         raise failure
-    if result is None:
-        raise RuntimeError(message)
-    return result
+    if message is not None:
+        rebuilt = next((t for t in REBUILT_ERRORS if t.__name__ == kind), None)
+        if rebuilt is None:
+            raise RuntimeError(f"rank 0 failed to {what}: {message}")
+        raise rebuilt(message)
+    return value  # type: ignore[return-value]  # rank 0 computed it
 
 
 @contextlib.contextmanager
@@ -886,15 +915,7 @@ def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
     if state.attempt < config.restarts:
         if state.attempt == 0 and _trained_with_dropout(run):
             return "without dropout"
-        decision = False
-        if trainer.is_global_zero and (run.out / BEST).exists():
-            best_state = _load_best(run)
-            run.model.load_state_dict(best_state)
-            verdict = learnt_verdict(
-                run.model, run.data, seed=config.seed, weight=_loss_weight(run)
-            )
-            decision = verdict.status != "learnt"
-        if trainer.strategy.broadcast(decision, src=0):
+        if on_rank_zero(trainer, lambda: _not_learnt(run), "judge the selected model"):
             return "not learnt"
     if (
         config.dropout_finetune
@@ -904,6 +925,15 @@ def _restart_reason(run: _Run, trainer: pl.Trainer) -> str | None:
     ):
         return "fine-tune"
     return None
+
+
+def _not_learnt(run: _Run) -> bool:
+    """Whether the best model so far is not clearly learnt (loads it into ``run.model``)."""
+    if not (run.out / BEST).exists():
+        return False
+    run.model.load_state_dict(_load_best(run))
+    verdict = learnt_verdict(run.model, run.data, seed=run.config.seed, weight=_loss_weight(run))
+    return verdict.status != "learnt"
 
 
 def _restart(run: _Run, trainer: pl.Trainer, reason: str) -> None:
@@ -930,8 +960,8 @@ def _restart(run: _Run, trainer: pl.Trainer, reason: str) -> None:
         state.finetuning = True
         # rank 0 reads the file (other nodes may not see it) and sends the weights as an object:
         # between attempts Lightning has moved the model back to the CPU, which NCCL cannot send
-        best_state = _load_best(run) if trainer.is_global_zero else None
-        run.model.load_state_dict(trainer.strategy.broadcast(best_state, src=0))
+        best_state = on_rank_zero(trainer, lambda: _load_best(run), "read the selected model")
+        run.model.load_state_dict(best_state)
         message = (
             f"fine-tune: validation selected the model of epoch {state.best_epoch}, trained "
             f"without dropout; training it further with the first attempt's dropout, learning "
@@ -1202,6 +1232,7 @@ def finish(run: _Run) -> RunResult:
         estimates=relevance_estimates(run.model, data.task, data.val, seed=run.config.seed)
         if run.entry.relevance and isinstance(run.model, MultimodalModel)
         else None,
+        model_sha256=model_digest(run.out / BEST),  # readers tell when best changes later
     )
     atomic_write_text(run.out / RESULTS, result.to_json())
     run.write_history()
