@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from interfuse import io as iio
-from interfuse.io import atomic_write_bytes, atomic_write_text
+from interfuse.io import atomic_text_writer, atomic_write_bytes, atomic_write_text
 
 
 def test_write_text_and_bytes(tmp_path):
@@ -73,3 +73,17 @@ def test_permissions(tmp_path):
     existing.chmod(0o640)
     atomic_write_text(existing, "new")
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640
+
+
+def test_a_streamed_file_replaces_the_old_one_only_when_complete(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_text_writer(target) as f:
+        f.write("half\r\n")
+        raise RuntimeError("stopped")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    with atomic_text_writer(target) as f:
+        f.write("a,b\r\n")
+        f.write("1,2\r\n")
+    assert target.read_bytes() == b"a,b\r\n1,2\r\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
