@@ -203,6 +203,32 @@ def test_cli_predict_in_chunks_writes_the_file_of_one_pass(offset_run, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir() if "failed" in p.name) == []
 
 
+def test_cli_predictions_read_back_as_the_values_predicted(offset_run, tmp_path):
+    """Values were written with 6 significant digits (1234567 as 1.23457e+06): neither float32
+    outputs nor the probabilities read back as predicted."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "new.npz"
+    np.savez(data, **{m: x[:30] for m, x in inputs.items()})
+    target = tmp_path / "classes.csv"
+    assert run_cli("predict", out, data, "--out", target).exit_code == 0
+    expected = load_run(out).predict({m: x[:30] for m, x in inputs.items()}).probabilities
+    rows = list(csv.DictReader(target.open()))
+    written = [[float(row[f"p({c})"]) for c in CLASSES] for row in rows]
+    assert torch.equal(torch.tensor(written, dtype=torch.float64), expected)
+    # regression: float32 outputs, large and small
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 3))
+    task = from_arrays({"x": x}, 1234567.0 + 1e5 * x[:, 0], seed=0, name="big-values")
+    config = TrainConfig(epochs=1, batch_size=32, rank=2, seed=0, restarts=0)
+    fit(task, config, tmp_path / "reg", progress=False)
+    np.savez(data, x=x[:20])
+    target = tmp_path / "values.csv"
+    assert run_cli("predict", tmp_path / "reg", data, "--out", target).exit_code == 0
+    outputs = load_run(tmp_path / "reg").predict({"x": x[:20]}).outputs
+    written = [[np.float32(row["y0"])] for row in csv.DictReader(target.open())]
+    assert torch.equal(torch.tensor(np.array(written)), outputs)
+
+
 def test_data_for_explaining_without_a_modality_names_it(offset_run, tmp_path):
     """A data file lacking one of the run's modalities failed with "encoder specifications
     ['aux', 'tab'] do not match the modalities ['tab']": neither the file nor what it lacks."""

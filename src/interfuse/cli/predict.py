@@ -127,12 +127,14 @@ def _header(run: Run, chunk: RunPrediction) -> list[str]:
 
 
 def _rows(chunk: RunPrediction, start: int) -> Iterator[list[Any]]:
-    """One CSV row per sample of ``chunk``, numbered from ``start``."""
+    """One CSV row per sample of ``chunk``, numbered from ``start``; every number is written as
+    the shortest text that reads back as the same value of its dtype (float32 outputs, float64
+    probabilities)."""
     if chunk.labels is not None and chunk.probabilities is not None:
-        rows = zip(chunk.labels, chunk.probabilities.tolist(), chunk.missing_names())
+        rows = zip(chunk.labels, chunk.probabilities.numpy(), chunk.missing_names())
         for i, (label, probs, missing) in enumerate(rows, start):
-            yield [i, label, *[f"{p:.6g}" for p in probs], missing]
+            yield [i, label, *map(str, probs), missing]
     else:
-        values = zip(chunk.outputs.tolist(), chunk.missing_names())
+        values = zip(chunk.outputs.numpy(), chunk.missing_names())
         for i, (outputs, missing) in enumerate(values, start):
-            yield [i, *[f"{v:.6g}" for v in outputs], missing]
+            yield [i, *map(str, outputs), missing]
