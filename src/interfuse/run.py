@@ -243,9 +243,10 @@ def read_history(folder: Path) -> list[dict[str, float]]:
 class RunPrediction(Prediction):
     """Predictions for raw inputs.
 
-    ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels (the raw label
-    values of training, as strings) for classification, the labels that are on (joined by ``+``)
-    for multilabel, ``None`` for regression; ``probabilities``: softmax ``(N, C)`` for
+    ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels
+    (:attr:`Run.class_names`: the raw label values of training as strings, or the names the data
+    set gives its classes) for classification, the labels that are on (joined by ``+``) for
+    multilabel, ``None`` for regression; ``probabilities``: softmax ``(N, C)`` for
     classification, per-label sigmoid ``(N, K)`` for multilabel; ``missing``: per modality,
     which samples lacked it.
     """
@@ -280,9 +281,17 @@ class Run:
 
     @property
     def class_names(self) -> list[str] | None:
-        if self.result is not None and self.result.class_names:
-            return list(self.result.class_names)
-        return None if self.preprocessor.classes is None else list(self.preprocessor.classes)
+        """Names of classes ``0 .. C-1`` (labels for multilabel), as training recorded them:
+        the data set's names (e.g. ``sarcastic``) or the raw label values as strings; ``None``
+        for regression. What predictions, CSV headers and results all use."""
+        classes = self.preprocessor.classes
+        if classes is None:
+            return None
+        recorded = (self.header.get("task") or {}).get("class_names")
+        for names in (self.result.class_names if self.result else None, recorded):
+            if isinstance(names, list) and len(names) == len(classes):
+                return [str(name) for name in names]
+        return list(classes)
 
     def predict(
         self,
@@ -390,10 +399,10 @@ class Run:
             return RunPrediction(result.outputs, result.missing)
         if self.task == "multilabel":
             probabilities = torch.sigmoid(result.outputs.double())
-            labels = self.preprocessor.decode(probabilities >= 0.5)
+            labels = self.preprocessor.decode(probabilities >= 0.5, self.class_names)
         else:
             probabilities = torch.softmax(result.outputs.double(), dim=1)
-            labels = self.preprocessor.decode(probabilities.argmax(dim=1))
+            labels = self.preprocessor.decode(probabilities.argmax(dim=1), self.class_names)
         return RunPrediction(result.outputs, result.missing, labels, probabilities)
 
     def evaluate(

@@ -66,8 +66,8 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     given to training. Leave a modality out to mark it missing for every sample, or fill a
     sample's row with NaN (or give a bool array `<modality>__mask`, False = missing) to mark
     it missing for that sample. A `labels` array, if present, is
-    used to report accuracy / loss. The CSV lists, per sample, the predicted class (with the
-    class labels of training) and its probabilities, or the predicted values, and the
+    used to report accuracy / loss. The CSV lists, per sample, the predicted class (named as in
+    the run's results) and its probabilities, or the predicted values, and the
     modalities that were missing.
     """
     run = load_run(run_dir, checkpoint)
@@ -121,7 +121,7 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
 def _header(run: Run, chunk: RunPrediction) -> list[str]:
     """The CSV header: class probabilities for classification, outputs for regression."""
     if chunk.labels is not None and chunk.probabilities is not None:
-        classes = run.preprocessor.classes or ()
+        classes = run.class_names or ()
         return ["sample", "prediction", *[f"p({c})" for c in classes], "missing"]
     return ["sample", *[f"y{k}" for k in range(chunk.outputs.shape[1])], "missing"]
 
