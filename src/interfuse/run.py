@@ -482,8 +482,10 @@ class Run:
                 )
             tensors = self.preprocessor.transform(content, where)
             present = {}
-            for m, x in tensors.items():  # a row of NaN or a <m>__mask marks a missing sample
-                _, keep = mark_missing(np.asarray(content[m]), given.get(m), m, f"{where}: ")
+            for m, x in tensors.items():
+                # a row of NaN after the run's preprocessing (which may turn NaN into 0, as
+                # training did) or a <m>__mask marks a missing sample, as for predict
+                _, keep = mark_missing(x.numpy(), given.get(m), m, f"{where}: ")
                 present[m] = torch.from_numpy(keep)
                 x[~present[m]] = 0.0  # missing rows: finite, ignored (as in training)
             splits[split] = TensorData(

@@ -293,3 +293,25 @@ def test_a_mustard_run_predicts_the_class_names_of_its_results(tmp_path):
     header, *rows = [line.split(",") for line in target.read_text().splitlines()]
     assert header == ["sample", "prediction", "p(not sarcastic)", "p(sarcastic)", "missing"]
     assert [row[1] for row in rows] == prediction.labels
+
+
+def test_explaining_from_a_file_reads_non_finite_affect_rows_as_training_did(tmp_path):
+    """Run.load_data(file) (interfuse explain --data-path) took a sample entirely NaN as
+    missing, where the run's preprocessing (and training, and predict) turn NaN into 0."""
+    from interfuse import load_run
+    from interfuse.inference import model_outputs
+
+    data = affect_data("mosi", seed=1)
+    data["test"]["text"][5] = np.nan
+    data["test"]["audio"][3, -1, 1] = -np.inf
+    task = load_dataset("mosi", path=write_pickle(tmp_path / "mosi.pkl", data))
+    fit(task, TrainConfig(epochs=1, batch_size=8, rank=2, seed=0), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    raw = {m: data["test"][m] for m in ("vision", "audio", "text")}
+    np.savez(tmp_path / "test.npz", labels=data["test"]["labels"], **raw)
+    loaded = run.load_data(tmp_path / "test.npz").test
+    assert all(bool(keep.all()) for keep in loaded.masks.values())
+    torch.testing.assert_close(loaded.inputs["text"], task.test.inputs["text"])
+    outputs = model_outputs(run.model, loaded)
+    torch.testing.assert_close(outputs, model_outputs(run.model, task.test))
+    torch.testing.assert_close(outputs, run.predict(raw).outputs)
