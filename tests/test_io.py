@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from interfuse import io as iio
-from interfuse.io import atomic_write_bytes, atomic_write_text
+from interfuse.io import atomic_text_writer, atomic_write_bytes, atomic_write_text
 
 
 def test_write_text_and_bytes(tmp_path):
@@ -121,3 +121,17 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         names[k] for k in ("live", "mine", "other")
     )
+
+
+def test_a_streamed_file_replaces_the_old_one_only_when_complete(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_text_writer(target) as f:
+        f.write("half\r\n")
+        raise RuntimeError("stopped")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    with atomic_text_writer(target) as f:
+        f.write("a,b\r\n")
+        f.write("1,2\r\n")
+    assert target.read_bytes() == b"a,b\r\n1,2\r\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from interfuse import load_run
 from interfuse.checkpoint import CheckpointError
 from interfuse.cli import main
+from interfuse.cli import predict as predict_cli
 from interfuse.data import from_arrays
 from interfuse.data.registry import DATASETS, DatasetInfo, ModalityInfo, load_dataset
 from interfuse.results import RESULTS_OUTDATED
@@ -144,6 +145,91 @@ def test_predict_errors_name_the_problem(offset_run, tmp_path):
     done = run_cli("predict", out, labelled)
     assert done.exit_code == 1 and "never seen in training" in done.output
     assert "Traceback" not in done.output
+
+
+def test_predicting_in_chunks_gives_the_outputs_of_one_pass(offset_run):
+    """Predict preprocessed whole arrays in float64 at once (about 3.5 times the input at the
+    peak): the rows now go through preprocessing and the model a chunk at a time, with the
+    same outputs, missing samples and errors as one pass."""
+    inputs, labels, _, _, out = offset_run
+    run = load_run(out)
+    raw = {m: x[:50].copy() for m, x in inputs.items()}
+    raw["tab"][[3, 41]] = np.nan  # missing in the first and in a later chunk
+    masks = {"aux": np.arange(50) % 7 != 0}
+    whole = run.predict(raw, masks, batch_size=4, chunk_rows=10**6)
+    chunked = run.predict(raw, masks, batch_size=4, chunk_rows=9)  # chunks of 8 rows
+    assert torch.equal(whole.outputs, chunked.outputs)
+    assert torch.equal(whole.probabilities, chunked.probabilities)
+    assert whole.labels == chunked.labels and len(chunked.labels) == 50
+    assert all(torch.equal(whole.missing[m], chunked.missing[m]) for m in whole.missing)
+    assert chunked.missing_counts() == {"tab": 2, "aux": 8}
+    assert [len(c.outputs) for c in run.predict_chunks(raw, batch_size=4, chunk_rows=16)] == [
+        16,
+        16,
+        16,
+        2,
+    ]
+    outputs = run.predict(raw, masks).outputs
+    assert run.evaluate(raw, labels[:50], masks) == run.score(outputs, labels[:50])
+    # an error counts over all rows, not over the chunk it is met in
+    raw["aux"][[1, 30], 0] = np.inf
+    for chunk_rows in (8, None):
+        with pytest.raises(ValueError, match="2 values are infinite"):
+            run.predict(raw, batch_size=4, chunk_rows=chunk_rows)
+    with pytest.raises(ValueError, match=r"must have shape \(600,\), got \(50,\)"):
+        run.predict(inputs, {"aux": np.ones(50, dtype=bool)}, batch_size=4, chunk_rows=8)
+
+
+def test_cli_predict_in_chunks_writes_the_file_of_one_pass(offset_run, tmp_path, monkeypatch):
+    inputs, labels, _, _, out = offset_run
+    raw = {m: x[:40].copy() for m, x in inputs.items()}
+    raw["tab"][[2, 33]] = np.nan
+    data = tmp_path / "new.npz"
+    np.savez(data, labels=labels[:40], aux__mask=np.arange(40) % 5 != 0, **raw)
+    monkeypatch.setattr(predict_cli, "BATCH_SIZE", 4)
+    files = []
+    for chunk_rows in (None, 8):
+        monkeypatch.setattr(predict_cli, "CHUNK_ROWS", chunk_rows)
+        target = tmp_path / f"predictions-{chunk_rows}.csv"
+        done = run_cli("predict", out, data, "--out", target)
+        assert done.exit_code == 0, done.output
+        assert "tab (2 of 40), aux (8 of 40)" in done.output
+        assert "metrics on DATA's labels: loss" in done.output
+        files.append((target.read_bytes(), done.output.replace(str(target), "")))
+    assert files[0] == files[1]
+    # an error met in a later chunk leaves neither the output nor a temporary file
+    raw["aux"][30, 0] = np.inf
+    np.savez(data, **raw)
+    target = tmp_path / "failed.csv"
+    done = run_cli("predict", out, data, "--out", target)
+    assert done.exit_code == 1 and "1 values are infinite" in done.output
+    assert sorted(p.name for p in tmp_path.iterdir() if "failed" in p.name) == []
+
+
+def test_cli_predictions_read_back_as_the_values_predicted(offset_run, tmp_path):
+    """Values were written with 6 significant digits (1234567 as 1.23457e+06): neither float32
+    outputs nor the probabilities read back as predicted."""
+    inputs, labels, _, _, out = offset_run
+    data = tmp_path / "new.npz"
+    np.savez(data, **{m: x[:30] for m, x in inputs.items()})
+    target = tmp_path / "classes.csv"
+    assert run_cli("predict", out, data, "--out", target).exit_code == 0
+    expected = load_run(out).predict({m: x[:30] for m, x in inputs.items()}).probabilities
+    rows = list(csv.DictReader(target.open()))
+    written = [[float(row[f"p({c})"]) for c in CLASSES] for row in rows]
+    assert torch.equal(torch.tensor(written, dtype=torch.float64), expected)
+    # regression: float32 outputs, large and small
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 3))
+    task = from_arrays({"x": x}, 1234567.0 + 1e5 * x[:, 0], seed=0, name="big-values")
+    config = TrainConfig(epochs=1, batch_size=32, rank=2, seed=0, restarts=0)
+    fit(task, config, tmp_path / "reg", progress=False)
+    np.savez(data, x=x[:20])
+    target = tmp_path / "values.csv"
+    assert run_cli("predict", tmp_path / "reg", data, "--out", target).exit_code == 0
+    outputs = load_run(tmp_path / "reg").predict({"x": x[:20]}).outputs
+    written = [[np.float32(row["y0"])] for row in csv.DictReader(target.open())]
+    assert torch.equal(torch.tensor(np.array(written)), outputs)
 
 
 def test_data_for_explaining_without_a_modality_names_it(offset_run, tmp_path):

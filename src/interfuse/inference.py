@@ -49,7 +49,7 @@ def predict(
     files). Missing blocks take their expected value (``docs/missing-modalities.md``); the model
     runs in eval mode.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     modalities = list(model.modalities)
     unknown = [k for k in inputs if k not in modalities]
     if unknown:
@@ -74,7 +74,7 @@ def predict(
     for m in modalities:
         if m not in tensors:
             keep = torch.zeros(n, dtype=torch.bool)
-            if masks is not None and m in masks and bool(_as_mask(m, masks[m], n).any()):
+            if masks is not None and m in masks and bool(as_mask(m, masks[m], n).any()):
                 raise ValueError(
                     f"masks[{m!r}] marks samples as present, but modality {m!r} is not in the "
                     f"inputs; pass its data, or a mask of False (or leave it out)"
@@ -87,7 +87,7 @@ def predict(
                 else (torch.ones(n, dtype=torch.bool))
             )
         if masks is not None and m in masks:
-            keep = keep & _as_mask(m, masks[m], n)
+            keep = keep & as_mask(m, masks[m], n)
         present[m] = keep
     device = next(model.parameters()).device
     was_training = model.training
@@ -120,7 +120,8 @@ def _as_tensor(name: str, x: ArrayLike, dtype: torch.dtype) -> Tensor:
     return x.to(dtype) if x.is_floating_point() else x
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size that is not an integer >= 1 (bools included) in one line."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
@@ -134,7 +135,9 @@ def _check_materialised(model: nn.Module) -> None:
         )
 
 
-def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
+def as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
+    """A modality's presence mask as an ``(n,)`` bool tensor (True = present); one-line errors
+    for other dtypes, values or shapes."""
     if isinstance(mask, bool):
         return torch.full((n,), mask, dtype=torch.bool)
     array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
@@ -159,7 +162,7 @@ def _as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
 @torch.no_grad()
 def model_outputs(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Tensor:
     """Outputs of ``model`` (eval mode, restored afterwards) for every sample of ``data``."""
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     _check_materialised(model)
     was_training = model.training
     model.eval()

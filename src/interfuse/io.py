@@ -11,9 +11,17 @@ import contextlib
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
-__all__ = ["TMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_text_writer",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "remove_stale_temporaries",
+]
 
 TMP_SUFFIX = ".tmp"
 """Temporary files are named ``.<name>.<writer's PID>-<12 hex digits>.tmp`` beside their target
@@ -38,7 +46,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}{TMP_SUFFIX}")
+    tmp = _temporary(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, 0o666)
     try:
@@ -46,15 +54,53 @@ def _atomic_write(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        os.replace(tmp, path)
+        _swap_in(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _temporary(path: Path) -> Path:
+    """A new temporary name beside ``path``, holding this process's PID (see :data:`TMP_SUFFIX`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}{TMP_SUFFIX}")
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the permissions of the file it replaces (if any), then rename it over it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_text_writer(path: str | os.PathLike[str], encoding: str = "utf-8") -> Iterator[TextIO]:
+    """A text stream (no newline translation) whose content replaces ``path`` atomically when
+    the ``with`` block ends without an exception, for files too large to build in memory.
+
+    The text goes to a temporary file beside ``path``; if the block raises, the temporary file
+    is removed and ``path`` is left untouched. Permissions as for :func:`atomic_write_bytes`.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_in(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

@@ -42,7 +42,7 @@ from .data.batching import TensorData
 from .data.preprocess import Preprocessor
 from .data.registry import load_dataset
 from .data.task import TaskData
-from .inference import Prediction, predict
+from .inference import Prediction, as_mask, check_batch_size, predict
 from .metrics import compute_metrics
 from .models import ModelSpec, build_model, model_entry
 from .results import PosthocResult, RunResult, SchemaError
@@ -72,6 +72,8 @@ HISTORY = "history.csv"
 LOCK = ".lock"
 RUN_YAML = "run.yaml"
 EXPLAIN_JSON = "explain.json"
+CHUNK_BYTES = 16 * 2**20
+"""About how many bytes of float64 :meth:`Run.predict_chunks` preprocesses at a time."""
 
 
 class RunFolderError(ValueError):
@@ -260,9 +262,10 @@ def read_history(folder: Path) -> list[dict[str, float]]:
 class RunPrediction(Prediction):
     """Predictions for raw inputs.
 
-    ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels (the raw label
-    values of training, as strings) for classification, the labels that are on (joined by ``+``)
-    for multilabel, ``None`` for regression; ``probabilities``: softmax ``(N, C)`` for
+    ``outputs``: raw model outputs ``(N, C)``; ``labels``: predicted class labels
+    (:attr:`Run.class_names`: the raw label values of training as strings, or the names the data
+    set gives its classes) for classification, the labels that are on (joined by ``+``) for
+    multilabel, ``None`` for regression; ``probabilities``: softmax ``(N, C)`` for
     classification, per-label sigmoid ``(N, K)`` for multilabel; ``missing``: per modality,
     which samples lacked it.
     """
@@ -300,9 +303,17 @@ class Run:
 
     @property
     def class_names(self) -> list[str] | None:
-        if self.result is not None and self.result.class_names:
-            return list(self.result.class_names)
-        return None if self.preprocessor.classes is None else list(self.preprocessor.classes)
+        """Names of classes ``0 .. C-1`` (labels for multilabel), as training recorded them:
+        the data set's names (e.g. ``sarcastic``) or the raw label values as strings; ``None``
+        for regression. What predictions, CSV headers and results all use."""
+        classes = self.preprocessor.classes
+        if classes is None:
+            return None
+        recorded = (self.header.get("task") or {}).get("class_names")
+        for names in (self.result.class_names if self.result else None, recorded):
+            if isinstance(names, list) and len(names) == len(classes):
+                return [str(name) for name in names]
+        return list(classes)
 
     def predict(
         self,
@@ -310,38 +321,110 @@ class Run:
         masks: Mapping[str, Any] | None = None,
         batch_size: int = 1024,
         source: str = "",
+        chunk_rows: int | None = None,
     ) -> RunPrediction:
         """Predict from raw arrays ``{modality: (N, ...)}``, preprocessed as in training.
 
         Leave a modality out, pass ``masks={m: bool array}`` (True = present), or fill a sample's
         row with NaN to mark it missing (models with a missing-modality path only). Inputs are
         checked as in training (numbers, shapes, sample counts, no infinite values, no partly
-        NaN samples, no float32 overflow); errors name ``source`` when given.
+        NaN samples, no float32 overflow); errors name ``source`` when given. The rows are
+        preprocessed and predicted in chunks (:meth:`predict_chunks`), whose outputs are joined.
         """
+        chunks = list(self.predict_chunks(inputs, masks, batch_size, source, chunk_rows))
+        missing = {m: torch.cat([c.missing[m] for c in chunks]) for m in chunks[0].missing}
+        outputs = torch.cat([c.outputs for c in chunks])
+        if self.task == "regression":
+            return RunPrediction(outputs, missing)
+        labels = [label for c in chunks for label in c.labels or ()]
+        probabilities = torch.cat([c.probabilities for c in chunks if c.probabilities is not None])
+        return RunPrediction(outputs, missing, labels, probabilities)
+
+    def predict_chunks(
+        self,
+        inputs: Mapping[str, Any],
+        masks: Mapping[str, Any] | None = None,
+        batch_size: int = 1024,
+        source: str = "",
+        chunk_rows: int | None = None,
+    ) -> Iterator[RunPrediction]:
+        """:meth:`predict` for consecutive chunks of rows, one :class:`RunPrediction` each, so
+        that only one chunk is preprocessed (in float64) at a time.
+
+        ``chunk_rows`` (rounded down to a multiple of ``batch_size``, at least one batch) is by
+        default what keeps a chunk's float64 copy near :data:`CHUNK_BYTES`. The model sees the
+        same batches whatever the chunking, so the outputs are those of one whole pass; an
+        error names the counts of the whole input, as a whole pass would.
+        """
+        prefix = f"{source}: " if source else ""
         if not isinstance(inputs, Mapping) or not inputs:
             raise ValueError(
-                f"{source + ': ' if source else ''}no modality arrays given; the run expects "
-                f"some of {self.modalities}"
+                f"{prefix}no modality arrays given; the run expects some of {self.modalities}"
             )
-        tensors = self.preprocessor.transform(inputs, source)
-        sizes = {m: len(x) for m, x in tensors.items()}
+        check_batch_size(batch_size)
+        arrays = {m: x if isinstance(x, Tensor) else np.asarray(x) for m, x in inputs.items()}
+        if any(x.ndim == 0 for x in arrays.values()):
+            self.preprocessor.transform(arrays, source)  # names the scalar
+        sizes = {m: len(x) for m, x in arrays.items()}
+        n = max(sizes.values())
+        step = _chunk_rows(arrays, batch_size, chunk_rows)
+        # the first chunk's checks (names, dtypes, shapes) before the sample counts, as ever
+        first = self._transform_rows(arrays, slice(0, step), source)
         if len(set(sizes.values())) != 1:
-            raise ValueError(
-                f"{source + ': ' if source else ''}modalities have different numbers of "
-                f"samples: {sizes}"
+            raise ValueError(f"{prefix}modalities have different numbers of samples: {sizes}")
+        given = self._whole_masks(masks, n, prefix)
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
+            tensors = first if start == 0 else self._transform_rows(arrays, rows, source)
+            chunk_masks = (
+                None
+                if given is None
+                else {m: k[rows] if isinstance(k, Tensor) else k for m, k in given.items()}
             )
+            try:
+                result = predict(self.model, tensors, masks=chunk_masks, batch_size=batch_size)
+            except ValueError as error:
+                raise ValueError(f"{prefix}{error}") from None
+            yield self._labelled(result)
+
+    def _transform_rows(
+        self, arrays: Mapping[str, Any], rows: slice, source: str
+    ) -> dict[str, Tensor]:
+        """The run's preprocessing of ``rows``; an error is that of the whole input (its counts
+        and largest values), as one pass over all rows reports it."""
         try:
-            result = predict(self.model, tensors, masks=masks, batch_size=batch_size)
+            return self.preprocessor.transform({m: x[rows] for m, x in arrays.items()}, source)
+        except ValueError:
+            if rows.start == 0 and rows.stop >= max(len(x) for x in arrays.values()):
+                raise
+            self.preprocessor.transform(arrays, source)
+            raise
+
+    def _whole_masks(
+        self, masks: Mapping[str, Any] | None, n: int, prefix: str
+    ) -> dict[str, Any] | None:
+        """Given masks of the run's modalities as ``(n,)`` bool tensors (checked once, for all
+        rows); bools and masks of unknown modalities stay as given, for :func:`predict` to judge."""
+        if masks is None:
+            return None
+        try:
+            return {
+                m: k if isinstance(k, bool) or m not in self.modalities else as_mask(m, k, n)
+                for m, k in masks.items()
+            }
         except ValueError as error:
-            raise ValueError(f"{source + ': ' if source else ''}{error}") from None
+            raise ValueError(f"{prefix}{error}") from None
+
+    def _labelled(self, result: Prediction) -> RunPrediction:
+        """Model outputs with the predicted labels and probabilities of the task."""
         if self.task == "regression":
             return RunPrediction(result.outputs, result.missing)
         if self.task == "multilabel":
             probabilities = torch.sigmoid(result.outputs.double())
-            labels = self.preprocessor.decode(probabilities >= 0.5)
+            labels = self.preprocessor.decode(probabilities >= 0.5, self.class_names)
         else:
             probabilities = torch.softmax(result.outputs.double(), dim=1)
-            labels = self.preprocessor.decode(probabilities.argmax(dim=1))
+            labels = self.preprocessor.decode(probabilities.argmax(dim=1), self.class_names)
         return RunPrediction(result.outputs, result.missing, labels, probabilities)
 
     def evaluate(
@@ -353,8 +436,13 @@ class Run:
     ) -> dict[str, float]:
         """Metrics on raw inputs and raw labels (the run's metric set); missing modalities are
         marked as for :meth:`predict`."""
+        self.preprocessor.encode_labels(labels, source)  # bad labels fail before predicting
+        return self.score(self.predict(inputs, masks, source=source).outputs, labels, source)
+
+    def score(self, outputs: Tensor, labels: Any, source: str = "") -> dict[str, float]:
+        """Metrics (the run's metric set) of model ``outputs`` already made by :meth:`predict`
+        against raw ``labels``."""
         targets = self.preprocessor.encode_labels(labels, source)
-        outputs = self.predict(inputs, masks, source=source).outputs
         if len(targets) != len(outputs):
             raise ValueError(
                 f"{source + ': ' if source else ''}{len(targets)} labels for {len(outputs)} samples"
@@ -416,8 +504,10 @@ class Run:
                 )
             tensors = self.preprocessor.transform(content, where)
             present = {}
-            for m, x in tensors.items():  # a row of NaN or a <m>__mask marks a missing sample
-                _, keep = mark_missing(np.asarray(content[m]), given.get(m), m, f"{where}: ")
+            for m, x in tensors.items():
+                # a row of NaN after the run's preprocessing (which may turn NaN into 0, as
+                # training did) or a <m>__mask marks a missing sample, as for predict
+                _, keep = mark_missing(x.numpy(), given.get(m), m, f"{where}: ")
                 present[m] = torch.from_numpy(keep)
                 x[~present[m]] = 0.0  # missing rows: finite, ignored (as in training)
             splits[split] = TensorData(
@@ -437,6 +527,17 @@ class Run:
             preprocessor=self.preprocessor,
             source={"path": str(path.resolve())},
         )
+
+
+def _chunk_rows(arrays: Mapping[str, Any], batch_size: int, chunk_rows: int | None) -> int:
+    """Rows per chunk: ``chunk_rows``, or what keeps a float64 copy near :data:`CHUNK_BYTES`,
+    rounded down to whole batches (at least one)."""
+    if chunk_rows is None:
+        width = sum(math.prod(x.shape[1:]) for x in arrays.values())
+        chunk_rows = CHUNK_BYTES // (8 * max(width, 1))
+    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+    return max(chunk_rows // batch_size, 1) * batch_size
 
 
 def load_run(

@@ -268,3 +268,50 @@ def test_a_modality_that_is_a_single_value_is_named(tmp_path):
     data["train"]["vision"] = 5.0
     with pytest.raises(ValueError, match=r"split 'train', modality 'vision': expected shape"):
         load_affect("mosi", write_pickle(tmp_path / "a.pkl", data))
+
+
+def test_a_mustard_run_predicts_the_class_names_of_its_results(tmp_path):
+    """results.json named MUStARD's classes "not sarcastic"/"sarcastic", but predictions and the
+    CSV header of interfuse predict said "0"/"1"."""
+    from interfuse import load_run
+
+    data = affect_data("mustard", seed=1)
+    task = load_dataset("mustard", path=write_pickle(tmp_path / "mustard.pkl", data))
+    fit(task, TrainConfig(epochs=1, batch_size=8, rank=2, seed=0), tmp_path / "run", progress=False)
+    names = ["not sarcastic", "sarcastic"]
+    run = load_run(tmp_path / "run")
+    assert run.result.class_names == names and run.class_names == names
+    raw = {m: data["test"][m] for m in ("vision", "audio", "text")}
+    prediction = run.predict(raw)
+    assert prediction.labels == [names[i] for i in prediction.outputs.argmax(1).tolist()]
+    np.savez(tmp_path / "new.npz", **raw)
+    target = tmp_path / "predictions.csv"
+    done = CliRunner().invoke(
+        main, ["predict", str(tmp_path / "run"), str(tmp_path / "new.npz"), "--out", str(target)]
+    )
+    assert done.exit_code == 0, done.output
+    header, *rows = [line.split(",") for line in target.read_text().splitlines()]
+    assert header == ["sample", "prediction", "p(not sarcastic)", "p(sarcastic)", "missing"]
+    assert [row[1] for row in rows] == prediction.labels
+
+
+def test_explaining_from_a_file_reads_non_finite_affect_rows_as_training_did(tmp_path):
+    """Run.load_data(file) (interfuse explain --data-path) took a sample entirely NaN as
+    missing, where the run's preprocessing (and training, and predict) turn NaN into 0."""
+    from interfuse import load_run
+    from interfuse.inference import model_outputs
+
+    data = affect_data("mosi", seed=1)
+    data["test"]["text"][5] = np.nan
+    data["test"]["audio"][3, -1, 1] = -np.inf
+    task = load_dataset("mosi", path=write_pickle(tmp_path / "mosi.pkl", data))
+    fit(task, TrainConfig(epochs=1, batch_size=8, rank=2, seed=0), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    raw = {m: data["test"][m] for m in ("vision", "audio", "text")}
+    np.savez(tmp_path / "test.npz", labels=data["test"]["labels"], **raw)
+    loaded = run.load_data(tmp_path / "test.npz").test
+    assert all(bool(keep.all()) for keep in loaded.masks.values())
+    torch.testing.assert_close(loaded.inputs["text"], task.test.inputs["text"])
+    outputs = model_outputs(run.model, loaded)
+    torch.testing.assert_close(outputs, model_outputs(run.model, task.test))
+    torch.testing.assert_close(outputs, run.predict(raw).outputs)

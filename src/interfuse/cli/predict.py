@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import csv
-import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
+import torch
 
 from ..data.arrays import LABELS, SPLIT_ALIASES, TASK_KEY, read_arrays, split_masks
-from ..io import atomic_write_text
+from ..io import atomic_text_writer
 from ..results import RESULTS_OUTDATED
-from ..run import BEST, HISTORY, LOCK, load_run
+from ..run import BEST, HISTORY, LOCK, Run, RunPrediction, load_run
 from .app import main, user_errors
+
+BATCH_SIZE = 1024
+"""Samples per model batch."""
+CHUNK_ROWS: int | None = None
+"""Rows preprocessed and predicted at a time (``None``: :data:`interfuse.run.CHUNK_BYTES` of
+float64 at a time); the output does not depend on it."""
 
 
 def check_output_file(target: Path, option: str, source: Path | None = None) -> None:
@@ -59,8 +67,8 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     given to training. Leave a modality out to mark it missing for every sample, or fill a
     sample's row with NaN (or give a bool array `<modality>__mask`, False = missing) to mark
     it missing for that sample. A `labels` array, if present, is
-    used to report accuracy / loss. The CSV lists, per sample, the predicted class (with the
-    class labels of training) and its probabilities, or the predicted values, and the
+    used to report accuracy / loss. The CSV lists, per sample, the predicted class (named as in
+    the run's results) and its probabilities, or the predicted values, and the
     modalities that were missing.
     """
     run = load_run(run_dir, checkpoint)
@@ -87,28 +95,49 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
         raise ValueError(f"{data}: {error}") from None
     if not arrays:
         raise ValueError(f"{data}: no modality arrays (expected some of {run.modalities})")
-    result = run.predict(arrays, masks, source=str(data))
-    # bad labels fail the command before anything is written
-    metrics = None if labels is None else run.evaluate(arrays, labels, masks, str(data))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    if result.labels is not None and result.probabilities is not None:
-        classes = run.preprocessor.classes or ()
-        writer.writerow(["sample", "prediction", *[f"p({c})" for c in classes], "missing"])
-        rows = zip(result.labels, result.probabilities.tolist(), result.missing_names())
-        for i, (label, probs, missing) in enumerate(rows):
-            writer.writerow([i, label, *[f"{p:.6g}" for p in probs], missing])
-    else:
-        outputs = result.outputs
-        writer.writerow(["sample", *[f"y{k}" for k in range(outputs.shape[1])], "missing"])
-        for i, (values, missing) in enumerate(zip(outputs.tolist(), result.missing_names())):
-            writer.writerow([i, *[f"{v:.6g}" for v in values], missing])
-    atomic_write_text(target, buffer.getvalue())
-    n = len(result.outputs)
-    counts = result.missing_counts()
-    summary = ", ".join(f"{m} ({c} of {n})" for m, c in counts.items()) or "none"
+    n = 0
+    outputs = []
+    counts: dict[str, int] = {}
+    metrics = None
+    with atomic_text_writer(target) as file:  # replaces target only once all is done
+        writer = csv.writer(file)
+        chunks = run.predict_chunks(arrays, masks, BATCH_SIZE, str(data), CHUNK_ROWS)
+        for chunk in chunks:
+            if n == 0:
+                writer.writerow(_header(run, chunk))
+            writer.writerows(_rows(chunk, n))
+            n += len(chunk.outputs)
+            outputs.append(chunk.outputs)
+            for m, c in chunk.missing_counts().items():
+                counts[m] = counts.get(m, 0) + c
+        if labels is not None:  # bad labels fail the command before anything is written
+            metrics = run.score(torch.cat(outputs), labels, str(data))
+    missing = [f"{m} ({counts[m]} of {n})" for m in run.modalities if counts.get(m)]
+    summary = ", ".join(missing) or "none"
     click.echo(f"{n} predictions written to {target}; missing modalities: {summary}")
     if metrics is not None:
         click.echo(
             "metrics on DATA's labels: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         )
+
+
+def _header(run: Run, chunk: RunPrediction) -> list[str]:
+    """The CSV header: class probabilities for classification, outputs for regression."""
+    if chunk.labels is not None and chunk.probabilities is not None:
+        classes = run.class_names or ()
+        return ["sample", "prediction", *[f"p({c})" for c in classes], "missing"]
+    return ["sample", *[f"y{k}" for k in range(chunk.outputs.shape[1])], "missing"]
+
+
+def _rows(chunk: RunPrediction, start: int) -> Iterator[list[Any]]:
+    """One CSV row per sample of ``chunk``, numbered from ``start``; every number is written as
+    the shortest text that reads back as the same value of its dtype (float32 outputs, float64
+    probabilities)."""
+    if chunk.labels is not None and chunk.probabilities is not None:
+        rows = zip(chunk.labels, chunk.probabilities.numpy(), chunk.missing_names())
+        for i, (label, probs, missing) in enumerate(rows, start):
+            yield [i, label, *map(str, probs), missing]
+    else:
+        values = zip(chunk.outputs.numpy(), chunk.missing_names())
+        for i, (outputs, missing) in enumerate(values, start):
+            yield [i, *map(str, outputs), missing]

@@ -263,16 +263,20 @@ class Preprocessor:
             )
         return torch.tensor([index[n] for n in names], dtype=torch.long)
 
-    def decode(self, indices: Tensor | Sequence[int]) -> list[str]:
-        """Class indices → raw label values (as strings); for multilabel, a ``(N, K)`` 0/1 matrix
-        → the names of the labels that are on, joined by ``+`` (``""`` for none)."""
+    def decode(
+        self, indices: Tensor | Sequence[int], names: Sequence[str] | None = None
+    ) -> list[str]:
+        """Class indices → raw label values (as strings), or ``names[i]`` when the classes have
+        display names (one per class); for multilabel, a ``(N, K)`` 0/1 matrix → the names of
+        the labels that are on, joined by ``+`` (``""`` for none)."""
         if self.classes is None:
             raise ValueError("a regression task has no classes to decode")
+        if names is not None and len(names) != len(self.classes):
+            raise ValueError(f"{len(names)} class names given for {len(self.classes)} classes")
+        labels = self.classes if names is None else tuple(names)
         if self.task == "multilabel":
-            return [
-                "+".join(c for c, on in zip(self.classes, row) if on) for row in np.asarray(indices)
-            ]
-        return [self.classes[int(i)] for i in indices]
+            return ["+".join(c for c, on in zip(labels, row) if on) for row in np.asarray(indices)]
+        return [labels[int(i)] for i in indices]
 
     # -- storage ---------------------------------------------------------------------------
 
