@@ -144,7 +144,10 @@ def failed(dump: Path, rank: int, error: Exception) -> None:
     """``rank r: <type>: <message>`` on stderr, then exit 1. Rank 0 first waits (up to 60 s) for
     rank 1 to fail too, as a caller that catches the error and goes on would keep it alive: a
     rank 1 left waiting for rank 0 in a collective then waits as long."""
-    print(f"rank {rank}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    # one write of the whole line: both ranks share the pipe, and print() writes the text and
+    # its newline separately, so two ranks' lines could run together
+    sys.stderr.write(f"rank {rank}: {type(error).__name__}: {error}\n")
+    sys.stderr.flush()
     dump.mkdir(parents=True, exist_ok=True)
     (dump / f"rank{rank}.failed").touch()
     deadline = time.monotonic() + 60
