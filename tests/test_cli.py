@@ -249,3 +249,15 @@ def test_an_os_error_enomem_is_out_of_memory():
     error = translate_error(OSError(errno.ENOMEM, "Cannot allocate memory"))
     assert error.exit_code == EXIT_MEMORY and "out of memory" in error.message
     assert "Cannot allocate memory [ENOMEM]" in error.message
+
+
+def test_report_prints_what_train_printed(tiny_run):
+    """``interfuse report`` printed the β-share table while ``train`` leads with the headline
+    relevance estimator: both now end with the same summary of the run."""
+    out, train_output = tiny_run
+    result = run("report", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("\n== ")
+    summary = result.output[result.output.index("relevance:") :]
+    assert summary in train_output
+    assert f"report: {out / 'report.md'}" in summary

@@ -8,7 +8,7 @@ import click
 
 from ..report import render_report
 from ..run import explanations_outdated, read_history, read_results
-from .app import main, user_errors
+from .app import main, print_run, user_errors
 
 
 @main.command()
@@ -17,7 +17,5 @@ from .app import main, user_errors
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/report.md and its figures from results.json and history.csv."""
     result = read_results(run_dir)
-    path = render_report(result, run_dir, read_history(run_dir), explanations_outdated(run_dir))
-    if result.relevance is not None:
-        click.echo(result.relevance.table())
-    click.echo(f"report: {path}")
+    render_report(result, run_dir, read_history(run_dir), explanations_outdated(run_dir))
+    print_run(result.dataset, result, run_dir)  # as 'interfuse train' ends
