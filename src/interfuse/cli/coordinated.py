@@ -269,7 +269,7 @@ def colearn(
 )
 @user_errors
 def summarize(folders: tuple[Path, ...]) -> None:
-    """Mean ± std of each metric over run FOLDERS of one task (e.g. three seeds)."""
+    """Mean ± std (n − 1; n/a for one run) of each metric over run FOLDERS of one task."""
     results = []
     for folder in folders:
         path = folder / RESULTS
