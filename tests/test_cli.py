@@ -261,3 +261,29 @@ def test_report_prints_what_train_printed(tiny_run):
     summary = result.output[result.output.index("relevance:") :]
     assert summary in train_output
     assert f"report: {out / 'report.md'}" in summary
+
+
+def test_a_folder_without_a_checkpoint_never_suggests_resume(tiny_run, tmp_path):
+    """A folder holding a results.json that no run wrote (or a run's results without
+    last.safetensors) was "a run; pass --resume to continue it", and --resume then failed
+    ("nothing to resume"): the suggestion is now one that works."""
+    import shutil
+
+    args = ["train", "--probs", "0.9,0", *TINY]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"accuracy": 0.9}')
+    result = run(*args, "--out", str(mine))
+    assert result.exit_code == 1
+    assert "results.json, not written by an interfuse run" in result.output
+    assert "--resume" not in result.output and "--overwrite" in result.output
+    copied = tmp_path / "copied"
+    shutil.copytree(tiny_run[0], copied)
+    (copied / "last.safetensors").unlink()
+    result = run(*args, "--out", str(copied))
+    assert result.exit_code == 1
+    assert "without last.safetensors to resume from" in result.output
+    assert "--resume" not in result.output and "--overwrite" in result.output
+    assert (mine / "results.json").read_text() == '{"accuracy": 0.9}'
+    result = run(*args, "--out", str(mine), "--overwrite")
+    assert result.exit_code == 0, result.output
