@@ -169,3 +169,30 @@ def test_explain_errors_are_one_line(runs, tmp_path):
     (old / "results.json").write_text(json.dumps(results))
     result = run("explain", old, "--quiet")
     assert result.exit_code == 1 and "made by an older version" in result.output
+
+
+def test_a_moved_data_file_names_the_data_path_option(tmp_path):
+    """The data file a run was trained on, moved: explain said only "data file not found",
+    not that --data-path can point to it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 90), ("val", 30), ("test", 30)):
+        labels = rng.integers(0, 2, n)
+        arrays[f"{split}/a"] = rng.normal(size=(n, 3)) + labels[:, None]
+        arrays[f"{split}/b"] = rng.normal(size=(n, 2))
+        arrays[f"{split}/labels"] = labels
+    data = tmp_path / "data.npz"
+    np.savez(data, **arrays)
+    out = tmp_path / "run"
+    args = ("--dataset", "npz", "--data-path", data, "--epochs", "1", "--quiet", "--out", out)
+    result = run("train", *args)
+    assert result.exit_code == 0, result.output
+    moved = data.rename(tmp_path / "moved.npz")
+    result = run("explain", out, "--emap-samples", "0", "--quiet")
+    assert result.exit_code == 1
+    assert f"data file not found: {data}" in result.output
+    assert "if it moved, give its new location: --data-path FILE" in result.output
+    result = run("explain", out, "--emap-samples", "0", "--quiet", "--data-path", moved)
+    assert result.exit_code == 0, result.output
