@@ -287,3 +287,15 @@ def test_a_folder_without_a_checkpoint_never_suggests_resume(tiny_run, tmp_path)
     assert (mine / "results.json").read_text() == '{"accuracy": 0.9}'
     result = run(*args, "--out", str(mine), "--overwrite")
     assert result.exit_code == 0, result.output
+
+
+def test_an_unsupported_shape_says_what_to_do_on_the_command_line(tmp_path):
+    """A 5-D array said "pass an encoder: encoders={'a': …}", a keyword of the Python API that
+    the command line has no option for: it now says to reshape, or to train from Python."""
+    data = tmp_path / "data.npz"
+    np.savez(data, a=np.ones((40, 2, 2, 2, 2), np.float32), labels=np.arange(40) % 2)
+    args = ["--dataset", "npz", "--data-path", str(data), "--out", str(tmp_path / "r")]
+    result = run("train", *args)
+    assert result.exit_code == 1
+    assert "no default encoder" in result.output
+    assert "reshape the array to one of these, or train from Python" in result.output

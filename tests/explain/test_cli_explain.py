@@ -161,6 +161,8 @@ def test_explain_errors_are_one_line(runs, tmp_path):
     out = runs / "late"
     result = run("explain", out, "--method", "mask", "--quiet")
     assert result.exit_code == 1 and "no missing-modality path" in result.output
+    # the command line's option, beside the Python API's keyword
+    assert "--method embedding or --method input" in result.output
     # a run folder of the previous version: a clear message, not a traceback
     old = tmp_path / "old"
     shutil.copytree(runs / "intense", old)

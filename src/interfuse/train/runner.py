@@ -767,8 +767,9 @@ def compile_note(config: TrainConfig, modalities: int, partial: Sequence[str]) -
         )
     if partial:
         reasons.append(f"batches in which {', '.join(partial)} miss samples run eagerly")
-    return "compile=True compiles only training batches without missing modalities: " + (
-        "; ".join(reasons)
+    return (
+        "compile=True (--compile) compiles only training batches without missing modalities: "
+        + ("; ".join(reasons))
     )
 
 
