@@ -525,7 +525,7 @@ def demo(
 
     (a) motif data, 4 modalities with insertion probabilities 0.9, 0.6, 0.3, 0.0;
     (b) XOR data, 3 modalities: m0 XOR m1 defines the label, m2 is a distractor.
-    Both use pairwise interactions. Takes about 20 s on 2 CPU cores.
+    Both use pairwise interactions. Takes about 20–25 s on 2 quiet CPU cores.
     """
     started = time.perf_counter()
     experiments = {
