@@ -249,3 +249,53 @@ def test_an_os_error_enomem_is_out_of_memory():
     error = translate_error(OSError(errno.ENOMEM, "Cannot allocate memory"))
     assert error.exit_code == EXIT_MEMORY and "out of memory" in error.message
     assert "Cannot allocate memory [ENOMEM]" in error.message
+
+
+def test_report_prints_what_train_printed(tiny_run):
+    """``interfuse report`` printed the β-share table while ``train`` leads with the headline
+    relevance estimator: both now end with the same summary of the run."""
+    out, train_output = tiny_run
+    result = run("report", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("\n== ")
+    summary = result.output[result.output.index("relevance:") :]
+    assert summary in train_output
+    assert f"report: {out / 'report.md'}" in summary
+
+
+def test_a_folder_without_a_checkpoint_never_suggests_resume(tiny_run, tmp_path):
+    """A folder holding a results.json that no run wrote (or a run's results without
+    last.safetensors) was "a run; pass --resume to continue it", and --resume then failed
+    ("nothing to resume"): the suggestion is now one that works."""
+    import shutil
+
+    args = ["train", "--probs", "0.9,0", *TINY]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"accuracy": 0.9}')
+    result = run(*args, "--out", str(mine))
+    assert result.exit_code == 1
+    assert "results.json, not written by an interfuse run" in result.output
+    assert "--resume" not in result.output and "--overwrite" in result.output
+    copied = tmp_path / "copied"
+    shutil.copytree(tiny_run[0], copied)
+    (copied / "last.safetensors").unlink()
+    result = run(*args, "--out", str(copied))
+    assert result.exit_code == 1
+    assert "without last.safetensors to resume from" in result.output
+    assert "--resume" not in result.output and "--overwrite" in result.output
+    assert (mine / "results.json").read_text() == '{"accuracy": 0.9}'
+    result = run(*args, "--out", str(mine), "--overwrite")
+    assert result.exit_code == 0, result.output
+
+
+def test_an_unsupported_shape_says_what_to_do_on_the_command_line(tmp_path):
+    """A 5-D array said "pass an encoder: encoders={'a': …}", a keyword of the Python API that
+    the command line has no option for: it now says to reshape, or to train from Python."""
+    data = tmp_path / "data.npz"
+    np.savez(data, a=np.ones((40, 2, 2, 2, 2), np.float32), labels=np.arange(40) % 2)
+    args = ["--dataset", "npz", "--data-path", str(data), "--out", str(tmp_path / "r")]
+    result = run("train", *args)
+    assert result.exit_code == 1
+    assert "no default encoder" in result.output
+    assert "reshape the array to one of these, or train from Python" in result.output

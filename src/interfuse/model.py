@@ -204,7 +204,7 @@ class MultimodalModel(nn.Module):
         warnings.warn(
             f"MultimodalModel(compile=True): the fusion head runs without torch.compile "
             f"({reason}); results are the same, only slower. Install a C++ compiler (e.g. g++) "
-            f"to compile, or pass compile=False to silence this warning.",
+            f"to compile, or pass compile=False (--no-compile) to silence this warning.",
             RuntimeWarning,
             stacklevel=_caller_stacklevel(),
         )

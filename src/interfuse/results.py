@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "TermEstimate",
     "TermEvidence",
     "json_safe",
+    "mean_std",
     "summarize_seeds",
 ]
 
@@ -713,21 +714,25 @@ class SeedSummary:
         )
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1) of runs' values; the deviation is NaN for
+    one run (``n/a`` in tables: one run says nothing about the spread)."""
+    if not values:
+        raise ValueError("no values to summarise")
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else math.nan
+    return mean, math.sqrt(var)
+
+
 def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
     """:class:`SeedSummary` of runs keyed by seed (metrics present in every run)."""
     if not results:
         raise ValueError("no runs to summarise")
     runs = list(results.values())
-
-    def stats(values: list[float]) -> tuple[float, float]:
-        n = len(values)
-        mean = sum(values) / n
-        var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else math.nan
-        return mean, math.sqrt(var)
-
     metrics = {
         split: {
-            k: stats([float(r.metrics[split][k]) for r in runs])
+            k: mean_std([float(r.metrics[split][k]) for r in runs])
             for k in runs[0].metrics[split]
             if all(r.metrics.get(split, {}).get(k) is not None for r in runs)
         }
@@ -735,7 +740,7 @@ def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
     }
     terms = runs[0].relevance.terms if runs[0].relevance is not None else []
     shares = {
-        t: stats([r.relevance.shares[t] for r in runs if r.relevance is not None])
+        t: mean_std([r.relevance.shares[t] for r in runs if r.relevance is not None])
         for t in terms
         if all(r.relevance is not None and t in r.relevance.shares for r in runs)
     }
@@ -747,7 +752,7 @@ def summarize_seeds(results: Mapping[int, RunResult]) -> SeedSummary:
     ):
         per_run = [r.estimates.best.shares for r in runs if r.estimates is not None]
         for t in per_run[0]:
-            mean, std = stats([s[t] for s in per_run])
+            mean, std = mean_std([s[t] for s in per_run])
             headline_shares[t] = (mean, std)
             if len(per_run) > 1:
                 half = float(student_t.ppf(0.975, len(per_run) - 1)) * std / math.sqrt(len(per_run))

@@ -472,7 +472,21 @@ class Run:
                 f"to reload); pass the data: --data-path FILE.npz (raw arrays named "
                 f"{self.modalities} plus 'labels'), or run.load_data(path)"
             )
-        task = load_dataset(str(source["dataset"]), **dict(source.get("options") or {}))
+        options = dict(source.get("options") or {})
+        try:
+            task = load_dataset(str(source["dataset"]), **options)
+        except FileNotFoundError as error:  # the recorded file moved or was deleted
+            arrays = Path(str(options.get("path", ""))).suffix in ("", ".npz", ".npy")
+            hint = (
+                "if it moved, give its new location: --data-path FILE"
+                if arrays
+                else f"restore it there, or give the data as raw arrays (.npz or folder: "
+                f"{self.modalities} plus 'labels'): --data-path FILE"
+            )
+            raise FileNotFoundError(
+                f"{error} (the data run {self.path} was trained on); {hint}, or "
+                f"run.load_data(path) from Python"
+            ) from None
         if data.get("fingerprint") and task.fingerprint() != data["fingerprint"]:
             raise ValueError(
                 f"the data of run {self.path} changed since training (dataset "

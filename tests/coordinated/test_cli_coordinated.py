@@ -83,3 +83,11 @@ def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_group_help_lists_each_command_once():
+    """The group's docstring listed the commands above click's own "Commands:" section."""
+    result = run("--help")
+    assert result.exit_code == 0, result.output
+    for command in ("zeroshot", "retrieval", "grounding", "caption", "colearn", "summarize"):
+        assert result.output.count(f"  {command} ") == 1, command

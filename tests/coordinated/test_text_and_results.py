@@ -173,3 +173,14 @@ def test_a_damaged_result_is_one_line_naming_the_file(tmp_path, change, message)
     with pytest.raises(ValueError, match=message) as error:
         load_result(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_summary_uses_the_sample_std_and_says_n_a_for_one_run():
+    """``coordinated summarize`` showed the population std ("± 0.000" for one run) where
+    ``train --seeds`` shows the sample std (n − 1) and n/a for one run."""
+    from interfuse.coordinated.render import summary_table
+
+    one = summary_table([_zeroshot()])
+    assert "| zsl_top1 | 0.500 ± n/a |" in one
+    two = summary_table([_zeroshot(), dataclasses.replace(_zeroshot(), seed=2, zsl_top1=0.7)])
+    assert "| zsl_top1 | 0.600 ± 0.141 |" in two  # sqrt(0.02): n − 1, not 0.100 (n)

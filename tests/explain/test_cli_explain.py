@@ -1,5 +1,5 @@
-"""``interfuse explain`` on finished runs: files written, cost printed first, progress shown,
-report linked, baselines supported, clear errors."""
+"""``interfuse explain`` on finished runs: files written, cost printed first, no progress bars
+in logs, report linked, baselines supported, clear errors."""
 
 import json
 import shutil
@@ -41,7 +41,8 @@ def test_explain_writes_files_and_links_them(runs):
     output = result.output
     assert output.index("cost:") < output.index("| term |")  # cost before the long work
     assert "2^3 = 8 coalitions" in output and "M·N² = 768" in output
-    assert "coalitions:" in output  # the progress bar
+    # no progress bar: stderr is not a terminal here (a log, a pipe), as for 'interfuse train'
+    assert "coalitions:" not in output and "EMAP:" not in output
     assert "EMAP accuracy gap" in output
     explanation = strict_json((out / "explain.json").read_text())
     assert explanation["removal"] == "mask"
@@ -160,6 +161,8 @@ def test_explain_errors_are_one_line(runs, tmp_path):
     out = runs / "late"
     result = run("explain", out, "--method", "mask", "--quiet")
     assert result.exit_code == 1 and "no missing-modality path" in result.output
+    # the command line's option, beside the Python API's keyword
+    assert "--method embedding or --method input" in result.output
     # a run folder of the previous version: a clear message, not a traceback
     old = tmp_path / "old"
     shutil.copytree(runs / "intense", old)
@@ -168,3 +171,30 @@ def test_explain_errors_are_one_line(runs, tmp_path):
     (old / "results.json").write_text(json.dumps(results))
     result = run("explain", old, "--quiet")
     assert result.exit_code == 1 and "made by an older version" in result.output
+
+
+def test_a_moved_data_file_names_the_data_path_option(tmp_path):
+    """The data file a run was trained on, moved: explain said only "data file not found",
+    not that --data-path can point to it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 90), ("val", 30), ("test", 30)):
+        labels = rng.integers(0, 2, n)
+        arrays[f"{split}/a"] = rng.normal(size=(n, 3)) + labels[:, None]
+        arrays[f"{split}/b"] = rng.normal(size=(n, 2))
+        arrays[f"{split}/labels"] = labels
+    data = tmp_path / "data.npz"
+    np.savez(data, **arrays)
+    out = tmp_path / "run"
+    args = ("--dataset", "npz", "--data-path", data, "--epochs", "1", "--quiet", "--out", out)
+    result = run("train", *args)
+    assert result.exit_code == 0, result.output
+    moved = data.rename(tmp_path / "moved.npz")
+    result = run("explain", out, "--emap-samples", "0", "--quiet")
+    assert result.exit_code == 1
+    assert f"data file not found: {data}" in result.output
+    assert "if it moved, give its new location: --data-path FILE" in result.output
+    result = run("explain", out, "--emap-samples", "0", "--quiet", "--data-path", moved)
+    assert result.exit_code == 0, result.output

@@ -196,7 +196,13 @@ def test_explain_skips_emap_when_no_sample_has_every_modality():
     model.eval()
     inputs["b"] = torch.zeros(20, 2)
     test = TensorData(inputs, targets, {"b": torch.zeros(20, dtype=torch.bool)})
-    result = explain_model(model, test, "classification", emap_samples=8)
+    logged = []
+    result = explain_model(model, test, "classification", emap_samples=8, log=logged.append)
+    # the cost announced beforehand says EMAP is skipped and why (it announced its M·N²)
+    assert logged[0].endswith(
+        "EMAP skipped: no sample has modality 'b' in the explained split (it recombines "
+        "samples that have every modality)."
+    ), logged
     details = result.explanations["emap"].details
     assert "no sample" in details["skipped"] and "'b'" in details["skipped"], details
     assert result.explanations["shapley"].scores["b"] == pytest.approx(0.0)

@@ -99,9 +99,9 @@ def test_compile_says_which_training_steps_it_compiles(
     notes = [str(w.message) for w in caught if "compiles only" in str(w.message)]
     if dropout:
         assert notes == [
-            "compile=True compiles only training batches without missing modalities: modality "
-            "dropout 0.3 masks every batch of the first attempt (and of a fine-tune), which "
-            "therefore run eagerly; restarts train without dropout and are compiled; set "
+            "compile=True (--compile) compiles only training batches without missing modalities: "
+            "modality dropout 0.3 masks every batch of the first attempt (and of a fine-tune), "
+            "which therefore run eagerly; restarts train without dropout and are compiled; set "
             "modality_dropout=0 (--modality-dropout 0) to compile every step"
         ]
         assert calls == []

@@ -160,6 +160,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def progress_bars(quiet: bool) -> bool:
+    """Whether a command shows progress bars: only on a terminal (not in logs or pipes), and
+    not with ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
 def float_list(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]

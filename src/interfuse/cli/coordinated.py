@@ -35,12 +35,8 @@ from .app import float_list, main, user_errors
 def coordinated() -> None:
     """Coordinated representations and co-learning on generated scenes and mfeat.
 
-    \b
-    zeroshot   DeViSE: classify unseen (shape, colour) pairs via text embeddings
-    retrieval  image <-> caption retrieval in a contrastive (InfoNCE) space
-    grounding  word-to-region attention learnt from (image, caption) pairs
-    caption    example-based captioning (nearest training caption), BLEU
-    colearn    a weak mfeat view helped by a strong one on unlabelled pairs
+    Each command trains small seeded models and writes results.json, report.md and figure.png
+    into --out; summarize prints mean ± std over several runs' folders.
     """
 
 
@@ -273,7 +269,7 @@ def colearn(
 )
 @user_errors
 def summarize(folders: tuple[Path, ...]) -> None:
-    """Mean ± std of each metric over run FOLDERS of one task (e.g. three seeds)."""
+    """Mean ± std (n − 1; n/a for one run) of each metric over run FOLDERS of one task."""
     results = []
     for folder in folders:
         path = folder / RESULTS

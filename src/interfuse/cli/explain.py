@@ -28,7 +28,7 @@ from ..run import (
     read_results,
     results_outdated,
 )
-from .app import main, user_errors
+from .app import main, progress_bars, user_errors
 
 
 @main.command()
@@ -83,7 +83,9 @@ from .app import main, user_errors
     show_default=True,
     help="Checkpoint file in RUN_DIR to explain.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--quiet", is_flag=True, help="No progress bars (shown only when stderr is a terminal)."
+)
 @user_errors
 def explain(
     run_dir: Path,
@@ -126,7 +128,7 @@ def explain(
         batch_size=batch_size,
         metric_set=task.metrics,
         ground_truth=run.result.truth_shares,
-        progress=not quiet,
+        progress=progress_bars(quiet),
         log=click.echo,
     )
     explanation = replace(explanation, run=explained or explained_model(run_dir, checkpoint))

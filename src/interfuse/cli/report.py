@@ -9,7 +9,7 @@ import click
 from ..report import render_report
 from ..results import RESULTS_OUTDATED
 from ..run import explanations_outdated, read_history, read_results, results_outdated
-from .app import main, user_errors
+from .app import main, print_run, user_errors
 
 
 @main.command()
@@ -20,9 +20,7 @@ def report(run_dir: Path) -> None:
     result = read_results(run_dir)
     outdated = results_outdated(run_dir, result)
     history = read_history(run_dir)
-    path = render_report(result, run_dir, history, explanations_outdated(run_dir), outdated)
+    render_report(result, run_dir, history, explanations_outdated(run_dir), outdated)
     if outdated:
         click.echo(f"warning: {RESULTS_OUTDATED}", err=True)
-    if result.relevance is not None:
-        click.echo(result.relevance.table())
-    click.echo(f"report: {path}")
+    print_run(result.dataset, result, run_dir)  # as 'interfuse train' ends

@@ -7,6 +7,7 @@ Nothing here trains or evaluates; :func:`write_run` writes ``results.json``, ``r
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from interfuse.io import atomic_write_bytes, atomic_write_text
+from interfuse.results import mean_std
 
 from .results import (
     CaptionResult,
@@ -236,7 +238,8 @@ def write_run(out: str | os.PathLike[str], result: _Result, data: dict[str, Any]
 
 
 def summary_table(results: Sequence[_Result]) -> str:
-    """Mean ± std (population, over runs) of every headline metric of same-task results."""
+    """Mean ± std (sample std, n − 1, over runs; ``n/a`` for one run, as ``train --seeds``) of
+    every headline metric of same-task results."""
     if not results:
         raise ValueError("no results to summarise")
     tasks = {r.task for r in results}
@@ -248,6 +251,7 @@ def summary_table(results: Sequence[_Result]) -> str:
     lines = [f"{results[0].task}: {len(results)} runs (seeds {seeds})", "",
              "| metric | mean ± std |", "| --- | ---: |"]  # fmt: skip
     for k in names:
-        values = np.array([m[k] for m in metrics])
-        lines.append(f"| {k} | {values.mean():.3f} ± {values.std():.3f} |")
+        mean, std = mean_std([float(m[k]) for m in metrics])
+        spread = f"{std:.3f}" if math.isfinite(std) else "n/a"
+        lines.append(f"| {k} | {mean:.3f} ± {spread} |")
     return "\n".join(lines)

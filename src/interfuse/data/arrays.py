@@ -249,7 +249,8 @@ def default_encoder(modality: str, sample_shape: tuple[int, ...]) -> dict[str, A
     raise ValueError(
         f"modality {modality!r}: no default encoder for samples of shape {sample_shape} "
         f"(2-D arrays (N, d) get an MLP, 3-D arrays (N, T, d) a GRU, 4-D arrays (N, C, H, W) a "
-        f"CNN); pass an encoder: encoders={{{modality!r}: module or spec}}"
+        f"CNN); reshape the array to one of these, or train from Python with an encoder: "
+        f"encoders={{{modality!r}: module or spec}}"
     )
 
 

@@ -21,14 +21,22 @@ from ..results import Explanation, PosthocResult
 from ..terms import TERM_SEPARATOR, term_name
 from .base import EXPLAINERS, ExplainContext
 from .coalitions import all_coalitions, coalition_name
-from .emap import emap_cost
+from .emap import emap_cost, no_complete_sample
 from .removal import has_encode_fuse, model_modalities, resolve_method
 
 __all__ = ["explain_cost", "explain_model", "rank_agreement"]
 
 
-def explain_cost(model: nn.Module, n_eval: int, n_emap: int, method: str = "auto") -> str:
-    """How many evaluations the explanation needs, as one paragraph."""
+def explain_cost(
+    model: nn.Module,
+    n_eval: int,
+    n_emap: int,
+    method: str = "auto",
+    *,
+    emap_skipped: str | None = None,
+) -> str:
+    """How many evaluations the explanation needs, as one paragraph. ``emap_skipped``: why
+    EMAP will not run although ``n_emap > 0`` (e.g. no sample has every modality)."""
     modalities = model_modalities(model)
     method = resolve_method(model, method)
     m = len(modalities)
@@ -36,18 +44,21 @@ def explain_cost(model: nn.Module, n_eval: int, n_emap: int, method: str = "auto
     fusion_only = method in ("mask", "embedding")
     n_emap = min(n_emap, n_eval)
     part = "fusion-part" if fusion_only else "full-model"
-    text = (
+    if n_emap == 0:
+        emap = "EMAP skipped."
+    elif emap_skipped is not None:
+        emap = f"EMAP skipped: {emap_skipped} (it recombines samples that have every modality)."
+    else:
+        emap = (
+            f"EMAP on {n_emap} samples: M·N² = {emap_cost(n_emap, m):,} "
+            f"{'fusion-part' if has_encode_fuse(model) else 'full-model'} evaluations."
+        )
+    return (
         f"{m} modalities, method {method!r}: 2^{m} = {coalitions} coalitions × {n_eval} samples "
         f"= {coalitions * n_eval:,} {part} evaluations"
         + (f" (+ {n_eval:,} encoder passes)" if fusion_only else "")
-        + (
-            f"; EMAP on {n_emap} samples: M·N² = {emap_cost(n_emap, m):,} "
-            f"{'fusion-part' if has_encode_fuse(model) else 'full-model'} evaluations."
-            if n_emap > 0
-            else "; EMAP skipped."
-        )
+        + f"; {emap}"
     )
-    return text
 
 
 def explain_model(
@@ -95,7 +106,14 @@ def explain_model(
         progress=progress,
     )
     players = context.players
-    cost = explain_cost(model, len(data), max(emap_samples, 0), context.removal.method)
+    incomplete = no_complete_sample(data) if emap_samples > 0 else None
+    cost = explain_cost(
+        model,
+        len(data),
+        max(emap_samples, 0),
+        context.removal.method,
+        emap_skipped=None if incomplete is None else f"{incomplete} in the explained split",
+    )
     if log is not None:
         log(f"cost: {cost}")
     names = EXPLAINERS.names() if explainers is None else list(explainers)

@@ -56,12 +56,13 @@ def resolve_method(model: nn.Module, method: str = "auto") -> str:
     if method == "mask" and not supports_masks(model):
         raise ValueError(
             f"{type(model).__name__} has no missing-modality path (fuse(embeddings, masks)); "
-            f"use method='embedding' or 'input'"
+            f"use method='embedding' or 'input' (command line: --method embedding or --method "
+            f"input)"
         )
     if method == "embedding" and not has_encode_fuse(model):
         raise ValueError(
             f"{type(model).__name__} has no encode/fuse split (e.g. early fusion); use "
-            f"method='input'"
+            f"method='input' (command line: --method input)"
         )
     return method
 

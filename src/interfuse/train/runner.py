@@ -147,12 +147,22 @@ def _run_config(out: Path) -> bool:
     return isinstance(header, dict) and {"config", "data", "task"} <= header.keys()
 
 
+def _run_results(out: Path) -> bool:
+    """Whether ``out/results.json`` was written by a run (not a file of the user's)."""
+    try:
+        results = json.loads((out / RESULTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(results, dict) and {"dataset", "metrics", "config"} <= results.keys()
+
+
 def _foreign_files(out: Path) -> list[str]:
     """The files a run writes that ``out`` holds although no run was started there (the
-    user's own ``config.json``, ``report.md``, … that training would replace)."""
-    if (out / LAST).exists() or (out / RESULTS).exists() or _run_config(out) or _run_best(out):
+    user's own ``results.json``, ``config.json``, ``report.md``, … that training would
+    replace)."""
+    if (out / LAST).exists() or _run_results(out) or _run_config(out) or _run_best(out):
         return []
-    return [f for f in (*RUN_FILES, BEST) if (out / f).exists()]
+    return [f for f in (RESULTS, *RUN_FILES, BEST) if (out / f).exists()]
 
 
 def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
@@ -168,9 +178,14 @@ def _refusal(out: Path, resume: bool, overwrite: bool) -> str | None:
             f"{out} holds {', '.join(foreign)}, not written by an interfuse run, "
             f"which training would replace; choose a new or empty --out, or pass --overwrite"
         )
-    elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
+    elif not overwrite and (out / LAST).exists():
         return (
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+    elif not overwrite and any((out / f).exists() for f in RESULT_FILES):
+        return (
+            f"{out} already holds a run without {LAST} to resume from; choose a new or empty "
+            f"--out, or pass --overwrite to replace it"
         )
     return None
 
@@ -758,8 +773,9 @@ def compile_note(config: TrainConfig, modalities: int, partial: Sequence[str]) -
         )
     if partial:
         reasons.append(f"batches in which {', '.join(partial)} miss samples run eagerly")
-    return "compile=True compiles only training batches without missing modalities: " + (
-        "; ".join(reasons)
+    return (
+        "compile=True (--compile) compiles only training batches without missing modalities: "
+        + ("; ".join(reasons))
     )
 
 
