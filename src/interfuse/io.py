@@ -13,7 +13,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = [
     "TMP_SUFFIX",
@@ -46,12 +46,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
+    with _replacing(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, mode: str, **options: Any) -> Iterator[Any]:
+    """A new temporary file beside ``path`` opened with ``mode``: flushed, synced and renamed
+    over ``path`` when the block ends, removed (``path`` untouched) when it raises."""
     tmp = _temporary(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as error:  # the temporary file's name would say nothing to the caller
+        raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
+    try:
+        with os.fdopen(fd, mode, **options) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         _swap_in(tmp, path)
@@ -60,7 +72,6 @@ def _atomic_write(path: Path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
-    return path
 
 
 def _temporary(path: Path) -> Path:
@@ -83,24 +94,8 @@ def atomic_text_writer(path: str | os.PathLike[str], encoding: str = "utf-8") ->
     The text goes to a temporary file beside ``path``; if the block raises, the temporary file
     is removed and ``path`` is left untouched. Permissions as for :func:`atomic_write_bytes`.
     """
-    path = Path(path)
-    tmp = _temporary(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(tmp, flags, 0o666)
-    except OSError as error:
-        raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        _swap_in(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
+    with _replacing(Path(path), "w", encoding=encoding, newline="") as f:
+        yield f
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

@@ -355,23 +355,7 @@ class MultimodalModel(nn.Module):
                 f"masks for unknown modalities {unknown}; the model expects {list(self.modalities)}"
             )
         first = next(iter(embeddings.values()))
-        batch = first.shape[0]
-        checked = {}
-        for m, mask in masks.items():
-            if isinstance(mask, bool):
-                mask = torch.full((batch,), mask, dtype=torch.bool, device=first.device)
-            elif not isinstance(mask, Tensor) or mask.shape != (batch,) or mask.dtype != torch.bool:
-                described = (
-                    f"{mask.dtype} tensor of shape {tuple(mask.shape)}"
-                    if isinstance(mask, Tensor)
-                    else type(mask).__name__
-                )
-                raise ValueError(
-                    f"mask of modality {m!r} must be a bool tensor of shape ({batch},) or a "
-                    f"Python bool, got {described}"
-                )
-            checked[m] = mask
-        return checked
+        return {m: _batch_mask(m, mask, first.shape[0], first.device) for m, mask in masks.items()}
 
     def forward(
         self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool] | None = None
@@ -421,19 +405,7 @@ class MultimodalModel(nn.Module):
         batch, device = _batch_size(inputs), first.device
         present = {}
         for m in self.modalities:
-            mask = masks.get(m, True)
-            if isinstance(mask, bool):
-                mask = torch.full((batch,), mask, dtype=torch.bool, device=device)
-            elif not isinstance(mask, Tensor) or mask.shape != (batch,) or mask.dtype != torch.bool:
-                described = (
-                    f"{mask.dtype} tensor of shape {tuple(mask.shape)}"
-                    if isinstance(mask, Tensor)
-                    else type(mask).__name__
-                )
-                raise ValueError(
-                    f"mask of modality {m!r} must be a bool tensor of shape ({batch},) or a "
-                    f"Python bool, got {described}"
-                )
+            mask = _batch_mask(m, masks.get(m, True), batch, device)
             if m not in inputs and bool(mask.any()):
                 raise ValueError(
                     f"modality {m!r} is marked present for some samples but not in the inputs"
@@ -522,6 +494,24 @@ class MultimodalModel(nn.Module):
             f"interactions={self.term_names[len(self.modalities) :]}, "
             f"rank={self.rank}, iterbn={self.iterbn}, vbn={self.vbn}"
         )
+
+
+def _batch_mask(modality: str, mask: Tensor | bool, batch: int, device: torch.device) -> Tensor:
+    """A presence mask as a bool tensor ``(batch,)`` (a Python bool for the whole batch), or
+    one line naming the modality and what was given instead."""
+    if isinstance(mask, bool):
+        return torch.full((batch,), mask, dtype=torch.bool, device=device)
+    if not isinstance(mask, Tensor) or mask.shape != (batch,) or mask.dtype != torch.bool:
+        described = (
+            f"{mask.dtype} tensor of shape {tuple(mask.shape)}"
+            if isinstance(mask, Tensor)
+            else type(mask).__name__
+        )
+        raise ValueError(
+            f"mask of modality {modality!r} must be a bool tensor of shape ({batch},) or a "
+            f"Python bool, got {described}"
+        )
+    return mask
 
 
 def _caller_stacklevel() -> int:
