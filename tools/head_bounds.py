@@ -31,67 +31,60 @@ EPS = 1e-5
 MOMENTUM = 0.1
 
 
+def _head_forward(ctx, running, u, w, bias):  # noqa: ANN001, ANN202
+    """``Σ_m vBN(U_m) W_mᵀ + b`` for stacked ``u (M, B, d)``, ``w (M, C, d)``; updates the
+    running means and squared norms with one foreach lerp."""
+    m, batch = u.shape[0], u.shape[1]
+    mean = u.mean(1, keepdim=True)
+    z = u - mean
+    sq = torch.linalg.vector_norm(z.view(m, -1), dim=1).square_()
+    scale = (sq * (1 / batch) + EPS).rsqrt_()
+    z.mul_(scale[:, None, None])
+    part = torch.bmm(z, w.transpose(1, 2))
+    out = part.sum(0).add_(bias)
+    ends = [*mean.squeeze(1).unbind(0), *(sq * (1 / (batch - 1))).unbind(0)]
+    torch._foreach_lerp_(running, ends, MOMENTUM)
+    ctx.save_for_backward(z, w, scale, part)
+    return out
+
+
+def _head_backward(ctx, grad):  # noqa: ANN001, ANN202
+    """``(∂W (M, C, d), ∂b, ∂U (M, B, d))`` of :func:`_head_forward`."""
+    z, w, scale, part = ctx.saved_tensors
+    m, batch = z.shape[0], z.shape[1]
+    dot = torch.mv(part.view(m, -1), grad.reshape(-1))
+    grad_w = torch.bmm(grad.t().expand(m, -1, -1), z)
+    centred = grad - grad.mean(0, keepdim=True)
+    grad_u = z * (dot * (-1.0 / batch))[:, None, None]
+    grad_u.baddbmm_(centred.expand(m, -1, -1), w).mul_(scale[:, None, None])
+    return grad_w, grad.sum(0), grad_u
+
+
 class _MinimalHead(torch.autograd.Function):
-    """``Σ_m vBN(U_m) W_mᵀ + b`` with batch statistics; inputs ``(running, bias, U.., W..)``."""
+    """The head with one weight tensor per term; inputs ``(running, bias, U.., W..)``."""
 
     @staticmethod
     def forward(ctx, running, bias, *tensors):  # noqa: ANN001, ANN205, D102
         m = len(tensors) // 2
-        u, w = torch.stack(tensors[:m]), torch.stack(tensors[m:])
-        batch = u.shape[1]
-        mean = u.mean(1, keepdim=True)
-        z = u - mean
-        sq = torch.linalg.vector_norm(z.view(m, -1), dim=1).square_()
-        scale = (sq * (1 / batch) + EPS).rsqrt_()
-        z.mul_(scale[:, None, None])
-        part = torch.bmm(z, w.transpose(1, 2))
-        out = part.sum(0).add_(bias)
-        ends = [*mean.squeeze(1).unbind(0), *(sq * (1 / (batch - 1))).unbind(0)]
-        torch._foreach_lerp_(running, ends, MOMENTUM)
-        ctx.save_for_backward(z, w, scale, part)
-        return out
+        return _head_forward(ctx, running, torch.stack(tensors[:m]), torch.stack(tensors[m:]), bias)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205, D102
-        z, w, scale, part = ctx.saved_tensors
-        m, batch = z.shape[0], z.shape[1]
-        dot = torch.mv(part.view(m, -1), grad.reshape(-1))
-        grad_w = torch.bmm(grad.t().expand(m, -1, -1), z)
-        centred = grad - grad.mean(0, keepdim=True)
-        grad_u = z * (dot * (-1.0 / batch))[:, None, None]
-        grad_u.baddbmm_(centred.expand(m, -1, -1), w).mul_(scale[:, None, None])
-        return None, grad.sum(0), *grad_u.unbind(0), *grad_w.unbind(0)
+        grad_w, grad_bias, grad_u = _head_backward(ctx, grad)
+        return None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0)
 
 
 class _StackedHead(torch.autograd.Function):
-    """:class:`_MinimalHead` with the weights as one tensor ``(M, C, d)``."""
+    """The head with the weights as one tensor ``(M, C, d)``; inputs ``(running, W, bias, U..)``."""
 
     @staticmethod
     def forward(ctx, running, w, bias, *us):  # noqa: ANN001, ANN205, D102
-        u = torch.stack(us)
-        m, batch = u.shape[0], u.shape[1]
-        mean = u.mean(1, keepdim=True)
-        z = u - mean
-        sq = torch.linalg.vector_norm(z.view(m, -1), dim=1).square_()
-        scale = (sq * (1 / batch) + EPS).rsqrt_()
-        z.mul_(scale[:, None, None])
-        part = torch.bmm(z, w.transpose(1, 2))
-        out = part.sum(0).add_(bias)
-        ends = [*mean.squeeze(1).unbind(0), *(sq * (1 / (batch - 1))).unbind(0)]
-        torch._foreach_lerp_(running, ends, MOMENTUM)
-        ctx.save_for_backward(z, w, scale, part)
-        return out
+        return _head_forward(ctx, running, torch.stack(us), w, bias)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205, D102
-        z, w, scale, part = ctx.saved_tensors
-        m, batch = z.shape[0], z.shape[1]
-        dot = torch.mv(part.view(m, -1), grad.reshape(-1))
-        grad_w = torch.bmm(grad.t().expand(m, -1, -1), z)
-        centred = grad - grad.mean(0, keepdim=True)
-        grad_u = z * (dot * (-1.0 / batch))[:, None, None]
-        grad_u.baddbmm_(centred.expand(m, -1, -1), w).mul_(scale[:, None, None])
-        return None, grad_w, grad.sum(0), *grad_u.unbind(0)
+        grad_w, grad_bias, grad_u = _head_backward(ctx, grad)
+        return None, grad_w, grad_bias, *grad_u.unbind(0)
 
 
 class _StackedOmega(torch.autograd.Function):
