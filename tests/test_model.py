@@ -457,3 +457,21 @@ def test_finite_check_is_exact_when_the_sum_overflows():
     x = torch.tensor([float("inf"), -float("inf")])  # the sum is NaN
     assert not _all_finite(x)
     assert _all_finite(torch.empty(0, 3))
+
+
+def test_forward_does_not_recheck_masks_in_fuse(monkeypatch):
+    """forward's presence() already checks the masks; fuse must not check them again every batch
+    (per-step cost); fuse called directly still checks them."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("masks re-checked in forward")
+
+    model = MultimodalModel(linear_encoders({"a": 3, "b": 4}), interactions="all", rank=2)
+    x = {"a": torch.randn(5, 3), "b": torch.randn(5, 4)}
+    masks = {"a": torch.tensor([True, False, True, True, True])}
+    expected = model.eval()(x, masks).prediction
+    monkeypatch.setattr(MultimodalModel, "_fuse_masks", fail)
+    torch.testing.assert_close(model(x, masks).prediction, expected)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="unknown modalities"):
+        model.fuse(model.encode(x, masks), {"c": True})

@@ -314,12 +314,17 @@ class MultimodalModel(nn.Module):
         Under mixed precision (autocast) the encoders run in the low precision and the fusion
         (batch statistics, IterBN, vBN, the head) in float32, as batch norm does.
         """
-        if masks:
-            masks = self._fuse_masks(embeddings, masks)
+        return self._fuse(embeddings, self._fuse_masks(embeddings, masks) if masks else masks)
+
+    def _fuse(
+        self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None
+    ) -> FusionOutput:
+        """:meth:`fuse` with ``masks`` already checked (by :meth:`presence` in a forward pass,
+        so that a training step checks them once, not once per call)."""
         device = next(iter(embeddings.values())).device.type
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return self.fuse({m: e.float() for m, e in embeddings.items()}, masks)
+                return self._fuse({m: e.float() for m, e in embeddings.items()}, masks)
         if self.uses_fast_path(masks):
             if self.compile_fusion and self.training and not masks:
                 prediction, blocks = self._compiled_step(embeddings)
@@ -362,7 +367,7 @@ class MultimodalModel(nn.Module):
     ) -> FusionOutput:
         """Predict from ``{modality: x_m}``; see :meth:`presence` for missing modalities."""
         present = self.presence(inputs, masks)
-        return self.fuse(self.encode(inputs, present), present)
+        return self._fuse(self.encode(inputs, present), present)
 
     def regularizer(self, p: float | None = None) -> Tensor:
         """Ω_p of the head's weight blocks; add ``λ·regularizer()`` to the task loss."""
