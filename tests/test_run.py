@@ -686,6 +686,20 @@ def test_report_and_predict_say_the_results_are_of_an_earlier_model(extended_run
     assert (tmp_path / "p.csv").is_file()
 
 
+def test_results_without_checkpoints_are_not_called_outdated(offset_run, tmp_path):
+    """A folder whose checkpoints were deleted (results kept) holds no later model: report must
+    not say results.json was measured on an earlier model than best.safetensors holds."""
+    *_, out = offset_run
+    folder = tmp_path / "results-only"
+    shutil.copytree(out, folder)
+    for checkpoint in folder.glob("*.safetensors"):
+        checkpoint.unlink()
+    assert not results_outdated(folder)
+    done = run_cli("report", folder)
+    assert done.exit_code == 0 and RESULTS_OUTDATED not in done.output
+    assert RESULTS_OUTDATED not in (folder / "report.md").read_text(encoding="utf-8")
+
+
 def test_results_of_the_model_in_best_are_not_flagged(offset_run, tmp_path):
     *_, out = offset_run
     assert load_run(out).result.model_sha256 == model_digest(out / "best.safetensors")

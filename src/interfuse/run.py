@@ -208,17 +208,18 @@ def results_outdated(folder: Path, result: RunResult | None = None) -> bool:
     holds now (a finished run resumed to train longer and stopped before it finished): the
     digest the results recorded (``RunResult.model_sha256``) against :func:`model_digest` of
     ``best.safetensors``. ``result`` is the folder's results when already read. ``False``
-    without results or without a recorded digest (results of older versions)."""
+    without results, without a recorded digest (results of older versions) or without
+    ``best.safetensors`` (checkpoints deleted: no later model to compare with)."""
     if result is None:
         if not (folder / RESULTS).is_file():
             return False
         result = read_results(folder)
-    if not result.model_sha256:
-        return False
+    if not result.model_sha256 or not (folder / BEST).exists():
+        return False  # no digest recorded, or no model to be outdated against (checkpoints deleted)
     try:
         return model_digest(folder / BEST) != result.model_sha256
     except CheckpointError:
-        return True  # the model measured is gone or replaced by a broken file
+        return True  # the model measured was replaced by a broken file
 
 
 def read_history(folder: Path) -> list[dict[str, float]]:
