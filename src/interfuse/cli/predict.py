@@ -66,7 +66,8 @@ def predict(run_dir: Path, data: Path, out: Path | None, checkpoint: str) -> Non
     (standardisation with its training statistics) is applied, so give features as they were
     given to training. Leave a modality out to mark it missing for every sample, or fill a
     sample's row with NaN (or give a bool array `<modality>__mask`, False = missing) to mark
-    it missing for that sample. A `labels` array, if present, is
+    it missing for that sample (runs on the affect data sets read NaN as 0, as their training
+    did: use the mask there). A `labels` array, if present, is
     used to report accuracy / loss. The CSV lists, per sample, the predicted class (named as in
     the run's results) and its probabilities, or the predicted values, and the
     modalities that were missing.
