@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .data.arrays import mask_problem
 from .data.batching import TensorData, batch_loader
 from .metrics import compute_metrics
 
@@ -141,15 +142,9 @@ def as_mask(name: str, mask: ArrayLike | bool, n: int) -> Tensor:
     if isinstance(mask, bool):
         return torch.full((n,), mask, dtype=torch.bool)
     array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
-    if array.dtype.kind not in "bui":
+    if (problem := mask_problem(array)) is not None:
         raise ValueError(
-            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got dtype "
-            f"{array.dtype}"
-        )
-    if array.dtype.kind != "b" and not np.isin(array, (0, 1)).all():
-        other = sorted(set(array[~np.isin(array, (0, 1))].tolist()))[:5]
-        raise ValueError(
-            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got values {other}"
+            f"mask of modality {name!r} must hold bools or 0/1 (True = present), got {problem}"
         )
     mask = torch.as_tensor(array)
     if mask.shape != (n,):

@@ -197,10 +197,7 @@ def explanations_outdated(folder: Path) -> bool:
         return False  # unreadable: interfuse explain writes it anew
     if not digest or not checkpoint:
         return False
-    try:
-        return model_digest(folder / checkpoint) != digest
-    except CheckpointError:
-        return True  # the checkpoint explained is gone or replaced by a broken one
+    return _model_changed(folder / checkpoint, digest)  # also when the checkpoint is gone
 
 
 def results_outdated(folder: Path, result: RunResult | None = None) -> bool:
@@ -216,10 +213,16 @@ def results_outdated(folder: Path, result: RunResult | None = None) -> bool:
         result = read_results(folder)
     if not result.model_sha256 or not (folder / BEST).exists():
         return False  # no digest recorded, or no model to be outdated against (checkpoints deleted)
+    return _model_changed(folder / BEST, result.model_sha256)
+
+
+def _model_changed(checkpoint: Path, digest: str) -> bool:
+    """Whether ``checkpoint`` no longer holds the model whose :func:`model_digest` was
+    ``digest``: another model, or a missing or broken file."""
     try:
-        return model_digest(folder / BEST) != result.model_sha256
+        return model_digest(checkpoint) != digest
     except CheckpointError:
-        return True  # the model measured was replaced by a broken file
+        return True
 
 
 def read_history(folder: Path) -> list[dict[str, float]]:

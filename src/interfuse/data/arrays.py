@@ -284,6 +284,17 @@ def _check_features(modality: str, x: Any, where: str) -> np.ndarray:
     return x
 
 
+def mask_problem(mask: np.ndarray) -> str | None:
+    """Why ``mask`` is not a presence mask of bools or 0/1 (``None`` when it is): ``dtype …``,
+    or ``values […]`` with up to five of its other values (a mask of -1/1 or of indices would
+    otherwise be read as bools)."""
+    if mask.dtype.kind not in "bui":
+        return f"dtype {mask.dtype}"
+    if mask.dtype.kind != "b" and not np.isin(mask, (0, 1)).all():
+        return f"values {sorted(set(mask[~np.isin(mask, (0, 1))].tolist()))[:5]}"
+    return None
+
+
 def mark_missing(
     x: np.ndarray, mask: Any, modality: str, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -298,11 +309,10 @@ def mark_missing(
                 f"{where}the mask of modality {modality!r} must hold one 0/1 or bool per sample "
                 f"({len(x)}), got shape {mask.shape} and dtype {mask.dtype}"
             )
-        if mask.dtype.kind != "b" and not np.isin(mask, (0, 1)).all():
-            other = sorted(set(mask[~np.isin(mask, (0, 1))].tolist()))[:5]
+        if (problem := mask_problem(mask)) is not None:
             raise ValueError(
                 f"{where}the mask of modality {modality!r} must hold one 0/1 or bool per sample, "
-                f"got values {other}"
+                f"got {problem}"
             )
         present &= mask.astype(bool)
     if present.all():

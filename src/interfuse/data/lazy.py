@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .arrays import load_npy
+from .arrays import load_npy, mask_problem
 from .batching import Batch, ModalitySplit, TensorData
 from .preprocess import Preprocessor, Scaler, _padding_mask
 from .task import TASKS, TaskData
@@ -690,12 +690,10 @@ class LazyWriter:
             if m not in masks:
                 raise ValueError(f"split {split!r}: no mask given for modality {m!r}")
             mask = np.asarray(masks[m])
-            if mask.dtype.kind not in "bui" or (
-                mask.dtype.kind != "b" and ((mask != 0) & (mask != 1)).any()
-            ):
+            if (problem := mask_problem(mask)) is not None:
                 raise ValueError(
                     f"split {split!r}: the mask of modality {m!r} must hold 0/1 or bools (True "
-                    f"= present), got dtype {mask.dtype} with values {np.unique(mask)[:5].tolist()}"
+                    f"= present), got {problem}"
                 )
             chunk[f"{split}/{m}{MASK}.npy"] = mask.astype(bool)
         for relative, values in chunk.items():

@@ -140,20 +140,21 @@ def _run_best(out: Path) -> bool:
 
 def _run_config(out: Path) -> bool:
     """Whether ``out/config.json`` was written by a run (not a file of the user's)."""
-    try:
-        header = json.loads((out / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(header, dict) and {"config", "data", "task"} <= header.keys()
+    return _json_object_with(out / CONFIG, {"config", "data", "task"})
 
 
 def _run_results(out: Path) -> bool:
     """Whether ``out/results.json`` was written by a run (not a file of the user's)."""
+    return _json_object_with(out / RESULTS, {"dataset", "metrics", "config"})
+
+
+def _json_object_with(path: Path, keys: set[str]) -> bool:
+    """Whether ``path`` holds a JSON object with (at least) ``keys``; ``False`` when unreadable."""
     try:
-        results = json.loads((out / RESULTS).read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(results, dict) and {"dataset", "metrics", "config"} <= results.keys()
+    return isinstance(values, dict) and keys <= values.keys()
 
 
 def _foreign_files(out: Path) -> list[str]:
