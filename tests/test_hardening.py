@@ -600,7 +600,17 @@ def test_a_checkpoint_with_a_malformed_training_state_is_refused_on_resume(tmp_p
     """A last.safetensors whose training state was edited and its SHA-256 recomputed (it is a
     checksum, not a signature) failed on resume with TypeError deep in training: exit 70,
     "a bug", or trained from a wrong epoch."""
-    from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from interfuse.checkpoint import CheckpointError
+
+    task, config = _edited_last_checkpoint(tmp_path, lambda header, _: edit(header["state"]))
+    with pytest.raises(CheckpointError, match="last.safetensors: malformed training state"):
+        fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
+
+
+def _edited_last_checkpoint(tmp_path, edit):
+    """``(task, config)`` of a 1-epoch run in ``tmp_path`` whose last.safetensors was passed
+    through ``edit(header, optimizer_state)`` and saved again with its checksum recomputed."""
+    from interfuse.checkpoint import load_checkpoint, save_checkpoint
 
     task = _tiny_task()
     config = TrainConfig(restarts=0, epochs=1, batch_size=32)
@@ -608,10 +618,9 @@ def test_a_checkpoint_with_a_malformed_training_state_is_refused_on_resume(tmp_p
     last = tmp_path / "last.safetensors"
     model, header, optimizer = load_checkpoint(last)
     extra = header.pop("tensors")
-    edit(header["state"])
+    edit(header, optimizer)
     save_checkpoint(last, model, header, optimizer, extra=extra)
-    with pytest.raises(CheckpointError, match="last.safetensors: malformed training state"):
-        fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
+    return task, config
 
 
 def test_an_optimiser_state_of_other_shapes_is_refused_on_resume(tmp_path):
@@ -620,17 +629,13 @@ def test_an_optimiser_state_of_other_shapes_is_refused_on_resume(tmp_path):
     stopped as "diverged" blaming the learning rate."""
     import torch
 
-    from interfuse.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from interfuse.checkpoint import CheckpointError
 
-    task = _tiny_task()
-    config = TrainConfig(restarts=0, epochs=1, batch_size=32)
-    fit(task, config, tmp_path, progress=False)
-    last = tmp_path / "last.safetensors"
-    model, header, optimizer = load_checkpoint(last)
-    extra = header.pop("tensors")
-    moments = next(v for v in optimizer["state"].values() if v["exp_avg"].dim() > 0)
-    moments["exp_avg"] = torch.zeros(3)
-    save_checkpoint(last, model, header, optimizer, extra=extra)
+    def edit(header, optimizer):
+        moments = next(v for v in optimizer["state"].values() if v["exp_avg"].dim() > 0)
+        moments["exp_avg"] = torch.zeros(3)
+
+    task, config = _edited_last_checkpoint(tmp_path, edit)
     with pytest.raises(CheckpointError, match="last.safetensors: the optimiser state"):
         fit(task, config.replace(epochs=2), tmp_path, resume=True, progress=False)
 

@@ -403,23 +403,20 @@ def test_report_leads_with_the_headline_estimate_and_shows_beta_beside_it(motif_
     assert_png(tmp_path / "relevance.png")
 
 
+def _explanation(**fields) -> PosthocResult:
+    """A small explanation of modalities a, b (no explainers); ``fields`` replace defaults."""
+    defaults = dict(
+        split_size=10, removal="mask", metric="accuracy", modalities=["a", "b"],
+        terms=["a", "b"], cost="", coalitions={}, game={}, explanations={}, truth=None,
+        agreement={}, seconds=0.0,
+    )  # fmt: skip
+    return PosthocResult(**{**defaults, **fields})
+
+
 def test_agreement_summary_of_an_explanation_read_back_from_json():
     """An undefined ρ (NaN) is null in explain.json; the summary of the result read back
     raised TypeError instead of writing n/a."""
-    result = PosthocResult(
-        split_size=10,
-        removal="mask",
-        metric="accuracy",
-        modalities=["a", "b"],
-        terms=["a", "b"],
-        cost="",
-        coalitions={},
-        game={},
-        explanations={},
-        truth=None,
-        agreement={"unimodal": {"x~y": math.nan, "x~z": 0.5}, "all": {}},
-        seconds=0.0,
-    )
+    result = _explanation(agreement={"unimodal": {"x~y": math.nan, "x~z": 0.5}, "all": {}})
     again = PosthocResult.from_dict(result.to_dict())
     expected = "Spearman ρ over unimodal terms: x/y n/a, x/z 0.50"
     assert agreement_summary(result) == agreement_summary(again) == expected
@@ -487,19 +484,10 @@ def test_explanation_page_renders_the_same_after_a_reload():
     (undefined, as the note under the agreement table explains)."""
     from interfuse.report import render_explanation
 
-    result = PosthocResult(
-        split_size=10,
-        removal="mask",
-        metric="accuracy",
-        modalities=["a", "b"],
-        terms=["a", "b"],
-        cost="",
+    result = _explanation(
         coalitions={"{a}": {"accuracy": 0.5, "auroc": math.nan}},
         game={"{a}": 0.0},
-        explanations={},
-        truth=None,
         agreement={"unimodal": {"x~y": math.nan}, "all": {"x~y": math.nan}},
-        seconds=0.0,
     )
     again = PosthocResult.from_dict(result.to_dict())
     text = render_explanation(again)
