@@ -59,6 +59,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -68,6 +69,7 @@ from .pairwise import (
     MaskedBuffers,
     PairwiseBuffers,
     PairwiseState,
+    StepBlocks,
     closed_under_pairs,
     masked_pairwise_head,
     pairwise_head,
@@ -370,9 +372,8 @@ class FusionPlan:
         self.pair_names = [term_name(t) for t in self.pairs]
         self.triples = [tuple(t) for t in interaction_terms if len(t) == 3]
         self.triple_names = [term_name(t) for t in self.triples]
-        # (device, state, weights, masked buffers, ownership links) of the pairwise path, see
-        # _pairwise_fuse
-        self.pairwise_cache: tuple | None = None
+        # what the one-Function head gathers once (see pairwise_fuse)
+        self.pairwise_cache: _PairwiseCache | None = None
         self.momentum: float | None = None  # of every running statistic (set by the model)
         self.one_eps = True  # whether every vBN has the same eps (set by the model)
 
@@ -876,10 +877,8 @@ def fast_fuse(
     plan: FusionPlan = model.fusion_plan()
     training = model.training
     if plan.pairwise and training and not plain and not defer_updates:
-        if present is None:
-            return _pairwise_fuse(model, plan, embeddings)
-        if not plan.triples:
-            return _pairwise_fuse(model, plan, embeddings, present)
+        if present is None or not plan.triples:
+            return pairwise_fuse(model, embeddings, present)[:2]
     head = model.head
     weights = {name: block.weight for name, block in head.blocks.items()}
     first = embeddings[plan.modalities[0]]
@@ -1076,50 +1075,82 @@ def fast_fuse(
     return prediction, ordered
 
 
-def _pairwise_fuse(
+class HeadStep(NamedTuple):
+    """What the one-Function head gives :meth:`MultimodalModel.fuse` for one training step:
+    the prediction, the blocks ``{term name: (B, D_t)}`` in the head's order (a
+    :class:`~interfuse.fusion.pairwise.StepBlocks`, computed when read, without masks) and
+    ``Ω_p`` of the head's weights computed in the same autograd node (``None`` unless ``q`` was
+    given and there are no masks)."""
+
+    prediction: Tensor
+    blocks: Mapping[str, Tensor]
+    omega: Tensor | None = None
+
+
+class _PairwiseCache(NamedTuple):
+    """What :func:`pairwise_fuse` gathers once per model state (see there)."""
+
+    device: torch.device
+    state: PairwiseState
+    weights: list[Tensor]
+    """``W_1..W_M, P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``, the Function's tensors after ``U``."""
+    masked: MaskedBuffers
+    names: list[str]
+    """Block names in stack order (unimodal, pairs, triples)."""
+    index: dict[str, int]
+    """``{term name: stack position}`` in the head's order."""
+    head_weights: list[Tensor]
+    """The head's weight blocks in its order (what Ω_p is a function of)."""
+    links: list[tuple[dict, str, object]]
+    """Ownership links: the cache is the model's while every ``table.get(key) is value``."""
+
+
+def pairwise_fuse(
     model,
-    plan: FusionPlan,
     embeddings: Mapping[str, Tensor],
     present: Mapping[str, Tensor] | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`fast_fuse` for orders ≤ 2 in training without masks: one autograd Function
-    (:mod:`interfuse.fusion.pairwise`). Its state and weight lists are gathered once and kept in
-    the plan (``MultimodalModel`` drops them when its tensors move or are loaded; they are also
-    rebuilt when any tensor they hold, or a module on the way to it, is no longer the model's:
-    a parameter, buffer or submodule replaced by assignment)."""
+    q: float | None = None,
+) -> HeadStep:
+    """:func:`fast_fuse` for models the one-Function head takes (``fusion_plan().pairwise``) in
+    training: one autograd Function (:mod:`interfuse.fusion.pairwise`); with ``present``,
+    orders ≤ 2 only. ``q = 2p/(p+1)``: also compute ``Ω_p`` of the head's weights in that node
+    (without masks), which :meth:`MultimodalModel.regularizer` returns while the weights are
+    unchanged.
+
+    Its state and weight lists are gathered once and kept in the plan (``MultimodalModel`` drops
+    them when its tensors move or are loaded; they are also rebuilt when any tensor they hold,
+    or a module on the way to it, is no longer the model's: a parameter, buffer or submodule
+    replaced by assignment)."""
+    plan: FusionPlan = model.fusion_plan()
     modalities = plan.modalities
     first = embeddings[modalities[0]]
     cached = plan.pairwise_cache
     if (
         cached is None
-        or cached[0] != first.device
+        or cached.device != first.device
         # identity checks on the owners' own dicts (nn.Module attribute lookup is slow)
-        or not all(table.get(key) is value for table, key, value in cached[6])
+        or not all(table.get(key) is value for table, key, value in cached.links)
     ):
         cached = plan.pairwise_cache = _pairwise_cache(model, plan, first.device)
-    _, state, weights, masked_buffers, names, in_order, _ = cached
-    tensors = [embeddings[m] for m in modalities] + weights
+    inputs = [embeddings[m] for m in modalities]
+    tensors = inputs + cached.weights
     if present is None:
-        out = pairwise_head(state, tensors)
-    else:
-        everyone = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
-        rows = torch.stack([present.get(m, everyone) for m in modalities])
-        out = masked_pairwise_head(state, masked_buffers, rows, tensors)
-    blocks = out.unimodal.unbind(0)
+        step = pairwise_head(cached.state, tensors, q)
+        num_m, num_f = cached.state.counts[:2]
+        watched = inputs + cached.weights[num_m : num_m + num_f]  # embeddings, projections
+        blocks = StepBlocks(cached.index, cached.state, tensors, watched)
+        return HeadStep(step.prediction, blocks, step.omega)
+    everyone = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+    rows = torch.stack([present.get(m, everyone) for m in modalities])
+    out = masked_pairwise_head(cached.state, cached.masked, rows, tensors)
+    stacked = out.unimodal.unbind(0)
     if plan.pair_names:
-        blocks += out.pairs.unbind(0)
-    if plan.triple_names:
-        blocks += out.triples.unbind(0)
-    named = dict(zip(names, blocks))
-    if in_order:
-        return out.prediction, named
-    return out.prediction, {name: named[name] for name in model.head.blocks}
+        stacked += out.pairs.unbind(0)
+    return HeadStep(out.prediction, {name: stacked[i] for name, i in cached.index.items()})
 
 
-def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> tuple:
-    """``(device, state, weights, masked buffers, block names, in_order, ownership links)`` of
-    :func:`_pairwise_fuse`: the names in stack order (unimodal, pairs, triples), whether that
-    is the head's order, and the links that show the cached tensors are still the model's."""
+def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> _PairwiseCache:
+    """The :class:`_PairwiseCache` of :func:`pairwise_fuse` for ``model`` on ``device``."""
     names = plan.modalities + plan.pair_names + plan.triple_names
     state, weights, masked = _pairwise_state(model, plan, device)
     held = [*weights, state.bias, *state.buffers.lerped, *state.buffers.counters]
@@ -1127,7 +1158,10 @@ def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> tuple:
     links = _ownership(model, held)
     if state.bias is None:  # no tensor to watch: watch the empty slot (a bias set later)
         links.append((model.head._parameters, "bias", None))
-    return device, state, weights, masked, names, names == list(model.head.blocks), links
+    position = {name: i for i, name in enumerate(names)}
+    index = {name: position[name] for name in model.head.blocks}
+    head_weights = [block.weight for block in model.head.blocks.values()]
+    return _PairwiseCache(device, state, weights, masked, names, index, head_weights, links)
 
 
 def _ownership(model, tensors: list[Tensor | None]) -> list[tuple[dict, str, object]]:

@@ -7,6 +7,8 @@ intermediate), and at batch 256 their count, not their arithmetic, sets the time
 forward pass and a hand-written backward pass of the whole head are one
 :class:`torch.autograd.Function`, so autograd sees one node and the step dispatches a few dozen
 operators. The values are the same as the module-by-module path's (to float rounding).
+With presence masks (orders ≤ 2) :class:`_MaskedPairwiseHead` does the same with statistics
+over present samples; it returns the blocks and leaves Ω_p to ``regularizer()``.
 
 **Forward.** With the embeddings stacked, ``U ∈ R^{M×B×d}``, head blocks ``W_m ∈ R^{C×d}``,
 projections ``P_m ∈ R^{r×d}`` and pairs ``q = (i_q, j_q)`` with head blocks ``V_q ∈ R^{C×r²}``:
@@ -42,10 +44,23 @@ With triples, ``∂X_S`` (centred, as ``∂X_q``) adds ``∂X_S · G_l`` to ``�
 ``E_ij = G_iᵀ G_j / B``: ``∂G_i += ∂E_ij G_j / B``, ``∂G_j += ∂E_ijᵀ G_i / B``.
 
 The inner products ``⟨g, Z_m W_mᵀ⟩`` come from the ``(·, B, C)`` head products kept from the
-forward pass. Gradients that reach the returned blocks directly (``∂L/∂Z``, ``∂L/∂Y``, e.g. an
-explanation loss) enter as ``g W`` does, centred, and add to the inner products; when only they
-reach it (``∂L/∂ŷ`` is ``None``), the head's weights and bias get no gradient (``None``, as
-autograd gives the module path's), not zeros that an optimiser with momentum would act on.
+forward pass.
+
+**Ω_p in the same node.** Training adds ``λ·Ω_p`` with ``Ω_p = (Σ_t ‖W_t‖^q)^{2/q}`` over the
+head's weights (``W_m``, ``V_q``, ``V'_S``; ``q = 2p/(p+1)``). Computed on its own, Ω_p and its
+backward pass are a dozen small autograd nodes, a tenth of a small step; here the forward pass
+also returns Ω_p and the backward pass adds its closed-form gradient
+
+    ∂Ω_p/∂W_t = 2 S^{2/q−1} ‖W_t‖^{q−2} W_t · ∂L/∂Ω_p,   S = Σ_t ‖W_t‖^q   (0 where W_t = 0)
+
+to the head's. ``MultimodalModel.regularizer()`` returns this Ω_p while it holds (see
+``_StepOmega`` in :mod:`interfuse.model`). A backward pass through Ω_p alone reads nothing that
+autograd frees (the weights and norms are kept on the node), so Ω_p and the task loss may be
+differentiated in separate passes, in either order.
+
+**Blocks on demand.** The blocks are not outputs of the Function (each output costs autograd
+bookkeeping on every step, and training reads only the prediction): :class:`StepBlocks`
+computes them with plain differentiable operations (:func:`pairwise_blocks`) when first read.
 
 **Running statistics** are updated inside the forward pass with two foreach operations, as the
 module path does: one lerp for the vBN means and unbiased squared norms, the factors' means, the
@@ -60,7 +75,7 @@ operations are what ``torch.compile`` needs).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -204,39 +219,58 @@ def _feature_major_grads(
     weights: Tensor,
     scale: Tensor,
     part: Tensor,
-    grad_blocks: Tensor | None,
     out_t: Tensor,
     centred_out_t: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """``(∂V, ∂Xᵀ)`` of feature-major blocks ``Yᵀ = σ Xᵀ (N, F, B)`` (``X`` batch-centred) and
-    their head ``VY ᵀ``: ``∂Xᵀ = σ (Vᵀ ḡᵀ − (⟨g, Y Vᵀ⟩ / B) Yᵀ) [+ σ P(∂L/∂Yᵀ)]`` — already
-    centred, so it is also the gradient before the centring."""
+    their head ``VYᵀ``: ``∂Xᵀ = σ (Vᵀ ḡᵀ − (⟨g, Y Vᵀ⟩ / B) Yᵀ)`` — already centred, so it is
+    also the gradient before the centring."""
     num, batch = blocks.shape[0], blocks.shape[2]
     dot = torch.mv(part.view(num, -1), out_t.view(-1))
-    if grad_blocks is not None:
-        dot = dot + (grad_blocks * blocks).sum(dim=(1, 2))
     grad_w = torch.bmm(out_t.expand(num, -1, -1), blocks.transpose(1, 2))
     grad_x = blocks * (dot * (-1.0 / batch))[:, None, None]
     grad_x.baddbmm_(weights.transpose(1, 2), centred_out_t.expand(num, -1, -1))
-    if grad_blocks is not None:
-        grad_x.add_(grad_blocks - grad_blocks.mean(dim=2, keepdim=True))
     return grad_w, grad_x.mul_(scale[:, None, None])
+
+
+def _omega_forward(ctx, stacks: list[Tensor], q: float) -> Tensor:
+    """``Ω_p = (Σ_t ‖W_t‖^q)^{2/q}`` over the rows of the weight stacks (``q = 2p/(p+1)``).
+
+    What its gradient needs is kept on ``ctx`` (small: the weights and their norms), not saved
+    for backward: autograd frees saved tensors after a backward pass, and a later backward
+    through Ω alone (the regulariser of this step, differentiated after the loss) must still
+    work, as it does for Ω computed on its own."""
+    norms = [torch.linalg.vector_norm(s.view(s.shape[0], -1), dim=1) for s in stacks]
+    norms = norms[0] if len(norms) == 1 else torch.cat(norms)
+    total = norms.pow(q).sum()
+    ctx.omega = (stacks, norms, total, q)
+    return total.pow(2 / q)
+
+
+def _omega_grads(ctx, grad: Tensor) -> list[Tensor]:
+    """``∂Ω/∂W_t = 2 S^{2/q−1} ‖W_t‖^{q−2} W_t · ∂L/∂Ω`` (``S = Σ_t ‖W_t‖^q``) per weight stack;
+    0 for an all-zero block, as autograd's norm gives."""
+    stacks, norms, total, q = ctx.omega
+    coef = torch.where(norms > 0, norms.pow(q - 2), 0.0).mul_(total.pow(2 / q - 1) * (2 * grad))
+    parts = coef.split([s.shape[0] for s in stacks]) if len(stacks) > 1 else (coef,)
+    return [s * c[:, None, None] for s, c in zip(stacks, parts)]
 
 
 class _PairwiseHead(torch.autograd.Function):
     """The whole head (see module doc). Inputs: a :class:`PairwiseState` (its buffers are
-    updated in place), the bias (or ``None``), then the tensors ``U_1..U_M, W_1..W_M,
-    P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``. Outputs: ``ŷ (B, C)``, ``Z (M, B, d)`` and the pair
-    and triple blocks feature-major, ``Yᵀ (Q, r², B)`` if ``Q > 0`` and ``Y'ᵀ (T, r³, B)`` if
-    ``T > 0`` (absent outputs are left out: each output costs autograd bookkeeping).
+    updated in place), ``q`` of Ω_p (or ``None``), the bias (or ``None``), then the tensors
+    ``U_1..U_M, W_1..W_M, P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``. Outputs: ``ŷ (B, C)`` and, when
+    ``q`` is given, ``Ω_p`` of the head's weights (a scalar).
 
+    The blocks are not outputs: each output costs autograd bookkeeping on every step, and
+    training reads only the prediction (:class:`StepBlocks` computes them when read).
     Interaction blocks are kept feature-major (batch on the last, contiguous axis) because the
     outer products and their contractions broadcast over ``r`` and run along the batch: with
     the batch innermost they are 2–5× faster than with ``(B, r, r)`` blocks.
     """
 
     @staticmethod
-    def forward(ctx, state, bias, *tensors):  # noqa: D102
+    def forward(ctx, state, q, bias, *tensors):  # noqa: D102
         num_m, num_f, num_q, num_t = state.counts
         u = torch.stack(tensors[:num_m])  # (M, B, d)
         w = torch.stack(tensors[num_m : 2 * num_m])  # (M, C, d)
@@ -251,8 +285,8 @@ class _PairwiseHead(torch.autograd.Function):
         part_u = torch.bmm(z, w.transpose(1, 2))  # (M, B, C)
         out = part_u.sum(dim=0)
         rows = list(mean_u.squeeze(1).unbind(0))
-        saved: list[Tensor | None] = [None] * 13
-        y = y3 = None  # Yᵀ (Q, r², B) and Y'ᵀ (T, r³, B): outputs only when Q > 0, T > 0
+        stacks = [w]
+        saved: tuple[Tensor, ...] = (z, w, scale_u, part_u)
         if num_q:
             start = 2 * num_m
             proj = torch.stack(tensors[start : start + num_f])  # (M_f, r, d)
@@ -270,27 +304,30 @@ class _PairwiseHead(torch.autograd.Function):
             x = x.view(num_q, rank * rank, batch)
             sq.append(torch.linalg.vector_norm(x, dim=(1, 2)).square_().div_(batch))
             rows += [*mean_g.squeeze(2).unbind(0), *moment.unbind(0)]
-            v3 = x3 = part_t = None
+            stacks.append(v)
             if num_t:
                 v3 = torch.stack(tensors[start + num_f + num_q :])  # (T, C, r³)
                 x3, raw_moment = _triples(layout, g, x.view(num_q, rank, rank, batch), moment)
                 sq.append(torch.linalg.vector_norm(x3, dim=(1, 2)).square_().div_(batch))
                 rows += list(raw_moment.unbind(0))
+                stacks.append(v3)
             scales = (torch.cat(sq[1:]) + eps).rsqrt_() if num_t else (sq[1] + eps).rsqrt_()
             scale_p = scales[:num_q]
             # with triples, X is kept for their backward pass and the pair blocks are new
             y = x * scale_p[:, None, None] if num_t else x.mul_(scale_p[:, None, None])
             part_p = torch.bmm(v, y)  # (Q, C, B)
             out.add_(part_p.sum(dim=0).t())
-            scale_t = None
+            saved = (u, mean_u, w, scale_u, part_u, u_f, proj, g, v, scale_p, part_p)
             if num_t:
                 scale_t = scales[num_q:]
                 y3 = x3.mul_(scale_t[:, None, None])
                 part_t = torch.bmm(v3, y3)  # (T, C, B)
                 out.add_(part_t.sum(dim=0).t())
-            # with triples X is kept (they need it) and Y = σX recomputed, not both
-            saved = [u_f, proj, g, None if num_t else y, v, scale_p, part_p]
-            saved += [x if num_t else None, moment, y3 if num_t else None, v3, scale_t, part_t]
+                # X is kept (the triples' backward needs it) and Y = σX recomputed, not both;
+                # Z = s (U − μ) is recomputed too (memory)
+                saved += (x, moment, y3, v3, scale_t, part_t)
+            else:
+                saved += (y, z)
         if bias is not None:
             out.add_(bias)
         # running statistics: lerp of means, unbiased squared norms and decays (towards an
@@ -306,81 +343,104 @@ class _PairwiseHead(torch.autograd.Function):
         ctx.layout = state.layout
         ctx.has_bias = bias is not None
         ctx.set_materialize_grads(False)
-        # with interactions U is kept (for ∂P); with pairs only Z too (small next to the pair
-        # blocks; it saves two passes), with triples Z = s (U − μ) is recomputed (memory)
-        kept = (None, mean_u) if num_t else (z, None)
-        ctx.save_for_backward(u if num_q else None, w, *kept, scale_u, part_u, *saved)
-        if num_t:
-            return out, z, y, y3
-        return (out, z, y) if num_q else (out, z)
+        ctx.save_for_backward(*saved)
+        ctx.head_done = False  # the prediction's backward pass has run (see the backward)
+        ctx.rescued = None
+        if q is None:
+            return out
+        return out, _omega_forward(ctx, stacks, q)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_z, grad_y=None, grad_y3=None):  # noqa: D102
-        u, w, z, mean_u, scale_u, part_u, u_f, proj, g, y, v, scale_p, part_p, *rest = (
-            ctx.saved_tensors
-        )
-        x, moment, y3, v3, scale_t, part_t = rest
-        num_m, num_f, num_q, num_t = ctx.counts
-        num_v = num_q + num_t
-        layout: PairwiseLayout = ctx.layout
-        if z is None:
-            z = (u - mean_u).mul_(scale_u[:, None, None])
-        if y is None and num_q:
-            y = x * scale_p[:, None, None]
-        batch = z.shape[1]
-        head_reached = grad_out is not None  # else the loss reads the blocks only
-        if grad_out is None:
-            grad_out = part_u.new_zeros(batch, w.shape[1])
-        grad_out = grad_out.contiguous()
-        centred_out = grad_out - grad_out.mean(dim=0, keepdim=True)
-        grad_bias = grad_out.sum(dim=0) if ctx.has_bias else None
+    def backward(ctx, grad_out, grad_omega=None):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: first derivatives only
+            return _pairwise_backward_once(ctx, grad_out, grad_omega)
+        return _pairwise_backward(ctx, grad_out, grad_omega)
 
-        # unimodal, batch-major: ∂U = s (ḡ W − (⟨g, Z Wᵀ⟩ / B) Z) [+ s P(∂L/∂Z)]
-        dot = torch.mv(part_u.view(num_m, -1), grad_out.view(-1))
-        if grad_z is not None:
-            dot = dot + (grad_z * z).sum(dim=(1, 2))
-        grad_w = torch.bmm(grad_out.t().expand(num_m, -1, -1), z)
-        grad_u = z * (dot * (-1.0 / batch))[:, None, None]
-        grad_u.baddbmm_(centred_out.expand(num_m, -1, -1), w)
-        if grad_z is not None:
-            grad_u.add_(grad_z - grad_z.mean(dim=1, keepdim=True))
-        grad_u.mul_(scale_u[:, None, None])
-        grads_p: tuple[Tensor, ...] = ()
-        grads_v: tuple[Tensor, ...] = ()
-        if num_q:
-            out_t = grad_out.t().contiguous()
-            centred_t = centred_out.t()
-            grad_v, grad_x = _feature_major_grads(y, v, scale_p, part_p, grad_y, out_t, centred_t)
-            rank = g.shape[1]
-            grad_x = grad_x.view(num_q, rank, rank, batch)
-            grad_g = torch.zeros_like(g)
-            grad_moment = None
-            grads_v = tuple(grad_v.unbind(0))
-            if num_t:
-                grad_v3, grad_x3 = _feature_major_grads(
-                    y3, v3, scale_t, part_t, grad_y3, out_t, centred_t
-                )
-                grad_moment = _triples_backward(
-                    layout, grad_x3, g, x.view(num_q, rank, rank, batch), moment, grad_x, grad_g
-                )
-                grad_x.sub_(grad_x.mean(dim=3, keepdim=True))  # the triples' part is not centred
-                grads_v += tuple(grad_v3.unbind(0))
-            a = _gather(g, layout.first)
-            b = _gather(g, layout.second)
-            grad_a = (grad_x * b[:, None, :, :]).sum(dim=2)
-            grad_b = (grad_x * a[:, :, None, :]).sum(dim=1)
-            if grad_moment is not None:  # E = G_i G_jᵀ / B read directly by the triples
-                grad_a.baddbmm_(grad_moment, b, alpha=1.0 / batch)
-                grad_b.baddbmm_(grad_moment.transpose(1, 2), a, alpha=1.0 / batch)
-            _scatter_add(grad_g, layout.first, grad_a)
-            _scatter_add(grad_g, layout.second, grad_b)
-            grad_g.sub_(grad_g.mean(dim=2, keepdim=True))
-            grads_p = tuple(torch.bmm(grad_g, u_f).unbind(0))
-            _scatter_add(grad_u, layout.factor_rows, torch.bmm(grad_g.transpose(1, 2), proj))
-        if not head_reached:  # no gradient (None, not 0) for the head: optimisers skip it
-            return (None, None, *grad_u.unbind(0), *[None] * num_m, *grads_p, *[None] * num_v)
-        return (None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0), *grads_p, *grads_v)
+
+def _pairwise_backward(ctx, grad_out: Tensor | None, grad_omega: Tensor | None) -> tuple:
+    """The backward pass of :class:`_PairwiseHead` (see module doc): gradients of ``(state, q,
+    bias, U.., W.., P.., V.., V'..)``."""
+    num_m, num_f, num_q, num_t = ctx.counts
+    if grad_out is None and grad_omega is None:  # undefined gradients (zero) for both
+        return (None,) * (3 + 2 * num_m + num_f + num_q + num_t)
+    omega = _omega_grads(ctx, grad_omega) if grad_omega is not None else None
+    if grad_out is None:
+        # only Ω reached: the weights' gradients, from what ctx.omega keeps (no saved tensor:
+        # they may have been freed by a backward pass through the prediction). If the
+        # prediction's has not run yet, keep its saved tensors past this pass (which frees
+        # them), so that it still can, as it could with Ω computed on its own.
+        if not ctx.head_done and ctx.rescued is None:
+            ctx.rescued = ctx.saved_tensors
+        none_u, none_p = (None,) * num_m, (None,) * num_f
+        pairs = [t for s in omega[1:] for t in s.unbind(0)]
+        return (None, None, None, *none_u, *omega[0].unbind(0), *none_p, *pairs)
+    saved = ctx.saved_tensors if ctx.rescued is None else ctx.rescued
+    ctx.head_done = True
+    layout: PairwiseLayout = ctx.layout
+    if num_q:
+        u, mean_u, w, scale_u, part_u, u_f, proj, g, v, scale_p, part_p, *rest = saved
+        if num_t:
+            x, moment, y3, v3, scale_t, part_t = rest
+            z = (u - mean_u).mul_(scale_u[:, None, None])
+            y = x * scale_p[:, None, None]
+        else:
+            y, z = rest
+    else:
+        z, w, scale_u, part_u = saved
+    batch = z.shape[1]
+    grad_out = grad_out.contiguous()
+    centred_out = grad_out - grad_out.mean(dim=0, keepdim=True)
+    grad_bias = grad_out.sum(dim=0) if ctx.has_bias else None
+
+    # unimodal, batch-major: ∂U = s (ḡ W − (⟨g, Z Wᵀ⟩ / B) Z)
+    dot = torch.mv(part_u.view(num_m, -1), grad_out.view(-1))
+    grad_w = torch.bmm(grad_out.t().expand(num_m, -1, -1), z)
+    grad_u = z * (dot * (-1.0 / batch))[:, None, None]
+    grad_u.baddbmm_(centred_out.expand(num_m, -1, -1), w)
+    grad_u.mul_(scale_u[:, None, None])
+    if omega is not None:
+        grad_w.add_(omega[0])
+    grads_p: tuple[Tensor, ...] = ()
+    grads_v: tuple[Tensor, ...] = ()
+    if num_q:
+        out_t = grad_out.t().contiguous()
+        centred_t = centred_out.t()
+        grad_v, grad_x = _feature_major_grads(y, v, scale_p, part_p, out_t, centred_t)
+        if omega is not None:
+            grad_v.add_(omega[1])
+        rank = g.shape[1]
+        grad_x = grad_x.view(num_q, rank, rank, batch)
+        grad_g = torch.zeros_like(g)
+        grad_moment = None
+        grads_v = tuple(grad_v.unbind(0))
+        if num_t:
+            grad_v3, grad_x3 = _feature_major_grads(y3, v3, scale_t, part_t, out_t, centred_t)
+            if omega is not None:
+                grad_v3.add_(omega[2])
+            grad_moment = _triples_backward(
+                layout, grad_x3, g, x.view(num_q, rank, rank, batch), moment, grad_x, grad_g
+            )
+            grad_x.sub_(grad_x.mean(dim=3, keepdim=True))  # the triples' part is not centred
+            grads_v += tuple(grad_v3.unbind(0))
+        a = _gather(g, layout.first)
+        b = _gather(g, layout.second)
+        grad_a = (grad_x * b[:, None, :, :]).sum(dim=2)
+        grad_b = (grad_x * a[:, :, None, :]).sum(dim=1)
+        if grad_moment is not None:  # E = G_i G_jᵀ / B read directly by the triples
+            grad_a.baddbmm_(grad_moment, b, alpha=1.0 / batch)
+            grad_b.baddbmm_(grad_moment.transpose(1, 2), a, alpha=1.0 / batch)
+        _scatter_add(grad_g, layout.first, grad_a)
+        _scatter_add(grad_g, layout.second, grad_b)
+        grad_g.sub_(grad_g.mean(dim=2, keepdim=True))
+        grads_p = tuple(torch.bmm(grad_g, u_f).unbind(0))
+        _scatter_add(grad_u, layout.factor_rows, torch.bmm(grad_g.transpose(1, 2), proj))
+    return (None, None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0), *grads_p, *grads_v)
+
+
+_pairwise_backward_once = once_differentiable(_pairwise_backward)
+""":func:`_pairwise_backward` under ``create_graph=True``: its gradients are not differentiable
+again (a second derivative raises), as with ``once_differentiable``; the guard costs a step
+nothing otherwise."""
 
 
 def _triples(layout: PairwiseLayout, g: Tensor, x: Tensor, moment: Tensor) -> tuple[Tensor, Tensor]:
@@ -454,12 +514,15 @@ class PairwiseOutput(NamedTuple):
     triples: Tensor
 
 
-def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> PairwiseOutput:
-    """One training step of the head (see module doc); updates ``state.buffers`` in place.
+class PairwiseStep(NamedTuple):
+    """One training step of the head: ``prediction (B, C)`` and, when asked for, ``omega``:
+    ``Ω_p`` of the head's weights, computed in the same autograd node (else ``None``)."""
 
-    ``tensors``: ``U_1..U_M, W_1..W_M`` then, with interactions, ``P_1..P_{M_f}``, the pair
-    weights ``V_1..V_Q`` and the triple weights ``V'_1..V'_T``.
-    """
+    prediction: Tensor
+    omega: Tensor | None
+
+
+def _check_tensors(state: PairwiseState, tensors: Sequence[Tensor]) -> None:
     num_m, num_f, num_q, num_t = state.counts
     expected = 2 * num_m + num_f + num_q + num_t
     if len(tensors) != expected:
@@ -474,16 +537,108 @@ def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> PairwiseOu
             f"the fusion head needs a batch of at least 2 samples in training mode (it uses "
             f"batch statistics), got {batch}; use a larger batch or call model.eval()"
         )
-    if not num_q:
-        prediction, unimodal = _PairwiseHead.apply(state, state.bias, *tensors)
-        empty = unimodal.new_zeros(0, batch, 0)
-        return PairwiseOutput(prediction, unimodal, empty, empty)
-    if not num_t:
-        prediction, unimodal, pairs = _PairwiseHead.apply(state, state.bias, *tensors)
-        triples = pairs.new_zeros(0, batch, 0)
-        return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), triples)
-    prediction, unimodal, pairs, triples = _PairwiseHead.apply(state, state.bias, *tensors)
-    return PairwiseOutput(prediction, unimodal, pairs.transpose(1, 2), triples.transpose(1, 2))
+
+
+def pairwise_head(
+    state: PairwiseState, tensors: Sequence[Tensor], q: float | None = None
+) -> PairwiseStep:
+    """One training step of the head (see module doc); updates ``state.buffers`` in place.
+
+    ``tensors``: ``U_1..U_M, W_1..W_M`` then, with interactions, ``P_1..P_{M_f}``, the pair
+    weights ``V_1..V_Q`` and the triple weights ``V'_1..V'_T``. ``q = 2p/(p+1)``: also return
+    ``Ω_p = (Σ_t ‖W_t‖^q)^{2/q}`` of the head's weights (``W``, ``V``, ``V'``), differentiated
+    in the head's own backward pass (the projections ``P`` are not head weights). The blocks
+    are computed on demand by :func:`pairwise_blocks`.
+    """
+    _check_tensors(state, tensors)
+    if q is None:
+        return PairwiseStep(_PairwiseHead.apply(state, None, state.bias, *tensors), None)
+    return PairwiseStep(*_PairwiseHead.apply(state, q, state.bias, *tensors))
+
+
+def pairwise_blocks(state: PairwiseState, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The blocks of :func:`pairwise_head`'s step, in stack order (unimodal ``(B, d)``, pairs
+    ``(B, r²)``, triples ``(B, r³)``), from the same ``tensors``, with plain differentiable
+    operations and no update of running statistics: the same values as the head computes (to
+    float rounding), and gradients that flow back to the embeddings and projections."""
+    _check_tensors(state, tensors)
+    num_m, num_f, num_q, num_t = state.counts
+    u = torch.stack(list(tensors[:num_m]))
+    batch, eps = u.shape[1], state.eps
+
+    def vbn(x: Tensor) -> Tensor:  # a stack of blocks already centred along the batch
+        sq = x.square().sum(dim=(1, 2)) / batch
+        return x * (sq + eps).rsqrt()[:, None, None]
+
+    blocks = list(vbn(u - u.mean(dim=1, keepdim=True)).unbind(0))
+    if num_q:
+        layout = state.layout
+        proj = torch.stack(list(tensors[2 * num_m : 2 * num_m + num_f]))
+        g = torch.bmm(proj, _gather(u, layout.factor_rows).transpose(1, 2))
+        g = g - g.mean(dim=2, keepdim=True)
+        rank = g.shape[1]
+        a, b = _gather(g, layout.first), _gather(g, layout.second)
+        moment = torch.bmm(a, b.transpose(1, 2)) / batch
+        x = a[:, :, None, :] * b[:, None, :, :] - moment[:, :, :, None]
+        blocks += vbn(x.reshape(num_q, rank * rank, batch)).transpose(1, 2).unbind(0)
+        if num_t:
+            x3, _ = _triples(layout, g, x, moment)
+            blocks += vbn(x3).transpose(1, 2).unbind(0)
+    return blocks
+
+
+class StepBlocks(Mapping[str, Tensor]):
+    """The blocks ``{term name: (B, D_t)}`` of one training step of the one-Function head,
+    computed when first read (:func:`pairwise_blocks`), in the head's term order.
+
+    Training reads only the prediction, so the step does not pay for returning blocks. Reading
+    them computes all of them once, from the step's embeddings and projections, with the grad
+    mode of the step; gradients flow back to those tensors as for blocks returned by the head.
+    If any of those tensors was modified in place since the step (an ``optimizer.step()``
+    changes the projections), the blocks can no longer be computed and reading one raises
+    ``RuntimeError``: read ``output.blocks`` before changing them.
+    """
+
+    def __init__(
+        self,
+        index: Mapping[str, int],
+        state: PairwiseState,
+        tensors: Sequence[Tensor],
+        watched: Sequence[Tensor],
+    ) -> None:
+        self._index = index
+        self._state = state
+        self._tensors = tuple(tensors)
+        self._watched = [(t, t._version) for t in watched]
+        self._grad = torch.is_grad_enabled()
+        self._values: list[Tensor] | None = None
+
+    def _computed(self) -> list[Tensor]:
+        if self._values is None:
+            if any(t._version != version for t, version in self._watched):
+                raise RuntimeError(
+                    "the fusion blocks of this training step are computed when first read, "
+                    "from its embeddings and the model's projections, and one of these was "
+                    "modified in place since the step (e.g. by optimizer.step()); read "
+                    "`output.blocks` before modifying them"
+                )
+            device = self._tensors[0].device.type
+            with torch.set_grad_enabled(self._grad), torch.autocast(device, enabled=False):
+                self._values = pairwise_blocks(self._state, self._tensors)
+        return self._values
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._computed()[self._index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        state = "computed" if self._values is not None else "computed when first read"
+        return f"StepBlocks({list(self._index)}, {state})"
 
 
 # --------------------------------------------------------------------------- presence masks
