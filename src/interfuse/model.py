@@ -13,10 +13,9 @@ import os
 import shutil
 import sys
 import warnings
-import weakref
 from collections.abc import Iterator, Mapping
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -153,7 +152,6 @@ class MultimodalModel(nn.Module):
         self.sync_stats = False
         self._compiled_fuse = None  # built on first use; None after a fallback as well
         self._compile_failed = False
-        self._omega: _StepOmega | None = None  # Ω_p of the last one-Function step
 
     def fusion_plan(self) -> FusionPlan:
         """The fast path's index bookkeeping for this model's terms (built once).
@@ -225,7 +223,6 @@ class MultimodalModel(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _forget_cached_tensors(self) -> None:
-        self.__dict__["_omega"] = None
         plan = self.__dict__.get("_plan")
         if plan is not None:
             plan.pairwise_cache = None
@@ -233,7 +230,6 @@ class MultimodalModel(nn.Module):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_compiled_fuse"] = None  # compiled code is not copied or pickled; rebuilt on use
-        state["_omega"] = None  # a step's autograd graph is not copied either
         return state
 
     def uses_fast_path(self, masks: Mapping[str, Tensor] | None = None) -> bool:
@@ -336,8 +332,9 @@ class MultimodalModel(nn.Module):
                 if self.compile_fusion:
                     prediction, blocks = self._compiled_step(embeddings)
                     return FusionOutput(prediction, blocks, dict(embeddings), masks)
-                if self._plan.pairwise:
-                    return self._pairwise_step(embeddings)
+                if self._plan.pairwise:  # the one-Function head: its blocks when read
+                    step = pairwise_fuse(self, embeddings)
+                    return FusionOutput(step.prediction, step.blocks, dict(embeddings), masks)
             prediction, blocks = fast_fuse(self, embeddings, masks or None)
             return FusionOutput(prediction, blocks, dict(embeddings), masks)
         raw: dict[Term, Tensor] = {(m,): embeddings[m] for m in self.modalities}
@@ -357,21 +354,6 @@ class MultimodalModel(nn.Module):
                 z = self.norms[name](z, present)
             blocks[name] = z if present is None else torch.where(present[:, None], z, 0.0)
         return FusionOutput(self.head(blocks), blocks, dict(embeddings), masks)
-
-    def _pairwise_step(self, embeddings: Mapping[str, Tensor]) -> FusionOutput:
-        """A training step without masks through the one-Function head, which also computes
-        Ω_p of the head's weights in its autograd node: :meth:`regularizer` returns that Ω_p
-        while it is still exact (see :class:`_StepOmega`)."""
-        p = self._modules["head"].p
-        step = pairwise_fuse(self, embeddings, q=2 * p / (p + 1))
-        omega = step.omega
-        # (the instance dict directly: nn.Module.__setattr__ costs a step microseconds)
-        self.__dict__["_omega"] = (
-            _StepOmega(omega, p, self._plan.pairwise_cache, step.prediction)
-            if omega.requires_grad
-            else None
-        )
-        return FusionOutput(step.prediction, step.blocks, dict(embeddings), None)
 
     def _fuse_masks(
         self, embeddings: Mapping[str, Tensor], masks: Mapping[str, Tensor | bool]
@@ -394,16 +376,7 @@ class MultimodalModel(nn.Module):
         return self._fuse(self.encode(inputs, present), present)
 
     def regularizer(self, p: float | None = None) -> Tensor:
-        """Ω_p of the head's weight blocks; add ``λ·regularizer()`` to the task loss.
-
-        After a training step of the one-Function head (see :mod:`interfuse.fusion.pairwise`),
-        and while the head's weights are unchanged, this is the Ω_p that step computed in its own
-        autograd node (the same value; its gradient is added in the head's backward pass, which
-        saves a step the separate small operators of Ω_p). Otherwise it is computed here.
-        """
-        cached = self._omega
-        if cached is not None and (p is None or p == cached.p) and cached.valid(self):
-            return cached.box[0]
+        """Ω_p of the head's weight blocks; add ``λ·regularizer()`` to the task loss."""
         return self.head.regularizer(p)
 
     def relevance(self, p: float | None = None) -> Relevance:
@@ -531,41 +504,6 @@ class MultimodalModel(nn.Module):
             f"modalities={list(self.modalities)}, "
             f"interactions={self.term_names[len(self.modalities) :]}, "
             f"rank={self.rank}, iterbn={self.iterbn}, vbn={self.vbn}"
-        )
-
-
-class _StepOmega:
-    """Ω_p that a training step of the one-Function head computed, and when it still holds.
-
-    :meth:`MultimodalModel.regularizer` may return it instead of computing Ω_p again while grad
-    mode is on, ``p`` is the same, the model holds the same head weights (and modules on the way
-    to them) as in the step, with the same version counters (an optimiser step,
-    ``load_state_dict`` or an assignment changes them), and the step's prediction is still
-    referenced (once it is gone, nothing of the step is backpropagated any more, and the step's
-    graph is not kept alive for Ω alone). Its gradient needs no saved activation, so
-    differentiating it after the prediction works.
-    """
-
-    __slots__ = ("box", "p", "cache", "versions", "prediction")
-
-    def __init__(self, omega: Tensor, p: float, cache: Any, prediction: Tensor) -> None:
-        self.box = [omega]  # emptied when the prediction is freed: the step's graph goes too
-        self.p = p
-        self.cache = cache  # the plan's pairwise cache: head weights and ownership links
-        self.versions = [w._version for w in cache.head_weights]
-        box = self.box
-        self.prediction = weakref.ref(prediction, lambda _: box.clear())
-
-    def valid(self, model: MultimodalModel) -> bool:
-        plan, cache = model._plan, self.cache
-        return (
-            bool(self.box)
-            and torch.is_grad_enabled()
-            and model._modules["head"].p == self.p
-            and plan is not None
-            and plan.pairwise_cache is cache
-            and all(w._version == v for w, v in zip(cache.head_weights, self.versions))
-            and all(table.get(key) is value for table, key, value in cache.links)
         )
 
 

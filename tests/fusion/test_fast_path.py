@@ -395,17 +395,13 @@ def test_gradcheck_whole_head_function():
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(6, 4, dtype=torch.float64, generator=gen) for _ in names]
     tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
-    for q in (None, 4 / 3, 1.0, 1.8):  # Ω_p from the head's node: p = 2, 1, 9
-        assert torch.autograd.gradcheck(
-            lambda *t, q=q: tuple(x for x in pairwise.pairwise_head(state, t, q) if x is not None),
-            tensors,
-        )
+    assert torch.autograd.gradcheck(lambda *t: pairwise.pairwise_head(state, t), tensors)
     assert torch.autograd.gradcheck(lambda *t: tuple(pairwise.pairwise_blocks(state, t)), tensors)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck_unimodal_head_function(bias):
-    """The one-Function head without interactions (outputs: prediction and Ω_p) and its blocks
+    """The one-Function head without interactions (output: the prediction) and its blocks
     computed on demand: gradients into each, with and without a bias."""
     torch.manual_seed(6)
     model, names, dims = build(5, 1, 2, torch.float64, equal=True)
@@ -419,8 +415,7 @@ def test_gradcheck_unimodal_head_function(bias):
     tensors = [t.detach().clone().requires_grad_() for t in inputs + weights]
 
     def fn(*t):
-        out = pairwise.pairwise_head(state, t, q=4 / 3)
-        return out.prediction, out.omega, *pairwise.pairwise_blocks(state, t)
+        return pairwise.pairwise_head(state, t), *pairwise.pairwise_blocks(state, t)
 
     assert torch.autograd.gradcheck(fn, tensors)
 

@@ -1,12 +1,11 @@
-"""A training step of the one-Function head: Ω_p computed in its autograd node (returned by
-``MultimodalModel.regularizer`` while it holds) and blocks computed when first read."""
+"""A training step of the one-Function head: blocks computed when first read (``StepBlocks``),
+gradients like the reference's when the task loss and Ω_p are backpropagated separately, and
+first derivatives only under ``create_graph=True``."""
 
 from __future__ import annotations
 
 import copy
-import gc
 import importlib.util
-import pickle
 import sys
 from pathlib import Path
 
@@ -69,25 +68,6 @@ def assert_same_grads(ours, theirs):
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-9, atol=1e-11, msg=name)
 
 
-@pytest.mark.parametrize("p", [2.0, 1.0, 5.0])
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_regularizer_after_a_step_is_the_steps_omega(config, p):
-    """After a training step, ``regularizer()`` is Ω_p from the head's own node: the same value
-    as computed on its own, and the same gradients (with the task loss) as the reference."""
-    model, x, y = build(*config, p=p)
-    ref = copy.deepcopy(model)
-    ours_in, ref_in = inputs(x), inputs(x)
-    out = model.fuse(ours_in)
-    omega = model.regularizer()
-    assert omega is model.regularizer()
-    assert omega.grad_fn is out.prediction.grad_fn  # one node for head and Ω
-    torch.testing.assert_close(omega, model.head.regularizer(), rtol=1e-12, atol=0)
-    (F.cross_entropy(out.prediction, y) + LAM * omega).backward()
-    ref_prediction, _ = reference.reference_fuse(ref, ref_in)
-    (F.cross_entropy(ref_prediction, y) + LAM * reference.regularizer(ref, p)).backward()
-    assert_same_grads(grads(model, ours_in), grads(ref, ref_in))
-
-
 @pytest.mark.parametrize("omega_first", [False, True], ids=["loss-first", "omega-first"])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_omega_and_loss_differentiated_in_separate_backward_passes(config, omega_first):
@@ -108,107 +88,6 @@ def test_omega_and_loss_differentiated_in_separate_backward_passes(config, omega
     ref_prediction, _ = reference.reference_fuse(ref, ref_in)
     (F.cross_entropy(ref_prediction, y) + LAM * reference.regularizer(ref)).backward()
     assert_same_grads(grads(model, ours_in), grads(ref, ref_in))
-
-
-def test_omega_alone_gives_the_head_weights_their_regulariser_gradient_only():
-    model, x, _ = build(3, "pairs")
-    ref = copy.deepcopy(model)
-    ours_in = inputs(x)
-    model.fuse(ours_in)
-    model.regularizer().backward()
-    reference.regularizer(ref).backward()
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
-        assert (p.grad is None) == (q.grad is None), name
-        if q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14, msg=name)
-    assert all(t.grad is None for t in ours_in.values())
-
-
-def test_a_zero_weight_block_gets_a_zero_regulariser_gradient():
-    """‖W_t‖ = 0 (a pruned term): the closed-form gradient 2 S^{2/q−1} ‖W_t‖^{q−2} W_t is 0, as
-    autograd's, not 0 · ∞."""
-    for p in (1.0, 2.0):
-        model, x, _ = build(3, "pairs", p=p)
-        with torch.no_grad():
-            model.head.blocks["m0*m1"].weight.zero_()
-        ref = copy.deepcopy(model)
-        model.fuse(inputs(x))
-        model.regularizer().backward()
-        reference.regularizer(ref, p).backward()
-        for (name, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()):
-            if b.grad is not None:
-                assert torch.isfinite(a.grad).all(), name
-                torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14, msg=name)
-
-
-def _computed_afresh(model, omega, p=None):
-    again = model.regularizer(p)
-    assert again is not omega
-    torch.testing.assert_close(again, model.head.regularizer(p), rtol=0, atol=0)
-    return again
-
-
-def test_regularizer_is_computed_afresh_when_the_step_no_longer_holds():
-    model, x, y = build(3, "pairs")
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-
-    out = model.fuse(inputs(x))
-    omega = model.regularizer()
-    (F.cross_entropy(out.prediction, y) + omega).backward()
-    opt.step()  # the weights changed in place
-    assert not torch.equal(_computed_afresh(model, omega), omega)
-
-    out = model.fuse(inputs(x))
-    omega = model.regularizer()
-    _computed_afresh(model, omega, p=1.5)  # another p
-    with torch.no_grad():
-        assert not model.regularizer().requires_grad
-    model.head.p = 3.0  # the head's p changed
-    _computed_afresh(model, omega)
-    model.head.p = 2.0
-    assert model.regularizer() is omega
-
-    del out  # nothing of the step can be backpropagated any more
-    gc.collect()
-    _computed_afresh(model, omega)
-
-    out = model.fuse(inputs(x))
-    omega = model.regularizer()
-    model.head.blocks["m1"].weight = nn.Parameter(model.head.blocks["m1"].weight.detach() * 2)
-    _computed_afresh(model, omega)
-
-    out = model.fuse(inputs(x))
-    omega = model.regularizer()
-    model.head.blocks["m0*m2"] = nn.Linear(9, 3, bias=False).double()  # a module replaced
-    _computed_afresh(model, omega)
-
-    out = model.fuse(inputs(x))
-    omega = model.regularizer()
-    state = {k: v * 1.5 if k.startswith("head.") else v for k, v in model.state_dict().items()}
-    model.load_state_dict(state)
-    _computed_afresh(model, omega)
-    assert out.prediction.requires_grad  # the step's prediction was alive throughout
-
-
-def test_a_step_under_no_grad_or_in_evaluation_leaves_no_omega():
-    model, x, _ = build(3, "pairs")
-    with torch.no_grad():
-        model.fuse(x)
-    assert model._omega is None
-    assert model.regularizer().requires_grad
-    model.eval()
-    out = model.fuse(inputs(x))
-    assert model._omega is None and out.prediction.requires_grad
-
-
-def test_a_model_after_a_step_can_be_copied_and_pickled():
-    model, x, y = build(3, "pairs")
-    out = model.fuse(inputs(x))
-    omega = model.regularizer()
-    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert clone._omega is None
-        torch.testing.assert_close(clone.regularizer(), omega, rtol=0, atol=0)
-    F.cross_entropy(out.prediction, y).backward()
 
 
 def test_first_derivatives_with_create_graph_and_no_second_derivative():

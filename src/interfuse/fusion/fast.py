@@ -878,7 +878,7 @@ def fast_fuse(
     training = model.training
     if plan.pairwise and training and not plain and not defer_updates:
         if present is None or not plan.triples:
-            return pairwise_fuse(model, embeddings, present)[:2]
+            return tuple(pairwise_fuse(model, embeddings, present))
     head = model.head
     weights = {name: block.weight for name, block in head.blocks.items()}
     first = embeddings[plan.modalities[0]]
@@ -1077,14 +1077,11 @@ def fast_fuse(
 
 class HeadStep(NamedTuple):
     """What the one-Function head gives :meth:`MultimodalModel.fuse` for one training step:
-    the prediction, the blocks ``{term name: (B, D_t)}`` in the head's order (a
-    :class:`~interfuse.fusion.pairwise.StepBlocks`, computed when read, without masks) and
-    ``Ω_p`` of the head's weights computed in the same autograd node (``None`` unless ``q`` was
-    given and there are no masks)."""
+    the prediction and the blocks ``{term name: (B, D_t)}`` in the head's order (without
+    masks a :class:`~interfuse.fusion.pairwise.StepBlocks`, computed when first read)."""
 
     prediction: Tensor
     blocks: Mapping[str, Tensor]
-    omega: Tensor | None = None
 
 
 class _PairwiseCache(NamedTuple):
@@ -1099,8 +1096,6 @@ class _PairwiseCache(NamedTuple):
     """Block names in stack order (unimodal, pairs, triples)."""
     index: dict[str, int]
     """``{term name: stack position}`` in the head's order."""
-    head_weights: list[Tensor]
-    """The head's weight blocks in its order (what Ω_p is a function of)."""
     links: list[tuple[dict, str, object]]
     """Ownership links: the cache is the model's while every ``table.get(key) is value``."""
 
@@ -1109,13 +1104,10 @@ def pairwise_fuse(
     model,
     embeddings: Mapping[str, Tensor],
     present: Mapping[str, Tensor] | None = None,
-    q: float | None = None,
 ) -> HeadStep:
     """:func:`fast_fuse` for models the one-Function head takes (``fusion_plan().pairwise``) in
     training: one autograd Function (:mod:`interfuse.fusion.pairwise`); with ``present``,
-    orders ≤ 2 only. ``q = 2p/(p+1)``: also compute ``Ω_p`` of the head's weights in that node
-    (without masks), which :meth:`MultimodalModel.regularizer` returns while the weights are
-    unchanged.
+    orders ≤ 2 only.
 
     Its state and weight lists are gathered once and kept in the plan (``MultimodalModel`` drops
     them when its tensors move or are loaded; they are also rebuilt when any tensor they hold,
@@ -1135,11 +1127,10 @@ def pairwise_fuse(
     inputs = [embeddings[m] for m in modalities]
     tensors = inputs + cached.weights
     if present is None:
-        step = pairwise_head(cached.state, tensors, q)
+        prediction = pairwise_head(cached.state, tensors)
         num_m, num_f = cached.state.counts[:2]
         watched = inputs + cached.weights[num_m : num_m + num_f]  # embeddings, projections
-        blocks = StepBlocks(cached.index, cached.state, tensors, watched)
-        return HeadStep(step.prediction, blocks, step.omega)
+        return HeadStep(prediction, StepBlocks(cached.index, cached.state, tensors, watched))
     everyone = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
     rows = torch.stack([present.get(m, everyone) for m in modalities])
     out = masked_pairwise_head(cached.state, cached.masked, rows, tensors)
@@ -1160,8 +1151,7 @@ def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> _PairwiseC
         links.append((model.head._parameters, "bias", None))
     position = {name: i for i, name in enumerate(names)}
     index = {name: position[name] for name in model.head.blocks}
-    head_weights = [block.weight for block in model.head.blocks.values()]
-    return _PairwiseCache(device, state, weights, masked, names, index, head_weights, links)
+    return _PairwiseCache(device, state, weights, masked, names, index, links)
 
 
 def _ownership(model, tensors: list[Tensor | None]) -> list[tuple[dict, str, object]]:

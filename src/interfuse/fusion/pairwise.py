@@ -8,7 +8,7 @@ forward pass and a hand-written backward pass of the whole head are one
 :class:`torch.autograd.Function`, so autograd sees one node and the step dispatches a few dozen
 operators. The values are the same as the module-by-module path's (to float rounding).
 With presence masks (orders ≤ 2) :class:`_MaskedPairwiseHead` does the same with statistics
-over present samples; it returns the blocks and leaves Ω_p to ``regularizer()``.
+over present samples; it returns the blocks as outputs.
 
 **Forward.** With the embeddings stacked, ``U ∈ R^{M×B×d}``, head blocks ``W_m ∈ R^{C×d}``,
 projections ``P_m ∈ R^{r×d}`` and pairs ``q = (i_q, j_q)`` with head blocks ``V_q ∈ R^{C×r²}``:
@@ -45,18 +45,6 @@ With triples, ``∂X_S`` (centred, as ``∂X_q``) adds ``∂X_S · G_l`` to ``�
 
 The inner products ``⟨g, Z_m W_mᵀ⟩`` come from the ``(·, B, C)`` head products kept from the
 forward pass.
-
-**Ω_p in the same node.** Training adds ``λ·Ω_p`` with ``Ω_p = (Σ_t ‖W_t‖^q)^{2/q}`` over the
-head's weights (``W_m``, ``V_q``, ``V'_S``; ``q = 2p/(p+1)``). Computed on its own, Ω_p and its
-backward pass are a dozen small autograd nodes, a tenth of a small step; here the forward pass
-also returns Ω_p and the backward pass adds its closed-form gradient
-
-    ∂Ω_p/∂W_t = 2 S^{2/q−1} ‖W_t‖^{q−2} W_t · ∂L/∂Ω_p,   S = Σ_t ‖W_t‖^q   (0 where W_t = 0)
-
-to the head's. ``MultimodalModel.regularizer()`` returns this Ω_p while it holds (see
-``_StepOmega`` in :mod:`interfuse.model`). A backward pass through Ω_p alone reads nothing that
-autograd frees (the weights and norms are kept on the node), so Ω_p and the task loss may be
-differentiated in separate passes, in either order.
 
 **Blocks on demand.** The blocks are not outputs of the Function (each output costs autograd
 bookkeeping on every step, and training reads only the prediction): :class:`StepBlocks`
@@ -233,34 +221,10 @@ def _feature_major_grads(
     return grad_w, grad_x.mul_(scale[:, None, None])
 
 
-def _omega_forward(ctx, stacks: list[Tensor], q: float) -> Tensor:
-    """``Ω_p = (Σ_t ‖W_t‖^q)^{2/q}`` over the rows of the weight stacks (``q = 2p/(p+1)``).
-
-    What its gradient needs is kept on ``ctx`` (small: the weights and their norms), not saved
-    for backward: autograd frees saved tensors after a backward pass, and a later backward
-    through Ω alone (the regulariser of this step, differentiated after the loss) must still
-    work, as it does for Ω computed on its own."""
-    norms = [torch.linalg.vector_norm(s.view(s.shape[0], -1), dim=1) for s in stacks]
-    norms = norms[0] if len(norms) == 1 else torch.cat(norms)
-    total = norms.pow(q).sum()
-    ctx.omega = (stacks, norms, total, q)
-    return total.pow(2 / q)
-
-
-def _omega_grads(ctx, grad: Tensor) -> list[Tensor]:
-    """``∂Ω/∂W_t = 2 S^{2/q−1} ‖W_t‖^{q−2} W_t · ∂L/∂Ω`` (``S = Σ_t ‖W_t‖^q``) per weight stack;
-    0 for an all-zero block, as autograd's norm gives."""
-    stacks, norms, total, q = ctx.omega
-    coef = torch.where(norms > 0, norms.pow(q - 2), 0.0).mul_(total.pow(2 / q - 1) * (2 * grad))
-    parts = coef.split([s.shape[0] for s in stacks]) if len(stacks) > 1 else (coef,)
-    return [s * c[:, None, None] for s, c in zip(stacks, parts)]
-
-
 class _PairwiseHead(torch.autograd.Function):
     """The whole head (see module doc). Inputs: a :class:`PairwiseState` (its buffers are
-    updated in place), ``q`` of Ω_p (or ``None``), the bias (or ``None``), then the tensors
-    ``U_1..U_M, W_1..W_M, P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``. Outputs: ``ŷ (B, C)`` and, when
-    ``q`` is given, ``Ω_p`` of the head's weights (a scalar).
+    updated in place), the bias (or ``None``), then the tensors ``U_1..U_M, W_1..W_M,
+    P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``. Output: ``ŷ (B, C)``.
 
     The blocks are not outputs: each output costs autograd bookkeeping on every step, and
     training reads only the prediction (:class:`StepBlocks` computes them when read).
@@ -270,7 +234,7 @@ class _PairwiseHead(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, state, q, bias, *tensors):  # noqa: D102
+    def forward(ctx, state, bias, *tensors):  # noqa: D102
         num_m, num_f, num_q, num_t = state.counts
         u = torch.stack(tensors[:num_m])  # (M, B, d)
         w = torch.stack(tensors[num_m : 2 * num_m])  # (M, C, d)
@@ -285,7 +249,6 @@ class _PairwiseHead(torch.autograd.Function):
         part_u = torch.bmm(z, w.transpose(1, 2))  # (M, B, C)
         out = part_u.sum(dim=0)
         rows = list(mean_u.squeeze(1).unbind(0))
-        stacks = [w]
         saved: tuple[Tensor, ...] = (z, w, scale_u, part_u)
         if num_q:
             start = 2 * num_m
@@ -304,13 +267,11 @@ class _PairwiseHead(torch.autograd.Function):
             x = x.view(num_q, rank * rank, batch)
             sq.append(torch.linalg.vector_norm(x, dim=(1, 2)).square_().div_(batch))
             rows += [*mean_g.squeeze(2).unbind(0), *moment.unbind(0)]
-            stacks.append(v)
             if num_t:
                 v3 = torch.stack(tensors[start + num_f + num_q :])  # (T, C, r³)
                 x3, raw_moment = _triples(layout, g, x.view(num_q, rank, rank, batch), moment)
                 sq.append(torch.linalg.vector_norm(x3, dim=(1, 2)).square_().div_(batch))
                 rows += list(raw_moment.unbind(0))
-                stacks.append(v3)
             scales = (torch.cat(sq[1:]) + eps).rsqrt_() if num_t else (sq[1] + eps).rsqrt_()
             scale_p = scales[:num_q]
             # with triples, X is kept for their backward pass and the pair blocks are new
@@ -344,38 +305,22 @@ class _PairwiseHead(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
-        ctx.head_done = False  # the prediction's backward pass has run (see the backward)
-        ctx.rescued = None
-        if q is None:
-            return out
-        return out, _omega_forward(ctx, stacks, q)
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, grad_omega=None):  # noqa: D102
+    def backward(ctx, grad_out):  # noqa: D102
         if torch.is_grad_enabled():  # create_graph=True: first derivatives only
-            return _pairwise_backward_once(ctx, grad_out, grad_omega)
-        return _pairwise_backward(ctx, grad_out, grad_omega)
+            return _pairwise_backward_once(ctx, grad_out)
+        return _pairwise_backward(ctx, grad_out)
 
 
-def _pairwise_backward(ctx, grad_out: Tensor | None, grad_omega: Tensor | None) -> tuple:
-    """The backward pass of :class:`_PairwiseHead` (see module doc): gradients of ``(state, q,
+def _pairwise_backward(ctx, grad_out: Tensor | None) -> tuple:
+    """The backward pass of :class:`_PairwiseHead` (see module doc): gradients of ``(state,
     bias, U.., W.., P.., V.., V'..)``."""
     num_m, num_f, num_q, num_t = ctx.counts
-    if grad_out is None and grad_omega is None:  # undefined gradients (zero) for both
-        return (None,) * (3 + 2 * num_m + num_f + num_q + num_t)
-    omega = _omega_grads(ctx, grad_omega) if grad_omega is not None else None
-    if grad_out is None:
-        # only Ω reached: the weights' gradients, from what ctx.omega keeps (no saved tensor:
-        # they may have been freed by a backward pass through the prediction). If the
-        # prediction's has not run yet, keep its saved tensors past this pass (which frees
-        # them), so that it still can, as it could with Ω computed on its own.
-        if not ctx.head_done and ctx.rescued is None:
-            ctx.rescued = ctx.saved_tensors
-        none_u, none_p = (None,) * num_m, (None,) * num_f
-        pairs = [t for s in omega[1:] for t in s.unbind(0)]
-        return (None, None, None, *none_u, *omega[0].unbind(0), *none_p, *pairs)
-    saved = ctx.saved_tensors if ctx.rescued is None else ctx.rescued
-    ctx.head_done = True
+    if grad_out is None:  # an undefined gradient (zero)
+        return (None,) * (2 + 2 * num_m + num_f + num_q + num_t)
+    saved = ctx.saved_tensors
     layout: PairwiseLayout = ctx.layout
     if num_q:
         u, mean_u, w, scale_u, part_u, u_f, proj, g, v, scale_p, part_p, *rest = saved
@@ -398,16 +343,12 @@ def _pairwise_backward(ctx, grad_out: Tensor | None, grad_omega: Tensor | None) 
     grad_u = z * (dot * (-1.0 / batch))[:, None, None]
     grad_u.baddbmm_(centred_out.expand(num_m, -1, -1), w)
     grad_u.mul_(scale_u[:, None, None])
-    if omega is not None:
-        grad_w.add_(omega[0])
     grads_p: tuple[Tensor, ...] = ()
     grads_v: tuple[Tensor, ...] = ()
     if num_q:
         out_t = grad_out.t().contiguous()
         centred_t = centred_out.t()
         grad_v, grad_x = _feature_major_grads(y, v, scale_p, part_p, out_t, centred_t)
-        if omega is not None:
-            grad_v.add_(omega[1])
         rank = g.shape[1]
         grad_x = grad_x.view(num_q, rank, rank, batch)
         grad_g = torch.zeros_like(g)
@@ -415,8 +356,6 @@ def _pairwise_backward(ctx, grad_out: Tensor | None, grad_omega: Tensor | None) 
         grads_v = tuple(grad_v.unbind(0))
         if num_t:
             grad_v3, grad_x3 = _feature_major_grads(y3, v3, scale_t, part_t, out_t, centred_t)
-            if omega is not None:
-                grad_v3.add_(omega[2])
             grad_moment = _triples_backward(
                 layout, grad_x3, g, x.view(num_q, rank, rank, batch), moment, grad_x, grad_g
             )
@@ -434,7 +373,7 @@ def _pairwise_backward(ctx, grad_out: Tensor | None, grad_omega: Tensor | None) 
         grad_g.sub_(grad_g.mean(dim=2, keepdim=True))
         grads_p = tuple(torch.bmm(grad_g, u_f).unbind(0))
         _scatter_add(grad_u, layout.factor_rows, torch.bmm(grad_g.transpose(1, 2), proj))
-    return (None, None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0), *grads_p, *grads_v)
+    return (None, grad_bias, *grad_u.unbind(0), *grad_w.unbind(0), *grads_p, *grads_v)
 
 
 _pairwise_backward_once = once_differentiable(_pairwise_backward)
@@ -514,14 +453,6 @@ class PairwiseOutput(NamedTuple):
     triples: Tensor
 
 
-class PairwiseStep(NamedTuple):
-    """One training step of the head: ``prediction (B, C)`` and, when asked for, ``omega``:
-    ``Ω_p`` of the head's weights, computed in the same autograd node (else ``None``)."""
-
-    prediction: Tensor
-    omega: Tensor | None
-
-
 def _check_tensors(state: PairwiseState, tensors: Sequence[Tensor]) -> None:
     num_m, num_f, num_q, num_t = state.counts
     expected = 2 * num_m + num_f + num_q + num_t
@@ -539,21 +470,16 @@ def _check_tensors(state: PairwiseState, tensors: Sequence[Tensor]) -> None:
         )
 
 
-def pairwise_head(
-    state: PairwiseState, tensors: Sequence[Tensor], q: float | None = None
-) -> PairwiseStep:
-    """One training step of the head (see module doc); updates ``state.buffers`` in place.
+def pairwise_head(state: PairwiseState, tensors: Sequence[Tensor]) -> Tensor:
+    """One training step of the head (see module doc): the prediction ``(B, C)``; updates
+    ``state.buffers`` in place.
 
     ``tensors``: ``U_1..U_M, W_1..W_M`` then, with interactions, ``P_1..P_{M_f}``, the pair
-    weights ``V_1..V_Q`` and the triple weights ``V'_1..V'_T``. ``q = 2p/(p+1)``: also return
-    ``Ω_p = (Σ_t ‖W_t‖^q)^{2/q}`` of the head's weights (``W``, ``V``, ``V'``), differentiated
-    in the head's own backward pass (the projections ``P`` are not head weights). The blocks
-    are computed on demand by :func:`pairwise_blocks`.
+    weights ``V_1..V_Q`` and the triple weights ``V'_1..V'_T``. The blocks are computed on
+    demand by :func:`pairwise_blocks`.
     """
     _check_tensors(state, tensors)
-    if q is None:
-        return PairwiseStep(_PairwiseHead.apply(state, None, state.bias, *tensors), None)
-    return PairwiseStep(*_PairwiseHead.apply(state, q, state.bias, *tensors))
+    return _PairwiseHead.apply(state, state.bias, *tensors)
 
 
 def pairwise_blocks(state: PairwiseState, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -593,10 +519,11 @@ class StepBlocks(Mapping[str, Tensor]):
 
     Training reads only the prediction, so the step does not pay for returning blocks. Reading
     them computes all of them once, from the step's embeddings and projections, with the grad
-    mode of the step; gradients flow back to those tensors as for blocks returned by the head.
-    If any of those tensors was modified in place since the step (an ``optimizer.step()``
-    changes the projections), the blocks can no longer be computed and reading one raises
-    ``RuntimeError``: read ``output.blocks`` before changing them.
+    and inference modes of the step (not those of the first read); gradients flow back to
+    those tensors as for blocks returned by the head. If any of those tensors was modified in
+    place since the step (an ``optimizer.step()`` changes the projections), the blocks can no
+    longer be computed and reading one raises ``RuntimeError``: read ``output.blocks`` before
+    changing them.
     """
 
     def __init__(
@@ -611,6 +538,7 @@ class StepBlocks(Mapping[str, Tensor]):
         self._tensors = tuple(tensors)
         self._watched = [(t, t._version) for t in watched]
         self._grad = torch.is_grad_enabled()
+        self._inference = torch.is_inference_mode_enabled()
         self._values: list[Tensor] | None = None
 
     def _computed(self) -> list[Tensor]:
@@ -623,7 +551,11 @@ class StepBlocks(Mapping[str, Tensor]):
                     "`output.blocks` before modifying them"
                 )
             device = self._tensors[0].device.type
-            with torch.set_grad_enabled(self._grad), torch.autocast(device, enabled=False):
+            with (
+                torch.inference_mode(self._inference),
+                torch.set_grad_enabled(self._grad),
+                torch.autocast(device, enabled=False),
+            ):
                 self._values = pairwise_blocks(self._state, self._tensors)
         return self._values
 
