@@ -5,9 +5,6 @@ first derivatives only under ``create_graph=True``."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +13,6 @@ from torch.nn import functional as F
 
 from interfuse import MultimodalModel
 from interfuse.fusion.pairwise import StepBlocks
-
-
-def _load(name: str):
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_interfuse_tests_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load("reference_fusion")
 
 BATCH = 10
 LAM = 0.3
@@ -70,7 +55,7 @@ def assert_same_grads(ours, theirs):
 
 @pytest.mark.parametrize("omega_first", [False, True], ids=["loss-first", "omega-first"])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_omega_and_loss_differentiated_in_separate_backward_passes(config, omega_first):
+def test_omega_and_loss_differentiated_in_separate_backward_passes(config, omega_first, reference):
     """Ω_p and the task loss of one step backpropagated one after the other, without
     ``retain_graph`` (the first pass frees the head's saved tensors): the gradients add up to
     those of the reference's summed loss."""
@@ -90,7 +75,7 @@ def test_omega_and_loss_differentiated_in_separate_backward_passes(config, omega
     assert_same_grads(grads(model, ours_in), grads(ref, ref_in))
 
 
-def test_first_derivatives_with_create_graph_and_no_second_derivative():
+def test_first_derivatives_with_create_graph_and_no_second_derivative(reference):
     """``create_graph=True`` (a gradient penalty) gets the same first derivatives; a second
     derivative through the head raises instead of being silently wrong."""
     model, x, y = build(3, "pairs")
@@ -109,7 +94,7 @@ def test_first_derivatives_with_create_graph_and_no_second_derivative():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_step_blocks_are_a_mapping_computed_when_first_read(config):
+def test_step_blocks_are_a_mapping_computed_when_first_read(config, reference):
     model, x, _ = build(*config)
     ref = copy.deepcopy(model)
     out = model.fuse(inputs(x))
@@ -125,7 +110,7 @@ def test_step_blocks_are_a_mapping_computed_when_first_read(config):
         blocks["nope"]
 
 
-def test_step_blocks_refuse_to_be_computed_after_an_in_place_change():
+def test_step_blocks_refuse_to_be_computed_after_an_in_place_change(reference):
     """The pair blocks depend on the projections: after ``optimizer.step()`` the step's blocks
     can no longer be computed, and reading them says so (one line) instead of returning blocks
     of other projections. Blocks read before the change stay as they were."""

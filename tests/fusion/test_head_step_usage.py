@@ -6,9 +6,6 @@ itself (tried, see BENCHMARKS.md §3, sixth pass) broke the first of them."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +13,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from interfuse import MultimodalModel
-
-
-def _load(name: str):
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_interfuse_tests_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load("reference_fusion")
 
 BATCH = 10
 LAM = 0.3
@@ -56,7 +41,7 @@ def build(interactions, p: float = 2.0):
     return model, copy.deepcopy(model), batches, torch.arange(BATCH) % 3
 
 
-def reference_loss(ref, x, masks=None):
+def reference_loss(reference, ref, x, masks=None):
     prediction, _ = reference.reference_fuse(ref, ref.encode(x, masks), masks)
     return F.cross_entropy(prediction, torch.arange(BATCH) % 3)
 
@@ -70,7 +55,7 @@ def assert_same_grads(model, ref):
 
 @pytest.mark.parametrize("early", [True, False], ids=["omega-read-first", "omega-read-after"])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_omega_differentiated_after_the_loss_with_encoders(config, early):
+def test_omega_differentiated_after_the_loss_with_encoders(config, early, reference):
     """``loss.backward()`` then ``(λ·regularizer()).backward()`` (the regulariser once per
     optimiser step, after the micro-batches): the first pass frees the encoders' graph, and
     the second must not need it, as with Ω_p computed on its own."""
@@ -79,12 +64,12 @@ def test_omega_differentiated_after_the_loss_with_encoders(config, early):
     omega = model.regularizer() if early else None
     F.cross_entropy(out.prediction, y).backward()
     (LAM * (omega if early else model.regularizer())).backward()
-    (reference_loss(ref, x) + LAM * reference.regularizer(ref)).backward()
+    (reference_loss(reference, ref, x) + LAM * reference.regularizer(ref)).backward()
     assert_same_grads(model, ref)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_gradient_accumulation_with_a_masked_micro_batch(config):
+def test_gradient_accumulation_with_a_masked_micro_batch(config, reference):
     """Micro-batches without and then with masks, one optimiser step (the head's weights do
     not change in between), the predictions kept (e.g. for metrics): the masked step's
     ``regularizer()`` works and the gradients are the reference's."""
@@ -95,7 +80,8 @@ def test_gradient_accumulation_with_a_masked_micro_batch(config):
         out = model(x, masks=m)
         kept.append(out.prediction)
         (F.cross_entropy(out.prediction, y) + LAM * model.regularizer()).backward()
-        (reference_loss(ref, x, ref.presence(x, m)) + LAM * reference.regularizer(ref)).backward()
+        ref_loss = reference_loss(reference, ref, x, ref.presence(x, m))
+        (ref_loss + LAM * reference.regularizer(ref)).backward()
     assert_same_grads(model, ref)
 
 
@@ -138,7 +124,7 @@ def test_an_in_place_change_to_the_returned_omega_does_not_reach_later_calls():
     assert out.prediction.requires_grad  # the step's prediction was alive throughout
 
 
-def test_step_blocks_first_read_under_inference_mode_keep_their_gradient():
+def test_step_blocks_first_read_under_inference_mode_keep_their_gradient(reference):
     """Blocks first read inside ``torch.inference_mode()`` (e.g. to log their norms) are the
     step's blocks, as before: later used in a loss, their gradient reaches the encoders."""
     model, ref, (x, _), y = build(3)
