@@ -1092,10 +1092,8 @@ class _PairwiseCache(NamedTuple):
     weights: list[Tensor]
     """``W_1..W_M, P_1..P_{M_f}, V_1..V_Q, V'_1..V'_T``, the Function's tensors after ``U``."""
     masked: MaskedBuffers
-    names: list[str]
-    """Block names in stack order (unimodal, pairs, triples)."""
     index: dict[str, int]
-    """``{term name: stack position}`` in the head's order."""
+    """``{term name: position in the stacks (unimodal, pairs, triples)}``, in the head's order."""
     links: list[tuple[dict, str, object]]
     """Ownership links: the cache is the model's while every ``table.get(key) is value``."""
 
@@ -1151,7 +1149,7 @@ def _pairwise_cache(model, plan: FusionPlan, device: torch.device) -> _PairwiseC
         links.append((model.head._parameters, "bias", None))
     position = {name: i for i, name in enumerate(names)}
     index = {name: position[name] for name in model.head.blocks}
-    return _PairwiseCache(device, state, weights, masked, names, index, links)
+    return _PairwiseCache(device, state, weights, masked, index, links)
 
 
 def _ownership(model, tensors: list[Tensor | None]) -> list[tuple[dict, str, object]]:
