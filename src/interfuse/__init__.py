@@ -15,6 +15,7 @@ from .fusion import (
     MNLFusion,
     Relevance,
     VectorBatchNorm,
+    block_regularizer,
     group_norm_regularizer,
     optimal_beta,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Relevance",
     "VectorBatchNorm",
     "__version__",
+    "block_regularizer",
     "group_norm_regularizer",
     "optimal_beta",
     "predict",

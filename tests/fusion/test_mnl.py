@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from interfuse.fusion.mnl import MNLFusion, group_norm_regularizer, optimal_beta
+from interfuse.fusion.mnl import MNLFusion, block_regularizer, group_norm_regularizer, optimal_beta
 
 P_VALUES = [1.0, 4.0 / 3.0, 2.0, 3.0]
 
@@ -65,6 +65,103 @@ def test_regularizer_gradcheck(p):
         return group_norm_regularizer(norms, p)
 
     assert torch.autograd.gradcheck(omega, weights)
+
+
+def _composition(weights, p):
+    """Ω_p through autograd's own operations: the reference for ``block_regularizer``."""
+    return group_norm_regularizer(torch.stack([w.norm() for w in weights]), p)
+
+
+def _blocks(dtype=torch.float64, zero=(), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(2, d, generator=gen, dtype=dtype) for d in (3, 5, 1, 8)]
+    for i in zero:
+        weights[i].zero_()
+    return [w.requires_grad_() for w in weights]
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+@pytest.mark.parametrize("zero", [(), (1,), (0, 1, 2, 3)])
+def test_block_regularizer_matches_the_composition(p, zero):
+    """Value and gradients of the CPU Function against autograd through the formula, with zero
+    blocks (gradient 0 there, as the composition's subgradient) and all blocks zero."""
+    ours, reference = _blocks(zero=zero), _blocks(zero=zero)
+    value = block_regularizer(ours, p)
+    assert type(value.grad_fn).__name__ == "_CpuBlockRegularizerBackward"
+    expected = _composition(reference, p)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0.0)
+    (3.0 * value).backward()
+    (3.0 * expected).backward()
+    for got, want in zip(ours, reference):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-10, atol=1e-12)
+    for i in zero:
+        assert torch.equal(ours[i].grad, torch.zeros_like(ours[i]))
+
+
+def test_block_regularizer_in_float32_keeps_the_dtype_and_agrees():
+    ours, reference = _blocks(torch.float32), _blocks(torch.float32)
+    value = block_regularizer(ours, 1.5)
+    assert value.dtype == torch.float32 and value.shape == ()
+    expected = _composition(reference, 1.5)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    expected.backward()
+    for got, want in zip(ours, reference):
+        torch.testing.assert_close(got.grad, want.grad)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # inside gradcheck
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_block_regularizer_first_second_and_forward_mode_derivatives(p):
+    weights = _blocks(seed=1)
+    assert torch.autograd.gradcheck(lambda *w: block_regularizer(w, p), weights)
+    assert torch.autograd.gradgradcheck(lambda *w: block_regularizer(w, p), weights)
+    assert torch.autograd.gradcheck(
+        lambda *w: block_regularizer(w, p),
+        weights,
+        check_forward_ad=True,
+        check_backward_ad=False,
+        check_batched_grad=False,
+    )
+
+
+def test_block_regularizer_leaves_frozen_blocks_alone():
+    weights = _blocks()
+    weights[2].requires_grad_(False)
+    reference = [w.detach().clone().requires_grad_(w.requires_grad) for w in weights]
+    block_regularizer(weights, 2.0).backward()
+    _composition(reference, 2.0).backward()
+    assert weights[2].grad is None
+    for i in (0, 1, 3):
+        torch.testing.assert_close(weights[i].grad, reference[i].grad)
+
+
+def test_block_regularizer_under_torch_func_and_compile_uses_the_composition(monkeypatch):
+    """``torch.func`` transforms and compiled code get the plain composition (the Function
+    reads the norms as Python numbers, which neither can trace)."""
+    weights = [w.detach() for w in _blocks()]
+    grad = torch.func.grad(lambda w0: block_regularizer([w0, *weights[1:]], 2.0))(weights[0])
+    reference = _blocks()
+    _composition(reference, 2.0).backward()
+    torch.testing.assert_close(grad, reference[0].grad)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    value = block_regularizer(_blocks(), 2.0)
+    assert type(value.grad_fn).__name__ == "PowBackward0"
+    torch.testing.assert_close(value, _composition(_blocks(), 2.0))
+
+
+def test_block_regularizer_needs_a_block_and_a_valid_p():
+    with pytest.raises(ValueError, match="at least one weight block"):
+        block_regularizer([], 2.0)
+    with pytest.raises(ValueError, match="p must be"):
+        block_regularizer(_blocks(), 0.5)
+
+
+def test_regularizer_of_the_head_is_the_block_regularizer_of_its_weights():
+    head = MNLFusion({"a": 3, "b": 5, "a*b": 9}, num_outputs=2, p=3.0).double()
+    weights = [block.weight for block in head.blocks.values()]
+    torch.testing.assert_close(head.regularizer(), _composition(weights, 3.0))
+    torch.testing.assert_close(head.regularizer(1.0), _composition(weights, 1.0))
 
 
 def test_relevance_beta_and_shares():

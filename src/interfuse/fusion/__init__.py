@@ -1,7 +1,14 @@
 """Fusion core: vector-wise batch norm, IterBN interactions of any order, and the MNL head."""
 
 from .interactions import InteractionFactors, IterBN, outer_products
-from .mnl import MNLFusion, Relevance, group_norm_regularizer, optimal_beta, relevance_from_norms
+from .mnl import (
+    MNLFusion,
+    Relevance,
+    block_regularizer,
+    group_norm_regularizer,
+    optimal_beta,
+    relevance_from_norms,
+)
 from .norm import BatchCentering, VectorBatchNorm, set_sync_stats
 
 __all__ = [
@@ -11,6 +18,7 @@ __all__ = [
     "MNLFusion",
     "Relevance",
     "VectorBatchNorm",
+    "block_regularizer",
     "group_norm_regularizer",
     "optimal_beta",
     "outer_products",

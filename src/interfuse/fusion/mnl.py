@@ -39,6 +39,87 @@ def group_norm_regularizer(norms: Tensor, p: float) -> Tensor:
     return norms.pow(q).sum().pow(2 / q)
 
 
+def block_regularizer(weights: Sequence[Tensor], p: float) -> Tensor:
+    """``Ω_p = (Σ_t ‖W_t‖_F^q)^{2/q}``, ``q = 2p/(p+1)``, of weight blocks ``W_t`` of any shapes:
+    :func:`group_norm_regularizer` of their Frobenius norms, differentiable in the blocks (first
+    and second derivatives, forward mode).
+
+    For blocks on the CPU, outside ``torch.compile`` and ``torch.func`` transforms, it is one
+    autograd Function doing the arithmetic on the T norms as Python numbers (speed: the autograd
+    graph of the composition, a norm per block, two powers and a sum, costs 2–6 % of a small
+    fusion training step on a CPU; BENCHMARKS.md §3). Elsewhere it is the composition: on a GPU
+    reading the norms would wait for the device.
+    """
+    p = check_p(p)
+    if not weights:
+        raise ValueError("block_regularizer needs at least one weight block")
+    q = 2 * p / (p + 1)
+    if (
+        weights[0].device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    ):
+        return _CpuBlockRegularizer.apply(q, *weights)
+    return torch.stack(torch._foreach_norm(weights)).pow(q).sum().pow(2 / q)
+
+
+class _CpuBlockRegularizer(torch.autograd.Function):
+    """:func:`block_regularizer` on the CPU. With ``a_t = ‖W_t‖`` and ``S = Σ_s a_s^q``,
+
+        ∂Ω/∂W_t = c_t W_t,   c_t = 2 S^{2/q−1} a_t^{q−2}   (c_t = 0 for a zero block: the limit
+        for q > 1, and the subgradient the composition's norm takes for q = 1),
+
+    so the backward pass is one product per block with coefficients computed in the forward
+    pass, and the forward-mode derivative is ``Σ_t c_t ⟨W_t, Ẇ_t⟩``. Under ``create_graph=True``
+    the coefficients are recomputed from the blocks with differentiable operations, so second
+    derivatives are exact.
+    """
+
+    @staticmethod
+    def forward(ctx, q, *weights):  # noqa: ANN001, ANN205, D102
+        norms = torch.stack(torch._foreach_norm(weights)).tolist()
+        total = math.fsum(a**q for a in norms)
+        scale = 2 * total ** (2 / q - 1) if total > 0 else 0.0
+        ctx.coefficients = [scale * a ** (q - 2) if a > 0 else 0.0 for a in norms]
+        ctx.q = q
+        ctx.save_for_backward(*weights)
+        ctx.save_for_forward(*weights)
+        return weights[0].new_tensor(total ** (2 / q))
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205, D102
+        weights = ctx.saved_tensors
+        if not torch.is_grad_enabled() and all(ctx.needs_input_grad[1:]):  # the usual case
+            factor = grad.item()
+            return None, *torch._foreach_mul(weights, [c * factor for c in ctx.coefficients])
+        wanted = [i for i, want in enumerate(ctx.needs_input_grad[1:]) if want]
+        grads: list[Tensor | None] = [None] * len(weights)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable in the blocks
+            norms = torch.stack(torch._foreach_norm(weights))
+            positive = norms > 0
+            safe = torch.where(positive, norms, torch.ones_like(norms))  # no inf, even unselected
+            powered = torch.where(positive, safe.pow(ctx.q - 2), torch.zeros_like(norms))
+            total = norms.pow(ctx.q).sum()
+            coefficients = (powered * (2 * total.pow(2 / ctx.q - 1) * grad)).unbind(0)
+            for i in wanted:
+                grads[i] = weights[i] * coefficients[i]
+            return None, *grads
+        factor = grad.item()
+        scaled = [ctx.coefficients[i] * factor for i in wanted]
+        for i, value in zip(wanted, torch._foreach_mul([weights[i] for i in wanted], scaled)):
+            grads[i] = value
+        return None, *grads
+
+    @staticmethod
+    def jvp(ctx, _q, *tangents):  # noqa: ANN001, ANN205, D102
+        weights = ctx.saved_tensors
+        out = weights[0].new_zeros(())
+        for w, tangent, c in zip(weights, tangents, ctx.coefficients):
+            if tangent is not None and c:
+                out = out + c * (w * tangent).sum()
+        return out
+
+
 def optimal_beta(norms: Tensor, p: float) -> Tensor:
     """Closed-form minimiser ``β_t = a_t^{2/(p+1)} / (Σ_s a_s^{2p/(p+1)})^{1/p}`` (‖β‖_p = 1).
 
@@ -99,7 +180,8 @@ class MNLFusion(nn.Module):
 
     def regularizer(self, p: float | None = None) -> Tensor:
         """``Ω_p(W) = (Σ_t ‖W_t‖_F^q)^{2/q}``, differentiable."""
-        return group_norm_regularizer(self.block_norms(), self.p if p is None else p)
+        weights = [block.weight for block in self.blocks.values()]
+        return block_regularizer(weights, self.p if p is None else p)
 
     @torch.no_grad()
     def relevance(self, p: float | None = None) -> Relevance:
