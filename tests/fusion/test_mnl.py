@@ -125,6 +125,86 @@ def test_block_regularizer_first_second_and_forward_mode_derivatives(p):
     )
 
 
+def _hessian_vector_product(weights, tangents, p, regularizer):
+    """Reverse mode over forward mode: ``∇_W ⟨∇Ω, Ẇ⟩``."""
+    with torch.autograd.forward_ad.dual_level():
+        duals = [torch.autograd.forward_ad.make_dual(w, t) for w, t in zip(weights, tangents)]
+        tangent = torch.autograd.forward_ad.unpack_dual(regularizer(duals, p)).tangent
+    return torch.autograd.grad(tangent, weights)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 3.0])
+def test_block_regularizer_higher_derivatives_in_every_order_of_modes(p):
+    """Reverse over forward, forward over reverse and batched gradients agree with the
+    composition (they need the coefficients as functions of the blocks, not as numbers)."""
+    gen = torch.Generator().manual_seed(2)
+    tangents = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in _blocks()]
+    ours = _hessian_vector_product(_blocks(), tangents, p, block_regularizer)
+    expected = _hessian_vector_product(_blocks(), tangents, p, _composition)
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want)
+
+    def forward_over_reverse(regularizer):
+        weights = _blocks()
+        with torch.autograd.forward_ad.dual_level():
+            duals = [torch.autograd.forward_ad.make_dual(w, t) for w, t in zip(weights, tangents)]
+            grads = torch.autograd.grad(regularizer(duals, p), duals, create_graph=True)
+            return [torch.autograd.forward_ad.unpack_dual(g).tangent for g in grads]
+
+    for got, want in zip(forward_over_reverse(block_regularizer), expected):
+        torch.testing.assert_close(got, want)
+
+    weights = _blocks()
+    value = block_regularizer(weights, p)
+    batched = torch.autograd.grad(
+        value,
+        weights,
+        grad_outputs=torch.tensor([1.0, -2.0], dtype=value.dtype),
+        is_grads_batched=True,
+    )
+    reference = _blocks()
+    first = torch.autograd.grad(_composition(reference, p), reference)
+    for got, want in zip(batched, first):
+        torch.testing.assert_close(got, torch.stack([want, -2.0 * want]))
+
+
+def test_block_regularizer_under_torch_func_transforms():
+    weights = [w.detach() for w in _blocks()]
+
+    def omega(w0):
+        return block_regularizer([w0, *weights[1:]], 2.0)
+
+    def reference(w0):
+        return _composition([w0, *weights[1:]], 2.0)
+
+    batch = torch.stack([weights[0], 2 * weights[0]])
+    torch.testing.assert_close(torch.vmap(omega)(batch), torch.vmap(reference)(batch))
+    tangent = torch.ones_like(weights[0])
+    torch.testing.assert_close(
+        torch.func.jvp(omega, (weights[0],), (tangent,)),
+        torch.func.jvp(reference, (weights[0],), (tangent,)),
+    )
+    torch.testing.assert_close(
+        torch.func.hessian(omega)(weights[0]), torch.func.hessian(reference)(weights[0])
+    )
+
+
+def test_block_regularizer_overflow_nan_and_mixed_dtypes_behave_as_the_composition():
+    big = [torch.full((1, 1), 1e154, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    value = block_regularizer(big, 1.0)  # float64 arithmetic overflows: inf, no exception
+    assert value.item() == float("inf")
+    weights = _blocks()
+    with torch.no_grad():
+        weights[1][0, 0] = float("nan")
+    value = block_regularizer(weights, 2.0)
+    value.backward()
+    assert value.isnan() and all(w.grad.isnan().all() for w in weights)
+    mixed = [torch.randn(2, 3, requires_grad=True), torch.randn(2, 4, dtype=torch.float64)]
+    value = block_regularizer(mixed, 2.0)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, _composition([w.double() for w in mixed], 2.0))
+
+
 def test_block_regularizer_leaves_frozen_blocks_alone():
     weights = _blocks()
     weights[2].requires_grad_(False)
@@ -136,14 +216,9 @@ def test_block_regularizer_leaves_frozen_blocks_alone():
         torch.testing.assert_close(weights[i].grad, reference[i].grad)
 
 
-def test_block_regularizer_under_torch_func_and_compile_uses_the_composition(monkeypatch):
-    """``torch.func`` transforms and compiled code get the plain composition (the Function
-    reads the norms as Python numbers, which neither can trace)."""
-    weights = [w.detach() for w in _blocks()]
-    grad = torch.func.grad(lambda w0: block_regularizer([w0, *weights[1:]], 2.0))(weights[0])
-    reference = _blocks()
-    _composition(reference, 2.0).backward()
-    torch.testing.assert_close(grad, reference[0].grad)
+def test_block_regularizer_in_compiled_code_is_the_composition(monkeypatch):
+    """Compiled code gets the plain composition (the Function reads the norms as Python
+    numbers, which a compiler cannot trace)."""
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     value = block_regularizer(_blocks(), 2.0)
     assert type(value.grad_fn).__name__ == "PowBackward0"

@@ -42,25 +42,47 @@ def group_norm_regularizer(norms: Tensor, p: float) -> Tensor:
 def block_regularizer(weights: Sequence[Tensor], p: float) -> Tensor:
     """``Ω_p = (Σ_t ‖W_t‖_F^q)^{2/q}``, ``q = 2p/(p+1)``, of weight blocks ``W_t`` of any shapes:
     :func:`group_norm_regularizer` of their Frobenius norms, differentiable in the blocks (first
-    and second derivatives, forward mode).
+    and second derivatives, forward mode, batched gradients).
 
-    For blocks on the CPU, outside ``torch.compile`` and ``torch.func`` transforms, it is one
-    autograd Function doing the arithmetic on the T norms as Python numbers (speed: the autograd
-    graph of the composition, a norm per block, two powers and a sum, costs 2–6 % of a small
-    fusion training step on a CPU; BENCHMARKS.md §3). Elsewhere it is the composition: on a GPU
-    reading the norms would wait for the device.
+    For blocks of one dtype on the CPU, outside ``torch.compile`` and ``torch.func`` transforms,
+    it is one autograd Function doing the arithmetic on the T norms as Python numbers (speed:
+    the autograd graph of the composition, a norm per block, two powers and a sum, costs 2–6 %
+    of a small fusion training step on a CPU; BENCHMARKS.md §3). Elsewhere it is the
+    composition: on a GPU reading the norms would wait for the device.
     """
     p = check_p(p)
     if not weights:
         raise ValueError("block_regularizer needs at least one weight block")
     q = 2 * p / (p + 1)
+    if torch._C._are_functorch_transforms_active():  # vmap, jvp, hessian: a norm per block
+        # (``_foreach_norm`` has no batching rule and no usable forward-mode derivative)
+        norms = torch.stack([torch.linalg.vector_norm(w) for w in weights])
+        return norms.pow(q).sum().pow(2 / q)
+    first = weights[0]
     if (
-        weights[0].device.type == "cpu"
+        first.device.type == "cpu"
         and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
+        and all(w.dtype == first.dtype for w in weights)
     ):
         return _CpuBlockRegularizer.apply(q, *weights)
     return torch.stack(torch._foreach_norm(weights)).pow(q).sum().pow(2 / q)
+
+
+def _power(base: float, exponent: float) -> float:
+    """``base ** exponent`` for ``base ≥ 0``, ``inf`` where a float overflows (as tensors do)."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
+
+
+def _coefficients(weights: Sequence[Tensor], q: float) -> Tensor:
+    """``c_t = 2 S^{2/q−1} a_t^{q−2}`` (0 for a zero block) from the blocks, differentiably."""
+    norms = torch.stack([torch.linalg.vector_norm(w) for w in weights])
+    positive = norms > 0
+    safe = torch.where(positive, norms, torch.ones_like(norms))  # no inf, even unselected
+    powered = torch.where(positive, safe.pow(q - 2), torch.zeros_like(norms))
+    return powered * (2 * norms.pow(q).sum().pow(2 / q - 1))
 
 
 class _CpuBlockRegularizer(torch.autograd.Function):
@@ -70,52 +92,56 @@ class _CpuBlockRegularizer(torch.autograd.Function):
         for q > 1, and the subgradient the composition's norm takes for q = 1),
 
     so the backward pass is one product per block with coefficients computed in the forward
-    pass, and the forward-mode derivative is ``Σ_t c_t ⟨W_t, Ẇ_t⟩``. Under ``create_graph=True``
-    the coefficients are recomputed from the blocks with differentiable operations, so second
-    derivatives are exact.
+    pass (in float64 arithmetic, from the norms in the blocks' dtype), and the forward-mode
+    derivative is ``Σ_t c_t ⟨W_t, Ẇ_t⟩``. Where a derivative is itself differentiated
+    (``create_graph=True``, reverse mode over forward mode) or batched (``is_grads_batched``,
+    vectorised Jacobians), the coefficients are recomputed from the blocks with tensor
+    operations, so higher derivatives are exact.
     """
 
     @staticmethod
     def forward(ctx, q, *weights):  # noqa: ANN001, ANN205, D102
         norms = torch.stack(torch._foreach_norm(weights)).tolist()
-        total = math.fsum(a**q for a in norms)
-        scale = 2 * total ** (2 / q - 1) if total > 0 else 0.0
-        ctx.coefficients = [scale * a ** (q - 2) if a > 0 else 0.0 for a in norms]
+        total = sum(_power(a, q) for a in norms)
+        value = _power(total, 2 / q)
+        scale = 2 * _power(total, 2 / q - 1) if total > 0 else 0.0
+        ctx.coefficients = [scale * _power(a, q - 2) if a > 0 else 0.0 for a in norms]
+        if math.isnan(value):  # a NaN reaches every block's gradient, as in the composition
+            ctx.coefficients = [math.nan] * len(norms)
         ctx.q = q
         ctx.save_for_backward(*weights)
         ctx.save_for_forward(*weights)
-        return weights[0].new_tensor(total ** (2 / q))
+        return weights[0].new_tensor(value)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205, D102
         weights = ctx.saved_tensors
-        if not torch.is_grad_enabled() and all(ctx.needs_input_grad[1:]):  # the usual case
-            factor = grad.item()
-            return None, *torch._foreach_mul(weights, [c * factor for c in ctx.coefficients])
-        wanted = [i for i, want in enumerate(ctx.needs_input_grad[1:]) if want]
-        grads: list[Tensor | None] = [None] * len(weights)
-        if torch.is_grad_enabled():  # create_graph=True: differentiable in the blocks
-            norms = torch.stack(torch._foreach_norm(weights))
-            positive = norms > 0
-            safe = torch.where(positive, norms, torch.ones_like(norms))  # no inf, even unselected
-            powered = torch.where(positive, safe.pow(ctx.q - 2), torch.zeros_like(norms))
-            total = norms.pow(ctx.q).sum()
-            coefficients = (powered * (2 * total.pow(2 / ctx.q - 1) * grad)).unbind(0)
-            for i in wanted:
-                grads[i] = weights[i] * coefficients[i]
-            return None, *grads
+        wanted = ctx.needs_input_grad[1:]
+        if torch.is_grad_enabled() or torch._C._functorch.is_legacy_batchedtensor(grad):
+            coefficients = (_coefficients(weights, ctx.q) * grad).unbind(0)
+            pairs = zip(weights, coefficients, wanted)
+            return None, *(w * c if want else None for w, c, want in pairs)
         factor = grad.item()
-        scaled = [ctx.coefficients[i] * factor for i in wanted]
-        for i, value in zip(wanted, torch._foreach_mul([weights[i] for i in wanted], scaled)):
+        if all(wanted):  # the usual case
+            return None, *torch._foreach_mul(weights, [c * factor for c in ctx.coefficients])
+        picked = [i for i, want in enumerate(wanted) if want]
+        products = torch._foreach_mul(
+            [weights[i] for i in picked], [ctx.coefficients[i] * factor for i in picked]
+        )
+        grads: list[Tensor | None] = [None] * len(weights)
+        for i, value in zip(picked, products):
             grads[i] = value
         return None, *grads
 
     @staticmethod
     def jvp(ctx, _q, *tangents):  # noqa: ANN001, ANN205, D102
         weights = ctx.saved_tensors
+        coefficients: Sequence[float | Tensor] = ctx.coefficients
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            coefficients = _coefficients(weights, ctx.q).unbind(0)  # reverse mode follows
         out = weights[0].new_zeros(())
-        for w, tangent, c in zip(weights, tangents, ctx.coefficients):
-            if tangent is not None and c:
+        for w, tangent, c in zip(weights, tangents, coefficients):
+            if tangent is not None:
                 out = out + c * (w * tangent).sum()
         return out
 
