@@ -205,12 +205,45 @@ def test_block_regularizer_overflow_nan_and_mixed_dtypes_behave_as_the_compositi
     torch.testing.assert_close(value, _composition([w.double() for w in mixed], 2.0))
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0])
+@pytest.mark.parametrize("case", ["one block", "small norms"])
+def test_block_regularizer_one_block_and_norms_below_one(p, case):
+    """A single block, and blocks whose Σ‖W_t‖^q is below 1: value, gradient and forward-mode
+    derivative as the composition's."""
+    scale, count = (1.0, 1) if case == "one block" else (0.02, 4)
+    ours = [(w.detach() * scale).requires_grad_() for w in _blocks()[:count]]
+    reference = [w.detach().clone().requires_grad_() for w in ours]
+    value, expected = block_regularizer(ours, p), _composition(reference, p)
+    torch.testing.assert_close(value, expected)
+    (-1.5 * value).backward()
+    (-1.5 * expected).backward()
+    for got, want in zip(ours, reference):
+        torch.testing.assert_close(got.grad, want.grad)
+    tangents = [torch.ones_like(w) for w in ours]
+    with torch.autograd.forward_ad.dual_level():
+        duals = [torch.autograd.forward_ad.make_dual(w.detach(), t) for w, t in zip(ours, tangents)]
+        tangent = torch.autograd.forward_ad.unpack_dual(block_regularizer(duals, p)).tangent
+    first = [w.grad / -1.5 for w in reference]
+    torch.testing.assert_close(tangent, sum((g * t).sum() for g, t in zip(first, tangents)))
+
+
+def test_block_regularizer_gradient_with_create_graph_is_the_plain_gradient():
+    """The recomputed (differentiable) coefficients give the same first derivative, 0 and
+    finite at a zero block."""
+    weights = _blocks(zero=(2,))
+    plain = torch.autograd.grad(block_regularizer(weights, 1.5), weights)
+    graph = torch.autograd.grad(block_regularizer(weights, 1.5), weights, create_graph=True)
+    for got, want in zip(graph, plain):
+        torch.testing.assert_close(got, want)
+    assert torch.equal(graph[2], torch.zeros_like(graph[2]))
+
+
 def test_block_regularizer_leaves_frozen_blocks_alone():
     weights = _blocks()
     weights[2].requires_grad_(False)
     reference = [w.detach().clone().requires_grad_(w.requires_grad) for w in weights]
-    block_regularizer(weights, 2.0).backward()
-    _composition(reference, 2.0).backward()
+    (2.5 * block_regularizer(weights, 2.0)).backward()
+    (2.5 * _composition(reference, 2.0)).backward()
     assert weights[2].grad is None
     for i in (0, 1, 3):
         torch.testing.assert_close(weights[i].grad, reference[i].grad)
