@@ -53,19 +53,19 @@ def block_regularizer(weights: Sequence[Tensor], p: float) -> Tensor:
     p = check_p(p)
     if not weights:
         raise ValueError("block_regularizer needs at least one weight block")
-    q = 2 * p / (p + 1)
     if torch._C._are_functorch_transforms_active():  # vmap, jvp, hessian: a norm per block
         # (``_foreach_norm`` has no batching rule and no usable forward-mode derivative)
-        norms = torch.stack([torch.linalg.vector_norm(w) for w in weights])
-        return norms.pow(q).sum().pow(2 / q)
+        return group_norm_regularizer(
+            torch.stack([torch.linalg.vector_norm(w) for w in weights]), p
+        )
     first = weights[0]
     if (
         first.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and all(w.dtype == first.dtype for w in weights)
     ):
-        return _CpuBlockRegularizer.apply(q, *weights)
-    return torch.stack(torch._foreach_norm(weights)).pow(q).sum().pow(2 / q)
+        return _CpuBlockRegularizer.apply(2 * p / (p + 1), *weights)
+    return group_norm_regularizer(torch.stack(torch._foreach_norm(weights)), p)
 
 
 def _power(base: float, exponent: float) -> float:
