@@ -75,6 +75,7 @@ from .pairwise import (
     pairwise_head,
     pairwise_layout,
 )
+from .precision import float32_backward
 
 FAST_MAX_ORDER = 4
 """Largest interaction order of the fast path (the regrouping above is written for k ≤ 4)."""
@@ -138,6 +139,7 @@ class _VbnHead(torch.autograd.Function):
         return partial.sum(dim=0), z, sq, batch_mean
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad_out, grad_z, _grad_sq, _grad_mean):  # noqa: D102
         z, weight, scale, partial, kept_mean = ctx.saved_tensors
         num, batch = z.shape[0], z.shape[1]
@@ -461,6 +463,7 @@ class _WickLevel(torch.autograd.Function):
         return x
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad):  # noqa: D102
         head_stack, last_stack, *operands = ctx.saved_tensors
         _, _, layouts, _, _, head_index, last_index, rest_indices = ctx.spec
@@ -518,6 +521,7 @@ class _Moment(torch.autograd.Function):
         return torch.bmm(head.transpose(1, 2), scaled)
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad):  # noqa: D102
         head_stack, last_stack, weights = ctx.saved_tensors
         head_index, last_index = ctx.indices
@@ -811,6 +815,7 @@ class _MaskedVbnHead(torch.autograd.Function):
         return partial.sum(dim=0), z, batch_mean, unbiased
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad_out, grad_z, _grad_mean, _grad_sq):  # noqa: D102
         z, weight, scale, partial, p, counts, usable = ctx.saved_tensors
         num, batch = z.shape[0], z.shape[1]

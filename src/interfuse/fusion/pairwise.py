@@ -70,6 +70,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .precision import float32_backward
+
 Rows = Tensor | slice | None
 """Rows of a stack: an index tensor, a contiguous range (a view, no copy) or ``None`` (all)."""
 
@@ -308,6 +310,7 @@ class _PairwiseHead(torch.autograd.Function):
         return out
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad_out):  # noqa: D102
         if torch.is_grad_enabled():  # create_graph=True: first derivatives only
             return _pairwise_backward_once(ctx, grad_out)
@@ -721,6 +724,7 @@ class _MaskedPairwiseHead(torch.autograd.Function):
         return out, z, y
 
     @staticmethod
+    @float32_backward
     @once_differentiable
     def backward(ctx, grad_out, grad_z, grad_y):  # noqa: D102
         u, w, z, scale_u, part_u, p_u, w_u, n_u, use_u, *rest = ctx.saved_tensors
