@@ -251,8 +251,11 @@ def load_reference() -> Any:
     return module
 
 
-def build(m: int, r: int, k: int, seed: int = 0, compiled: bool = False) -> dict[str, Any]:
-    """The implementations of one configuration, with shared inputs and weights."""
+def build(
+    m: int, r: int, k: int, seed: int = 0, compiled: bool = False, device: str = "cpu"
+) -> dict[str, Any]:
+    """The implementations of one configuration, with shared inputs and weights, on ``device``
+    (``benchmarks.device_speed`` times them on an accelerator)."""
     import copy
 
     import torch
@@ -285,10 +288,12 @@ def build(m: int, r: int, k: int, seed: int = 0, compiled: bool = False) -> dict
     assert features == total_features(m, r, k), (features, total_features(m, r, k))
     floor = nn.Linear(features, NUM_OUTPUTS)
     blocks_model = copy.deepcopy(model)  # its weight blocks, bias and Ω, nothing else
+    for module in (model, before, naive, floor, blocks_model):
+        module.to(device)
     block_weights = [b.weight for b in blocks_model.head.blocks.values()]
-    embeddings = {n: torch.randn(BATCH, ENCODER_DIM, requires_grad=True) for n in names}
-    x = torch.randn(BATCH, features, requires_grad=True)
-    y = torch.randint(0, NUM_OUTPUTS, (BATCH,))
+    embeddings = {n: torch.randn(BATCH, ENCODER_DIM).to(device).requires_grad_() for n in names}
+    x = torch.randn(BATCH, features).to(device).requires_grad_()
+    y = torch.randint(0, NUM_OUTPUTS, (BATCH,)).to(device)
 
     def clear(module: nn.Module) -> None:
         module.zero_grad(set_to_none=True)

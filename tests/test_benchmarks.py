@@ -23,7 +23,8 @@ SUITES = ("fidelity", "accuracy", "speed", "throughput")
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``all --scale tiny``, and the ``scale`` suite (run by name only) at the same time."""
+    """``all --scale tiny``, and the suites run by name only (``scale``, ``device-speed``) at
+    the same time."""
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     common = ["--scale", "tiny", "--threads", "1", "--out", str(out)]
@@ -36,7 +37,7 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             stderr=subprocess.PIPE,
             text=True,
         )
-        for suite in ("all", "scale")
+        for suite in ("all", "scale", "device-speed")
     ]
     outputs = []
     for process in started:
@@ -117,6 +118,26 @@ def test_speed_rows_and_memory(tiny_results: tuple[Path, str]) -> None:
     (faults,) = data["faults"]
     assert "error" not in faults, faults
     assert faults["before"] >= 0 and faults["ours"] >= 0
+
+
+def test_device_speed_times_every_step_in_both_precisions(tiny_results: tuple[Path, str]) -> None:
+    """On a machine without a GPU the device suite runs on the CPU: every configuration in
+    float32 and under bfloat16 autocast, and its markdown is the rendering of its JSON."""
+    from benchmarks import device_speed
+
+    data = _load(tiny_results[0], "device_speed")
+    configs = device_speed.SCALE_SETTINGS["tiny"]["configs"]
+    assert [(r["M"], r["r"], r["K"], r["precision"]) for r in data["rows"]] == [
+        (*c, p) for c in configs for p in ("fp32", "bf16")
+    ]
+    for row in data["rows"]:
+        assert set(row["median_ms"]) == {"floor", "before", "ours", "naive"}
+        assert all(_is_number(v) and v > 0 for v in row["median_ms"].values())
+        assert all(_is_number(row[k]) for k in ("ours_over_before", "ours_over_floor"))
+    device = data["environment"]["device"]
+    assert device.startswith("CPU") or torch.cuda.is_available(), device
+    table = (tiny_results[0] / "device_speed-tiny.md").read_text(encoding="utf-8")
+    assert table.split("\n", 1)[1] == device_speed.render(data)
 
 
 def test_throughput_variants(tiny_results: tuple[Path, str]) -> None:
