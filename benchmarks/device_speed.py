@@ -109,6 +109,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
     env["device"] = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({env['cpu']})"
     )
+    env["cuda"] = torch.version.cuda
+    env["float32_matmul_precision"] = torch.get_float32_matmul_precision()  # TF32 or not
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     started = time.perf_counter()
     rows = []
@@ -184,8 +186,14 @@ def render(payload: dict[str, Any]) -> str:
                 for r in rows
             ],
         )
+        note = (
+            "; ours keeps its fusion in float32 under autocast, floor, before and naive compute"
+            " in bfloat16 where autocast casts"
+            if precision == "bf16"
+            else ""
+        )
         parts.append(
             f"### Fusion head, one training step on {device}, {precision} (batch 256, d_m = 32): "
-            f"median wall ms, median per-round ratios\n{table}"
+            f"median wall ms, median per-round ratios{note}\n{table}"
         )
     return "\n\n".join(parts) + "\n"

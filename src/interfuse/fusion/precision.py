@@ -25,7 +25,11 @@ def float32_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(backward)
     def wrapped(ctx: Any, *grads: Any) -> Any:
         device = next((g.device.type for g in grads if g is not None), None)
-        if device is not None and torch.is_autocast_enabled(device):
+        if (
+            device is not None
+            and torch.amp.is_autocast_available(device)  # not on "meta", say
+            and torch.is_autocast_enabled(device)
+        ):
             with torch.autocast(device, enabled=False):
                 return backward(ctx, *grads)
         return backward(ctx, *grads)
