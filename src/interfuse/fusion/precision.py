@@ -20,7 +20,7 @@ import torch
 
 def float32_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a custom Function's ``backward(ctx, *grads)`` to run with autocast off on the
-    gradients' device (one check, ≈ 0.3 µs, when autocast is off)."""
+    gradients' device (≈ 1.5 µs of checks per call when autocast is off)."""
 
     @functools.wraps(backward)
     def wrapped(ctx: Any, *grads: Any) -> Any:
