@@ -11,8 +11,9 @@ device. *bf16* runs each step under ``torch.autocast(device, dtype=torch.bfloat1
 *before* and *naive* then compute in bfloat16 where autocast casts, while the model keeps its
 fusion in float32 (``MultimodalModel.fuse`` turns autocast off for the head, as batch norm
 does). Times are wall-clock seconds around ``torch.cuda.synchronize()`` (on the CPU: the same
-without it), in interleaved rounds that run each implementation once in rotating order; ratios
-are medians of per-round ratios. The full grid is sized for a session with a few minutes of
+without it), in interleaved rounds that run each implementation once in rotating order, after
+two warm-up rounds (:func:`benchmarks.fusion_speed.interleaved_times`); ratios are medians of
+per-round ratios. The full grid is sized for a session with a few minutes of
 device time: both precisions ran in 107 s on this project's 2-core CPU, and on a GPU, where
 launching kernels rather than arithmetic sets the time at these sizes, it is expected to take
 about as long or less (not yet measured). On the device machine:
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._common import environment, fmt, markdown_table, median, publish, set_threads
-from .fusion_speed import build, ratio_median, total_features
+from .fusion_speed import build, interleaved_times, ratio_median, total_features
 
 SUITE = "device_speed"
 NAMES = ("floor", "before", "ours", "naive")
@@ -48,11 +49,10 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
             (4, 4, 4),
             (4, 8, 4),
         ],
-        "warmup": 5,
         "rounds": 40,
     },
-    "quick": {"configs": [(2, 4, 1), (4, 8, 2), (3, 8, 3)], "warmup": 3, "rounds": 15},
-    "tiny": {"configs": [(2, 4, 1), (2, 4, 2)], "warmup": 1, "rounds": 3},
+    "quick": {"configs": [(2, 4, 1), (4, 8, 2), (3, 8, 3)], "rounds": 15},
+    "tiny": {"configs": [(2, 4, 1), (2, 4, 2)], "rounds": 3},
 }
 
 
@@ -78,27 +78,6 @@ def _in_precision(step: Callable[[], None], precision: str, device_type: str) ->
     return run
 
 
-def interleaved_wall_times(
-    steps: dict[str, Callable[[], None]], warmup: int, rounds: int, synchronize: Callable[[], None]
-) -> dict[str, list[float]]:
-    """Wall seconds of every step, ``rounds`` rounds of each step once in rotating order, each
-    timed between two ``synchronize()`` calls (so that queued device work is counted)."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    synchronize()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        for name in names[index % len(names) :] + names[: index % len(names)]:
-            synchronize()
-            start = time.perf_counter()
-            steps[name]()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
     import torch
 
@@ -118,9 +97,8 @@ def run(scale: str, out_dir: str, threads: int = 1) -> dict[str, Any]:
         built = build(m, r, k, device=str(device))
         for precision in PRECISIONS:
             steps = {n: _in_precision(built["steps"][n], precision, device.type) for n in NAMES}
-            times = interleaved_wall_times(
-                steps, settings["warmup"], settings["rounds"], synchronize
-            )
+            rounds = settings["rounds"]
+            times = interleaved_times(steps, 0.0, rounds, rounds, synchronize)["wall"]
             row = {
                 "M": m,
                 "r": r,

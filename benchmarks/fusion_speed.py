@@ -432,25 +432,42 @@ def build(
 # --------------------------------------------------------------------------- timing
 
 
-def _seconds(fn: Callable[[], None]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
+def _seconds(
+    fn: Callable[[], None], synchronize: Callable[[], None] | None = None
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call, between two ``synchronize()``
+    calls when given (an accelerator's queued work is then counted)."""
+    if synchronize is not None:
+        synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    if synchronize is not None:
+        synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def interleaved_times(
-    steps: dict[str, Callable[[], None]], budget_s: float, min_reps: int, max_reps: int
+    steps: dict[str, Callable[[], None]],
+    budget_s: float,
+    min_reps: int,
+    max_reps: int,
+    synchronize: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Warm up, then time ``reps`` rounds; each round runs every step once, in rotating order.
 
     Returns ``{"cpu": {name: [s, ...]}, "wall": {...}}``. With one torch thread the process CPU
     time is the cost of the step without the time spent waiting for a core that other processes
-    hold (this machine is shared), so it is the headline figure; wall time is kept beside it.
+    hold (this machine is shared), so it is the headline figure; wall time is kept beside it
+    (the figure on an accelerator, with ``synchronize``, e.g. ``torch.cuda.synchronize``).
     """
     names = list(steps)
-    first = {n: _seconds(steps[n])[0] for n in names}  # warm-up (allocator, autograd caches)
-    second = {n: _seconds(steps[n])[0] for n in names} if max(first.values()) < 1.0 else first
+    # warm-up (allocator, autograd caches; on a GPU also its libraries' handles)
+    first = {n: _seconds(steps[n], synchronize)[0] for n in names}
+    second = (
+        {n: _seconds(steps[n], synchronize)[0] for n in names}
+        if max(first.values()) < 1.0
+        else first
+    )
     per_round = sum(second.values())
     reps = int(min(max_reps, max(min_reps, budget_s * len(names) / max(per_round, 1e-9))))
     times: dict[str, dict[str, list[float]]] = {"cpu": {n: [] for n in names}}
@@ -459,7 +476,7 @@ def interleaved_times(
     for rep in range(reps):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for n in order:
-            wall, cpu = _seconds(steps[n])
+            wall, cpu = _seconds(steps[n], synchronize)
             times["wall"][n].append(wall)
             times["cpu"][n].append(cpu)
     return times
