@@ -14,7 +14,7 @@ does). Times are wall-clock seconds around ``torch.cuda.synchronize()`` (on the 
 without it), in interleaved rounds that run each implementation once in rotating order, after
 two warm-up rounds (:func:`benchmarks.fusion_speed.interleaved_times`); ratios are medians of
 per-round ratios. The full grid is sized for a session with a few minutes of
-device time: both precisions ran in 107 s on this project's 2-core CPU, and on a GPU, where
+device time: both precisions ran in 110 s on this project's 2-core CPU, and on a GPU, where
 launching kernels rather than arithmetic sets the time at these sizes, it is expected to take
 about as long or less (not yet measured). On the device machine:
 ``PYTHONUNBUFFERED=1 PYTHONPATH=src python3 -m benchmarks device-speed --out $OUT``.
